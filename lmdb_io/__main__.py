@@ -1,0 +1,5 @@
+import sys
+
+from .cli import lmdb_io_main
+
+sys.exit(lmdb_io_main())

@@ -1,0 +1,198 @@
+"""Command lines: ``convert.py`` and ``python -m lmdb_io {info,verify}``.
+
+Every user error ends as one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional, Sequence
+
+from tqdm import tqdm
+
+from .errors import LmdbIoError
+
+EXIT_USER_ERROR = 2
+EXIT_BAD_RECORDS = 1
+EXIT_INTERRUPTED = 130
+
+
+def _run(prog: str, body: Callable[[], int]) -> int:
+    try:
+        return body()
+    except LmdbIoError as exc:
+        from .converter import ConvertInterrupted
+
+        print(f"{prog}: {'' if isinstance(exc, ConvertInterrupted) else 'error: '}{exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED if isinstance(exc, ConvertInterrupted) else EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+# -- convert ----------------------------------------------------------------------------------------
+
+def convert_parser() -> argparse.ArgumentParser:
+    from .converter import ConvertOptions
+
+    default_workers = ConvertOptions.workers
+    p = argparse.ArgumentParser(
+        prog="convert.py",
+        description="Convert an ImageFolder tree (DIR/<class>/<image>) into one LMDB database of raw encoded "
+                    "images with labels, for ImageFolderLMDB and the DALI loader.",
+        epilog="Example: python convert.py --dataset /data/imagenet/train -o /ssd/imagenet-train.lmdb\n"
+               "         python convert.py --dataset /data/imagenet/val -o /ssd/imagenet-val.lmdb "
+               "--classes-from /ssd/imagenet-train.lmdb",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, metavar="DIR",
+                   help="dataset root: class subfolders holding images (any depth), or the base of --file-list paths")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="database directory to create (data.mdb inside); may exist if empty")
+    p.add_argument("--file-list", metavar="CSV",
+                   help="read 'relative path,class name' rows instead of scanning class folders "
+                        "(e.g. ImageNet's flat val folder with its labels)")
+    p.add_argument("--classes-from", metavar="TRAIN_DB",
+                   help="number classes as in this existing database, so train and val labels agree even when "
+                        "a class is missing here; a class it does not know is an error")
+    p.add_argument("--workers", type=int, default=default_workers, metavar="N",
+                   help=f"threads reading and checking files in parallel (default: {default_workers})")
+    p.add_argument("--verify-decode", action="store_true",
+                   help="fully decode every image with Pillow and skip those that fail (slower; default checks "
+                        "are structural: format sniffing, header parse, JPEG end-of-image marker)")
+    p.add_argument("--keep-format", action="store_true",
+                   help="store decodable non-JPEG images (PNG, GIF, CMYK JPEG, ...) as they are instead of "
+                        "transcoding them to RGB JPEG at quality 95")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--overwrite", action="store_true", help="replace an existing database in OUT")
+    group.add_argument("--resume", action="store_true",
+                       help="finish an interrupted conversion into OUT without redoing committed images")
+    p.add_argument("--report", metavar="FILE.json",
+                   help="write counts, bytes, seconds and every skipped or transcoded file with its reason")
+    p.add_argument("--commit-every", type=int, default=1000, metavar="N",
+                   help="images per write transaction (default: 1000; also committed every 64 MB)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def convert_main(argv: Optional[Sequence[str]] = None) -> int:
+    from .converter import ConvertOptions, convert, write_report
+
+    parser = convert_parser()
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.commit_every < 1:
+        parser.error("--workers and --commit-every must be at least 1")
+    warnings.filterwarnings("ignore", module=r"PIL\..*")  # odd files are reported, not warned about
+
+    def body() -> int:
+        opts = ConvertOptions(dataset=args.dataset, output=args.output, file_list=args.file_list,
+                              classes_from=args.classes_from, workers=args.workers,
+                              verify_decode=args.verify_decode, keep_format=args.keep_format,
+                              overwrite=args.overwrite, resume=args.resume, commit_every=args.commit_every,
+                              progress=not args.quiet)
+        report = convert(opts)
+        if args.report:
+            write_report(report, args.report)
+        print(report.summary())
+        for entry in report.skipped[:20]:
+            print(f"  skipped {entry['path']}: {entry['reason']}")
+        if len(report.skipped) > 20:
+            print(f"  ... and {len(report.skipped) - 20} more" + (f" (see {args.report})" if args.report else ""))
+        return 0
+
+    return _run("convert.py", body)
+
+
+# -- info / verify ----------------------------------------------------------------------------------
+
+def _info(path: str, as_json: bool) -> int:
+    from .database import open_database
+
+    db = open_database(path)
+    counts = db.meta["counts"]
+    summary = {
+        "path": path, "format": db.meta["format"], "schema_version": db.meta["schema_version"],
+        "images": len(db), "classes": len(db.classes), "payload_bytes": db.meta["payload_bytes"],
+        "file_bytes": db.file_bytes(), "stored_original": counts["stored_original"],
+        "stored_transcoded": counts["stored_transcoded"], "skipped_at_conversion": counts["skipped"],
+        "tool_version": db.meta["tool_version"],
+        "per_class": dict(zip(db.classes, counts["per_class"])),
+    }
+    if as_json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{path}: {db.meta['format']} schema v{db.meta['schema_version']} (lmdb_io {db.meta['tool_version']})")
+    print(f"  images   {len(db)} ({counts['stored_original']} original, {counts['stored_transcoded']} transcoded; "
+          f"{counts['skipped']} skipped at conversion)")
+    print(f"  bytes    {db.meta['payload_bytes'] / 1e6:.1f} MB of images, {db.file_bytes() / 1e6:.1f} MB on disk")
+    names = db.classes
+    shown = ", ".join(f"{c} ({n})" for c, n in list(zip(names, counts["per_class"]))[:10])
+    print(f"  classes  {len(names)}: {shown}{', ...' if len(names) > 10 else ''}")
+    return 0
+
+
+def _check_record(db, index: int, decode: bool) -> Optional[str]:
+    from .errors import CorruptRecordError
+
+    try:
+        payload, label = db.read(index, verify=True)
+    except CorruptRecordError as exc:
+        return str(exc)
+    if label != int(db.targets[index]):
+        return f"record {db.key(index).decode()}: label {label} differs from __targets__ ({int(db.targets[index])})"
+    if decode:
+        from .dataset import decode_rgb
+
+        try:
+            decode_rgb(payload)
+        except Exception as exc:  # any decoder failure is a finding, not a crash
+            return f"record {db.key(index).decode()}: does not decode with Pillow: {exc}"
+    return None
+
+
+def _verify(path: str, decode: bool, workers: int, quiet: bool) -> int:
+    from .database import open_database
+
+    db = open_database(path)
+    problems: list[str] = []
+    with ThreadPoolExecutor(max(1, workers)) as pool, \
+            tqdm(total=len(db), unit="img", desc="verify", disable=quiet, mininterval=0.5) as bar:
+        for index, problem in enumerate(pool.map(lambda i: _check_record(db, i, decode), range(len(db)),
+                                                 chunksize=64)):
+            if problem:
+                problems.append(f"{problem} [{db.paths()[index]}]")
+            bar.update(1)
+    what = "checksums and labels" + (" and decoding" if decode else "")
+    if problems:
+        for line in problems:
+            print(f"  {line}")
+        print(f"{path}: {len(problems)} of {len(db)} records failed ({what})")
+        return EXIT_BAD_RECORDS
+    print(f"{path}: all {len(db)} records OK ({what})")
+    return 0
+
+
+def lmdb_io_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lmdb_io", description="Inspect and check lmdb_io image databases.")
+    sub = p.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="image count, classes, bytes and schema version of a database")
+    info.add_argument("db", metavar="DB", help="database directory")
+    info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    verify = sub.add_parser("verify", help="check every record's header, checksum and label")
+    verify.add_argument("db", metavar="DB", help="database directory")
+    verify.add_argument("--decode", action="store_true", help="also decode every image")
+    verify.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                        help="threads checking records (default: all cores)")
+    verify.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def lmdb_io_main(argv: Optional[Sequence[str]] = None) -> int:
+    args = lmdb_io_parser().parse_args(argv)
+    if args.command == "info":
+        return _run("lmdb_io info", lambda: _info(args.db, args.json))
+    return _run("lmdb_io verify", lambda: _verify(args.db, args.decode, args.workers, args.quiet))

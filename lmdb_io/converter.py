@@ -1,0 +1,346 @@
+"""ImageFolder tree (or file list) -> one LMDB, streaming, resumable, with a report of every file.
+
+Files are read and checked by a thread pool (file I/O and Pillow release the GIL) in a bounded window,
+and consumed in order, so the database is the same whatever the worker count. Records go out in
+batched write transactions; each batch's transaction also rewrites ``__progress__``, so whatever was
+committed before a crash, a Ctrl-C or a full disk is known exactly and ``--resume`` continues from
+there. The index entries are written in the final transaction: a database without them is incomplete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Optional
+
+import lmdb
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__, schema
+from .database import open_database
+from .env import close_shared_env
+from .errors import ConvertError, LmdbIoError
+from .imagecheck import SKIP, STORE_ORIGINAL, Verdict, inspect_image
+from .record import HEADER_SIZE, ImageFormat, encode_record
+from .sources import SourceList, read_file_list, scan_image_folder
+
+INITIAL_MAP_SIZE = 1 << 30
+# Test hook: exit hard (no cleanup, like kill -9) right after this many commits of a run.
+EXIT_AFTER_COMMITS_ENV = "LMDB_IO_EXIT_AFTER_COMMITS"
+_LMDB_FILES = {"data.mdb", "lock.mdb"}
+
+
+class ConvertInterrupted(LmdbIoError):
+    """Ctrl-C: what was committed stays, and --resume finishes the job."""
+
+
+@dataclass
+class ConvertOptions:
+    dataset: str
+    output: str
+    file_list: Optional[str] = None
+    classes_from: Optional[str] = None
+    workers: int = min(16, 2 * (os.cpu_count() or 1))
+    verify_decode: bool = False
+    keep_format: bool = False
+    overwrite: bool = False
+    resume: bool = False
+    commit_every: int = 1000
+    commit_bytes: int = 64 << 20
+    progress: bool = True
+
+
+@dataclass
+class ConvertReport:
+    """Counts cover the whole database, earlier runs included; ``reused`` is what earlier runs stored."""
+
+    output: str
+    scanned: int = 0
+    stored_original: int = 0
+    stored_transcoded: int = 0
+    skipped: list[dict] = field(default_factory=list)
+    transcoded: list[dict] = field(default_factory=list)
+    reused: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    seconds: float = 0.0
+
+    @property
+    def stored(self) -> int:
+        return self.stored_original + self.stored_transcoded
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        rate = (self.scanned - self.reused) / self.seconds if self.seconds else 0.0
+        mbs = self.bytes_in / 1e6 / self.seconds if self.seconds and not self.reused else 0.0
+        line = (f"{self.output}: stored {self.stored} images ({self.stored_original} original, "
+                f"{self.stored_transcoded} transcoded), skipped {len(self.skipped)}")
+        if self.reused:
+            line += f", reused {self.reused} from the interrupted run"
+        line += (f"; {self.bytes_in / 1e6:.1f} MB in, {self.bytes_out / 1e6:.1f} MB out; "
+                 f"{self.seconds:.1f} s ({rate:.0f} img/s")
+        return line + (f", {mbs:.0f} MB/s)" if mbs else ")")
+
+
+# -- output directory -------------------------------------------------------------------------------
+
+def _inside(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def _prepare_output(opts: ConvertOptions) -> None:
+    """Refuse outputs that would clobber something; create the directory; check it is writable."""
+    out = os.path.realpath(opts.output)
+    if os.path.isdir(opts.dataset) and _inside(out, os.path.realpath(opts.dataset)):
+        raise ConvertError(f"output {opts.output} is inside the dataset {opts.dataset}: choose another place")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConvertError(f"output {opts.output} exists and is not a directory")
+    entries = set(os.listdir(out)) if os.path.isdir(out) else set()
+    if entries and not opts.resume:
+        if not opts.overwrite:
+            raise ConvertError(f"output {opts.output} is not empty; pass --overwrite to replace it or --resume "
+                               f"to finish an interrupted conversion")
+        foreign = sorted(entries - _LMDB_FILES)
+        if foreign:
+            raise ConvertError(f"refusing to --overwrite {opts.output}: it holds files that are not an LMDB "
+                               f"({foreign[0]})")
+        close_shared_env(out)
+        for name in entries:
+            os.remove(os.path.join(out, name))
+    if entries and opts.resume and "data.mdb" not in entries:
+        raise ConvertError(f"cannot --resume in {opts.output}: it holds no LMDB (data.mdb)")
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".write-test")
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise ConvertError(f"cannot write to output {opts.output}: {exc.strerror}") from None
+
+
+# -- reading and checking files ---------------------------------------------------------------------
+
+def _load_and_inspect(path: str, verify_decode: bool, keep_format: bool) -> tuple[Verdict, int]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        return Verdict(SKIP, None, ImageFormat.UNKNOWN, f"cannot read: {exc.strerror}"), 0
+    return inspect_image(data, verify_decode, keep_format), len(data)
+
+
+def _inspect_in_order(pool: ThreadPoolExecutor, source: SourceList, start: int, window: int,
+                      opts: ConvertOptions) -> Iterator[tuple[int, Verdict, int]]:
+    """(item index, verdict, bytes read) in item order, with at most ``window`` files in flight."""
+    pending: deque = deque()
+    for i in range(start, len(source.items)):
+        path = os.path.join(source.root, source.items[i][0])
+        pending.append((i, pool.submit(_load_and_inspect, path, opts.verify_decode, opts.keep_format)))
+        if len(pending) >= window:
+            j, fut = pending.popleft()
+            yield (j, *fut.result())
+    while pending:
+        j, fut = pending.popleft()
+        yield (j, *fut.result())
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+def _put_all(env: lmdb.Environment, puts: list[tuple[bytes, bytes]], deletes: tuple[bytes, ...] = ()) -> None:
+    """One write transaction; the map grows (doubling) whenever it is full, so nobody guesses a size."""
+    while True:
+        try:
+            with env.begin(write=True) as txn:
+                for key in deletes:
+                    txn.delete(key)
+                for key, value in puts:
+                    txn.put(key, value)
+            return
+        except lmdb.MapFullError:
+            env.set_mapsize(env.info()["map_size"] * 2)
+
+
+def _load_progress(env: lmdb.Environment, output: str) -> Optional[dict]:
+    with env.begin() as txn:
+        raw = txn.get(schema.PROGRESS_KEY)
+        if raw is not None:
+            return json.loads(raw)
+        if txn.get(schema.META_KEY) is None and txn.stat()["entries"]:
+            raise ConvertError(f"output {output} holds an LMDB that lmdb_io did not write; refusing to touch it")
+    return None
+
+
+def _options_fingerprint(opts: ConvertOptions) -> dict:
+    return {"keep_format": opts.keep_format, "verify_decode": opts.verify_decode,
+            "schema_version": schema.SCHEMA_VERSION}
+
+
+def load_source(opts: ConvertOptions) -> SourceList:
+    classes_from = open_database(opts.classes_from).classes if opts.classes_from else None
+    if opts.file_list:
+        return read_file_list(opts.dataset, opts.file_list, classes_from)
+    return scan_image_folder(opts.dataset, classes_from)
+
+
+def convert(opts: ConvertOptions) -> ConvertReport:
+    """Run (or resume) one conversion; raises LmdbIoError subclasses with one-line messages."""
+    started = time.perf_counter()
+    source = load_source(opts)
+    _prepare_output(opts)
+    out = opts.output
+    fingerprint = source.fingerprint(_options_fingerprint(opts))
+    width = schema.key_width(len(source.items))
+    data_size = os.path.getsize(os.path.join(out, "data.mdb")) if os.path.exists(os.path.join(out, "data.mdb")) else 0
+    env = lmdb.open(out, map_size=max(INITIAL_MAP_SIZE, 2 * data_size), subdir=True, readahead=False,
+                    meminit=False)
+    try:
+        report = ConvertReport(output=out)
+        progress = _load_progress(env, out) if opts.resume else None
+        if opts.resume and progress is None and env.stat()["entries"]:
+            counts = open_database(out).meta["counts"]  # complete already: nothing to redo
+            report.scanned, report.reused = counts["scanned"], counts["images"]
+            report.stored_original = counts["stored_original"]
+            report.stored_transcoded = counts["stored_transcoded"]
+            report.skipped = [{"path": "?", "reason": "skipped by the earlier run"}] * counts["skipped"]
+            return report
+        start = 0
+        if progress is not None:
+            if progress["fingerprint"] != fingerprint:
+                raise ConvertError(f"cannot --resume {out}: the dataset's file list, classes or options differ from "
+                                   f"the interrupted run; use --overwrite to start over")
+            for name in ("scanned", "stored_original", "stored_transcoded", "skipped", "transcoded",
+                         "bytes_in", "bytes_out"):
+                setattr(report, name, progress[name])
+            report.reused = report.stored
+            start = progress["scanned"]
+        _convert_items(env, source, start, width, fingerprint, opts, report)
+        _finish(env, source, width, opts, report)
+    finally:
+        env.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _progress_entry(report: ConvertReport, fingerprint: str) -> bytes:
+    state = {k: v for k, v in report.to_json().items() if k not in ("output", "reused", "seconds")}
+    return json.dumps({"fingerprint": fingerprint, "stored": report.stored, **state}).encode()
+
+
+def _convert_items(env: lmdb.Environment, source: SourceList, start: int, width: int, fingerprint: str,
+                   opts: ConvertOptions, report: ConvertReport) -> None:
+    exit_after = int(os.environ.get(EXIT_AFTER_COMMITS_ENV, "0") or 0)
+    commits = 0
+    batch: list[tuple[bytes, bytes]] = []
+    batch_bytes = 0
+    since_commit = 0
+    run_started = time.perf_counter()
+    run_bytes = 0
+
+    def commit() -> None:
+        nonlocal batch, batch_bytes, since_commit, commits
+        try:
+            _put_all(env, batch + [(schema.PROGRESS_KEY, _progress_entry(report, fingerprint))])
+        except lmdb.Error as exc:
+            raise ConvertError(f"cannot write to {opts.output}: {exc}; {report.stored - len(batch)} images are "
+                               f"committed, free the cause and rerun with --resume") from None
+        batch, batch_bytes, since_commit = [], 0, 0
+        commits += 1
+        if exit_after and commits >= exit_after:
+            os._exit(86)
+
+    bar = tqdm(total=len(source.items), initial=start, unit="img", disable=not opts.progress,
+               desc="convert", dynamic_ncols=True, mininterval=0.5)
+    pool = ThreadPoolExecutor(max(1, opts.workers), thread_name_prefix="convert")
+    try:
+        for index, verdict, nbytes in _inspect_in_order(pool, source, start, 4 * max(1, opts.workers), opts):
+            rel, label = source.items[index]
+            report.scanned += 1
+            report.bytes_in += nbytes
+            run_bytes += nbytes
+            if verdict.action == SKIP:
+                report.skipped.append({"path": rel, "reason": verdict.reason})
+            else:
+                if verdict.action == STORE_ORIGINAL:
+                    report.stored_original += 1
+                else:
+                    report.stored_transcoded += 1
+                    report.transcoded.append({"path": rel, "reason": verdict.reason})
+                value = encode_record(verdict.payload, label, verdict.image_format)
+                batch.append((schema.make_key(report.stored - 1, width), value))
+                batch_bytes += len(value)
+                report.bytes_out += len(value) - HEADER_SIZE
+            since_commit += 1
+            if since_commit >= opts.commit_every or batch_bytes >= opts.commit_bytes:
+                commit()
+            bar.update(1)
+            if bar.n % 64 == 0:
+                bar.set_postfix_str(f"{run_bytes / 1e6 / max(time.perf_counter() - run_started, 1e-9):.0f} MB/s",
+                                    refresh=False)
+        if since_commit:
+            commit()
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise ConvertInterrupted(f"interrupted: {report.stored - len(batch)} images are committed in "
+                                 f"{opts.output}; run the same command with --resume to finish") from None
+    finally:
+        bar.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _finish(env: lmdb.Environment, source: SourceList, width: int, opts: ConvertOptions,
+            report: ConvertReport) -> None:
+    """The final transaction: index entries and ``__meta__`` in, ``__progress__`` out."""
+    skipped = {entry["path"] for entry in report.skipped}
+    stored = [(rel, label) for rel, label in source.items if rel not in skipped]
+    n = len(stored)
+    if n == 0:
+        raise ConvertError(f"no image in {opts.dataset} could be stored ({len(skipped)} files skipped); "
+                           f"see --report for the reasons")
+    targets = np.fromiter((label for _, label in stored), dtype="<i8", count=n)
+    per_class = np.bincount(targets, minlength=len(source.classes)).tolist()
+    meta = {
+        "format": schema.FORMAT_NAME,
+        "schema_version": schema.SCHEMA_VERSION,
+        "tool": "lmdb_io",
+        "tool_version": __version__,
+        "classes": source.classes,
+        "class_to_idx": source.class_to_idx,
+        "key_width": width,
+        "record": {"header_bytes": HEADER_SIZE, "checksum": "xxh3_64", "version": 1},
+        "counts": {"images": n, "per_class": per_class, "scanned": report.scanned,
+                   "stored_original": report.stored_original, "stored_transcoded": report.stored_transcoded,
+                   "skipped": len(report.skipped)},
+        "payload_bytes": report.bytes_out,
+        "options": _options_fingerprint(opts),
+    }
+    puts = [
+        (schema.KEYS_KEY, b"\n".join(schema.make_key(i, width) for i in range(n))),
+        (schema.LEN_KEY, str(n).encode()),
+        (schema.TARGETS_KEY, targets.tobytes()),
+        (schema.PATHS_KEY, json.dumps([rel for rel, _ in stored], ensure_ascii=False).encode("utf-8", "surrogateescape")),
+        (schema.META_KEY, json.dumps(meta, sort_keys=True).encode()),
+    ]
+    with env.begin() as txn:
+        has_progress = txn.get(schema.PROGRESS_KEY) is not None
+    _put_all(env, puts, deletes=(schema.PROGRESS_KEY,) if has_progress else ())
+    env.sync(True)
+
+
+def write_report(report: ConvertReport, path: str) -> None:
+    """Atomically write the JSON report (temp file + rename)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(report.to_json(), f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+__all__ = ["ConvertOptions", "ConvertReport", "ConvertInterrupted", "convert", "write_report"]

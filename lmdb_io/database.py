@@ -1,0 +1,146 @@
+"""Read access to a complete lmdb_io database: metadata, keys, labels and raw records.
+
+This module imports no torch and no PIL, so DALI source workers load it cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from . import schema
+from .env import shared_env
+from .errors import IncompleteDatabaseError, NotADatabaseError
+from .record import ImageFormat, decode_record
+
+
+class ImageDatabase:
+    """A complete database opened for reading through the process's shared Environment.
+
+    Construction validates the database (refusing foreign and unfinished ones) and reads the small
+    index entries; records are read on demand. Instances pickle as their path and re-read the index in
+    the receiving process, so they can be handed to DataLoader or DALI workers under fork and spawn.
+    """
+
+    def __init__(self, path: str | os.PathLike, verify: bool = True) -> None:
+        self.path = os.fspath(path)
+        self.verify = verify
+        self._load_index()
+
+    # -- construction -------------------------------------------------------------------------------
+    def _load_index(self) -> None:
+        env = shared_env(self.path)
+        with env.begin(buffers=False) as txn:
+            meta_raw = txn.get(schema.META_KEY)
+            if meta_raw is None:
+                progress = txn.get(schema.PROGRESS_KEY)
+                if progress is not None:
+                    committed = json.loads(progress).get("stored", "?")
+                    raise IncompleteDatabaseError(
+                        f"{self.path}: incomplete database (its conversion stopped after {committed} images "
+                        f"were committed); finish it with: python convert.py --dataset DIR -o {self.path} "
+                        f"--resume")
+                if txn.stat()["entries"] == 0:
+                    raise NotADatabaseError(f"{self.path}: empty LMDB, not an image database")
+                raise NotADatabaseError(f"{self.path}: an LMDB not written by lmdb_io (no __meta__ entry)")
+            missing = [k.decode() for k in schema.FINAL_KEYS if txn.get(k) is None]
+            if missing:
+                raise IncompleteDatabaseError(
+                    f"{self.path}: incomplete database (missing {', '.join(missing)}); rebuild it with "
+                    f"convert.py --overwrite")
+            keys_blob = txn.get(schema.KEYS_KEY)
+            length_raw = txn.get(schema.LEN_KEY)
+            targets_raw = txn.get(schema.TARGETS_KEY)
+        try:
+            meta = json.loads(meta_raw)
+        except ValueError:
+            raise NotADatabaseError(f"{self.path}: __meta__ is not JSON, not an lmdb_io database") from None
+        if not isinstance(meta, dict) or meta.get("format") != schema.FORMAT_NAME:
+            raise NotADatabaseError(f"{self.path}: __meta__ does not describe an {schema.FORMAT_NAME} database")
+        version = meta.get("schema_version")
+        if version != schema.SCHEMA_VERSION:
+            raise NotADatabaseError(
+                f"{self.path}: schema version {version}, this lmdb_io reads version {schema.SCHEMA_VERSION}")
+        length = int(length_raw)
+        width = int(meta["key_width"])
+        if len(keys_blob) != max(length * (width + 1) - 1, 0):
+            raise NotADatabaseError(f"{self.path}: __keys__ does not hold {length} keys of width {width}")
+        targets = np.frombuffer(targets_raw, dtype="<i8")
+        if len(targets) != length:
+            raise NotADatabaseError(f"{self.path}: __targets__ holds {len(targets)} labels, __len__ says {length}")
+        self.meta: dict[str, Any] = meta
+        self.length = length
+        self.key_width = width
+        self._keys_blob: bytes = keys_blob
+        self.targets: np.ndarray = targets
+        self._paths: Optional[list[str]] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "verify": self.verify}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = state["path"]
+        self.verify = state["verify"]
+        self._load_index()
+
+    # -- index ---------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        return dict(self.meta["class_to_idx"])
+
+    def key(self, index: int) -> bytes:
+        """The LMDB key of image ``index`` (taken from ``__keys__``, not recomputed)."""
+        if not 0 <= index < self.length:
+            raise IndexError(f"{self.path}: index {index} out of range for {self.length} images")
+        start = index * (self.key_width + 1)
+        return self._keys_blob[start:start + self.key_width]
+
+    def keys(self) -> list[bytes]:
+        return self._keys_blob.split(b"\n") if self.length else []
+
+    def paths(self) -> list[str]:
+        """Each image's source path relative to the dataset root (read once, on first use)."""
+        if self._paths is None:
+            with shared_env(self.path).begin() as txn:
+                self._paths = json.loads(txn.get(schema.PATHS_KEY))
+        return self._paths
+
+    # -- records -------------------------------------------------------------------------------------
+    def read(self, index: int, verify: Optional[bool] = None) -> tuple[memoryview, int]:
+        """The fast path: (encoded image bytes, label) for image ``index``.
+
+        The view is a zero-copy slice of one bytes object fetched from the map, so it stays valid after
+        the transaction; ``np.frombuffer(view, np.uint8)`` wraps it without another copy. The checksum
+        is verified unless ``verify`` (default: the database's setting) is False.
+        """
+        payload, label, _ = self.read_record(index, verify)
+        return payload, label
+
+    def read_record(self, index: int, verify: Optional[bool] = None) -> tuple[memoryview, int, ImageFormat]:
+        key = self.key(index)
+        with shared_env(self.path).begin(buffers=False) as txn:
+            value = txn.get(key)
+        if value is None:
+            raise NotADatabaseError(f"{self.path}: record {key.decode()} listed in __keys__ is missing")
+        return decode_record(value, key.decode(), self.verify if verify is None else verify)
+
+    def describe(self, index: int) -> str:
+        """``key (relative/path.jpg)``: how messages name an image."""
+        return f"{self.key(index).decode()} ({self.paths()[index]})"
+
+    def file_bytes(self) -> int:
+        return os.path.getsize(os.path.join(self.path, "data.mdb"))
+
+
+def open_database(path: str | os.PathLike, verify: bool = True) -> ImageDatabase:
+    return ImageDatabase(path, verify=verify)

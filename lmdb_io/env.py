@@ -1,0 +1,63 @@
+"""One shared read-only LMDB Environment per database path per process.
+
+LMDB forbids opening the same path twice in one process, and a child created by fork must not use the
+handle it inherited. So every reader in this package (datasets, the DALI source, the CLI) goes through
+``shared_env``: the first call in a process opens the path, later calls reuse it, and a call from a
+forked child closes the inherited handle and opens its own. Spawned workers start with an empty cache.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import lmdb
+
+from .errors import NotADatabaseError
+
+_envs: dict[str, tuple[int, lmdb.Environment]] = {}
+_lock = threading.Lock()
+
+
+def _open_readonly(path: str) -> lmdb.Environment:
+    if not os.path.exists(path):
+        raise NotADatabaseError(f"{path}: no such file or directory")
+    if not os.path.isdir(path):
+        raise NotADatabaseError(f"{path}: not an LMDB database (expected a directory holding data.mdb)")
+    if not os.path.isfile(os.path.join(path, "data.mdb")):
+        raise NotADatabaseError(f"{path}: not an LMDB database (no data.mdb in it)")
+    try:
+        return lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False, max_readers=1024,
+                         subdir=True)
+    except lmdb.Error as exc:
+        raise NotADatabaseError(f"{path}: not a readable LMDB database ({exc})") from None
+
+
+def shared_env(path: str) -> lmdb.Environment:
+    """The process-wide read-only Environment for ``path`` (opened on first use, reopened after fork)."""
+    real = os.path.realpath(path)
+    pid = os.getpid()
+    entry = _envs.get(real)
+    if entry is not None and entry[0] == pid:
+        return entry[1]
+    with _lock:
+        entry = _envs.get(real)
+        if entry is not None:
+            if entry[0] == pid:
+                return entry[1]
+            try:  # inherited through fork: release our copy of the mapping before reopening
+                entry[1].close()
+            except lmdb.Error:
+                pass
+        env = _open_readonly(real)
+        _envs[real] = (pid, env)
+        return env
+
+
+def close_shared_env(path: str) -> None:
+    """Close this process's shared Environment for ``path`` (needed before rewriting the database)."""
+    real = os.path.realpath(path)
+    with _lock:
+        entry = _envs.pop(real, None)
+    if entry is not None and entry[0] == os.getpid():
+        entry[1].close()

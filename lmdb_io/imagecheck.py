@@ -1,0 +1,199 @@
+"""Decide, from a file's bytes, whether to store it as it is, transcode it, or skip it.
+
+Default checks are cheap and structural: the format is sniffed from magic bytes (never the extension),
+and a JPEG's markers are walked up to the start of scan, then its tail is searched for the end-of-image
+marker, which catches most truncated files. Only files that fail those checks, or that are not plain
+8-bit Huffman JPEGs with 1 or 3 components (what GPU decoders take), are decoded with Pillow: those that
+decode are transcoded to an RGB JPEG, those that don't are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from PIL import Image
+
+from .record import ImageFormat
+
+TRANSCODE_QUALITY = 95
+# An end-of-image marker this close to the end counts: some writers pad or append a few bytes.
+EOI_SEARCH_BYTES = 1024
+
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_PLAIN_SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman
+_STANDALONE = {0x01, 0xD0, 0xD1, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7}
+
+STORE_ORIGINAL = "original"
+STORE_TRANSCODED = "transcoded"
+SKIP = "skipped"
+
+
+class StructureError(ValueError):
+    """The bytes do not hold a well-formed image of the sniffed format."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with one file: ``action`` is original, transcoded or skipped."""
+
+    action: str
+    payload: Optional[bytes]
+    image_format: ImageFormat
+    reason: str = ""
+
+
+def sniff_format(data: bytes) -> ImageFormat:
+    if data[:3] == b"\xff\xd8\xff":
+        return ImageFormat.JPEG
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return ImageFormat.PNG
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return ImageFormat.GIF
+    if data[:2] == b"BM":
+        return ImageFormat.BMP
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ImageFormat.WEBP
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return ImageFormat.TIFF
+    if len(data) > 2 and data[0:1] == b"P" and data[1:2] in b"123456":
+        return ImageFormat.PNM
+    return ImageFormat.UNKNOWN
+
+
+@dataclass(frozen=True)
+class JpegInfo:
+    sof_marker: int
+    precision: int
+    width: int
+    height: int
+    components: int
+
+    @property
+    def gpu_friendly(self) -> bool:
+        """8-bit Huffman (baseline/progressive), grayscale or YCbCr: stored untouched."""
+        return self.sof_marker in _PLAIN_SOF and self.precision == 8 and self.components in (1, 3)
+
+
+def parse_jpeg(data: bytes) -> JpegInfo:
+    """Walk a JPEG's marker segments up to the start of scan; raise StructureError on any defect."""
+    n = len(data)
+    if data[:2] != b"\xff\xd8":
+        raise StructureError("no JPEG start-of-image marker")
+    i = 2
+    frame: Optional[JpegInfo] = None
+    while True:
+        if i >= n:
+            raise StructureError("file ends before the start of scan (truncated header)")
+        if data[i] != 0xFF:
+            raise StructureError(f"corrupt JPEG header: expected a marker at byte {i}")
+        while i < n and data[i] == 0xFF:
+            i += 1
+        if i >= n:
+            raise StructureError("file ends inside a marker (truncated header)")
+        marker = data[i]
+        i += 1
+        if marker in _STANDALONE:
+            continue
+        if marker == 0xD8:
+            raise StructureError("second start-of-image marker inside the header")
+        if marker == 0xD9:
+            raise StructureError("end-of-image marker before any image data")
+        if i + 2 > n:
+            raise StructureError("file ends inside a segment length (truncated header)")
+        seg_len = int.from_bytes(data[i:i + 2], "big")
+        if seg_len < 2 or i + seg_len > n:
+            raise StructureError(f"segment FF{marker:02X} at byte {i - 2} runs past the end of the file")
+        if marker in _SOF_MARKERS:
+            if seg_len < 8:
+                raise StructureError("frame header too short")
+            precision = data[i + 2]
+            height = int.from_bytes(data[i + 3:i + 5], "big")
+            width = int.from_bytes(data[i + 5:i + 7], "big")
+            components = data[i + 7]
+            if width == 0 or height == 0:
+                raise StructureError(f"frame header gives a {width}x{height} image")
+            if components not in (1, 3, 4) or seg_len != 8 + 3 * components:
+                raise StructureError(f"frame header with {components} components and length {seg_len}")
+            frame = JpegInfo(marker, precision, width, height, components)
+        elif marker == 0xDA:
+            if frame is None:
+                raise StructureError("start of scan without a frame header (no SOF marker)")
+            scan_start = i + seg_len
+            break
+        i += seg_len
+    if data.rfind(b"\xff\xd9", max(scan_start, n - EOI_SEARCH_BYTES)) < 0:
+        raise StructureError("no JPEG end-of-image marker (truncated file)")
+    return frame
+
+
+def _decode(data: bytes) -> Image.Image:
+    """Fully decode with Pillow (first frame); raises on truncation or corruption."""
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def _transcode(image: Image.Image) -> bytes:
+    """RGB JPEG at quality 95; alpha is dropped, as ImageFolder's ``convert('RGB')`` does."""
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="JPEG", quality=TRANSCODE_QUALITY)
+    return out.getvalue()
+
+
+def _describe_error(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "it", text)  # keep reports reproducible
+    return text.splitlines()[0][:200]
+
+
+def _salvage(data: bytes, why: str) -> Verdict:
+    """A file that failed the cheap checks: keep it if Pillow decodes it fully, else skip it."""
+    try:
+        image = _decode(data)
+        return Verdict(STORE_TRANSCODED, _transcode(image), ImageFormat.JPEG, f"{why}; decodes, transcoded")
+    except Exception as exc:  # Pillow raises many types for broken files
+        return Verdict(SKIP, None, ImageFormat.UNKNOWN, f"{why}; Pillow: {_describe_error(exc)}")
+
+
+def inspect_image(data: bytes, verify_decode: bool = False, keep_format: bool = False) -> Verdict:
+    """The converter's decision for one file's bytes."""
+    if not data:
+        return Verdict(SKIP, None, ImageFormat.UNKNOWN, "empty file (0 bytes)")
+    fmt = sniff_format(data)
+    if fmt == ImageFormat.JPEG:
+        try:
+            info = parse_jpeg(data)
+        except StructureError as exc:
+            return _salvage(data, str(exc))
+        if info.gpu_friendly:
+            if verify_decode:
+                try:
+                    _decode(data)
+                except Exception as exc:
+                    return Verdict(SKIP, None, fmt, f"does not decode: {_describe_error(exc)}")
+            return Verdict(STORE_ORIGINAL, data, fmt)
+        kind = {4: "CMYK/YCCK"}.get(info.components, f"{info.components}-component")
+        why = f"{kind} JPEG, SOF FF{info.sof_marker:02X}, {info.precision}-bit"
+        if keep_format:
+            return _keep(data, fmt, verify=True, why=why)
+        return _salvage(data, why)
+    if fmt == ImageFormat.UNKNOWN:
+        return _salvage(data, "not a known image format by its magic bytes")
+    if keep_format:
+        return _keep(data, fmt, verify=verify_decode, why=fmt.name)
+    return _salvage(data, f"{fmt.name} image")
+
+
+def _keep(data: bytes, fmt: ImageFormat, verify: bool, why: str) -> Verdict:
+    """--keep-format: store as it is once Pillow can at least parse (or, with verify, decode) it."""
+    try:
+        if verify:
+            _decode(data)
+        else:
+            Image.open(io.BytesIO(data))
+    except Exception as exc:
+        return Verdict(SKIP, None, fmt, f"{why}; Pillow: {_describe_error(exc)}")
+    return Verdict(STORE_ORIGINAL, data, fmt, f"{why}, stored as it is (--keep-format)")

@@ -1,0 +1,113 @@
+"""What a conversion reads: the class map and the sorted list of (relative path, label) to convert.
+
+Classes are numbered exactly as ``torchvision.datasets.ImageFolder`` numbers them (sorted subfolder
+names), and files are listed in ImageFolder's order (classes sorted, ``os.walk`` sorted, names
+sorted), so labels and order agree with it. Unlike ImageFolder, every file is a candidate whatever its
+extension: the converter tells images from other files by their bytes. Hidden files (``.DS_Store``,
+``._x.jpg``) and hidden subfolders below a class are not candidates.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from .errors import ConvertError
+
+_CSV_HEADERS = {"path", "file", "filename", "relpath", "image", "name"}
+
+
+@dataclass(frozen=True)
+class SourceList:
+    root: str
+    classes: list[str]
+    items: list[tuple[str, int]]  # (path relative to root, with "/" separators; label)
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.classes)}
+
+    def fingerprint(self, options: dict) -> str:
+        """A digest of everything that decides the database's content, checked on --resume."""
+        h = hashlib.sha256()
+        h.update(json.dumps({"classes": self.classes, "options": options}, sort_keys=True).encode())
+        for rel, label in self.items:
+            h.update(f"{label}\t{rel}\n".encode("utf-8", "surrogateescape"))
+        return h.hexdigest()
+
+
+def _class_map(found: list[str], classes_from: Optional[list[str]], where: str) -> list[str]:
+    if classes_from is None:
+        return found
+    known = set(classes_from)
+    unknown = [c for c in found if c not in known]
+    if unknown:
+        raise ConvertError(f"{where}: class {unknown[0]!r} is not in the --classes-from database's class map"
+                           + (f" (nor {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+    return list(classes_from)
+
+
+def _check_root(root: str) -> None:
+    if not os.path.exists(root):
+        raise ConvertError(f"dataset directory {root} does not exist")
+    if not os.path.isdir(root):
+        raise ConvertError(f"dataset {root} is not a directory")
+
+
+def scan_image_folder(root: str, classes_from: Optional[list[str]] = None) -> SourceList:
+    """List an ImageFolder tree ``root/<class>/**/<file>``."""
+    _check_root(root)
+    found = sorted(e.name for e in os.scandir(root) if e.is_dir())  # as ImageFolder.find_classes
+    if not found:
+        if not any(os.scandir(root)):
+            raise ConvertError(f"dataset directory {root} is empty")
+        raise ConvertError(f"dataset directory {root} has no class subfolders (expected {root}/<class>/<image>)")
+    classes = _class_map(found, classes_from, root)
+    class_to_idx = {name: i for i, name in enumerate(classes)}
+    items: list[tuple[str, int]] = []
+    for name in found:
+        class_dir = os.path.join(root, name)
+        for dirpath, dirnames, filenames in sorted(os.walk(class_dir, followlinks=True)):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for fname in sorted(filenames):
+                if fname.startswith("."):
+                    continue
+                rel = os.path.relpath(os.path.join(dirpath, fname), root).replace(os.sep, "/")
+                items.append((rel, class_to_idx[name]))
+    if not items:
+        raise ConvertError(f"dataset directory {root} has class folders but no files in them")
+    return SourceList(root=root, classes=classes, items=items)
+
+
+def read_file_list(root: str, csv_path: str, classes_from: Optional[list[str]] = None) -> SourceList:
+    """Read ``relative path,class name`` rows (ImageNet's flat val folder with its labels, say).
+
+    A first row naming columns (``path,class``) is skipped. Items are ordered as ImageFolder would
+    order them: by class, then by path.
+    """
+    _check_root(root)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+    except OSError as exc:
+        raise ConvertError(f"cannot read --file-list {csv_path}: {exc.strerror}") from None
+    if rows and rows[0][0].strip().lower() in _CSV_HEADERS and not os.path.exists(os.path.join(root, rows[0][0])):
+        rows = rows[1:]
+    pairs: list[tuple[str, str]] = []
+    for lineno, row in enumerate(rows, 1):
+        if len(row) < 2:
+            raise ConvertError(f"{csv_path}: row {lineno} needs two columns (relative path, class name): {row!r}")
+        rel = row[0].strip().replace(os.sep, "/")
+        if os.path.isabs(rel) or rel.startswith("../"):
+            raise ConvertError(f"{csv_path}: row {lineno}: {rel!r} must be relative to {root}")
+        pairs.append((rel, row[1].strip()))
+    if not pairs:
+        raise ConvertError(f"--file-list {csv_path} lists no files")
+    classes = _class_map(sorted({c for _, c in pairs}), classes_from, csv_path)
+    class_to_idx = {name: i for i, name in enumerate(classes)}
+    items = sorted(((rel, class_to_idx[c]) for rel, c in pairs), key=lambda it: (it[1], it[0]))
+    return SourceList(root=root, classes=classes, items=items)
