@@ -198,6 +198,7 @@ def convert(opts: ConvertOptions) -> ConvertReport:
     out = opts.output
     fingerprint = source.fingerprint(_options_fingerprint(opts))
     width = schema.key_width(len(source.items))
+    close_shared_env(out)  # LMDB allows one handle per path per process: drop our read-only one
     data_size = os.path.getsize(os.path.join(out, "data.mdb")) if os.path.exists(os.path.join(out, "data.mdb")) else 0
     env = lmdb.open(out, map_size=max(INITIAL_MAP_SIZE, 2 * data_size), subdir=True, readahead=False,
                     meminit=False)
@@ -205,7 +206,8 @@ def convert(opts: ConvertOptions) -> ConvertReport:
         report = ConvertReport(output=out)
         progress = _load_progress(env, out) if opts.resume else None
         if opts.resume and progress is None and env.stat()["entries"]:
-            counts = open_database(out).meta["counts"]  # complete already: nothing to redo
+            with env.begin() as txn:  # complete already: nothing to redo
+                counts = json.loads(txn.get(schema.META_KEY))["counts"]
             report.scanned, report.reused = counts["scanned"], counts["images"]
             report.stored_original = counts["stored_original"]
             report.stored_transcoded = counts["stored_transcoded"]

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python bench/bench_lmdb.py --help``."""

@@ -1,0 +1,80 @@
+"""The original PyTorch-LMDB converter and reader (``folder2lmdb.py``), re-implemented as the baseline.
+
+Faithful to the original algorithm: ``torchvision.datasets.ImageFolder`` with a loader returning the raw
+file bytes, a ``DataLoader`` with batch size 1 and an identity collate, one ``txn.put`` per image of
+``pickle.dumps((raw_bytes, label))`` under the key ``str(idx)``, a commit every ``write_frequency``
+images (at ``idx % write_frequency == 0``, as the original does), then pickled ``__keys__`` and
+``__len__`` and a sync. The original serialised with pyarrow, whose ``serialize`` is gone; pickle is what
+its current forks use. The reader is the original ``ImageFolderLMDB.__getitem__`` minus image decoding:
+one read transaction per sample and ``pickle.loads``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any
+
+import lmdb
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+
+MAP_SIZE = 1 << 40
+WRITE_FREQUENCY = 5000
+
+
+def raw_reader(path: str) -> bytes:
+    """ImageFolder loader returning the file's encoded bytes."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def identity_collate(batch: list[Any]) -> list[Any]:
+    """``collate_fn=lambda x: x`` of the original, at module level so workers can unpickle it."""
+    return batch
+
+
+def folder2lmdb(root: str, out: str, num_workers: int = 2, write_frequency: int = WRITE_FREQUENCY) -> int:
+    """Convert the ImageFolder tree ``root`` into the LMDB directory ``out``; returns the image count."""
+    dataset = ImageFolder(root, loader=raw_reader)
+    loader = DataLoader(dataset, batch_size=1, num_workers=num_workers, collate_fn=identity_collate)
+    os.makedirs(out, exist_ok=True)
+    db = lmdb.open(out, subdir=True, map_size=MAP_SIZE, readonly=False, meminit=False, map_async=True)
+    txn = db.begin(write=True)
+    idx = -1
+    for idx, data in enumerate(loader):
+        image, label = data[0]
+        txn.put("{}".format(idx).encode("ascii"), pickle.dumps((image, label)))
+        if idx % write_frequency == 0:
+            txn.commit()
+            txn = db.begin(write=True)
+    txn.commit()
+    keys = ["{}".format(k).encode("ascii") for k in range(idx + 1)]
+    with db.begin(write=True) as txn:
+        txn.put(b"__keys__", pickle.dumps(keys))
+        txn.put(b"__len__", pickle.dumps(len(keys)))
+    db.sync()
+    db.close()
+    return len(keys)
+
+
+class BaselineReader:
+    """The original ``ImageFolderLMDB`` without decoding: ``read(i)`` -> (raw image bytes, label)."""
+
+    def __init__(self, path: str) -> None:
+        self.env = lmdb.open(path, subdir=os.path.isdir(path), readonly=True, lock=False, readahead=False,
+                             meminit=False)
+        with self.env.begin(write=False) as txn:
+            self.length: int = pickle.loads(txn.get(b"__len__"))
+            self.keys: list[bytes] = pickle.loads(txn.get(b"__keys__"))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, index: int) -> tuple[bytes, int]:
+        with self.env.begin(write=False) as txn:
+            byteflow = txn.get(self.keys[index])
+        return pickle.loads(byteflow)
+
+    def close(self) -> None:
+        self.env.close()

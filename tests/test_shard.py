@@ -1,0 +1,41 @@
+"""shard_indices: equal counts, full cover, disjoint real samples, seeded per-epoch order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lmdb_io import shard_indices
+
+
+@pytest.mark.parametrize("world_size", range(1, 9))
+@pytest.mark.parametrize("length", [1, 5, 7, 10, 245, 1001])
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_shards_cover_disjointly_with_equal_counts(length: int, world_size: int, shuffle: bool) -> None:
+    shards = [shard_indices(length, rank, world_size, epoch=3, seed=11, shuffle=shuffle) for rank in range(world_size)]
+    per_rank = -(-length // world_size)
+    assert all(len(s) == per_rank for s in shards)
+    real = np.concatenate([s.indices[~s.is_padding] for s in shards])
+    assert sorted(real.tolist()) == list(range(length))  # every sample once: full cover, disjoint
+    padding = np.concatenate([s.indices[s.is_padding] for s in shards])
+    assert len(padding) == per_rank * world_size - length
+    assert all(0 <= i < length for i in padding.tolist())
+    assert sum(s.num_real for s in shards) == length
+
+
+def test_order_changes_per_epoch_and_is_fixed_by_seed() -> None:
+    a = shard_indices(1000, 1, 4, epoch=0, seed=7).indices
+    assert np.array_equal(a, shard_indices(1000, 1, 4, epoch=0, seed=7).indices)
+    assert not np.array_equal(a, shard_indices(1000, 1, 4, epoch=1, seed=7).indices)
+    assert not np.array_equal(a, shard_indices(1000, 1, 4, epoch=0, seed=8).indices)
+
+
+def test_no_shuffle_is_round_robin_in_order() -> None:
+    assert shard_indices(10, 1, 3, shuffle=False).indices.tolist() == [1, 4, 7, 0]
+    assert shard_indices(10, 1, 3, shuffle=False).is_padding.tolist() == [False, False, False, True]
+
+
+@pytest.mark.parametrize("args", [(0, 0, 1), (10, 2, 2), (10, -1, 2), (10, 0, 0)])
+def test_rejects_bad_arguments(args: tuple[int, int, int]) -> None:
+    with pytest.raises(ValueError):
+        shard_indices(*args)
