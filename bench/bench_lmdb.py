@@ -32,6 +32,7 @@ if str(REPO) not in sys.path:  # run as a script: make `bench` and `lmdb_io` imp
 
 import lmdb  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 import lmdb_io  # noqa: E402
 from lmdb_io.env import close_shared_env  # noqa: E402
@@ -77,6 +78,14 @@ class Tree:
 
 # -- dataset ----------------------------------------------------------------------------------------
 
+def remove(path: Path) -> None:
+    """Delete a file or directory tree if it exists."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
 def find_jpegs(source: Path) -> list[Path]:
     """The real JPEG files under ``source`` (by suffix and magic bytes), sorted; GIFs and others skipped."""
     found = []
@@ -93,6 +102,7 @@ def find_jpegs(source: Path) -> list[Path]:
 def build_tree(jpegs: Sequence[Path], root: Path, n: int) -> Tree:
     """``root/<class>/<i:08d>_<name>`` for n images cycling through ``jpegs``, each in its source's
     class folder; hard links, or copies where linking fails (another file system)."""
+    remove(root)
     linked = True
     nbytes = 0
     for i in range(n):
@@ -136,13 +146,6 @@ def convert_cmd(tree: Tree, out: Path, *extra: str) -> list[str]:
     return [sys.executable, str(CONVERT_PY), "--dataset", str(tree.root), "-o", str(out), "-q", *extra]
 
 
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
 # -- 1. converter throughput ------------------------------------------------------------------------
 
 def converters(tree: Tree) -> dict[str, Callable[[Path], None]]:
@@ -162,6 +165,7 @@ def bench_converters(tree: Tree, workdir: Path, runs: int) -> tuple[dict[str, li
     for run in range(runs):
         for name, convert in converters(tree).items():
             out = workdir / f"{name}-{run}" if name != "tar" else workdir / f"tar-{run}.tar"
+            remove(out)
             seconds[name].append(timed(lambda: convert(out)))
             if run == 0 and name in ("baseline", "ours"):
                 kept[name] = out
@@ -282,6 +286,7 @@ def bench_rss(trees: dict[int, Tree], workdir: Path) -> dict[int, tuple[int, int
     result = {}
     for size, tree in sorted(trees.items()):
         out = workdir / f"rss-{size}"
+        remove(out)
         result[size] = peak_rss(convert_cmd(tree, out))
         remove(out)
     return result
@@ -294,8 +299,6 @@ def machine() -> dict[str, object]:
         models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
     with open("/proc/meminfo") as f:
         mem_kib = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
-    import torch
-
     return {"cpu": models[0] if models else platform.processor() or "unknown",
             "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
             "memory_gib": round(mem_kib / (1 << 20), 1), "kernel": platform.release(),
@@ -365,9 +368,9 @@ def rss_rows(rss: dict[int, tuple[int, int]]) -> list[Row]:
     return rows
 
 
-def render(rows: Sequence[Row], header: str) -> str:
+def render(rows: Sequence[Row], title: str) -> str:
     cols = ["what", "how", "result", "MB/s", "ratio", "target", "met"]
-    lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = [title, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(asdict(r).values()) + " |" for r in rows]
     return "\n".join(lines)
 

@@ -145,7 +145,7 @@ def _transcode(image: Image.Image) -> bytes:
 
 def _describe_error(exc: Exception) -> str:
     text = str(exc) or type(exc).__name__
-    text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "it", text)  # keep reports reproducible
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", text)  # keep reports reproducible
     return text.splitlines()[0][:200]
 
 

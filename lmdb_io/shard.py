@@ -56,3 +56,22 @@ def shard_indices(length: int, rank: int, world_size: int, epoch: int = 0, seed:
     order = np.resize(epoch_order(length, epoch, seed, shuffle), total)  # wraps around when total > length
     positions = np.arange(rank, total, world_size, dtype=np.int64)
     return Shard(indices=order[positions], is_padding=positions >= length)
+
+
+def epoch_plan(length: int, rank: int, world_size: int, epoch: int, seed: int, shuffle: bool,
+               batch_size: int, drop_last: bool) -> Shard:
+    """This rank's samples for ``epoch`` cut to whole batches: what both loaders deliver, in order.
+
+    Training (``drop_last``) drops the shard's remainder, so every rank runs the same number of steps.
+    Evaluation pads the last batch by wrapping around the shard and marks those entries as padding.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch size must be positive, not {batch_size}")
+    shard = shard_indices(length, rank, world_size, epoch, seed, shuffle)
+    if drop_last:
+        n = len(shard) // batch_size * batch_size
+        return Shard(indices=shard.indices[:n], is_padding=shard.is_padding[:n])
+    n = -(-len(shard) // batch_size) * batch_size
+    padding = np.resize(shard.is_padding, n)
+    padding[len(shard):] = True
+    return Shard(indices=np.resize(shard.indices, n), is_padding=padding)

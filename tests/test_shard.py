@@ -39,3 +39,15 @@ def test_no_shuffle_is_round_robin_in_order() -> None:
 def test_rejects_bad_arguments(args: tuple[int, int, int]) -> None:
     with pytest.raises(ValueError):
         shard_indices(*args)
+
+
+@pytest.mark.parametrize("length, world_size, batch", [(245, 2, 16), (153, 3, 8), (10, 4, 4), (5, 8, 2)])
+def test_epoch_plan_whole_batches(length: int, world_size: int, batch: int) -> None:
+    from lmdb_io.shard import epoch_plan
+
+    train = [epoch_plan(length, r, world_size, 1, 0, True, batch, drop_last=True) for r in range(world_size)]
+    assert len({len(p) for p in train}) == 1 and all(len(p) % batch == 0 for p in train)
+    evals = [epoch_plan(length, r, world_size, 0, 0, False, batch, drop_last=False) for r in range(world_size)]
+    assert len({len(p) for p in evals}) == 1 and all(len(p) % batch == 0 for p in evals)
+    counted = np.concatenate([p.indices[~p.is_padding] for p in evals])
+    assert sorted(counted.tolist()) == list(range(length))

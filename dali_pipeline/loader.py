@@ -1,0 +1,52 @@
+"""The DALI loader: an lmdb_io database through ``LMDBSource`` and a pipeline into torch tensors."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+from lmdb_io.torch_loader import Batch
+
+from .pipelines import OUTPUT_NAMES, PipelineOptions, build_pipeline
+from .source import LMDBSource
+
+
+class DALILoader:
+    """Yields ``lmdb_io.torch_loader.Batch``; images and labels on the pipeline's device.
+
+    ``len()`` is the number of batches in the coming epoch (equal on every rank). Iterating again runs
+    the next epoch: the source sees DALI's epoch index and follows the next epoch's plan.
+    """
+
+    def __init__(self, source: LMDBSource, opts: PipelineOptions, train: bool) -> None:
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        self.source, self.opts = source, opts
+        self.pipeline = build_pipeline(source, opts, train)
+        self._iterator = DALIGenericIterator(self.pipeline, list(OUTPUT_NAMES), auto_reset=True,
+                                             last_batch_policy=LastBatchPolicy.DROP, prepare_first_batch=False)
+        self._epoch = source.first_epoch
+
+    def __len__(self) -> int:
+        return self.source.num_batches(self._epoch)
+
+    def __iter__(self) -> Iterator[Batch]:
+        self._epoch += 1
+        for (out,) in self._iterator:
+            yield Batch(out["images"], out["labels"].view(-1), out["indices"].view(-1), out["real"].view(-1).bool())
+
+
+def make_dali_loader(path: str | os.PathLike, batch_size: int, *, train: bool, rank: int = 0, world_size: int = 1,
+                     seed: int = 0, device_id: int | None = None, first_epoch: int = 0, skip: int = 0,
+                     verify: bool = True, **options) -> DALILoader:
+    """The DALI loader for one rank (global ``rank``): train drops the shard's remainder, val pads and masks.
+
+    ``options`` are ``PipelineOptions`` fields (threads, py_workers, crop, hw_decoder_load, ...). On a
+    GPU the source runs in Python workers unless ``py_workers=0`` is given.
+    """
+    options.setdefault("py_workers", 4 if device_id is not None else 0)
+    source = LMDBSource(path, batch_size, rank=rank, world_size=world_size, seed=seed, shuffle=train,
+                        drop_last=train, first_epoch=first_epoch, skip=skip, verify=verify)
+    opts = PipelineOptions(batch_size=batch_size, device_id=device_id, seed=seed + rank, **options)
+    return DALILoader(source, opts, train)
+
