@@ -29,25 +29,9 @@ from __future__ import annotations
 
 from nvidia.dali import fn, types
 
-__all__ = ["decoder_kwargs", "resize_and_center_crop"]
+from .compat import no_exif_rotation
 
-
-def decoder_kwargs(op_schema_name: str) -> dict:
-    """Keyword arguments that make a DALI op ignore EXIF orientation.
-
-    DALI 2.x decoders (``decoders__Image``, ``decoders__ImageRandomCrop``, ...)
-    and ``PeekImageShape`` take ``adjust_orientation`` (default True), whereas
-    PIL/torchvision's ImageFolder does not apply EXIF orientation. DALI 1.34's
-    ops ignore EXIF and reject the argument. Returns
-    ``{"adjust_orientation": False}`` only when the op's schema knows it.
-    """
-    from nvidia.dali import backend
-
-    try:
-        names = backend.GetSchema(op_schema_name).GetArgumentNames()
-    except Exception:  # unknown schema in this DALI build
-        return {}
-    return {"adjust_orientation": False} if "adjust_orientation" in names else {}
+__all__ = ["resize_and_center_crop"]
 
 
 def _half_round_even(d):
@@ -88,7 +72,7 @@ def resize_and_center_crop(images, encoded, resize: int = 256, crop: int = 224, 
     op_device = "gpu" if device in ("gpu", "mixed", "cuda") else "cpu"
 
     # Encoded (un-rotated, like PIL) H, W, C.
-    shape = fn.peek_image_shape(encoded, **decoder_kwargs("PeekImageShape"))
+    shape = fn.peek_image_shape(encoded, **no_exif_rotation("PeekImageShape"))
     shape = fn.cast(shape, dtype=types.INT64)
     h = shape[0]
     w = shape[1]

@@ -22,7 +22,8 @@ transforms = pytest.importorskip("torchvision.transforms")
 from PIL import Image  # noqa: E402
 from nvidia.dali import fn, pipeline_def, types  # noqa: E402
 
-from dali_pipeline.val_geometry import decoder_kwargs, resize_and_center_crop  # noqa: E402
+from dali_pipeline.compat import no_exif_rotation  # noqa: E402
+from dali_pipeline.val_geometry import resize_and_center_crop  # noqa: E402
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 HYMENOPTERA_VAL = DATASETS / "hymenoptera" / "val"
@@ -57,7 +58,7 @@ def _dali_crops(blobs: list[bytes], resize: int, crop: int) -> list[np.ndarray]:
     @pipeline_def(batch_size=BATCH, num_threads=2, device_id=None)
     def pipe():
         enc = fn.external_source(source=lambda: next(feed), batch=False)
-        img = fn.decoders.image(enc, device="cpu", output_type=types.RGB, **decoder_kwargs("decoders__Image"))
+        img = fn.decoders.image(enc, device="cpu", output_type=types.RGB, **no_exif_rotation("decoders__Image"))
         return resize_and_center_crop(img, enc, resize=resize, crop=crop, device="cpu")
 
     p = pipe()
