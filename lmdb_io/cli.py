@@ -158,22 +158,38 @@ def _verify(path: str, decode: bool, workers: int, quiet: bool) -> int:
     from .database import open_database
 
     db = open_database(path)
-    problems: list[str] = []
+    problems: list[tuple[int, str]] = []
     with ThreadPoolExecutor(max(1, workers)) as pool, \
             tqdm(total=len(db), unit="img", desc="verify", disable=quiet, mininterval=0.5) as bar:
         for index, problem in enumerate(pool.map(lambda i: _check_record(db, i, decode), range(len(db)),
                                                  chunksize=64)):
             if problem:
-                problems.append(f"{problem} [{db.paths()[index]}]")
+                problems.append((index, problem))
             bar.update(1)
-    what = "checksums and labels" + (" and decoding" if decode else "")
+    what = "checksums and labels" + (" and decoding with Pillow" if decode else "")
+    if decode:
+        dali_problems, dali_what = _dali_decode_check(db, workers)
+        problems += dali_problems
+        what += dali_what
     if problems:
-        for line in problems:
-            print(f"  {line}")
-        print(f"{path}: {len(problems)} of {len(db)} records failed ({what})")
+        paths = db.paths()
+        for index, problem in sorted(problems):
+            print(f"  {problem} [{paths[index]}]")
+        print(f"{path}: {len({i for i, _ in problems})} of {len(db)} records failed ({what})")
         return EXIT_BAD_RECORDS
     print(f"{path}: all {len(db)} records OK ({what})")
     return 0
+
+
+def _dali_decode_check(db, workers: int) -> tuple[list[tuple[int, str]], str]:
+    """Decode every record with DALI's CPU decoder too, when DALI is installed (it decides at training)."""
+    try:
+        import nvidia.dali
+        from dali_pipeline.decode_check import undecodable_records
+    except ImportError:
+        return [], " (DALI not installed: its decoder was not tried)"
+    bad = undecodable_records(db, range(len(db)), num_threads=max(1, workers))
+    return bad, f" and DALI {nvidia.dali.__version__} (CPU)"
 
 
 def lmdb_io_parser() -> argparse.ArgumentParser:
@@ -184,7 +200,8 @@ def lmdb_io_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     verify = sub.add_parser("verify", help="check every record's header, checksum and label")
     verify.add_argument("db", metavar="DB", help="database directory")
-    verify.add_argument("--decode", action="store_true", help="also decode every image")
+    verify.add_argument("--decode", action="store_true",
+                        help="also decode every image with Pillow and, when installed, DALI's CPU decoder")
     verify.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
                         help="threads checking records (default: all cores)")
     verify.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -145,3 +145,28 @@ def test_bad_images_database_decodes_in_both_loaders(bad_images: Path, tmp_path:
         assert sum(real) == n
         train = _make(kind, out, 4, train=True, crop=64)
         assert _epoch_indices(train)[0] == n // 4
+
+
+def test_verify_decode_names_a_record_dali_cannot_decode(val_db: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import lmdb
+
+    from conftest import run_cli
+    from dali_pipeline.decode_check import undecodable_records
+    from lmdb_io import ImageFormat
+    from lmdb_io.env import close_shared_env
+    from lmdb_io.record import encode_record
+
+    broken = tmp_path / "broken.lmdb"
+    shutil.copytree(val_db, broken)
+    key = open_database(broken).key(7)
+    close_shared_env(str(broken))
+    env = lmdb.open(str(broken), map_size=0)
+    with env.begin(write=True) as txn:  # a valid record (checksum fine) holding a JPEG with no image data
+        txn.put(key, encode_record(b"\xff\xd8\xff\xe0\x00\x10JFIF" + b"\0" * 300 + b"\xff\xd9", 0, ImageFormat.JPEG))
+    env.close()
+    bad = undecodable_records(open_database(broken), range(153), batch_size=16)
+    assert [i for i, _ in bad] == [7] and key.decode() in bad[0][1]
+    proc = run_cli("-m", "lmdb_io", "verify", str(broken), "--decode", "-q")
+    assert proc.returncode == 1 and "DALI's CPU decoder" in proc.stdout and "1 of 153" in proc.stdout
