@@ -166,6 +166,7 @@ def bench_converters(tree: Tree, workdir: Path, runs: int) -> tuple[dict[str, li
         for name, convert in converters(tree).items():
             out = workdir / f"{name}-{run}" if name != "tar" else workdir / f"tar-{run}.tar"
             remove(out)
+            os.sync()  # start clean: no contender pays for writing back another's dirty pages
             seconds[name].append(timed(lambda: convert(out)))
             if run == 0 and name in ("baseline", "ours"):
                 kept[name] = out
@@ -287,6 +288,7 @@ def bench_rss(trees: dict[int, Tree], workdir: Path) -> dict[int, tuple[int, int
     for size, tree in sorted(trees.items()):
         out = workdir / f"rss-{size}"
         remove(out)
+        os.sync()
         result[size] = peak_rss(convert_cmd(tree, out))
         remove(out)
     return result
@@ -318,8 +320,8 @@ def converter_rows(sec: dict[str, list[float]], tree: Tree) -> list[Row]:
     vs_tar = med["ours"] / med["tar"]
 
     def row(name: str, what: str, how: str, **kw: str) -> Row:
-        ratio = kw.pop("ratio", f"{med['baseline'] / med[name]:.2f}x")
-        return Row(what, how, f"{rate[name][0]:,.0f} img/s", f"{rate[name][1]:,.0f}", ratio, **kw)
+        return Row(what, how, f"{rate[name][0]:,.0f} img/s", f"{rate[name][1]:,.0f}",
+                   f"{med['baseline'] / med[name]:.2f}x", **kw)
 
     return [
         row("baseline", "convert: baseline PyTorch-LMDB",
@@ -362,7 +364,7 @@ def rss_rows(rss: dict[int, tuple[int, int]]) -> list[Row]:
         ok = max(polled, maxrss) < RSS_LIMIT and (size == sizes[0] or flat)
         rows.append(Row(f"convert peak RSS: ours, {size} images",
                         "sum of VmRSS over the process tree every 20 ms (ru_maxrss cross-check)",
-                        f"{polled / MIB:,.0f} MiB ({maxrss / MIB:,.0f} MiB)", "",
+                        f"{polled / MIB:,.0f} MiB (ru_maxrss {maxrss / MIB:,.0f})", "",
                         f"{ratio:.2f}x vs {sizes[0]}" if size != sizes[0] else "",
                         "< 1 GiB" + ("" if size == sizes[0] else f", within 10% of {sizes[0]}"), yes_no(ok)))
     return rows
@@ -381,7 +383,8 @@ def header(info: dict[str, object], tree: Tree, runs: int) -> str:
             f"Machine: {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
             f"{info['memory_gib']} GiB RAM, Linux {info['kernel']}; Python {info['python']}, "
             f"py-lmdb {info['py_lmdb']} (LMDB {info['liblmdb']}), torch {info['torch']}, "
-            f"lmdb_io {info['lmdb_io']}.\n"
+            f"lmdb_io {info['lmdb_io']}; 1-min load average {info['load_1min_before']:.2f} before the run, "
+            f"{info['load_1min_after']:.2f} after.\n"
             f"Dataset: {tree.images} JPEGs ({tree.nbytes / 1e6:,.1f} MB, MB = 1e6 bytes) made of {how}; "
             f"hot page cache; median of {runs} runs.")
 
@@ -404,6 +407,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
+    load_before = os.getloadavg()[0]
     jpegs = find_jpegs(args.source)
     trees = {n: build_tree(jpegs, workdir / f"tree-{n}", n) for n in sorted({args.images, *args.rss_sizes})}
     tree = trees[args.images]
@@ -414,7 +418,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     for path in kept.values():
         remove(path)
     rss = bench_rss({n: trees[n] for n in args.rss_sizes}, workdir)
-    info = machine()
+    info = {**machine(), "load_1min_before": load_before, "load_1min_after": os.getloadavg()[0]}
     rows = converter_rows(conv_sec, tree) + read_rows(read_sec, reads, read_bytes) + rss_rows(rss)
     return {"machine": info, "table": render(rows, header(info, tree, args.runs)),
             "params": {"images": args.images, "runs": args.runs, "rss_sizes": args.rss_sizes,

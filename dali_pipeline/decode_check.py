@@ -28,6 +28,7 @@ class _Decoder:
     def __init__(self, batch_size: int, num_threads: int) -> None:
         self.batch_size, self.num_threads = batch_size, num_threads
         self.pipe = None
+        self.failed: list = []
 
     def decodes(self, payloads: Sequence[np.ndarray]) -> bool:
         if self.pipe is None:
@@ -39,6 +40,9 @@ class _Decoder:
             self.pipe.run()
             return True
         except RuntimeError:
+            # Destroying a failed pipeline while building the next one crashes DALI 2.4 at random
+            # (seen here: SIGSEGV in Pipeline.outputs); failures are few, so keep them to the end.
+            self.failed.append(self.pipe)
             self.pipe = None
             return False
 

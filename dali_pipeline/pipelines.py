@@ -72,33 +72,61 @@ def _outputs(images: Any, labels: Any, indices: Any, real: Any, opts: PipelineOp
     return images, (labels.gpu() if opts.on_gpu else labels), indices, real
 
 
-@pipeline_def
-def _train(source: Callable, opts: PipelineOptions) -> tuple:
-    encoded, labels, indices, real = _read(source, opts)
+def train_augment(encoded: Any, opts: PipelineOptions) -> Any:
+    """Decode with a random-resized crop, resize to the crop size, random flip, normalize."""
     images = fn.decoders.image_random_crop(
         encoded, device="mixed" if opts.on_gpu else "cpu", random_area=[0.08, 1.0],
         random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=10, **_decoder_args("decoders__ImageRandomCrop", opts))
     images = fn.resize(images, resize_x=opts.crop, resize_y=opts.crop, interp_type=types.INTERP_LINEAR,
                        antialias=True)
-    images = _normalize(images, opts, mirror=fn.random.coin_flip(probability=0.5))
-    return _outputs(images, labels, indices, real, opts)
+    return _normalize(images, opts, mirror=fn.random.coin_flip(probability=0.5))
 
 
-@pipeline_def
-def _val(source: Callable, opts: PipelineOptions) -> tuple:
-    encoded, labels, indices, real = _read(source, opts)
+def val_transform(encoded: Any, opts: PipelineOptions) -> Any:
+    """Decode, resize the shorter side and center crop as torchvision does, normalize."""
     images = fn.decoders.image(encoded, device="mixed" if opts.on_gpu else "cpu",
                                **_decoder_args("decoders__Image", opts))
     images = resize_and_center_crop(images, encoded, resize=opts.val_resize, crop=opts.crop,
                                     device="gpu" if opts.on_gpu else "cpu")
-    return _outputs(_normalize(images, opts), labels, indices, real, opts)
+    return _normalize(images, opts)
+
+
+@pipeline_def
+def _lmdb_pipeline(source: Callable, opts: PipelineOptions, train: bool) -> tuple:
+    encoded, labels, indices, real = _read(source, opts)
+    images = train_augment(encoded, opts) if train else val_transform(encoded, opts)
+    return _outputs(images, labels, indices, real, opts)
+
+
+FILE_READER_NAME = "files"
+
+
+@pipeline_def
+def _folder_pipeline(root: str, opts: PipelineOptions, train: bool, rank: int, world_size: int) -> tuple:
+    """An ImageFolder tree through DALI's file reader, sharded by global rank and padded, so every rank
+    reads the same count. The reader gives no dataset index: ``indices`` is -1, ``real`` 1."""
+    encoded, labels = fn.readers.file(file_root=root, shard_id=rank, num_shards=world_size, random_shuffle=train,
+                                      pad_last_batch=True, seed=opts.seed, name=FILE_READER_NAME)
+    images = train_augment(encoded, opts) if train else val_transform(encoded, opts)
+    labels = fn.cast(labels, dtype=types.INT64)
+    return _outputs(images, labels, fn.constant(idata=-1, dtype=types.INT64) * 1,
+                    fn.constant(idata=1, dtype=types.UINT8) * 1, opts)
+
+
+def _pipeline_args(opts: PipelineOptions) -> dict[str, Any]:
+    return dict(batch_size=opts.batch_size, num_threads=opts.num_threads, device_id=opts.device_id, seed=opts.seed,
+                prefetch_queue_depth=opts.prefetch, py_num_workers=max(1, opts.py_workers), py_start_method="spawn")
 
 
 def build_pipeline(source: Callable, opts: PipelineOptions, train: bool) -> Pipeline:
-    """A built pipeline. Python workers start with spawn: DALI cannot fork once CUDA is initialised."""
-    make = _train if train else _val
-    pipe = make(source, opts, batch_size=opts.batch_size, num_threads=opts.num_threads, device_id=opts.device_id,
-                seed=opts.seed, prefetch_queue_depth=opts.prefetch, py_num_workers=max(1, opts.py_workers),
-                py_start_method="spawn")
+    """A built pipeline over a per-sample source. Python workers start with spawn: DALI cannot fork
+    them once CUDA is initialised, and building a GPU pipeline initialises it."""
+    pipe = _lmdb_pipeline(source, opts, train, **_pipeline_args(opts))
+    pipe.build()
+    return pipe
+
+
+def build_folder_pipeline(root: str, opts: PipelineOptions, train: bool, rank: int, world_size: int) -> Pipeline:
+    pipe = _folder_pipeline(root, opts, train, rank, world_size, **_pipeline_args(opts))
     pipe.build()
     return pipe
