@@ -143,18 +143,62 @@ def time_source(source: Callable, samples: int, repeats: int = 3) -> float:
 
 # -- timing -----------------------------------------------------------------------------------------
 
+CLOCK_TICK = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu_ticks(pid: int) -> int:
+    """utime + stime + cutime + cstime of one process (its reaped children included); 0 once gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0
+    return sum(int(x) for x in fields[11:15])
+
+
+def cpu_snapshot() -> tuple[float, float]:
+    """(CPU seconds the whole machine spent busy, CPU seconds of this process tree), both cumulative.
+
+    The tree is this process, its live descendants and (through cutime) the reaped ones, so a worker
+    that exits mid-epoch keeps counting. Their difference over an epoch is what other processes took.
+    """
+    from bench.bench_lmdb import children_map
+
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    machine = (user + nice + system + irq + softirq + steal) * CLOCK_TICK  # steal: taken by the host
+    children = children_map()
+    stack, ticks = [os.getpid()], 0
+    while stack:
+        pid = stack.pop()
+        ticks += _proc_cpu_ticks(pid)
+        stack.extend(children.get(pid, ()))
+    return machine, ticks * CLOCK_TICK
+
+
 @dataclass
 class EpochTiming:
-    """One timed epoch: batches seen, images and seconds counted after the warm-up batches."""
+    """One timed epoch, counted after the warm-up batches: images, seconds, the CPU seconds this
+    process tree used and those other processes (or the host, as steal) took meanwhile."""
 
     batches: int
     images: int
     seconds: float
+    own_cpu: float
+    foreign_cpu: float
     indices: list[int]
 
     @property
     def rate(self) -> float:
         return self.images / self.seconds
+
+    @property
+    def cores_used(self) -> float:
+        return self.own_cpu / self.seconds
+
+    def foreign_share(self, cores: int) -> float:
+        """Share of the machine's CPU capacity that others took during the timed part."""
+        return max(self.foreign_cpu, 0.0) / (self.seconds * cores)
 
 
 def time_epoch(loader: Iterable, batch_size: int, warmup: int, sync: Optional[Callable[[], None]] = None
@@ -164,7 +208,9 @@ def time_epoch(loader: Iterable, batch_size: int, warmup: int, sync: Optional[Ca
     if warmup < 1:
         raise ValueError("warmup must be at least 1 batch (the clock starts on receiving one)")
     started = last = None
+    cpu_start = cpu_last = (0.0, 0.0)
     batches = images = 0
+    total = len(loader) if hasattr(loader, "__len__") else None  # snapshot /proc at the ends only
     indices: list[int] = []
     for batch in loader:
         batches += 1
@@ -177,12 +223,17 @@ def time_epoch(loader: Iterable, batch_size: int, warmup: int, sync: Optional[Ca
             if sync is not None:
                 sync()
             last = time.perf_counter()
+            if batches == warmup or batches == total or total is None:
+                cpu_last = cpu_snapshot()
             if batches == warmup:
-                started = last
+                started, cpu_start = last, cpu_last
     if started is None or images == 0:
         raise SystemExit(f"an epoch of {batches} batches leaves none to time after {warmup} warm-up batches; "
                          f"use more images or a smaller batch")
-    return EpochTiming(batches, images, last - started, indices)
+    if total is not None and batches != total:
+        raise SystemExit(f"the loader announced {total} batches and delivered {batches}")
+    own = cpu_last[1] - cpu_start[1]
+    return EpochTiming(batches, images, last - started, own, cpu_last[0] - cpu_start[0] - own, indices)
 
 
 @dataclass
@@ -195,28 +246,58 @@ class Contender:
     make: Callable[[int], Iterable]
 
 
+@dataclass
+class Rounds:
+    """Every round run (``timings[key][round]``), which rounds count, and the rule that chose them."""
+
+    timings: dict[str, list[EpochTiming]]
+    used: list[int]
+    disturbed: list[int]
+    max_foreign: float
+
+    def used_timings(self, key: str) -> list[EpochTiming]:
+        return [self.timings[key][r] for r in self.used]
+
+    def median_rate(self, key: str) -> float:
+        return statistics.median(t.rate for t in self.used_timings(key))
+
+    def median_ratio(self, num: str, den: str) -> float:
+        """Median over the counted rounds of the per-round rate ratio (both measured minutes apart at most)."""
+        return statistics.median(self.timings[num][r].rate / self.timings[den][r].rate for r in self.used)
+
+
 def run_rounds(contenders: Sequence[Contender], runs: int, batch_size: int, warmup: int,
-               expected: Callable[[int], list[int]], sync: Optional[Callable[[], None]] = None,
-               log: Callable[[str], None] = lambda s: None) -> dict[str, list[EpochTiming]]:
-    """``runs`` rounds; each builds every contender afresh (seed = round), times one epoch and deletes it
-    (stopping its threads, workers and next-epoch prefetch) before the next contender starts. Every
-    epoch must deliver ``expected(seed)``, the plan's indices, so all contenders do the same work."""
+               expected: Callable[[int], list[int]], *, cores: int, max_foreign: float = 1.0, extra_runs: int = 0,
+               sync: Optional[Callable[[], None]] = None, log: Callable[[str], None] = lambda s: None) -> Rounds:
+    """Rounds of one timed epoch per contender, each on a loader built afresh (seed = round) and deleted
+    (stopping its threads, workers and next-epoch prefetch) before the next contender starts.
+
+    A round where other processes took more than ``max_foreign`` of the CPUs during any contender's
+    timed epoch is disturbed; up to ``extra_runs`` more rounds replace disturbed ones. The result counts
+    the first ``runs`` undisturbed rounds, or every round if there are not that many. Every epoch must
+    deliver ``expected(seed)``, the plan's indices, so all contenders do the same work.
+    """
     timings: dict[str, list[EpochTiming]] = {c.key: [] for c in contenders}
-    for run in range(runs):
+    clean: list[int] = []
+    disturbed: list[int] = []
+    for run in range(runs + extra_runs):
+        if len(clean) == runs:
+            break
+        worst = 0.0
         for c in contenders:
             loader = c.make(run)
             timing = time_epoch(loader, batch_size, warmup, sync)
             del loader
             gc.collect()
             if timing.indices != expected(run):
-                raise SystemExit(f"{c.key}: run {run} delivered other samples than the epoch plan")
+                raise SystemExit(f"{c.key}: round {run} delivered other samples than the epoch plan")
             timings[c.key].append(timing)
-            log(f"run {run + 1}/{runs} {c.key}: {timing.rate:,.1f} img/s")
-    return timings
-
-
-def median_rate(timings: Sequence[EpochTiming]) -> float:
-    return statistics.median(t.rate for t in timings)
+            worst = max(worst, timing.foreign_share(cores))
+            log(f"round {run + 1} {c.key}: {timing.rate:,.1f} img/s, {timing.cores_used:.2f} cores used, "
+                f"others took {timing.foreign_share(cores):.0%} of the CPUs")
+        (clean if worst <= max_foreign else disturbed).append(run)
+    used = clean if len(clean) == runs else sorted(clean + disturbed)
+    return Rounds(timings, used, disturbed, max_foreign)
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -276,8 +357,6 @@ def make_contenders(db: Path, memory: MemorySource, args: argparse.Namespace) ->
     from lmdb_io.torch_loader import make_torch_loader
 
     cores, batch, crop = args.cores, args.batch, args.crop
-    graph = (f"decoders.image_random_crop (libjpeg-turbo, crop window fused into decoding) -> resize {crop}"
-             f" -> flip -> normalize, CHW float32")
 
     def dali(py_workers: int) -> Callable[[int], Iterable]:
         return lambda seed: make_dali_loader(db, batch, train=True, seed=seed, device_id=None, num_threads=cores,
@@ -289,72 +368,93 @@ def make_contenders(db: Path, memory: MemorySource, args: argparse.Namespace) ->
                                seed=seed)
         return DALILoader(source, opts, train=True)
 
-    contenders = [Contender("dali_lmdb_w0", "DALI CPU train, LMDB source in the pipeline thread",
-                            f"`make_dali_loader(device_id=None, num_threads={cores}, py_workers=0)`: {graph}",
-                            dali(0))]
+    def torch_loader(seed: int) -> Iterable:
+        return make_torch_loader(db, batch, train=True, seed=seed, workers=cores, crop=crop)
+
+    contenders = [Contender(
+        "dali_lmdb_w0", "DALI CPU train from the LMDB, source in the pipeline thread (py_workers=0)",
+        f"`make_dali_loader(device_id=None, num_threads={cores}, py_workers=0)`: image_random_crop (libjpeg-turbo, "
+        f"crop fused into decoding), resize {crop}, flip, normalize to CHW float32", dali(0))]
     for w in args.py_workers:
-        contenders.append(Contender(f"dali_lmdb_w{w}", f"DALI CPU train, LMDB source in {w} Python worker(s)",
-                                    f"same, `py_workers={w}` (parallel external_source, spawn)", dali(w)))
+        contenders.append(Contender(
+            f"dali_lmdb_w{w}", f"DALI CPU train from the LMDB, parallel source (py_workers={w})",
+            f"same, `py_workers={w}`: the LMDB source in {w} spawned Python process{'es' if w > 1 else ''}",
+            dali(w)))
     contenders.append(Contender(
-        "torch", f"torchvision DataLoader train, {cores} workers",
-        f"`make_torch_loader(workers={cores})`: ImageFolderLMDB, PIL decode, RandomResizedCrop({crop}), flip, "
-        f"ToTensor, Normalize", lambda seed: make_torch_loader(db, batch, train=True, seed=seed, workers=cores,
-                                                               crop=crop)))
-    contenders.append(Contender("dali_memory_w0", "DALI CPU train, same JPEG bytes from memory",
-                                "same graph and options as py_workers=0; `DALILoader(MemorySource)` over a list "
-                                "of uint8 arrays in epoch_plan order", dali_memory))
+        "torch", f"torchvision DataLoader train from the LMDB, {cores} workers",
+        f"`make_torch_loader(workers={cores})`: ImageFolderLMDB, PIL decode, RandomResizedCrop({crop}), "
+        f"flip, ToTensor, Normalize", torch_loader))
+    contenders.append(Contender(
+        "dali_memory_w0", "DALI CPU train from the same JPEG bytes in memory (py_workers=0)",
+        "same graph and options as py_workers=0; `DALILoader(MemorySource)`: a list of uint8 arrays read "
+        "in epoch_plan order", dali_memory))
     return contenders
 
 
-def build_rows(rates: dict[str, float], source_us: dict[str, float], args: argparse.Namespace) -> list[Row]:
-    torch_rate = rates["torch"]
-    w0 = rates["dali_lmdb_w0"]
+def spread(rounds: Rounds, key: str) -> str:
+    rates = [t.rate for t in rounds.used_timings(key)]
+    median = statistics.median(rates)
+    return f"{median:,.0f}" if len(rates) == 1 else f"{median:,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
+
+
+def build_rows(contenders: Sequence[Contender], rounds: Rounds, source_us: dict[str, float]) -> list[Row]:
+    """The table: per-row ratios are medians of per-round ratios (contenders of one round ran together)."""
+    by_key = {c.key: c for c in contenders}
+    dali_keys = [k for k in by_key if k.startswith("dali_lmdb")]
     rows = []
-    for key in ["dali_lmdb_w0"] + [f"dali_lmdb_w{w}" for w in args.py_workers]:
-        ratio = rates[key] / torch_rate
-        extra = "" if key == "dali_lmdb_w0" else f"; {rates[key] / w0:.2f}x vs py_workers=0"
-        what = ("DALI CPU train, LMDB source in the pipeline thread (py_workers=0)" if key == "dali_lmdb_w0"
-                else f"DALI CPU train, LMDB source in {key.rsplit('w', 1)[1]} Python worker(s)")
-        how = (f"`make_dali_loader(device_id=None, num_threads={args.cores}, py_workers=0)`: image_random_crop "
-               f"(libjpeg-turbo, crop fused into decode), resize {args.crop}, flip, normalize"
-               if key == "dali_lmdb_w0" else f"same, `py_workers={key.rsplit('w', 1)[1]}` (parallel source, spawn)")
-        rows.append(Row(what, how, f"{rates[key]:,.0f}", f"{ratio:.2f}x vs torch{extra}", ">= 1.8x vs torch",
-                        yes_no(ratio >= 1.8)))
-    rows.append(Row(f"torchvision DataLoader train, {args.cores} workers",
-                    f"`make_torch_loader(workers={args.cores})`: ImageFolderLMDB, PIL decode, RandomResizedCrop, "
-                    f"flip, ToTensor, Normalize", f"{torch_rate:,.0f}", "1.00x", "baseline", ""))
-    best = max((k for k in rates if k.startswith("dali_lmdb")), key=rates.__getitem__)
-    ratio = rates[best] / torch_rate
-    rows.append(Row("DALI / torch, best DALI LMDB setting", f"`{best}` / `torch`, same {args.cores} cores",
-                    f"{rates[best]:,.0f} / {torch_rate:,.0f}", f"{ratio:.2f}x", ">= 1.8x", yes_no(ratio >= 1.8)))
-    mem = rates["dali_memory_w0"]
-    rows.append(Row("DALI CPU train, same JPEG bytes from memory (py_workers=0)",
-                    "same graph and options; `DALILoader(MemorySource)`: list of uint8 arrays in epoch_plan order",
-                    f"{mem:,.0f}", f"{mem / torch_rate:.2f}x vs torch", "(reference)", ""))
-    cost = mem / w0 - 1  # extra time per image with the LMDB source, relative to memory
-    rows.append(Row("LMDB source cost vs memory", "time per image, LMDB (py_workers=0) / memory - 1",
-                    f"{w0:,.0f} vs {mem:,.0f}", f"{cost * 100:+.1f} %", "<= 10 %", yes_no(cost <= 0.10)))
-    per_image_us = 1e6 / w0
+    for key in dali_keys:
+        ratio = rounds.median_ratio(key, "torch")
+        extra = "" if key == "dali_lmdb_w0" else f"; {rounds.median_ratio(key, 'dali_lmdb_w0'):.2f}x vs py_workers=0"
+        rows.append(Row(by_key[key].what, by_key[key].how, spread(rounds, key), f"{ratio:.2f}x vs torch{extra}",
+                        ">= 1.8x vs torch", yes_no(ratio >= 1.8)))
+    rows.append(Row(by_key["torch"].what, by_key["torch"].how, spread(rounds, "torch"), "1.00x", "baseline", ""))
+    best = max(dali_keys, key=rounds.median_rate)
+    ratio = rounds.median_ratio(best, "torch")
+    rows.append(Row("DALI / torch: best DALI LMDB setting", f"`{best}` / `torch`, same cores, per-round ratio",
+                    f"{rounds.median_rate(best):,.0f} / {rounds.median_rate('torch'):,.0f}", f"{ratio:.2f}x",
+                    ">= 1.8x", yes_no(ratio >= 1.8)))
+    mem = by_key["dali_memory_w0"]
+    rows.append(Row(mem.what, mem.how, spread(rounds, mem.key),
+                    f"{rounds.median_ratio(mem.key, 'torch'):.2f}x vs torch", "(reference)", ""))
+    cost = rounds.median_ratio(mem.key, "dali_lmdb_w0") - 1  # extra time per image with the LMDB source
+    rows.append(Row("LMDB source cost vs memory", "time per image: LMDB (py_workers=0) / memory - 1, per round",
+                    f"{rounds.median_rate('dali_lmdb_w0'):,.0f} vs {rounds.median_rate(mem.key):,.0f}",
+                    f"{cost * 100:+.1f} %", "<= 10 %", yes_no(cost <= 0.10)))
+    per_image_us = 1e6 / rounds.median_rate("dali_lmdb_w0")
     rows.append(Row("source callback alone, LMDB vs memory",
-                    "`LMDBSource.__call__` (txn, get, header, xxh3) vs `MemorySource.__call__`, one thread, "
-                    "one epoch", f"{source_us['lmdb']:.1f} vs {source_us['memory']:.1f} us/sample",
-                    f"{(source_us['lmdb'] - source_us['memory']) / per_image_us * 100:.1f} % of a pipeline "
-                    f"image's {per_image_us:,.0f} us", "(info)", ""))
+                    "`LMDBSource.__call__` (txn, get, header, xxh3) vs `MemorySource.__call__`, one thread, one "
+                    "epoch", f"{source_us['lmdb']:.1f} vs {source_us['memory']:.1f} us/sample",
+                    f"+{(source_us['lmdb'] - source_us['memory']) / per_image_us * 100:.1f} % of the pipeline's "
+                    f"{per_image_us:,.0f} us/image", "(info)", ""))
     return rows
 
 
-def header(info: dict[str, Any], args: argparse.Namespace, params: dict[str, Any]) -> str:
+def interference(rounds: Rounds, cores: int) -> str:
+    shares = [t.foreign_share(cores) for ts in rounds.timings.values() for t in ts]
+    used = [rounds.timings[k][r].foreign_share(cores) for k in rounds.timings for r in rounds.used]
+    note = (f"Other processes took {statistics.median(used):.0%} of the CPUs (median; max {max(used):.0%}) "
+            f"during the counted epochs")
+    if rounds.disturbed:
+        counted = ("COUNTED: too few undisturbed runs, numbers unreliable"
+                   if set(rounds.disturbed) & set(rounds.used) else "left out")
+        note += (f"; {len(rounds.disturbed)} disturbed round(s) (others > {rounds.max_foreign:.0%}, up to "
+                 f"{max(shares):.0%}) {counted}")
+    return note + "."
+
+
+def header(info: dict[str, Any], args: argparse.Namespace, params: dict[str, Any], rounds: Rounds) -> str:
     links = "hard links" if params["hard_links"] else "COPIES (hard links failed)"
-    return (f"### Loader benchmark (DALI CPU vs torchvision, loader only)\n\n"
+    return (f"### Loader benchmark: DALI CPU vs torchvision, loader only\n\n"
             f"Machine: {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
             f"{info['memory_gib']} GiB RAM, Linux {info['kernel']}; Python {info['python']}, torch {info['torch']}, "
             f"torchvision {info['torchvision']}, DALI {info['dali']}, Pillow {info['pillow']}, "
             f"lmdb_io {info['lmdb_io']}.\n"
             f"Data: {args.images} JPEGs ({params['input_bytes'] / MB:,.1f} MB, {links} to {params['source_jpegs']} "
-            f"files of {args.source.name}) in one LMDB ({params['db_bytes'] / MB:,.1f} MB), hot page cache. "
-            f"Train epoch, batch {args.batch}, crop {args.crop}, {params['batches']} batches; first "
-            f"{args.warmup_batches} batches of each run untimed; contenders interleaved run by run, each on a "
-            f"fresh loader; median of {args.runs} runs; no model.")
+            f"files of {args.source.name}) in one LMDB ({params['db_bytes'] / MB:,.1f} MB), hot page cache.\n"
+            f"Method: one train epoch per run (batch {args.batch}, crop {args.crop}, {params['batches']} batches), the "
+            f"first {args.warmup_batches} batches untimed; contenders interleaved run by run, each on a fresh "
+            f"loader; images/s is the median (min-max) of {len(rounds.used)} runs, ratios the median of per-run "
+            f"ratios; no model. {interference(rounds, args.cores)}")
 
 
 def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -375,18 +475,22 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         return epoch_plan(len(memory.payloads), 0, 1, 0, seed, True, args.batch, True).indices.tolist()
 
     contenders = make_contenders(db, memory, args)
-    timings = run_rounds(contenders, args.runs, args.batch, args.warmup_batches, expected, log=log)
-    rates = {key: median_rate(t) for key, t in timings.items()}
+    rounds = run_rounds(contenders, args.runs, args.batch, args.warmup_batches, expected, cores=args.cores,
+                        max_foreign=args.max_foreign, extra_runs=args.extra_runs, log=log)
     info = {**machine(), **versions()}
     params = {"images": args.images, "runs": args.runs, "batch": args.batch, "crop": args.crop,
               "cores": args.cores, "py_workers": args.py_workers, "warmup_batches": args.warmup_batches,
-              "batches": samples // args.batch, "source": str(args.source), "source_jpegs": source_jpegs,
-              "input_bytes": input_bytes, "db_bytes": os.path.getsize(db / "data.mdb"), "hard_links": linked}
-    rows = build_rows(rates, source_us, args)
-    return {"machine": info, "params": params, "table": render(rows, header(info, args, params)),
-            "median_images_per_s": rates, "source_us_per_sample": source_us,
+              "max_foreign": args.max_foreign, "extra_runs": args.extra_runs, "batches": samples // args.batch,
+              "source": str(args.source), "source_jpegs": source_jpegs, "input_bytes": input_bytes,
+              "db_bytes": os.path.getsize(db / "data.mdb"), "hard_links": linked}
+    rows = build_rows(contenders, rounds, source_us)
+    return {"machine": info, "params": params, "table": render(rows, header(info, args, params, rounds)),
+            "median_images_per_s": {c.key: rounds.median_rate(c.key) for c in contenders},
+            "source_us_per_sample": source_us, "rounds_used": rounds.used, "rounds_disturbed": rounds.disturbed,
             "runs": {key: [{"batches": t.batches, "timed_images": t.images, "seconds": t.seconds,
-                            "images_per_s": t.rate} for t in ts] for key, ts in timings.items()},
+                            "images_per_s": t.rate, "cores_used": t.cores_used,
+                            "others_cpu_share": t.foreign_share(args.cores)} for t in ts]
+                     for key, ts in rounds.timings.items()},
             "contenders": {c.key: {"what": c.what, "how": c.how} for c in contenders},
             "rows": [asdict(r) for r in rows]}
 
@@ -410,6 +514,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--py-workers", type=parse_workers, default=[1, 2], metavar="N,N",
                    help="DALI parallel-source worker counts measured besides py_workers=0 (default 1,2)")
     p.add_argument("--warmup-batches", type=int, default=2, help="untimed batches at the start of each run (default 2)")
+    p.add_argument("--max-foreign", type=float, default=0.10, metavar="SHARE",
+                   help="a run is disturbed when other processes take more than this share of the CPUs during "
+                        "a timed epoch (default 0.10)")
+    p.add_argument("--extra-runs", type=int, default=None, metavar="N",
+                   help="more runs allowed to replace disturbed ones (default: --runs)")
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help=f"JPEG source tree (default {DEFAULT_SOURCE})")
     p.add_argument("--workdir", type=Path, help="where the tree and database go (default: a temp dir, deleted after)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write all numbers as JSON")
@@ -417,6 +526,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if min(args.images, args.runs, args.batch, args.crop, args.cores, args.warmup_batches) < 1:
         p.error("--images, --runs, --batch, --crop, --cores and --warmup-batches must be positive")
+    if args.extra_runs is None:
+        args.extra_runs = args.runs
+    if args.extra_runs < 0 or not 0 < args.max_foreign <= 1:
+        p.error("--extra-runs must be >= 0 and --max-foreign in (0, 1]")
     if args.images // args.batch <= args.warmup_batches:
         p.error(f"--images {args.images} gives {args.images // args.batch} batches of {args.batch}: "
                 f"need more than --warmup-batches ({args.warmup_batches})")

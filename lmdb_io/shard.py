@@ -58,6 +58,12 @@ def shard_indices(length: int, rank: int, world_size: int, epoch: int = 0, seed:
     return Shard(indices=order[positions], is_padding=positions >= length)
 
 
+def batches_per_epoch(length: int, world_size: int, batch_size: int, drop_last: bool) -> int:
+    """Batches each rank runs in a full epoch (the length of ``epoch_plan`` over ``batch_size``)."""
+    per_rank = -(-length // world_size)
+    return per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+
+
 def epoch_plan(length: int, rank: int, world_size: int, epoch: int, seed: int, shuffle: bool,
                batch_size: int, drop_last: bool) -> Shard:
     """This rank's samples for ``epoch`` cut to whole batches: what both loaders deliver, in order.
@@ -68,10 +74,9 @@ def epoch_plan(length: int, rank: int, world_size: int, epoch: int, seed: int, s
     if batch_size <= 0:
         raise ValueError(f"batch size must be positive, not {batch_size}")
     shard = shard_indices(length, rank, world_size, epoch, seed, shuffle)
+    n = batches_per_epoch(length, world_size, batch_size, drop_last) * batch_size
     if drop_last:
-        n = len(shard) // batch_size * batch_size
         return Shard(indices=shard.indices[:n], is_padding=shard.is_padding[:n])
-    n = -(-len(shard) // batch_size) * batch_size
     padding = np.resize(shard.is_padding, n)
     padding[len(shard):] = True
     return Shard(indices=np.resize(shard.indices, n), is_padding=padding)

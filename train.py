@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""Train a torchvision classifier from an lmdb_io database with DALI or torchvision: see --help."""
+
+import sys
+
+from trainer.main import main
+
+if __name__ == "__main__":
+    sys.exit(main())

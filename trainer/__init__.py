@@ -1,0 +1,1 @@
+"""The DDP trainer behind train.py: config, placement, loaders, engine, checkpoints, logs."""

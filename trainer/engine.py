@@ -1,0 +1,184 @@
+"""The training step loop, evaluation, and a stop signal every rank agrees on.
+
+No host synchronisation inside a step except at print points: running sums stay on the device and are
+read (and all-reduced) every ``--print-freq`` steps. The data-wait fraction is the wall time spent in
+``next(loader)`` over the wall time of the window: near 0 when the loader keeps up, towards 1 when
+the model waits for data.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, TextIO
+
+import torch
+from torch import nn
+
+from .distributed import all_reduce_max, all_reduce_sum
+from .runlog import RunLog
+
+STOP_CHECK_EVERY = 5  # steps between the all-reduces that agree on a stop request
+# Test hook: "STEP" or "RANK:STEP" sends SIGTERM to this process after that global step.
+SIGNAL_AT_STEP_ENV = "TRAIN_TEST_SIGTERM_AT_STEP"
+
+
+class StopSignal:
+    """Records SIGTERM/SIGINT; ``agreed()`` is True on every rank once any rank got one."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def agreed(self, device: torch.device) -> bool:
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+        return bool(all_reduce_max(flag).item() > 0)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class TrainState:
+    model: nn.Module  # what is called: DDP and/or compiled wrapper
+    module: nn.Module  # the plain model whose state_dict is saved
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: Optional[torch.amp.GradScaler]
+    criterion: nn.Module
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]
+    channels_last: bool
+    epoch: int = 0  # the epoch in progress (or next to start)
+    step_in_epoch: int = 0  # optimizer steps already done in ``epoch``
+    global_step: int = 0
+
+
+def as_model_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """NHWC batches (DALI's channels-last output) become NCHW-shaped views in channels_last memory."""
+    if images.dim() == 4 and images.shape[-1] == 3 and images.shape[1] != 3:
+        images = images.permute(0, 3, 1, 2)
+    if channels_last:
+        return images.contiguous(memory_format=torch.channels_last)
+    return images.contiguous()
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """[top-1 correct, top-5 correct] as a float tensor on the device (no sync)."""
+    k = min(5, logits.shape[1])
+    hits = logits.topk(k, dim=1).indices.eq(labels.view(-1, 1))
+    if mask is not None:
+        hits = hits & mask.view(-1, 1)
+    return torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()]).float()
+
+
+class KeyLog:
+    """--log-keys: one line per real sample trained on (epoch, global step, key), per global rank."""
+
+    def __init__(self, path: str, key_of: Callable[[int], str]) -> None:
+        self.key_of = key_of
+        self.file: TextIO = open(path, "a", encoding="utf-8")
+
+    def write(self, epoch: int, step: int, indices: torch.Tensor, real: torch.Tensor) -> None:
+        rows = [f"{epoch}\t{step}\t{self.key_of(i)}\n" for i, r in zip(indices.tolist(), real.tolist()) if r]
+        self.file.writelines(rows)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _signal_hook_step(rank: int) -> Optional[int]:
+    value = os.environ.get(SIGNAL_AT_STEP_ENV)
+    if not value:
+        return None
+    target_rank, _, step = value.rpartition(":")
+    return int(step) if not target_rank or int(target_rank) == rank else None
+
+
+def train_epoch(state: TrainState, loader: Any, *, batches_in_epoch: int, print_freq: int, rank: int,
+                world_size: int, log: RunLog, stop: StopSignal, steps_left: Optional[int],
+                key_log: Optional[KeyLog] = None) -> tuple[str, int]:
+    """Run the rest of ``state.epoch``. Returns (why it ended: done, stopped or max_steps; steps run)."""
+    state.model.train()
+    device = state.device
+    window = torch.zeros(4, device=device)  # loss sum, top-1, top-5, samples
+    window_start, waited, steps = time.perf_counter(), 0.0, 0
+    signal_step = _signal_hook_step(rank)
+    iterator = iter(loader)
+    while True:
+        before = time.perf_counter()
+        batch = next(iterator, None)
+        waited += time.perf_counter() - before
+        if batch is None:
+            return "done", steps
+        images = as_model_input(batch.images, state.channels_last)
+        labels = batch.labels
+        with torch.autocast(device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None):
+            logits = state.model(images)
+            loss = state.criterion(logits, labels)
+        state.optimizer.zero_grad(set_to_none=True)
+        if state.scaler is not None:
+            state.scaler.scale(loss).backward()
+            state.scaler.step(state.optimizer)
+            state.scaler.update()
+        else:
+            loss.backward()
+            state.optimizer.step()
+        state.scheduler.step()
+        with torch.no_grad():
+            n = labels.numel()
+            window += torch.cat([loss.detach().float().view(1) * n, topk_correct(logits.detach(), labels),
+                                 torch.tensor([float(n)], device=device)])
+        state.step_in_epoch += 1
+        state.global_step += 1
+        steps += 1
+        if key_log is not None:
+            key_log.write(state.epoch, state.global_step, batch.indices, batch.real)
+        if state.step_in_epoch % print_freq == 0 or state.step_in_epoch == batches_in_epoch:
+            elapsed = time.perf_counter() - window_start
+            totals = all_reduce_sum(window.clone()).tolist()
+            log.record("train", _train_line(state, batches_in_epoch, totals, elapsed, waited),
+                       epoch=state.epoch, step=state.global_step, step_in_epoch=state.step_in_epoch,
+                       loss=totals[0] / totals[3], top1=100 * totals[1] / totals[3], top5=100 * totals[2] / totals[3],
+                       images_per_s=totals[3] / elapsed, data_wait=waited / elapsed,
+                       lr=state.optimizer.param_groups[0]["lr"], world_size=world_size)
+            window.zero_()
+            window_start, waited = time.perf_counter(), 0.0
+        if signal_step is not None and state.global_step == signal_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        if steps % STOP_CHECK_EVERY == 0 and stop.agreed(device):
+            return "stopped", steps
+        if steps_left is not None and steps >= steps_left:
+            return "max_steps", steps
+
+
+def _train_line(state: TrainState, batches: int, totals: list[float], elapsed: float, waited: float) -> str:
+    loss, top1, top5, n = totals
+    return (f"epoch {state.epoch} step {state.step_in_epoch}/{batches} loss {loss / n:.4f} top1 {100 * top1 / n:.2f} "
+            f"top5 {100 * top5 / n:.2f} lr {state.optimizer.param_groups[0]['lr']:.5f} img/s {n / elapsed:.1f} "
+            f"data-wait {100 * waited / elapsed:.0f}%")
+
+
+@torch.no_grad()
+def evaluate(state: TrainState, loader: Any) -> dict[str, float]:
+    """Loss and top-1/top-5 over all ranks; padding (``real`` False) is not counted."""
+    state.model.eval()
+    device = state.device
+    sums = torch.zeros(4, device=device)
+    loss_fn = nn.CrossEntropyLoss(reduction="none")
+    for batch in loader:
+        images = as_model_input(batch.images, state.channels_last)
+        real = batch.real.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None):
+            logits = state.model(images)
+        losses = loss_fn(logits.float(), batch.labels) * real
+        sums += torch.cat([losses.sum().view(1), topk_correct(logits, batch.labels, real), real.sum().float().view(1)])
+    loss, top1, top5, count = all_reduce_sum(sums).tolist()
+    count = max(count, 1.0)
+    return {"loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count, "count": int(count)}
