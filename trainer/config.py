@@ -115,6 +115,8 @@ def validate(args: argparse.Namespace, cuda: bool) -> None:
     for name in ("batch_size", "epochs", "crop_size", "val_resize", "print_freq"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
+        raise ConfigError(f"--resume {args.resume}: no such checkpoint")
     if args.max_steps is not None and args.max_steps <= 0:
         raise ConfigError("--max-steps must be positive")
     if not 0.0 <= args.hw_decoder_load <= 1.0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
@@ -117,15 +118,39 @@ class DALIFolderLoader:
             yield Batch(out["images"], out["labels"].view(-1), out["indices"].view(-1), out["real"].view(-1).bool())
 
 
+# Test hook: sleep this many seconds before each batch, a loader slowed on purpose (data-wait checks).
+LOADER_DELAY_ENV = "TRAIN_TEST_LOADER_DELAY_S"
+
+
+class DelayedLoader:
+    def __init__(self, loader: Any, seconds: float) -> None:
+        self.loader, self.seconds = loader, seconds
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self.loader:
+            time.sleep(self.seconds)
+            yield batch
+
+
 def default_threads(world_size: int) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     per_process = max(1, cores // max(1, min(world_size, torch.cuda.device_count() or world_size)))
     return min(8, per_process)
 
 
-def make_loader(args: argparse.Namespace, path: str, train: bool, *, rank: int, world_size: int,
-                device: torch.device, first_epoch: int = 0, skip_batches: int = 0, num_classes: int = 1000,
-                length: int = 0) -> Any:
+def make_loader(args: argparse.Namespace, path: str, train: bool, **kwargs: Any) -> Any:
+    """The loader the flags ask for, for one rank (see ``_make_loader``)."""
+    loader = _make_loader(args, path, train, **kwargs)
+    delay = float(os.environ.get(LOADER_DELAY_ENV, "0") or 0)
+    return DelayedLoader(loader, delay) if delay > 0 else loader
+
+
+def _make_loader(args: argparse.Namespace, path: str, train: bool, *, rank: int, world_size: int,
+                 device: torch.device, first_epoch: int = 0, skip_batches: int = 0, num_classes: int = 1000,
+                 length: int = 0) -> Any:
     """The loader the flags ask for, for one rank; ``skip_batches`` resumes mid-epoch."""
     half = device.type == "cuda" and args.amp in ("bf16", "fp16")
     if args.synthetic:

@@ -58,11 +58,7 @@ def _args_dict(args: argparse.Namespace) -> dict[str, Any]:
 def _resume_path(args: argparse.Namespace) -> Optional[str]:
     if not args.resume:
         return None
-    if args.resume == "auto":
-        return checkpoint.latest(args.output_dir)
-    if not os.path.isfile(args.resume):
-        raise ConfigError(f"--resume {args.resume}: no such checkpoint")
-    return args.resume
+    return checkpoint.latest(args.output_dir) if args.resume == "auto" else args.resume
 
 
 def _restore(state: TrainState, path: str, train_info: Optional[DatasetInfo], force: bool, log: RunLog) -> None:
