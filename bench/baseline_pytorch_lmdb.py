@@ -78,3 +78,15 @@ class BaselineReader:
 
     def close(self) -> None:
         self.env.close()
+
+
+def main() -> None:
+    """``python bench/baseline_pytorch_lmdb.py DATASET OUT``: run it as users ran folder2lmdb.py."""
+    import sys
+
+    root, out = sys.argv[1:3]
+    print(f"{folder2lmdb(root, out)} images -> {out}")
+
+
+if __name__ == "__main__":
+    main()

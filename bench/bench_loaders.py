@@ -4,7 +4,9 @@
 On real JPEGs (hymenoptera replicated by hard links) converted to one LMDB, with a hot page cache, it
 times one train epoch per contender per run (no model; the first ``--warmup-batches`` batches of each
 run untimed), interleaving the contenders run by run, each on a freshly built loader, and prints one
-Markdown table of medians (``--json FILE`` also saves the raw numbers). Contenders: the DALI CPU
+Markdown table of medians (``--json FILE`` also saves the raw numbers). It watches /proc/stat: a run
+during which other processes took more than ``--max-foreign`` of the CPUs is disturbed and replaced
+by another (up to ``--extra-runs``), and the header says so. Contenders: the DALI CPU
 pipeline with the LMDB source in the pipeline's thread and in Python workers, the torchvision
 DataLoader with as many workers as cores, and the same DALI graph fed the same JPEG bytes from memory
 (the LMDB source's cost). Example::
@@ -204,7 +206,8 @@ class EpochTiming:
 def time_epoch(loader: Iterable, batch_size: int, warmup: int, sync: Optional[Callable[[], None]] = None
                ) -> EpochTiming:
     """Iterate one epoch; the clock starts on receiving batch ``warmup`` (1-based) and stops on
-    receiving the last one, after ``sync()`` (e.g. ``torch.cuda.synchronize``) where given."""
+    receiving the last one, each time after ``sync()`` (e.g. ``torch.cuda.synchronize``) where given.
+    Only those two batches sync and read /proc, when the loader has a length; otherwise every batch."""
     if warmup < 1:
         raise ValueError("warmup must be at least 1 batch (the clock starts on receiving one)")
     started = last = None
@@ -219,12 +222,11 @@ def time_epoch(loader: Iterable, batch_size: int, warmup: int, sync: Optional[Ca
         indices += batch.indices.tolist()
         if batches > warmup:
             images += batch_size
-        if batches >= warmup:
+        if batches == warmup or batches == total or (total is None and batches > warmup):
             if sync is not None:
                 sync()
             last = time.perf_counter()
-            if batches == warmup or batches == total or total is None:
-                cpu_last = cpu_snapshot()
+            cpu_last = cpu_snapshot()
             if batches == warmup:
                 started, cpu_start = last, cpu_last
     if started is None or images == 0:

@@ -1,30 +1,30 @@
 """LMDB image databases for ImageNet-style training: converter, records, readers and sharding.
 
-``ImageFolderLMDB`` (a drop-in for ``torchvision.datasets.ImageFolder``) is imported lazily, so code
-that only needs raw records (the DALI source) never imports torch or PIL.
+Names are imported on first use, so ``convert.py`` starts without numpy and code that only needs raw
+records (the DALI source) never imports torch or PIL.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from .database import ImageDatabase, open_database
-from .env import shared_env
-from .errors import (ConvertError, CorruptRecordError, IncompleteDatabaseError, LmdbIoError,
+from .errors import (ConvertError, CorruptRecordError, IncompleteDatabaseError, LmdbIoError,  # noqa: E402
                      NotADatabaseError)
-from .record import ImageFormat
-from .shard import Shard, shard_indices
 
-__all__ = [
-    "ConvertError", "CorruptRecordError", "ImageDatabase", "ImageFolderLMDB", "ImageFormat",
-    "IncompleteDatabaseError", "LmdbIoError", "NotADatabaseError", "Shard", "open_database",
-    "shard_indices", "shared_env", "__version__",
-]
+_LAZY = {
+    "ImageDatabase": ".database", "open_database": ".database", "shared_env": ".env",
+    "ImageFormat": ".record", "Shard": ".shard", "shard_indices": ".shard", "ImageFolderLMDB": ".dataset",
+}
+
+__all__ = ["ConvertError", "CorruptRecordError", "IncompleteDatabaseError", "LmdbIoError", "NotADatabaseError",
+           "__version__", *_LAZY]
 
 
-def __getattr__(name: str):
-    if name == "ImageFolderLMDB":
-        from .dataset import ImageFolderLMDB
-
-        return ImageFolderLMDB
-    raise AttributeError(f"module 'lmdb_io' has no attribute {name!r}")
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lmdb_io' has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Any, Optional
-
-import numpy as np
 
 from . import schema
 from .env import shared_env
@@ -68,6 +67,8 @@ class ImageDatabase:
         width = int(meta["key_width"])
         if len(keys_blob) != max(length * (width + 1) - 1, 0):
             raise NotADatabaseError(f"{self.path}: __keys__ does not hold {length} keys of width {width}")
+        import numpy as np  # here, not at module level: convert.py starts faster without it
+
         targets = np.frombuffer(targets_raw, dtype="<i8")
         if len(targets) != length:
             raise NotADatabaseError(f"{self.path}: __targets__ holds {len(targets)} labels, __len__ says {length}")
@@ -75,8 +76,9 @@ class ImageDatabase:
         self.length = length
         self.key_width = width
         self._keys_blob: bytes = keys_blob
-        self.targets: np.ndarray = targets
+        self.targets = targets  # numpy int64 array, read-only
         self._paths: Optional[list[str]] = None
+        self._local = threading.local()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "verify": self.verify}
@@ -119,17 +121,29 @@ class ImageDatabase:
     def read(self, index: int, verify: Optional[bool] = None) -> tuple[memoryview, int]:
         """The fast path: (encoded image bytes, label) for image ``index``.
 
-        The view is a zero-copy slice of one bytes object fetched from the map, so it stays valid after
-        the transaction; ``np.frombuffer(view, np.uint8)`` wraps it without another copy. The checksum
-        is verified unless ``verify`` (default: the database's setting) is False.
+        The view points into the memory map itself, no copy: it is valid while this database object
+        lives in this process and thread; decode or copy it before dropping the object.
+        ``np.frombuffer(view, np.uint8)`` wraps it without a copy. The checksum is verified unless
+        ``verify`` (default: the database's setting) is False.
         """
         payload, label, _ = self.read_record(index, verify)
         return payload, label
 
+    def _txn(self):
+        """This thread's long-lived read transaction (the database is read-only: one snapshot forever).
+
+        Reusing it saves a transaction per read; it is reopened in a forked child with the Environment.
+        """
+        local = self._local
+        pid = os.getpid()
+        if getattr(local, "pid", None) != pid:
+            local.txn = shared_env(self.path).begin(buffers=True)
+            local.pid = pid
+        return local.txn
+
     def read_record(self, index: int, verify: Optional[bool] = None) -> tuple[memoryview, int, ImageFormat]:
         key = self.key(index)
-        with shared_env(self.path).begin(buffers=False) as txn:
-            value = txn.get(key)
+        value = self._txn().get(key)
         if value is None:
             raise NotADatabaseError(f"{self.path}: record {key.decode()} listed in __keys__ is missing")
         return decode_record(value, key.decode(), self.verify if verify is None else verify)

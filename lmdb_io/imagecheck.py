@@ -12,11 +12,12 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from PIL import Image
+from .record import Buffer, ImageFormat
 
-from .record import ImageFormat
+if TYPE_CHECKING:
+    from PIL import Image
 
 TRANSCODE_QUALITY = 95
 # An end-of-image marker this close to the end counts: some writers pad or append a few bytes.
@@ -40,12 +41,12 @@ class Verdict:
     """What to do with one file: ``action`` is original, transcoded or skipped."""
 
     action: str
-    payload: Optional[bytes]
+    payload: Optional[Buffer]
     image_format: ImageFormat
     reason: str = ""
 
 
-def sniff_format(data: bytes) -> ImageFormat:
+def sniff_format(data: Buffer) -> ImageFormat:
     if data[:3] == b"\xff\xd8\xff":
         return ImageFormat.JPEG
     if data[:8] == b"\x89PNG\r\n\x1a\n":
@@ -58,7 +59,7 @@ def sniff_format(data: bytes) -> ImageFormat:
         return ImageFormat.WEBP
     if data[:4] in (b"II*\x00", b"MM\x00*"):
         return ImageFormat.TIFF
-    if len(data) > 2 and data[0:1] == b"P" and data[1:2] in b"123456":
+    if len(data) > 2 and data[0] == 0x50 and data[1] in b"123456":  # "P1".."P6"
         return ImageFormat.PNM
     return ImageFormat.UNKNOWN
 
@@ -77,7 +78,7 @@ class JpegInfo:
         return self.sof_marker in _PLAIN_SOF and self.precision == 8 and self.components in (1, 3)
 
 
-def parse_jpeg(data: bytes) -> JpegInfo:
+def parse_jpeg(data: Buffer) -> JpegInfo:
     """Walk a JPEG's marker segments up to the start of scan; raise StructureError on any defect."""
     n = len(data)
     if data[:2] != b"\xff\xd8":
@@ -124,13 +125,15 @@ def parse_jpeg(data: bytes) -> JpegInfo:
             scan_start = i + seg_len
             break
         i += seg_len
-    if data.rfind(b"\xff\xd9", max(scan_start, n - EOI_SEARCH_BYTES)) < 0:
+    if bytes(data[max(scan_start, n - EOI_SEARCH_BYTES):]).rfind(b"\xff\xd9") < 0:
         raise StructureError("no JPEG end-of-image marker (truncated file)")
     return frame
 
 
-def _decode(data: bytes) -> Image.Image:
+def _decode(data: Buffer) -> Image.Image:
     """Fully decode with Pillow (first frame); raises on truncation or corruption."""
+    from PIL import Image  # imported on first need: most files never reach Pillow
+
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
@@ -149,7 +152,7 @@ def _describe_error(exc: Exception) -> str:
     return text.splitlines()[0][:200]
 
 
-def _salvage(data: bytes, why: str) -> Verdict:
+def _salvage(data: Buffer, why: str) -> Verdict:
     """A file that failed the cheap checks: keep it if Pillow decodes it fully, else skip it."""
     try:
         image = _decode(data)
@@ -158,8 +161,8 @@ def _salvage(data: bytes, why: str) -> Verdict:
         return Verdict(SKIP, None, ImageFormat.UNKNOWN, f"{why}; Pillow: {_describe_error(exc)}")
 
 
-def inspect_image(data: bytes, verify_decode: bool = False, keep_format: bool = False) -> Verdict:
-    """The converter's decision for one file's bytes."""
+def inspect_image(data: Buffer, verify_decode: bool = False, keep_format: bool = False) -> Verdict:
+    """The converter's decision for one file's bytes (any buffer; an original is returned as given)."""
     if not data:
         return Verdict(SKIP, None, ImageFormat.UNKNOWN, "empty file (0 bytes)")
     fmt = sniff_format(data)
@@ -187,12 +190,14 @@ def inspect_image(data: bytes, verify_decode: bool = False, keep_format: bool = 
     return _salvage(data, f"{fmt.name} image")
 
 
-def _keep(data: bytes, fmt: ImageFormat, verify: bool, why: str) -> Verdict:
+def _keep(data: Buffer, fmt: ImageFormat, verify: bool, why: str) -> Verdict:
     """--keep-format: store as it is once Pillow can at least parse (or, with verify, decode) it."""
     try:
         if verify:
             _decode(data)
         else:
+            from PIL import Image
+
             Image.open(io.BytesIO(data))
     except Exception as exc:
         return Verdict(SKIP, None, fmt, f"{why}; Pillow: {_describe_error(exc)}")

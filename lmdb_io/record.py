@@ -51,11 +51,22 @@ def checksum(payload: Buffer) -> int:
     return xxhash.xxh3_64_intdigest(payload)
 
 
-def encode_record(payload: bytes, label: int, image_format: ImageFormat) -> bytes:
-    """Header + payload as one bytes object, ready for ``txn.put``."""
-    header = _HEADER.pack(MAGIC, RECORD_VERSION, int(image_format), 0, int(label), len(payload),
-                          checksum(payload))
-    return header + payload
+def write_header(record: bytearray, label: int, image_format: ImageFormat) -> bytearray:
+    """Fill the first HEADER_SIZE bytes of ``record`` for the payload that follows them, in place.
+
+    The converter reads each file straight into such a buffer, so a stored JPEG is never copied.
+    """
+    payload = memoryview(record)[HEADER_SIZE:]
+    _HEADER.pack_into(record, 0, MAGIC, RECORD_VERSION, int(image_format), 0, int(label), len(payload),
+                      checksum(payload))
+    return record
+
+
+def encode_record(payload: Buffer, label: int, image_format: ImageFormat) -> bytearray:
+    """Header + payload as one buffer, ready for ``txn.put``."""
+    record = bytearray(HEADER_SIZE + len(payload))
+    record[HEADER_SIZE:] = payload
+    return write_header(record, label, image_format)
 
 
 def decode_record(value: Buffer, key: str = "?", verify: bool = True) -> tuple[memoryview, int, ImageFormat]:
