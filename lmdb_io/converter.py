@@ -168,28 +168,30 @@ def _prepare(path: str, label: int, verify_decode: bool, keep_format: bool) -> P
 
 
 WINDOW_BYTES = 64 << 20  # files read ahead of the writer, so reading goes on while a batch commits
+CHUNK = 8  # files per task: a thread-pool task costs ~16 us of the main thread's time
+
+
+def _prepare_chunk(root: str, items: list[tuple[str, int]], verify_decode: bool, keep_format: bool
+                   ) -> list[Prepared]:
+    return [_prepare(os.path.join(root, rel), label, verify_decode, keep_format) for rel, label in items]
 
 
 def _prepare_in_order(pool: ThreadPoolExecutor, source: SourceList, start: int, opts: ConvertOptions
                       ) -> Iterator[tuple[int, Prepared]]:
     """(item index, prepared file) in item order; about WINDOW_BYTES of files in flight."""
     pending: deque = deque()
-    min_window = 4 * max(1, opts.workers)
+    min_window = 2 * max(1, opts.workers)  # in chunks
     window, seen, seen_bytes = min_window, 0, 0
     items = source.items
-    for i in range(start, len(items)):
-        rel, label = items[i]
-        pending.append((i, pool.submit(_prepare, os.path.join(source.root, rel), label, opts.verify_decode,
-                                       opts.keep_format)))
-        while len(pending) >= window:
+    for first in range(start, len(items), CHUNK):
+        chunk = items[first:first + CHUNK]
+        pending.append((first, pool.submit(_prepare_chunk, source.root, chunk, opts.verify_decode, opts.keep_format)))
+        while len(pending) >= window or (pending and first + CHUNK >= len(items)):
             j, fut = pending.popleft()
-            prepared = fut.result()
-            seen, seen_bytes = seen + 1, seen_bytes + prepared.bytes_in
-            window = min(1024, max(min_window, WINDOW_BYTES * seen // max(seen_bytes, 1)))
-            yield j, prepared
-    while pending:
-        j, fut = pending.popleft()
-        yield j, fut.result()
+            for offset, prepared in enumerate(fut.result()):
+                seen, seen_bytes = seen + 1, seen_bytes + prepared.bytes_in
+                yield j + offset, prepared
+            window = min(256, max(min_window, WINDOW_BYTES * seen // max(seen_bytes, 1) // CHUNK))
 
 
 # -- writing ----------------------------------------------------------------------------------------
