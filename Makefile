@@ -16,7 +16,7 @@ STAMP := $(VENV)/.setup-stamp
 .PHONY: setup test demo bench clean help
 
 help:
-	@echo "make demo   set up, convert DATA=dir (default: a generated ImageFolder) and show the database"
+	@echo "make demo   set up, convert DATA=dir (default: a generated ImageFolder), train with both loaders, compare"
 	@echo "make test   set up and run the test suite (what CI runs)"
 	@echo "make bench  converter / reader benchmarks on real JPEGs (prints a table)"
 	@echo "make setup  build $(VENV) (TORCH_SPEC=..., DALI_PKG=auto|nvidia-dali-cudaXXX)"
@@ -43,15 +43,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 demo: setup
-	@set -e; data="$(DATA)"; \
-	if [ -z "$$data" ]; then \
-	  data=$(DEMO_DIR)/images; \
-	  $(PY) -m lmdb_io.synthetic $$data --classes 4 --per-class 60; \
-	fi; \
-	rm -rf $(DEMO_DIR)/train.lmdb; \
-	$(PY) convert.py --dataset $$data -o $(DEMO_DIR)/train.lmdb --report $(DEMO_DIR)/convert-report.json; \
-	$(PY) -m lmdb_io info $(DEMO_DIR)/train.lmdb; \
-	$(PY) -m lmdb_io verify $(DEMO_DIR)/train.lmdb -q
+	$(PY) bench/demo.py --work $(DEMO_DIR) $(if $(DATA),--data $(DATA))
 
 bench: setup
 	$(PY) bench/bench_lmdb.py

@@ -238,6 +238,19 @@ def time_epoch(loader: Iterable, batch_size: int, warmup: int, sync: Optional[Ca
     return EpochTiming(batches, images, last - started, own, cpu_last[0] - cpu_start[0] - own, indices)
 
 
+def wait_for_quiet(cores: int, max_foreign: float, timeout: float, interval: float = 1.0) -> float:
+    """Sleep until other processes take at most ``max_foreign`` of the CPUs over one ``interval``, or
+    ``timeout`` seconds have passed; returns their share over the last interval."""
+    deadline = time.monotonic() + timeout
+    while True:
+        before = cpu_snapshot()
+        time.sleep(interval)
+        after = cpu_snapshot()
+        share = max((after[0] - before[0]) - (after[1] - before[1]), 0.0) / (interval * cores)
+        if share <= max_foreign or time.monotonic() >= deadline:
+            return share
+
+
 @dataclass
 class Contender:
     """One loader configuration: ``make(seed)`` builds a fresh loader."""
@@ -270,12 +283,14 @@ class Rounds:
 
 def run_rounds(contenders: Sequence[Contender], runs: int, batch_size: int, warmup: int,
                expected: Callable[[int], list[int]], *, cores: int, max_foreign: float = 1.0, extra_runs: int = 0,
-               sync: Optional[Callable[[], None]] = None, log: Callable[[str], None] = lambda s: None) -> Rounds:
+               quiet_wait: float = 0.0, sync: Optional[Callable[[], None]] = None,
+               log: Callable[[str], None] = lambda s: None) -> Rounds:
     """Rounds of one timed epoch per contender, each on a loader built afresh (seed = round) and deleted
     (stopping its threads, workers and next-epoch prefetch) before the next contender starts.
 
     A round where other processes took more than ``max_foreign`` of the CPUs during any contender's
-    timed epoch is disturbed; up to ``extra_runs`` more rounds replace disturbed ones. The result counts
+    timed epoch is disturbed; up to ``extra_runs`` more rounds replace disturbed ones, and each round
+    first waits up to ``quiet_wait`` seconds for the others to go below that share. The result counts
     the first ``runs`` undisturbed rounds, or every round if there are not that many. Every epoch must
     deliver ``expected(seed)``, the plan's indices, so all contenders do the same work.
     """
@@ -286,6 +301,9 @@ def run_rounds(contenders: Sequence[Contender], runs: int, batch_size: int, warm
         if len(clean) == runs:
             break
         worst = 0.0
+        if quiet_wait > 0:
+            share = wait_for_quiet(cores, max_foreign, quiet_wait)
+            log(f"round {run + 1}: others take {share:.0%} of the CPUs before it starts")
         for c in contenders:
             loader = c.make(run)
             timing = time_epoch(loader, batch_size, warmup, sync)
@@ -478,11 +496,13 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     contenders = make_contenders(db, memory, args)
     rounds = run_rounds(contenders, args.runs, args.batch, args.warmup_batches, expected, cores=args.cores,
-                        max_foreign=args.max_foreign, extra_runs=args.extra_runs, log=log)
+                        max_foreign=args.max_foreign, extra_runs=args.extra_runs, quiet_wait=args.quiet_wait,
+                        log=log)
     info = {**machine(), **versions()}
     params = {"images": args.images, "runs": args.runs, "batch": args.batch, "crop": args.crop,
               "cores": args.cores, "py_workers": args.py_workers, "warmup_batches": args.warmup_batches,
-              "max_foreign": args.max_foreign, "extra_runs": args.extra_runs, "batches": samples // args.batch,
+              "max_foreign": args.max_foreign, "extra_runs": args.extra_runs, "quiet_wait": args.quiet_wait,
+              "batches": samples // args.batch,
               "source": str(args.source), "source_jpegs": source_jpegs, "input_bytes": input_bytes,
               "db_bytes": os.path.getsize(db / "data.mdb"), "hard_links": linked}
     rows = build_rows(contenders, rounds, source_us)
@@ -521,6 +541,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         "a timed epoch (default 0.10)")
     p.add_argument("--extra-runs", type=int, default=None, metavar="N",
                    help="more runs allowed to replace disturbed ones (default: --runs)")
+    p.add_argument("--quiet-wait", type=float, default=60.0, metavar="SECONDS",
+                   help="before each run, wait up to this long for other processes to go below --max-foreign "
+                        "(default 60; 0: do not wait)")
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help=f"JPEG source tree (default {DEFAULT_SOURCE})")
     p.add_argument("--workdir", type=Path, help="where the tree and database go (default: a temp dir, deleted after)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write all numbers as JSON")
