@@ -428,7 +428,7 @@ def build_rows(contenders: Sequence[Contender], rounds: Rounds, source_us: dict[
         rows.append(Row(by_key[key].what, by_key[key].how, spread(rounds, key), f"{ratio:.2f}x vs torch{extra}",
                         ">= 1.8x vs torch", yes_no(ratio >= 1.8)))
     rows.append(Row(by_key["torch"].what, by_key["torch"].how, spread(rounds, "torch"), "1.00x", "baseline", ""))
-    best = max(dali_keys, key=rounds.median_rate)
+    best = max(dali_keys, key=lambda key: rounds.median_ratio(key, "torch"))
     ratio = rounds.median_ratio(best, "torch")
     rows.append(Row("DALI / torch: best DALI LMDB setting", f"`{best}` / `torch`, same cores, per-round ratio",
                     f"{rounds.median_rate(best):,.0f} / {rounds.median_rate('torch'):,.0f}", f"{ratio:.2f}x",
