@@ -377,14 +377,15 @@ def make_contenders(db: Path, memory: MemorySource, args: argparse.Namespace) ->
     from lmdb_io.torch_loader import make_torch_loader
 
     cores, batch, crop = args.cores, args.batch, args.crop
+    threads = args.dali_threads or cores + 1
 
     def dali(py_workers: int) -> Callable[[int], Iterable]:
-        return lambda seed: make_dali_loader(db, batch, train=True, seed=seed, device_id=None, num_threads=cores,
+        return lambda seed: make_dali_loader(db, batch, train=True, seed=seed, device_id=None, num_threads=threads,
                                              py_workers=py_workers, crop=crop)
 
     def dali_memory(seed: int) -> Iterable:
         source = memory_source_class()(memory.payloads, memory.labels, batch, seed=seed)
-        opts = PipelineOptions(batch_size=batch, device_id=None, num_threads=cores, py_workers=0, crop=crop,
+        opts = PipelineOptions(batch_size=batch, device_id=None, num_threads=threads, py_workers=0, crop=crop,
                                seed=seed)
         return DALILoader(source, opts, train=True)
 
@@ -393,7 +394,7 @@ def make_contenders(db: Path, memory: MemorySource, args: argparse.Namespace) ->
 
     contenders = [Contender(
         "dali_lmdb_w0", "DALI CPU train from the LMDB, source in the pipeline thread (py_workers=0)",
-        f"`make_dali_loader(device_id=None, num_threads={cores}, py_workers=0)`: image_random_crop (libjpeg-turbo, "
+        f"`make_dali_loader(device_id=None, num_threads={threads}, py_workers=0)`: image_random_crop (libjpeg-turbo, "
         f"crop fused into decoding), resize {crop}, flip, normalize to CHW float32", dali(0))]
     for w in args.py_workers:
         contenders.append(Contender(
@@ -532,7 +533,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--crop", type=int, default=224, help="train crop size (default 224)")
     p.add_argument("--cores", type=int, default=cores,
-                   help=f"DALI threads and DataLoader workers (default: usable cores, {cores})")
+                   help=f"DataLoader workers (default: usable cores, {cores}; more measured slower here)")
+    p.add_argument("--dali-threads", type=int, default=None,
+                   help="DALI CPU threads (default: cores + 1, DALI's best here: its Python thread mostly waits)")
     p.add_argument("--py-workers", type=parse_workers, default=[1, 2], metavar="N,N",
                    help="DALI parallel-source worker counts measured besides py_workers=0 (default 1,2)")
     p.add_argument("--warmup-batches", type=int, default=2, help="untimed batches at the start of each run (default 2)")
