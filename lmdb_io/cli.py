@@ -74,7 +74,7 @@ def convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE.json",
                    help="write counts, bytes, seconds and every skipped or transcoded file with its reason")
     p.add_argument("--commit-every", type=int, default=1000, metavar="N",
-                   help="images per write transaction (default: 1000; also committed every 64 MB)")
+                   help="images per write transaction (default: 1000; also committed every 16 MB)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
