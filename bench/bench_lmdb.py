@@ -11,7 +11,6 @@ numbers). Example::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -35,6 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import lmdb_io  # noqa: E402
+from bench.common import run_and_report  # noqa: E402
 from lmdb_io.env import close_shared_env  # noqa: E402
 from bench.baseline_pytorch_lmdb import BaselineReader  # noqa: E402
 
@@ -433,20 +433,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    temp = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="bench_lmdb_")) if temp else args.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        result = run_benchmark(args, workdir)
-    finally:
-        if temp:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(result["table"])
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return run_and_report(run_benchmark, parse_args(argv), "bench_lmdb_")
 
 
 if __name__ == "__main__":

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `bench`, `lmdb_io` and `dali_pipeline` importable
     sys.path.insert(0, str(REPO))
 
-from lmdb_io.shard import Shard, epoch_plan  # noqa: E402  (numpy only)
+from dali_pipeline.source import ShardedSource  # noqa: E402  (needs no DALI)
+from bench.common import run_and_report  # noqa: E402
+from lmdb_io.shard import epoch_plan  # noqa: E402  (numpy only)
 
 # torch, DALI and bench.bench_lmdb are imported inside functions: DALI's parallel source starts its
 # workers with spawn, which re-imports this module in each of them; they need only MemorySource.
@@ -46,28 +46,16 @@ MB = 1e6
 
 # -- the in-memory source ---------------------------------------------------------------------------
 
-class MemorySource:
-    """``dali_pipeline.LMDBSource``'s interface and sample order over encoded images held in memory.
+class MemorySource(ShardedSource):
+    """``dali_pipeline.LMDBSource`` over encoded images held in memory: the same plan and sample order
+    (both are ``ShardedSource``), without the LMDB transaction, the record header or the checksum."""
 
-    Follows ``lmdb_io.shard.epoch_plan`` exactly as LMDBSource does (``first_epoch + epoch_idx``, the
-    plan of this rank), so a pipeline fed by it decodes the same bytes in the same order; what it
-    leaves out is the LMDB transaction, the copy out of the map, the record header and the checksum.
-    """
-
-    def __init__(self, payloads: Sequence[np.ndarray], labels: Sequence[int], batch_size: int, *, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, shuffle: bool = True, drop_last: bool = True,
-                 first_epoch: int = 0) -> None:
+    def __init__(self, payloads: Sequence[np.ndarray], labels: Sequence[int], batch_size: int, **kwargs: Any) -> None:
         if len(payloads) != len(labels):
             raise ValueError(f"{len(payloads)} payloads but {len(labels)} labels")
         self.payloads = list(payloads)
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.batch_size = batch_size
-        self.rank, self.world_size = rank, world_size
-        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
-        self.first_epoch = first_epoch
-        self._plans: dict[int, Shard] = {}
-        if self.num_batches(first_epoch) <= 0:
-            raise ValueError(f"{len(self.payloads)} images give no whole batch of {batch_size}")
+        self.labels = [int(label) for label in labels]
+        super().__init__(len(self.payloads), batch_size, **kwargs)
 
     @classmethod
     def from_database(cls, path: str | os.PathLike, batch_size: int, **kwargs: Any) -> "MemorySource":
@@ -78,33 +66,11 @@ class MemorySource:
         payloads = [np.frombuffer(db.read(i)[0], dtype=np.uint8).copy() for i in range(len(db))]
         return cls(payloads, db.targets.tolist(), batch_size, **kwargs)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_plans"] = {}
-        return state
-
     def nbytes(self) -> int:
         return sum(p.nbytes for p in self.payloads)
 
-    def plan(self, epoch: int) -> Shard:
-        plan = self._plans.get(epoch)
-        if plan is None:
-            plan = epoch_plan(len(self.payloads), self.rank, self.world_size, epoch, self.seed, self.shuffle,
-                              self.batch_size, self.drop_last)
-            self._plans = {epoch: plan}
-        return plan
-
-    def num_batches(self, epoch: Optional[int] = None) -> int:
-        return len(self.plan(self.first_epoch if epoch is None else epoch)) // self.batch_size
-
-    def __call__(self, sample_info: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        plan = self.plan(self.first_epoch + sample_info.epoch_idx)
-        i = sample_info.idx_in_epoch
-        if i >= len(plan):
-            raise StopIteration
-        index = int(plan.indices[i])
-        return (self.payloads[index], np.array(self.labels[index], dtype=np.int64),
-                np.array(index, dtype=np.int64), np.array(not plan.is_padding[i], dtype=np.uint8))
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        return self.payloads[index], self.labels[index]
 
 
 def memory_source_class() -> type:
@@ -565,20 +531,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    temp = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="bench_loaders_")) if temp else args.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        result = run_benchmark(args, workdir)
-    finally:
-        if temp:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(result["table"])
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return run_and_report(run_benchmark, parse_args(argv), "bench_loaders_")
 
 
 if __name__ == "__main__":

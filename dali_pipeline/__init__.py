@@ -1,10 +1,22 @@
 """DALI pipelines over lmdb_io databases: GPU (``mixed``) decoding and augmentation, CPU fallback.
 
-Importing this package needs DALI; ``lmdb_io`` alone does not.
+Names are imported on first use: ``dali_pipeline.source`` (the external-source callbacks) needs no DALI,
+the pipelines and loader do.
 """
 
-from .loader import DALILoader, make_dali_loader
-from .pipelines import PipelineOptions, build_pipeline
-from .source import LMDBSource
+from __future__ import annotations
 
-__all__ = ["DALILoader", "LMDBSource", "PipelineOptions", "build_pipeline", "make_dali_loader"]
+import importlib
+from typing import Any
+
+_LAZY = {"DALILoader": ".loader", "make_dali_loader": ".loader", "PipelineOptions": ".pipelines",
+         "build_pipeline": ".pipelines", "LMDBSource": ".source", "ShardedSource": ".source"}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dali_pipeline' has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import pytest

@@ -1,0 +1,643 @@
+#!/usr/bin/env python3
+"""One command for a GPU machine: the DALI pipeline, the torchvision loader and train.py, in one table.
+
+Builds an LMDB (``--data DIR``: a JPEG folder, ImageFolder layout or flat, or an existing lmdb_io
+database; without it ImageNet-sized JPEGs generated with ``lmdb_io.synthetic``, replicated by hard
+links to ``--images``), then measures on GPU 0:
+
+1. the DALI train pipeline alone (``make_dali_loader``, mixed decode) at each ``--hw-loads`` value,
+   and the torchvision DataLoader alone (``make_torch_loader``, a worker per core): one epoch per run,
+   the first ``--warmup-batches`` batches untimed, ``torch.cuda.synchronize()`` before each clock read;
+2. training images/s and data-wait of each ``--archs`` model through ``train.py`` itself (a
+   subprocess, same model flags ``-b --amp bf16 --channels-last`` for all) with ``--synthetic``,
+   ``--loader dali --lmdb`` and ``--loader torch --lmdb``, read from its ``log.jsonl`` with the first
+   print window (warm-up) left out.
+
+Prints one Markdown table and writes it with every number to ``OUT/gpu_check.json`` (rewritten after
+each row). A missing GPU, DALI, lmdb or torchvision model turns the rows that need it into "not run:
+<reason>"; the rest are still measured and the exit status is 0. ``--budget`` seconds bound the whole
+run: rows that would not fit are not run. ``--cpu`` is a dry run of the same code on the CPU with tiny
+sizes. Examples::
+
+    PYTHONPATH=/tmp/site python bench/gpu_check.py               # about 3 minutes on one H100/H200
+    python bench/gpu_check.py --quick --data /data/imagenet/train --out /tmp/res
+    python bench/gpu_check.py --cpu --out /tmp/dry
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: make `bench`, `lmdb_io` and `dali_pipeline` importable
+    sys.path.insert(0, str(REPO))
+
+# Only the standard library at the top: DALI's parallel source and the JPEG generator start spawned
+# processes, which re-import this file.
+
+PROG = "gpu_check"
+TRAIN_PY = REPO / "train.py"
+MB = 1e6
+GENERATED = {"gpu": (10, 100), "cpu": (4, 8)}  # (classes, images per class) of generated JPEGs
+VARIANTS = ("synthetic", "dali", "torch")
+
+
+class RowFailure(Exception):
+    """A measurement that ran and failed: its message is the row's one-line reason."""
+
+
+def one_line(text: str, limit: int = 240) -> str:
+    """The last non-empty line of ``text``, shortened, with table pipes escaped."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    return (line if len(line) <= limit else line[:limit - 3] + "...").replace("|", "\\|")
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception."""
+    lines = str(exc).strip().splitlines()
+    return one_line(f"{type(exc).__name__}: {lines[0] if lines else ''}")
+
+
+# -- environment ------------------------------------------------------------------------------------
+
+@dataclass
+class Environment:
+    """What the header reports, and for each unmet requirement the one-line reason."""
+
+    info: dict[str, Any]
+    missing: dict[str, str] = field(default_factory=dict)
+
+    def why_not(self, needs: Sequence[str]) -> Optional[str]:
+        return next((self.missing[n] for n in needs if n in self.missing), None)
+
+
+def _machine() -> dict[str, Any]:
+    try:
+        from bench.gpu_pipeline import machine
+
+        return machine()
+    except Exception:  # numpy missing: bench/ does not import
+        return {"cpu": platform.processor() or "unknown", "cores": os.cpu_count(),
+                "cores_usable": len(os.sched_getaffinity(0)), "memory_gib": "?", "python": platform.python_version()}
+
+
+def _probe_gpu(env: Environment) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        env.missing["gpu"] = ("no CUDA GPU visible to torch (torch.cuda.is_available() is False); --cpu runs the "
+                              "dry run")
+        return
+    from bench.gpu_pipeline import _driver_version
+
+    torch.cuda.set_device(0)
+    props = torch.cuda.get_device_properties(0)
+    env.info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / (1 << 30), 1), cuda=torch.version.cuda,
+                    driver=_driver_version(), gpus=torch.cuda.device_count())
+
+
+def _probe_dali(env: Environment, cpu: bool) -> None:
+    try:
+        import nvidia.dali as dali
+        from nvidia.dali import backend
+    except Exception as e:  # ImportError, or a broken install raising something else
+        env.missing["dali"] = f"DALI not importable ({describe(e)})"
+        return
+    env.info["dali"] = dali.__version__
+    try:
+        import dali_pipeline  # noqa: F401  (needs lmdb_io.torch_loader: torch and torchvision)
+    except Exception as e:
+        env.missing["dali"] = f"dali_pipeline does not import ({describe(e)})"
+        return
+    if not cpu and "gpu" not in env.missing:
+        try:
+            count = backend.GetCUDADeviceCount()
+        except Exception as e:
+            count, env.missing["dali"] = 0, f"DALI cannot query CUDA devices ({describe(e)})"
+        if count == 0 and "dali" not in env.missing:
+            env.missing["dali"] = "DALI sees no CUDA device (driver too old for this DALI wheel?)"
+
+
+def _probe_models(env: Environment, archs: Sequence[str]) -> None:
+    try:
+        import torchvision
+    except Exception as e:
+        env.missing["torchvision"] = f"torchvision not importable ({describe(e)})"
+        return
+    env.info["torchvision"] = torchvision.__version__
+    names = set(torchvision.models.list_models(module=torchvision.models))
+    for arch in archs:
+        if arch not in names:
+            env.missing[arch] = f"torchvision {torchvision.__version__} has no model {arch}"
+
+
+def probe(cpu: bool, archs: Sequence[str]) -> Environment:
+    """Machine, versions and GPU; every missing piece is recorded with its reason, never raised."""
+    env = Environment(_machine())
+    try:
+        import torch
+    except Exception as e:
+        reason = f"torch not importable ({describe(e)})"
+        env.missing.update({k: reason for k in ("torch", "gpu", "dali", "torchvision", "lmdb")})
+        return env
+    env.info["torch"] = torch.__version__
+    if cpu:
+        env.info["gpu"] = "none (--cpu dry run)"
+    else:
+        _probe_gpu(env)
+    try:
+        import lmdb
+
+        env.info["py_lmdb"] = lmdb.__version__
+    except Exception as e:
+        env.missing["lmdb"] = f"lmdb not importable ({describe(e)})"
+    _probe_models(env, archs)
+    _probe_dali(env, cpu)
+    return env
+
+
+def machine_line(info: dict[str, Any], cpu: bool) -> str:
+    """One line naming the GPU, driver, CPU cores and versions."""
+    gpu = ("NO GPU: --cpu dry run" if cpu else
+           f"GPU {info['gpu']} ({info['gpu_memory_gib']} GiB, driver {info['driver']}, CUDA {info['cuda']})"
+           if "gpu_memory_gib" in info else "NO GPU visible")
+    versions = ", ".join(f"{name} {info[key]}" for name, key in (("torch", "torch"), ("torchvision", "torchvision"),
+                                                                 ("DALI", "dali"), ("lmdb", "py_lmdb"))
+                         if key in info)
+    return (f"Machine: {gpu}; {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
+            f"{info['memory_gib']} GiB RAM; Python {info['python']}, {versions or 'no torch'}.")
+
+
+# -- data -------------------------------------------------------------------------------------------
+
+def generate_jpegs(root: Path, classes: int, per_class: int, procs: int) -> int:
+    """``classes`` x about ``per_class`` ImageNet-sized JPEGs under ``root/part*/class_*``, written by
+    ``procs`` spawned processes with distinct seeds; returns the count."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from lmdb_io.synthetic import make_image_folder
+
+    parts = max(1, min(procs, per_class))
+    each = math.ceil(per_class / parts)
+    with ProcessPoolExecutor(parts, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(make_image_folder, str(root / f"part{k:02d}"), classes, each, k) for k in range(parts)]
+        for job in jobs:
+            job.result()
+    return classes * each * parts
+
+
+def prepare_database(args: argparse.Namespace, work: Path, cores: int) -> tuple[Path, int, str]:
+    """The LMDB to read, its image count, and where its images came from."""
+    from bench.bench_lmdb import build_tree, convert_cmd, find_jpegs, remove, run_checked
+    from lmdb_io.database import ImageDatabase
+
+    if args.data is not None and (args.data / "data.mdb").is_file():
+        length = len(ImageDatabase(args.data, verify=False))
+        return args.data, length, f"the existing database {args.data}"
+    if args.data is not None:
+        source, origin = args.data, str(args.data)
+    else:
+        classes, per_class = GENERATED["cpu" if args.cpu else "gpu"]
+        source = work / "generated"
+        count = generate_jpegs(source, classes, per_class, min(cores, 10))
+        origin = f"{count:,} generated JPEGs ({classes} classes, lmdb_io.synthetic, 240-400 x 300-500 px)"
+    jpegs = find_jpegs(source)
+    tree = build_tree(jpegs, work / "tree", args.images)
+    db = work / "train.lmdb"
+    remove(db)
+    run_checked(convert_cmd(tree, db, "--workers", str(cores)))
+    remove(tree.root)
+    how = "hard links" if tree.linked else "copies"
+    data = (f"{args.images:,} JPEGs ({tree.nbytes / MB:,.0f} MB, {how} cycling through {len(jpegs):,} files of "
+            f"{origin}) in one LMDB ({os.path.getsize(db / 'data.mdb') / MB:,.0f} MB)")
+    return db, args.images, data
+
+
+# -- loader-only rows -------------------------------------------------------------------------------
+
+def dali_contender(args: argparse.Namespace, db: Path, load: float) -> Any:
+    """The trainer's DALI loader for these flags (half and channels-last output as train.py asks)."""
+    from bench.bench_loaders import Contender
+    from dali_pipeline import make_dali_loader
+
+    device_id = None if args.cpu else 0
+    options = dict(num_threads=args.dali_threads, py_workers=args.py_workers, hw_decoder_load=load,
+                   crop=args.crop, half=not args.cpu, channels_last=True)
+    how = (f"`make_dali_loader(device_id={device_id}, py_workers={args.py_workers}, num_threads={args.dali_threads}, "
+           f"hw_decoder_load={load:g}, half={not args.cpu}, channels_last=True)`, "
+           f"{'CPU decode (--cpu)' if args.cpu else 'mixed decode'}")
+    return Contender(f"dali_hw{load:g}", f"DALI pipeline alone, hw_decoder_load {load:g}", how,
+                     lambda seed: make_dali_loader(db, args.batch, train=True, seed=seed, device_id=device_id,
+                                                   **options))
+
+
+def torch_contender(args: argparse.Namespace, db: Path) -> Any:
+    """The trainer's torchvision loader with a worker per core, batches moved to the device."""
+    import torch
+
+    from bench.bench_loaders import Contender
+    from lmdb_io.torch_loader import make_torch_loader
+
+    device = torch.device("cpu" if args.cpu else "cuda", 0 if not args.cpu else None)
+    how = (f"`make_torch_loader(workers={args.torch_workers}, device={device}, channels_last=True)`: PIL decode, "
+           f"RandomResizedCrop, flip, ToTensor, Normalize; pinned copy to the device")
+    return Contender("torch", f"torchvision DataLoader alone, {args.torch_workers} workers", how,
+                     lambda seed: make_torch_loader(db, args.batch, train=True, seed=seed, workers=args.torch_workers,
+                                                    device=device, crop=args.crop, channels_last=True))
+
+
+def time_loader(contender: Any, args: argparse.Namespace, db: Path, length: int) -> dict[str, Any]:
+    """Median images/s over ``--runs`` epochs of a fresh loader each (bench_loaders.run_rounds)."""
+    from bench.bench_loaders import run_rounds
+    from lmdb_io.shard import epoch_plan
+
+    sync = None
+    if not args.cpu:
+        import torch
+
+        sync = torch.cuda.synchronize
+
+    def expected(seed: int) -> list[int]:
+        return epoch_plan(length, 0, 1, 0, seed, True, args.batch, True).indices.tolist()
+
+    rounds = run_rounds([contender], args.runs, args.batch, args.warmup_batches, expected,
+                        cores=len(os.sched_getaffinity(0)), max_foreign=1.0, sync=sync)
+    timings = rounds.used_timings(contender.key)
+    return {"images_per_s": rounds.median_rate(contender.key),
+            "runs": [{"images_per_s": t.rate, "timed_images": t.images, "seconds": t.seconds,
+                      "host_cores_used": t.cores_used} for t in timings]}
+
+
+def release_dali_memory() -> None:
+    """Hand DALI's and torch's cached device memory back before the training subprocesses start."""
+    try:
+        import torch
+        from nvidia.dali import backend
+
+        backend.ReleaseUnusedMemory()
+        torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+# -- training rows ----------------------------------------------------------------------------------
+
+def train_command(args: argparse.Namespace, arch: str, variant: str, db: Optional[Path], out: Path) -> list[str]:
+    """train.py's command line: the same model flags for every variant, then the variant's data flags."""
+    cmd = [sys.executable, str(TRAIN_PY), "-a", arch, "-b", str(args.batch), "--crop-size", str(args.crop),
+           "--amp", "bf16", "--channels-last", "--max-steps", str(args.steps), "--print-freq", str(args.print_freq),
+           "--device", "cpu" if args.cpu else "cuda", "--output-dir", str(out)]
+    return cmd + variant_flags(args, variant, db)
+
+
+def variant_flags(args: argparse.Namespace, variant: str, db: Optional[Path]) -> list[str]:
+    if variant == "synthetic":
+        return ["--synthetic"]
+    data = ["--loader", variant, "--lmdb", "--train", str(db)]
+    if variant == "dali":
+        return data + ["-j", str(args.py_workers), "--dali-threads", str(args.dali_threads), "--hw-decoder-load",
+                       f"{args.hw_decoder_load:g}"]
+    return data + ["-j", str(args.torch_workers)]
+
+
+def run_subprocess(cmd: list[str], out: Path, timeout: float) -> None:
+    """Run ``cmd`` in its own process group with stdout/stderr in ``out``; ``RowFailure`` on a non-zero
+    exit (the last line of its stderr) or on timeout (the whole group is killed)."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    with open(out / "stdout.txt", "wb") as stdout, open(out / "stderr.txt", "wb") as stderr:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=stdout, stderr=stderr, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise RowFailure(f"timed out after {timeout:.0f} s (--budget)") from None
+    if code != 0:
+        last = one_line((out / "stderr.txt").read_text(errors="replace"))
+        raise RowFailure(f"train.py exited {code}: {last or '(no stderr)'}")
+
+
+def steady_windows(log: Path, batch: int) -> dict[str, Any]:
+    """Images/s and data-wait over the print windows of ``log.jsonl`` after the first (warm-up) one,
+    each window weighted by its duration."""
+    if not log.is_file():
+        raise RowFailure(f"train.py exited 0 but wrote no {log.name}")
+    windows, previous = [], 0
+    for line in log.read_text().splitlines():
+        event = json.loads(line) if line.strip() else {}
+        if event.get("event") != "train":
+            continue
+        images = (event["step"] - previous) * batch * event.get("world_size", 1)
+        seconds = images / event["images_per_s"]
+        windows.append({"last_step": event["step"], "images": images, "seconds": seconds,
+                        "waited": event["data_wait"] * seconds})
+        previous = event["step"]
+    kept = windows[1:]
+    if not kept:
+        raise RowFailure(f"{len(windows)} print window(s) in log.jsonl: none after the warm-up one; raise --steps")
+    seconds = sum(w["seconds"] for w in kept)
+    return {"images_per_s": sum(w["images"] for w in kept) / seconds,
+            "data_wait": sum(w["waited"] for w in kept) / seconds,
+            "steps": f"{windows[0]['last_step'] + 1}-{kept[-1]['last_step']}", "windows": windows}
+
+
+def time_training(args: argparse.Namespace, arch: str, variant: str, db: Optional[Path], work: Path,
+                  timeout: float) -> dict[str, Any]:
+    """One train.py run; its steady-state numbers."""
+    out = work / "runs" / f"{arch}-{variant}"
+    cmd = train_command(args, arch, variant, db, out)
+    run_subprocess(cmd, out, timeout)
+    return {**steady_windows(out / "log.jsonl", args.batch), "command": " ".join(cmd)}
+
+
+# -- rows and the table -----------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    """One line of the table; ``status`` is ok, not run or failed."""
+
+    kind: str  # loader | train
+    key: str
+    what: str
+    how: str
+    status: str = "ok"
+    reason: str = ""
+    images_per_s: Optional[float] = None
+    data_wait: Optional[float] = None
+    ratio: Optional[float] = None
+    ratio_to: str = ""
+    seconds: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Check:
+    """A planned row: what it needs, the least budget it needs, and how to measure it."""
+
+    row: Row
+    needs: tuple[str, ...]
+    min_seconds: float
+    measure: Callable[[float], dict[str, Any]]  # seconds left -> images_per_s, [data_wait], ...
+
+
+def plan_checks(args: argparse.Namespace, ctx: dict[str, Any]) -> list[Check]:
+    """Loader-only rows, then training rows: each arch with synthetic, dali and torch."""
+    db, length, work = lambda: ctx["db"], lambda: ctx["length"], ctx["work"]
+    checks = []
+    for load in args.hw_loads:
+        checks.append(Check(Row("loader", f"dali_hw{load:g}", f"DALI pipeline alone, hw_decoder_load {load:g}", ""),
+                            ("torch", "gpu", "dali", "lmdb", "db"), 15.0 if not args.cpu else 1.0,
+                            lambda left, load=load: time_loader(dali_contender(args, db(), load), args, db(), length())))
+    checks.append(Check(Row("loader", "torch", f"torchvision DataLoader alone, {args.torch_workers} workers", ""),
+                        ("torch", "gpu", "torchvision", "lmdb", "db"), 20.0 if not args.cpu else 1.0,
+                        lambda left: time_loader(torch_contender(args, db()), args, db(), length())))
+    for arch in args.archs:
+        for variant in VARIANTS:
+            needs = ("torch", "gpu", "torchvision", arch) + (() if variant == "synthetic" else ("lmdb", "db"))
+            needs += ("dali",) if variant == "dali" else ()
+            what = f"training {arch}, " + {"synthetic": "synthetic batches (no loader)", "dali": "DALI loader",
+                                           "torch": "torchvision loader"}[variant]
+            how = "`train.py " + " ".join(variant_flags(args, variant, Path("DB"))) + "`"
+            checks.append(Check(Row("train", f"{arch}-{variant}", what, how), needs, 25.0 if not args.cpu else 1.0,
+                                lambda left, a=arch, v=variant: time_training(args, a, v, ctx.get("db"), work, left)))
+    return checks
+
+
+def run_check(check: Check, env: Environment, deadline: float) -> Row:
+    """Measure one row, or say why it was not run or how it failed; never raises."""
+    row = check.row
+    left = deadline - time.monotonic()
+    reason = env.why_not(check.needs) or (f"time budget: {left:.0f} s of --budget left, this row needs about "
+                                          f"{check.min_seconds:.0f}" if left < check.min_seconds else None)
+    if reason:
+        row.status, row.reason = "not run", reason
+        return row
+    started = time.monotonic()
+    try:
+        result = check.measure(left - 5)
+        row.images_per_s, row.data_wait = result.pop("images_per_s"), result.pop("data_wait", None)
+        row.how = row.how or ""
+        row.detail = result
+    except (Exception, SystemExit) as e:  # SystemExit: the bench/ helpers report failures that way
+        row.status, row.reason = "failed", str(e) if isinstance(e, RowFailure) else describe(e)
+        row.detail = {"traceback": traceback.format_exc()}
+    row.seconds = time.monotonic() - started
+    return row
+
+
+def set_ratios(rows: Sequence[Row]) -> None:
+    """Training rows: ratio to the same arch's synthetic run; loader rows: ratio to the best loader."""
+    loaders = [r for r in rows if r.kind == "loader" and r.images_per_s]
+    best = max(loaders, key=lambda r: r.images_per_s, default=None)
+    for r in rows:
+        base = best if r.kind == "loader" else next(
+            (s for s in rows if s.key == r.key.rsplit("-", 1)[0] + "-synthetic" and s.images_per_s), None)
+        if r.images_per_s and base is not None:
+            r.ratio, r.ratio_to = r.images_per_s / base.images_per_s, "best loader" if r.kind == "loader" else "synthetic"
+
+
+def render(rows: Sequence[Row], title: str) -> str:
+    lines = [title, "", "| what | how | images/s | ratio | data-wait |", "|---|---|---|---|---|"]
+    for r in rows:
+        rate = f"{r.images_per_s:,.0f}" if r.status == "ok" else f"{r.status}: {r.reason}"
+        ratio = f"{r.ratio:.2f}x {r.ratio_to}" if r.ratio is not None else ""
+        wait = f"{100 * r.data_wait:.1f} %" if r.data_wait is not None else ("n/a" if r.status == "ok" else "")
+        steps = f", steps {r.detail['steps']}" if "steps" in r.detail else ""
+        lines.append(f"| {r.what} | {r.how}{steps} | {rate} | {ratio} | {wait} |")
+    return "\n".join(lines)
+
+
+def title(env: Environment, args: argparse.Namespace, data: str, batches: int) -> str:
+    sync = "torch.cuda.synchronize() before each clock read, " if not args.cpu else ""
+    return (f"### gpu_check: DALI pipeline, torchvision loader and train.py{' (CPU DRY RUN)' if args.cpu else ''}\n\n"
+            f"{machine_line(env.info, args.cpu)}\n"
+            f"Data: {data}; hot page cache.\n"
+            f"Loader-only rows: batch {args.batch}, crop {args.crop}, one train epoch per run ({batches} batches), "
+            f"first {args.warmup_batches} untimed, {sync}median of {args.runs} run(s), no model; ratio to the best "
+            f"loader.\n"
+            f"Training rows: `python train.py -a ARCH -b {args.batch} --crop-size {args.crop} --amp bf16 "
+            f"--channels-last --max-steps {args.steps} --print-freq {args.print_freq}` plus the flags shown (DB: the "
+            f"LMDB above); images/s and data-wait from log.jsonl over the print windows after the first (warm-up); "
+            f"ratio to the same model on --synthetic batches (1000 classes; the LMDB has fewer: a smaller fc).")
+
+
+def summary(rows: Sequence[Row]) -> str:
+    """The final line: how many rows ran, and why the others did not."""
+    reasons: dict[str, int] = {}
+    for r in rows:
+        if r.status == "not run":
+            reasons[r.reason] = reasons.get(r.reason, 0) + 1
+    failed = sum(r.status == "failed" for r in rows)
+    measured = sum(r.status == "ok" for r in rows)
+    skipped = "; ".join(f"{n} x {reason}" for reason, n in reasons.items()) or "nothing"
+    return f"{PROG}: {measured} of {len(rows)} rows measured, {failed} failed; skipped: {skipped}"
+
+
+def write_results(out: Path, result: dict[str, Any]) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    except OSError as e:
+        log(f"cannot write {out / 'gpu_check.json'}: {describe(e)}")
+
+
+def log(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+def _floats(text: str) -> list[float]:
+    values = [float(s) for s in text.split(",") if s.strip()]
+    if not values or any(not 0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError("a comma-separated list of shares in [0, 1]")
+    return list(dict.fromkeys(values))
+
+
+def _names(text: str) -> list[str]:
+    values = [s.strip() for s in text.split(",") if s.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("a comma-separated list of torchvision model names")
+    return values
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    cores = len(os.sched_getaffinity(0))
+    p = argparse.ArgumentParser(
+        prog="gpu_check.py", description=__doc__.split("\n\n")[0],
+        epilog="Defaults: --images 16384 --steps 60 --print-freq 20 --runs 1 --budget 225 (--quick: --images 8192 "
+               "--steps 30 --print-freq 10). --cpu: --images 64 --batch 8 --crop 64 --steps 4 --print-freq 2 "
+               "--archs resnet18 --py-workers 0 --warmup-batches 2 --budget 600, device cpu.")
+    p.add_argument("--data", type=Path, metavar="DIR", help="JPEG folder (DIR/<class>/<image>, or flat: one class), "
+                                                            "or an lmdb_io database used as is; default: generated")
+    p.add_argument("--work", type=Path, metavar="DIR", help="where JPEGs, the LMDB and train.py runs go (default: a "
+                                                            "temp dir, deleted after)")
+    p.add_argument("--out", type=Path, metavar="DIR", default=Path(os.environ.get("OUT") or REPO / "bench" / "results"),
+                   help="folder for gpu_check.json (default: $OUT if set, else bench/results)")
+    p.add_argument("--cpu", action="store_true", help="dry run on the CPU with tiny sizes (DALI CPU operators)")
+    p.add_argument("--quick", action="store_true", help="half the images and steps")
+    p.add_argument("--images", type=int, help="JPEGs in the LMDB (loader-only epoch = images / batch batches)")
+    p.add_argument("--steps", type=int, help="train.py --max-steps for each training row")
+    p.add_argument("--print-freq", type=int, help="train.py --print-freq (the first window is warm-up)")
+    p.add_argument("--batch", type=int, help="batch size (default 256)")
+    p.add_argument("--crop", type=int, help="crop size (default 224)")
+    p.add_argument("--archs", type=_names, help="models for the training rows (default resnet50,resnet18)")
+    p.add_argument("--hw-loads", type=_floats, default=[0.65, 1.0], metavar="X,X",
+                   help="hw_decoder_load values for the DALI loader-only rows (default 0.65,1.0)")
+    p.add_argument("--hw-decoder-load", type=float, default=0.65, help="train.py --hw-decoder-load (default 0.65)")
+    p.add_argument("--py-workers", type=int, help="DALI source processes, loader-only and train.py -j (default 4, "
+                                                  "train.py's own default on a GPU)")
+    p.add_argument("--dali-threads", type=int, default=min(8, cores),
+                   help=f"DALI CPU threads (default min(8, cores) = {min(8, cores)}, train.py's default)")
+    p.add_argument("--torch-workers", type=int, default=cores,
+                   help=f"DataLoader workers, loader-only and train.py -j (default: usable cores, {cores})")
+    p.add_argument("--runs", type=int, default=1, help="loader-only epochs per row, median reported (default 1)")
+    p.add_argument("--warmup-batches", type=int, help="untimed loader-only batches per epoch (default 5)")
+    p.add_argument("--budget", type=float, help="seconds for the whole run; rows that would not fit are not run")
+    args = p.parse_args(argv)
+    fill_defaults(args)
+    if min(args.images, args.steps, args.print_freq, args.batch, args.crop, args.runs, args.warmup_batches,
+           args.dali_threads, args.torch_workers) < 1 or args.py_workers < 0:
+        p.error("counts must be positive (--py-workers may be 0)")
+    if args.steps < 2 * args.print_freq:
+        p.error("--steps must be at least 2 x --print-freq: the first print window is warm-up, left out")
+    if args.images // args.batch <= args.warmup_batches:
+        p.error(f"--images {args.images} gives {args.images // args.batch} batches of {args.batch}: need more than "
+                f"--warmup-batches ({args.warmup_batches})")
+    if args.data is not None and not args.data.is_dir():
+        p.error(f"--data {args.data}: not a directory")
+    return args
+
+
+def fill_defaults(args: argparse.Namespace) -> None:
+    """Mode-dependent defaults for the flags left unset."""
+    if args.cpu:
+        defaults = dict(images=64, batch=8, crop=64, steps=4, print_freq=2, archs=["resnet18"], py_workers=0,
+                        warmup_batches=2, budget=600.0)
+    else:
+        defaults = dict(images=16384, batch=256, crop=224, steps=60, print_freq=20, archs=["resnet50", "resnet18"],
+                        py_workers=4, warmup_batches=5, budget=225.0)
+        if args.quick:
+            defaults.update(images=8192, steps=30, print_freq=10)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
+def setup_data(args: argparse.Namespace, env: Environment, ctx: dict[str, Any]) -> str:
+    """Build the LMDB into ctx (db, length); on failure record why under ``missing['db']``."""
+    if "lmdb" in env.missing:
+        env.missing["db"] = env.missing["lmdb"]
+        return "none (lmdb missing)"
+    started = time.monotonic()
+    try:
+        ctx["db"], ctx["length"], data = prepare_database(args, ctx["work"], env.info["cores_usable"])
+    except (Exception, SystemExit) as e:
+        env.missing["db"] = f"data preparation failed ({describe(e)})"
+        return "none (preparation failed)"
+    log(f"data ready in {time.monotonic() - started:.0f} s: {data}")
+    return data
+
+
+def measure(args: argparse.Namespace, env: Environment, work: Path, deadline: float) -> dict[str, Any]:
+    """Data, every row (results rewritten after each), the table; returns the JSON document."""
+    ctx: dict[str, Any] = {"work": work}
+    data = setup_data(args, env, ctx)
+    checks = plan_checks(args, ctx)
+    result: dict[str, Any] = {"machine": env.info, "missing": env.missing, "data": data,
+                              "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    rows: list[Row] = []
+    for i, check in enumerate(checks, 1):
+        if check.row.kind == "train" and rows and rows[-1].kind == "loader":
+            release_dali_memory()
+        row = run_check(check, env, deadline)
+        rows.append(row)
+        shown = f"{row.images_per_s:,.0f} img/s" if row.status == "ok" else f"{row.status}: {row.reason}"
+        log(f"[{i}/{len(checks)}] {row.what}: {shown} ({row.seconds:.0f} s)")
+        set_ratios(rows)
+        result.update(rows=[asdict(r) for r in rows], table=render(rows, title(env, args, data, ctx.get(
+            "length", args.images) // args.batch)), summary=summary(rows))
+        write_results(args.out, result)
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    deadline = time.monotonic() + args.budget
+    env = probe(args.cpu, args.archs)
+    print(machine_line(env.info, args.cpu), flush=True)
+    for need, reason in env.missing.items():
+        log(f"missing {need}: {reason}")
+    temp = args.work is None
+    work = Path(tempfile.mkdtemp(prefix="gpu_check_")) if temp else args.work
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        result = measure(args, env, work, deadline)
+    finally:
+        if temp:
+            shutil.rmtree(work, ignore_errors=True)
+    print("\n" + result["table"] + "\n", flush=True)
+    log(f"wrote {args.out / 'gpu_check.json'}")
+    print(result["summary"], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
