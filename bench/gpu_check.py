@@ -54,10 +54,21 @@ TRAIN_PY = REPO / "train.py"
 MB = 1e6
 GENERATED = {"gpu": (10, 100), "cpu": (4, 8)}  # (classes, images per class) of generated JPEGs
 VARIANTS = ("synthetic", "dali", "torch")
+MIN_SECONDS = {"loader": 15.0, "train": 25.0}  # budget a row needs on a GPU to be started
 
 
 class RowFailure(Exception):
     """A measurement that ran and failed: its message is the row's one-line reason."""
+
+
+@dataclass
+class Data:
+    """The LMDB every loader row reads (``db`` None until built, or when it could not be)."""
+
+    work: Path
+    db: Optional[Path] = None
+    length: int = 0
+    description: str = "none"
 
 
 def one_line(text: str, limit: int = 240) -> str:
@@ -68,7 +79,10 @@ def one_line(text: str, limit: int = 240) -> str:
 
 
 def describe(exc: BaseException) -> str:
-    """``Type: first line of the message`` of an exception."""
+    """``Type: first line of the message`` of an exception; a SystemExit (how the bench/ helpers fail,
+    with a command's stderr last) gives its last line."""
+    if isinstance(exc, SystemExit):
+        return one_line(str(exc)) or f"SystemExit {exc.code}"
     lines = str(exc).strip().splitlines()
     return one_line(f"{type(exc).__name__}: {lines[0] if lines else ''}")
 
@@ -91,7 +105,7 @@ def _machine() -> dict[str, Any]:
         from bench.gpu_pipeline import machine
 
         return machine()
-    except Exception:  # numpy missing: bench/ does not import
+    except Exception:  # bench/ needs numpy and lmdb to import
         return {"cpu": platform.processor() or "unknown", "cores": os.cpu_count(),
                 "cores_usable": len(os.sched_getaffinity(0)), "memory_gib": "?", "python": platform.python_version()}
 
@@ -103,12 +117,16 @@ def _probe_gpu(env: Environment) -> None:
         env.missing["gpu"] = ("no CUDA GPU visible to torch (torch.cuda.is_available() is False); --cpu runs the "
                               "dry run")
         return
-    from bench.gpu_pipeline import _driver_version
+    try:
+        from bench.gpu_pipeline import _driver_version
 
+        driver = _driver_version()
+    except Exception:  # bench/ needs numpy and lmdb to import
+        driver = "unknown"
     torch.cuda.set_device(0)
     props = torch.cuda.get_device_properties(0)
     env.info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / (1 << 30), 1), cuda=torch.version.cuda,
-                    driver=_driver_version(), gpus=torch.cuda.device_count())
+                    driver=driver, gpus=torch.cuda.device_count())
 
 
 def _probe_dali(env: Environment, cpu: bool) -> None:
@@ -120,7 +138,7 @@ def _probe_dali(env: Environment, cpu: bool) -> None:
         return
     env.info["dali"] = dali.__version__
     try:
-        import dali_pipeline  # noqa: F401  (needs lmdb_io.torch_loader: torch and torchvision)
+        import dali_pipeline.loader  # noqa: F401  (DALI, and lmdb_io.torch_loader: lmdb, torch, torchvision)
     except Exception as e:
         env.missing["dali"] = f"dali_pipeline does not import ({describe(e)})"
         return
@@ -231,38 +249,47 @@ def prepare_database(args: argparse.Namespace, work: Path, cores: int) -> tuple[
 
 # -- loader-only rows -------------------------------------------------------------------------------
 
+def dali_options(args: argparse.Namespace, load: float) -> dict[str, Any]:
+    """``make_dali_loader`` options as train.py sets them for these flags (fp16 NHWC output on a GPU)."""
+    return dict(device_id=None if args.cpu else 0, num_threads=args.dali_threads, py_workers=args.py_workers,
+                hw_decoder_load=load, crop=args.crop, half=not args.cpu, channels_last=True)
+
+
+def dali_how(args: argparse.Namespace, load: float) -> str:
+    options = ", ".join(f"{k}={v}" for k, v in dali_options(args, load).items() if k != "crop")
+    return f"`make_dali_loader({options})`, {'CPU decode (--cpu)' if args.cpu else 'mixed decode'}"
+
+
 def dali_contender(args: argparse.Namespace, db: Path, load: float) -> Any:
-    """The trainer's DALI loader for these flags (half and channels-last output as train.py asks)."""
+    """The trainer's DALI loader at this hw_decoder_load."""
     from bench.bench_loaders import Contender
     from dali_pipeline import make_dali_loader
 
-    device_id = None if args.cpu else 0
-    options = dict(num_threads=args.dali_threads, py_workers=args.py_workers, hw_decoder_load=load,
-                   crop=args.crop, half=not args.cpu, channels_last=True)
-    how = (f"`make_dali_loader(device_id={device_id}, py_workers={args.py_workers}, num_threads={args.dali_threads}, "
-           f"hw_decoder_load={load:g}, half={not args.cpu}, channels_last=True)`, "
-           f"{'CPU decode (--cpu)' if args.cpu else 'mixed decode'}")
-    return Contender(f"dali_hw{load:g}", f"DALI pipeline alone, hw_decoder_load {load:g}", how,
-                     lambda seed: make_dali_loader(db, args.batch, train=True, seed=seed, device_id=device_id,
-                                                   **options))
+    options = dali_options(args, load)
+    return Contender(f"dali_hw{load:g}", f"DALI pipeline alone, hw_decoder_load {load:g}", dali_how(args, load),
+                     lambda seed: make_dali_loader(db, args.batch, train=True, seed=seed, **options))
+
+
+def torch_how(args: argparse.Namespace) -> str:
+    device = "cpu" if args.cpu else "cuda:0"
+    return (f"`make_torch_loader(workers={args.torch_workers}, device={device}, channels_last=True)`: PIL decode, "
+            f"RandomResizedCrop, flip, ToTensor, Normalize, {'' if args.cpu else 'pinned '}copy to the device")
 
 
 def torch_contender(args: argparse.Namespace, db: Path) -> Any:
-    """The trainer's torchvision loader with a worker per core, batches moved to the device."""
+    """The trainer's torchvision loader, batches moved to the device as train.py does."""
     import torch
 
     from bench.bench_loaders import Contender
     from lmdb_io.torch_loader import make_torch_loader
 
-    device = torch.device("cpu" if args.cpu else "cuda", 0 if not args.cpu else None)
-    how = (f"`make_torch_loader(workers={args.torch_workers}, device={device}, channels_last=True)`: PIL decode, "
-           f"RandomResizedCrop, flip, ToTensor, Normalize; pinned copy to the device")
-    return Contender("torch", f"torchvision DataLoader alone, {args.torch_workers} workers", how,
+    device = torch.device("cpu") if args.cpu else torch.device("cuda", 0)
+    return Contender("torch", f"torchvision DataLoader alone, {args.torch_workers} workers", torch_how(args),
                      lambda seed: make_torch_loader(db, args.batch, train=True, seed=seed, workers=args.torch_workers,
                                                     device=device, crop=args.crop, channels_last=True))
 
 
-def time_loader(contender: Any, args: argparse.Namespace, db: Path, length: int) -> dict[str, Any]:
+def time_loader(contender: Any, args: argparse.Namespace, data: Data) -> dict[str, Any]:
     """Median images/s over ``--runs`` epochs of a fresh loader each (bench_loaders.run_rounds)."""
     from bench.bench_loaders import run_rounds
     from lmdb_io.shard import epoch_plan
@@ -274,7 +301,7 @@ def time_loader(contender: Any, args: argparse.Namespace, db: Path, length: int)
         sync = torch.cuda.synchronize
 
     def expected(seed: int) -> list[int]:
-        return epoch_plan(length, 0, 1, 0, seed, True, args.batch, True).indices.tolist()
+        return epoch_plan(data.length, 0, 1, 0, seed, True, args.batch, True).indices.tolist()
 
     rounds = run_rounds([contender], args.runs, args.batch, args.warmup_batches, expected,
                         cores=len(os.sched_getaffinity(0)), max_foreign=1.0, sync=sync)
@@ -358,11 +385,10 @@ def steady_windows(log: Path, batch: int) -> dict[str, Any]:
             "steps": f"{windows[0]['last_step'] + 1}-{kept[-1]['last_step']}", "windows": windows}
 
 
-def time_training(args: argparse.Namespace, arch: str, variant: str, db: Optional[Path], work: Path,
-                  timeout: float) -> dict[str, Any]:
+def time_training(args: argparse.Namespace, arch: str, variant: str, data: Data, timeout: float) -> dict[str, Any]:
     """One train.py run; its steady-state numbers."""
-    out = work / "runs" / f"{arch}-{variant}"
-    cmd = train_command(args, arch, variant, db, out)
+    out = data.work / "runs" / f"{arch}-{variant}"
+    cmd = train_command(args, arch, variant, data.db, out)
     run_subprocess(cmd, out, timeout)
     return {**steady_windows(out / "log.jsonl", args.batch), "command": " ".join(cmd)}
 
@@ -397,26 +423,31 @@ class Check:
     measure: Callable[[float], dict[str, Any]]  # seconds left -> images_per_s, [data_wait], ...
 
 
-def plan_checks(args: argparse.Namespace, ctx: dict[str, Any]) -> list[Check]:
-    """Loader-only rows, then training rows: each arch with synthetic, dali and torch."""
-    db, length, work = lambda: ctx["db"], lambda: ctx["length"], ctx["work"]
+def loader_checks(args: argparse.Namespace, data: Data) -> list[Check]:
+    """A DALI row per ``--hw-loads`` value, then the torchvision loader."""
+    least = 1.0 if args.cpu else MIN_SECONDS["loader"]
+    checks = [Check(Row("loader", f"dali_hw{load:g}", f"DALI pipeline alone, hw_decoder_load {load:g}",
+                        dali_how(args, load)), ("torch", "gpu", "lmdb", "dali", "db"), least,
+                    lambda left, load=load: time_loader(dali_contender(args, data.db, load), args, data))
+              for load in args.hw_loads]
+    checks.append(Check(Row("loader", "torch", f"torchvision DataLoader alone, {args.torch_workers} workers",
+                            torch_how(args)), ("torch", "gpu", "torchvision", "lmdb", "db"), least,
+                        lambda left: time_loader(torch_contender(args, data.db), args, data)))
+    return checks
+
+
+def train_checks(args: argparse.Namespace, data: Data) -> list[Check]:
+    """For each ``--archs`` model: train.py on synthetic batches, with the DALI loader, with the torch one."""
+    least = 1.0 if args.cpu else MIN_SECONDS["train"]
+    labels = {"synthetic": "synthetic batches (no loader)", "dali": "DALI loader", "torch": "torchvision loader"}
     checks = []
-    for load in args.hw_loads:
-        checks.append(Check(Row("loader", f"dali_hw{load:g}", f"DALI pipeline alone, hw_decoder_load {load:g}", ""),
-                            ("torch", "gpu", "dali", "lmdb", "db"), 15.0 if not args.cpu else 1.0,
-                            lambda left, load=load: time_loader(dali_contender(args, db(), load), args, db(), length())))
-    checks.append(Check(Row("loader", "torch", f"torchvision DataLoader alone, {args.torch_workers} workers", ""),
-                        ("torch", "gpu", "torchvision", "lmdb", "db"), 20.0 if not args.cpu else 1.0,
-                        lambda left: time_loader(torch_contender(args, db()), args, db(), length())))
     for arch in args.archs:
         for variant in VARIANTS:
             needs = ("torch", "gpu", "torchvision", arch) + (() if variant == "synthetic" else ("lmdb", "db"))
-            needs += ("dali",) if variant == "dali" else ()
-            what = f"training {arch}, " + {"synthetic": "synthetic batches (no loader)", "dali": "DALI loader",
-                                           "torch": "torchvision loader"}[variant]
+            needs += ("dali",) if variant == "dali" else ()  # after lmdb: dali_pipeline needs lmdb too
             how = "`train.py " + " ".join(variant_flags(args, variant, Path("DB"))) + "`"
-            checks.append(Check(Row("train", f"{arch}-{variant}", what, how), needs, 25.0 if not args.cpu else 1.0,
-                                lambda left, a=arch, v=variant: time_training(args, a, v, ctx.get("db"), work, left)))
+            checks.append(Check(Row("train", f"{arch}-{variant}", f"training {arch}, {labels[variant]}", how), needs,
+                                least, lambda left, a=arch, v=variant: time_training(args, a, v, data, left)))
     return checks
 
 
@@ -433,7 +464,6 @@ def run_check(check: Check, env: Environment, deadline: float) -> Row:
     try:
         result = check.measure(left - 5)
         row.images_per_s, row.data_wait = result.pop("images_per_s"), result.pop("data_wait", None)
-        row.how = row.how or ""
         row.detail = result
     except (Exception, SystemExit) as e:  # SystemExit: the bench/ helpers report failures that way
         row.status, row.reason = "failed", str(e) if isinstance(e, RowFailure) else describe(e)
@@ -450,7 +480,8 @@ def set_ratios(rows: Sequence[Row]) -> None:
         base = best if r.kind == "loader" else next(
             (s for s in rows if s.key == r.key.rsplit("-", 1)[0] + "-synthetic" and s.images_per_s), None)
         if r.images_per_s and base is not None:
-            r.ratio, r.ratio_to = r.images_per_s / base.images_per_s, "best loader" if r.kind == "loader" else "synthetic"
+            r.ratio = r.images_per_s / base.images_per_s
+            r.ratio_to = "best loader" if r.kind == "loader" else "synthetic"
 
 
 def render(rows: Sequence[Row], title: str) -> str:
@@ -475,7 +506,7 @@ def title(env: Environment, args: argparse.Namespace, data: str, batches: int) -
             f"Training rows: `python train.py -a ARCH -b {args.batch} --crop-size {args.crop} --amp bf16 "
             f"--channels-last --max-steps {args.steps} --print-freq {args.print_freq}` plus the flags shown (DB: the "
             f"LMDB above); images/s and data-wait from log.jsonl over the print windows after the first (warm-up); "
-            f"ratio to the same model on --synthetic batches (1000 classes; the LMDB has fewer: a smaller fc).")
+            f"ratio to the same model on --synthetic batches (which have 1000 classes).")
 
 
 def summary(rows: Sequence[Row]) -> str:
@@ -561,6 +592,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     if args.images // args.batch <= args.warmup_batches:
         p.error(f"--images {args.images} gives {args.images // args.batch} batches of {args.batch}: need more than "
                 f"--warmup-batches ({args.warmup_batches})")
+    if not 0 <= args.hw_decoder_load <= 1:
+        p.error("--hw-decoder-load must be between 0 and 1")
     if args.data is not None and not args.data.is_dir():
         p.error(f"--data {args.data}: not a directory")
     return args
@@ -581,27 +614,29 @@ def fill_defaults(args: argparse.Namespace) -> None:
             setattr(args, name, value)
 
 
-def setup_data(args: argparse.Namespace, env: Environment, ctx: dict[str, Any]) -> str:
-    """Build the LMDB into ctx (db, length); on failure record why under ``missing['db']``."""
+def setup_data(args: argparse.Namespace, env: Environment, work: Path) -> Data:
+    """Build the LMDB; on failure record why under ``missing['db']``."""
+    data = Data(work)
     if "lmdb" in env.missing:
         env.missing["db"] = env.missing["lmdb"]
-        return "none (lmdb missing)"
+        return data
     started = time.monotonic()
     try:
-        ctx["db"], ctx["length"], data = prepare_database(args, ctx["work"], env.info["cores_usable"])
+        data.db, data.length, data.description = prepare_database(args, work, env.info["cores_usable"])
     except (Exception, SystemExit) as e:
         env.missing["db"] = f"data preparation failed ({describe(e)})"
-        return "none (preparation failed)"
-    log(f"data ready in {time.monotonic() - started:.0f} s: {data}")
+        data.description = f"none ({env.missing['db']})"
+        return data
+    log(f"data ready in {time.monotonic() - started:.0f} s: {data.description}")
     return data
 
 
 def measure(args: argparse.Namespace, env: Environment, work: Path, deadline: float) -> dict[str, Any]:
     """Data, every row (results rewritten after each), the table; returns the JSON document."""
-    ctx: dict[str, Any] = {"work": work}
-    data = setup_data(args, env, ctx)
-    checks = plan_checks(args, ctx)
-    result: dict[str, Any] = {"machine": env.info, "missing": env.missing, "data": data,
+    data = setup_data(args, env, work)
+    checks = loader_checks(args, data) + train_checks(args, data)
+    heading = title(env, args, data.description, (data.length or args.images) // args.batch)
+    result: dict[str, Any] = {"machine": env.info, "missing": env.missing, "data": data.description,
                               "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     rows: list[Row] = []
     for i, check in enumerate(checks, 1):
@@ -612,8 +647,7 @@ def measure(args: argparse.Namespace, env: Environment, work: Path, deadline: fl
         shown = f"{row.images_per_s:,.0f} img/s" if row.status == "ok" else f"{row.status}: {row.reason}"
         log(f"[{i}/{len(checks)}] {row.what}: {shown} ({row.seconds:.0f} s)")
         set_ratios(rows)
-        result.update(rows=[asdict(r) for r in rows], table=render(rows, title(env, args, data, ctx.get(
-            "length", args.images) // args.batch)), summary=summary(rows))
+        result.update(rows=[asdict(r) for r in rows], table=render(rows, heading), summary=summary(rows))
         write_results(args.out, result)
     return result
 

@@ -59,3 +59,35 @@ def test_resume_of_a_complete_database_does_nothing(hymenoptera: Path, tmp_path:
     proc = convert(hymenoptera / "val", out, "--resume")
     assert "reused 153" in proc.stdout
     assert all_entries(out) == before
+
+
+@pytest.mark.parametrize("failure", ["ctrl-c", "disk-full"])
+def test_interrupt_or_full_disk_then_resume(hymenoptera: Path, train_db: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
+    """The third commit fails (Ctrl-C arrives, or the disk is full): two are kept and --resume finishes."""
+    import lmdb
+
+    from lmdb_io import ConvertError, converter
+
+    real_put_all = converter._Writer.put_all
+    calls = {"n": 0}
+
+    def failing_put_all(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt if failure == "ctrl-c" else lmdb.DiskError("mdb_txn_commit: No space left on device")
+        return real_put_all(self, *args, **kwargs)
+
+    out = tmp_path / "db"
+    opts = converter.ConvertOptions(dataset=str(hymenoptera / "train"), output=str(out), commit_every=30,
+                                    progress=False)
+    monkeypatch.setattr(converter._Writer, "put_all", failing_put_all)
+    expected = converter.ConvertInterrupted if failure == "ctrl-c" else ConvertError
+    with pytest.raises(expected, match="--resume"):
+        converter.convert(opts)
+    monkeypatch.setattr(converter._Writer, "put_all", real_put_all)
+    assert _stored_records(all_entries(out)) == 60
+    opts.resume = True
+    report = converter.convert(opts)
+    assert report.reused == 60 and report.stored == 245
+    assert all_entries(out) == all_entries(train_db)

@@ -195,3 +195,26 @@ def test_help_explains_the_flags() -> None:
                  "--channels-last", "--synthetic", "--multiprocessing-distributed", "--dist-url", "--log-keys"):
         assert flag in text
     assert "DataLoader worker" in text and "Python processes" in text
+
+
+def test_multiprocessing_distributed_spawn(train_db: Path, tmp_path: Path) -> None:
+    """The original PyTorch-LMDB launcher: one command spawns the processes of this node."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "--multiprocessing-distributed", "--procs-per-node", "2", "--dist-url",
+           f"tcp://127.0.0.1:{_free_port()}", "--loader", "torch", "--lmdb", "--train", str(train_db), "--epochs", "1",
+           "-b", "41", "--log-keys", "--output-dir", str(out), "-j", "0", *SMALL]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_sharding(_key_logs(out), 2, _db_keys(train_db))
+
+
+def test_placement_from_torchrun_slurm_and_nothing() -> None:
+    from trainer.distributed import placement_from_env
+
+    torchrun = placement_from_env({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"})
+    assert (torchrun.rank, torchrun.world_size, torchrun.local_rank) == (5, 8, 1)
+    slurm = placement_from_env({"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1"})
+    assert (slurm.rank, slurm.world_size, slurm.local_rank) == (3, 4, 1)
+    assert placement_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).world_size == 1
+    single = placement_from_env({})
+    assert (single.rank, single.world_size, single.distributed) == (0, 1, False)
