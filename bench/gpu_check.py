@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """One command for a GPU machine: the DALI pipeline, the torchvision loader and train.py, in one table.
 
-Builds an LMDB (``--data DIR``: a JPEG folder, ImageFolder layout or flat, or an existing lmdb_io
-database; without it ImageNet-sized JPEGs generated with ``lmdb_io.synthetic``, replicated by hard
-links to ``--images``), then measures on GPU 0:
+Converts ``--images`` JPEGs into an LMDB (from ``--data DIR``, a JPEG folder in ImageFolder layout or
+flat; without it ImageNet-sized JPEGs generated with ``lmdb_io.synthetic``; hard links cycle through
+the files when there are fewer), then measures on GPU 0:
 
 1. the DALI train pipeline alone (``make_dali_loader``, mixed decode) at each ``--hw-loads`` value,
    and the torchvision DataLoader alone (``make_torch_loader``, a worker per core): one epoch per run,
@@ -151,6 +151,16 @@ def _probe_dali(env: Environment, cpu: bool) -> None:
             env.missing["dali"] = "DALI sees no CUDA device (driver too old for this DALI wheel?)"
 
 
+def _probe_lmdb(env: Environment) -> None:
+    try:
+        import lmdb
+        import xxhash  # noqa: F401  (lmdb_io's record checksums)
+    except Exception as e:
+        env.missing["lmdb"] = f"lmdb_io's dependencies not importable ({describe(e)})"
+        return
+    env.info["py_lmdb"] = lmdb.__version__
+
+
 def _probe_models(env: Environment, archs: Sequence[str]) -> None:
     try:
         import torchvision
@@ -164,9 +174,18 @@ def _probe_models(env: Environment, archs: Sequence[str]) -> None:
             env.missing[arch] = f"torchvision {torchvision.__version__} has no model {arch}"
 
 
+def _shm_gib() -> Optional[float]:
+    """Size of /dev/shm, where DataLoader workers and DALI's parallel source pass batches (a container's
+    64 MB default is too small for either)."""
+    try:
+        return round(shutil.disk_usage("/dev/shm").total / (1 << 30), 1)
+    except OSError:
+        return None
+
+
 def probe(cpu: bool, archs: Sequence[str]) -> Environment:
     """Machine, versions and GPU; every missing piece is recorded with its reason, never raised."""
-    env = Environment(_machine())
+    env = Environment({**_machine(), "shm_gib": _shm_gib()})
     try:
         import torch
     except Exception as e:
@@ -174,18 +193,16 @@ def probe(cpu: bool, archs: Sequence[str]) -> Environment:
         env.missing.update({k: reason for k in ("torch", "gpu", "dali", "torchvision", "lmdb")})
         return env
     env.info["torch"] = torch.__version__
+    steps: list[tuple[str, Callable[[Environment], None]]] = [
+        ("gpu", _probe_gpu), ("lmdb", _probe_lmdb), ("torchvision", lambda e: _probe_models(e, archs)),
+        ("dali", lambda e: _probe_dali(e, cpu))]
     if cpu:
-        env.info["gpu"] = "none (--cpu dry run)"
-    else:
-        _probe_gpu(env)
-    try:
-        import lmdb
-
-        env.info["py_lmdb"] = lmdb.__version__
-    except Exception as e:
-        env.missing["lmdb"] = f"lmdb not importable ({describe(e)})"
-    _probe_models(env, archs)
-    _probe_dali(env, cpu)
+        env.info["gpu"], steps = "none (--cpu dry run)", steps[1:]
+    for key, step in steps:
+        try:
+            step(env)
+        except Exception as e:  # a broken driver or install: the rows that need it are not run
+            env.missing.setdefault(key, f"{key} check failed ({describe(e)})")
     return env
 
 
@@ -198,7 +215,8 @@ def machine_line(info: dict[str, Any], cpu: bool) -> str:
                                                                  ("DALI", "dali"), ("lmdb", "py_lmdb"))
                          if key in info)
     return (f"Machine: {gpu}; {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
-            f"{info['memory_gib']} GiB RAM; Python {info['python']}, {versions or 'no torch'}.")
+            f"{info['memory_gib']} GiB RAM, /dev/shm {info['shm_gib']} GiB; Python {info['python']}, "
+            f"{versions or 'no torch'}.")
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -223,27 +241,25 @@ def generate_jpegs(root: Path, classes: int, per_class: int, procs: int) -> int:
 def prepare_database(args: argparse.Namespace, work: Path, cores: int) -> tuple[Path, int, str]:
     """The LMDB to read, its image count, and where its images came from."""
     from bench.bench_lmdb import build_tree, convert_cmd, find_jpegs, remove, run_checked
-    from lmdb_io.database import ImageDatabase
+    from bench.bench_loaders import warm_page_cache
 
-    if args.data is not None and (args.data / "data.mdb").is_file():
-        length = len(ImageDatabase(args.data, verify=False))
-        return args.data, length, f"the existing database {args.data}"
     if args.data is not None:
-        source, origin = args.data, str(args.data)
+        source, origin = args.data, f"JPEGs of {args.data}"
     else:
         classes, per_class = GENERATED["cpu" if args.cpu else "gpu"]
         source = work / "generated"
-        count = generate_jpegs(source, classes, per_class, min(cores, 10))
-        origin = f"{count:,} generated JPEGs ({classes} classes, lmdb_io.synthetic, 240-400 x 300-500 px)"
+        generate_jpegs(source, classes, per_class, min(cores, 10))
+        origin = f"JPEGs generated by lmdb_io.synthetic ({classes} classes, 300-500 x 240-400 px)"
     jpegs = find_jpegs(source)
     tree = build_tree(jpegs, work / "tree", args.images)
     db = work / "train.lmdb"
     remove(db)
     run_checked(convert_cmd(tree, db, "--workers", str(cores)))
     remove(tree.root)
+    warm_page_cache(db)
     how = "hard links" if tree.linked else "copies"
-    data = (f"{args.images:,} JPEGs ({tree.nbytes / MB:,.0f} MB, {how} cycling through {len(jpegs):,} files of "
-            f"{origin}) in one LMDB ({os.path.getsize(db / 'data.mdb') / MB:,.0f} MB)")
+    data = (f"{args.images:,} JPEGs ({tree.nbytes / MB:,.0f} MB, {how} to {len(jpegs):,} {origin}) "
+            f"in one LMDB ({os.path.getsize(db / 'data.mdb') / MB:,.0f} MB, hot page cache)")
     return db, args.images, data
 
 
@@ -256,7 +272,8 @@ def dali_options(args: argparse.Namespace, load: float) -> dict[str, Any]:
 
 
 def dali_how(args: argparse.Namespace, load: float) -> str:
-    options = ", ".join(f"{k}={v}" for k, v in dali_options(args, load).items() if k != "crop")
+    options = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in dali_options(args, load).items() if k != "crop")
     return f"`make_dali_loader({options})`, {'CPU decode (--cpu)' if args.cpu else 'mixed decode'}"
 
 
@@ -319,7 +336,7 @@ def release_dali_memory() -> None:
 
         backend.ReleaseUnusedMemory()
         torch.cuda.empty_cache()
-    except Exception:
+    except Exception:  # best effort: an older DALI without ReleaseUnusedMemory, say
         pass
 
 
@@ -443,15 +460,16 @@ def train_checks(args: argparse.Namespace, data: Data) -> list[Check]:
     checks = []
     for arch in args.archs:
         for variant in VARIANTS:
-            needs = ("torch", "gpu", "torchvision", arch) + (() if variant == "synthetic" else ("lmdb", "db"))
-            needs += ("dali",) if variant == "dali" else ()  # after lmdb: dali_pipeline needs lmdb too
+            # train.py imports lmdb_io (lmdb, xxhash) even for --synthetic; dali_pipeline needs it too
+            needs = ("torch", "gpu", "torchvision", "lmdb", arch) + (() if variant == "synthetic" else ("db",))
+            needs += ("dali",) if variant == "dali" else ()
             how = "`train.py " + " ".join(variant_flags(args, variant, Path("DB"))) + "`"
             checks.append(Check(Row("train", f"{arch}-{variant}", f"training {arch}, {labels[variant]}", how), needs,
                                 least, lambda left, a=arch, v=variant: time_training(args, a, v, data, left)))
     return checks
 
 
-def run_check(check: Check, env: Environment, deadline: float) -> Row:
+def run_check(check: Check, env: Environment, deadline: float, budget: float) -> Row:
     """Measure one row, or say why it was not run or how it failed; never raises."""
     row = check.row
     left = deadline - time.monotonic()
@@ -462,7 +480,7 @@ def run_check(check: Check, env: Environment, deadline: float) -> Row:
         return row
     started = time.monotonic()
     try:
-        result = check.measure(left - 5)
+        result = check.measure(min(left - 5, budget / 2))  # no row may take more than half the budget
         row.images_per_s, row.data_wait = result.pop("images_per_s"), result.pop("data_wait", None)
         row.detail = result
     except (Exception, SystemExit) as e:  # SystemExit: the bench/ helpers report failures that way
@@ -499,7 +517,7 @@ def title(env: Environment, args: argparse.Namespace, data: str, batches: int) -
     sync = "torch.cuda.synchronize() before each clock read, " if not args.cpu else ""
     return (f"### gpu_check: DALI pipeline, torchvision loader and train.py{' (CPU DRY RUN)' if args.cpu else ''}\n\n"
             f"{machine_line(env.info, args.cpu)}\n"
-            f"Data: {data}; hot page cache.\n"
+            f"Data: {data}.\n"
             f"Loader-only rows: batch {args.batch}, crop {args.crop}, one train epoch per run ({batches} batches), "
             f"first {args.warmup_batches} untimed, {sync}median of {args.runs} run(s), no model; ratio to the best "
             f"loader.\n"
@@ -553,11 +571,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     cores = len(os.sched_getaffinity(0))
     p = argparse.ArgumentParser(
         prog="gpu_check.py", description=__doc__.split("\n\n")[0],
-        epilog="Defaults: --images 16384 --steps 60 --print-freq 20 --runs 1 --budget 225 (--quick: --images 8192 "
+        epilog="Defaults: --images 16384 --steps 60 --print-freq 20 --runs 1 --budget 210 (--quick: --images 8192 "
                "--steps 30 --print-freq 10). --cpu: --images 64 --batch 8 --crop 64 --steps 4 --print-freq 2 "
                "--archs resnet18 --py-workers 0 --warmup-batches 2 --budget 600, device cpu.")
-    p.add_argument("--data", type=Path, metavar="DIR", help="JPEG folder (DIR/<class>/<image>, or flat: one class), "
-                                                            "or an lmdb_io database used as is; default: generated")
+    p.add_argument("--data", type=Path, metavar="DIR", help="JPEG folder (DIR/<class>/<image>, or flat: one class); "
+                                                            "default: generated JPEGs")
     p.add_argument("--work", type=Path, metavar="DIR", help="where JPEGs, the LMDB and train.py runs go (default: a "
                                                             "temp dir, deleted after)")
     p.add_argument("--out", type=Path, metavar="DIR", default=Path(os.environ.get("OUT") or REPO / "bench" / "results"),
@@ -606,7 +624,7 @@ def fill_defaults(args: argparse.Namespace) -> None:
                         warmup_batches=2, budget=600.0)
     else:
         defaults = dict(images=16384, batch=256, crop=224, steps=60, print_freq=20, archs=["resnet50", "resnet18"],
-                        py_workers=4, warmup_batches=5, budget=225.0)
+                        py_workers=4, warmup_batches=5, budget=210.0)
         if args.quick:
             defaults.update(images=8192, steps=30, print_freq=10)
     for name, value in defaults.items():
@@ -617,8 +635,9 @@ def fill_defaults(args: argparse.Namespace) -> None:
 def setup_data(args: argparse.Namespace, env: Environment, work: Path) -> Data:
     """Build the LMDB; on failure record why under ``missing['db']``."""
     data = Data(work)
-    if "lmdb" in env.missing:
-        env.missing["db"] = env.missing["lmdb"]
+    unmet = env.why_not(("torch", "gpu", "lmdb"))  # every row that reads the LMDB needs these
+    if unmet:
+        env.missing["db"], data.description = unmet, f"none (not built: {unmet})"
         return data
     started = time.monotonic()
     try:
@@ -642,7 +661,7 @@ def measure(args: argparse.Namespace, env: Environment, work: Path, deadline: fl
     for i, check in enumerate(checks, 1):
         if check.row.kind == "train" and rows and rows[-1].kind == "loader":
             release_dali_memory()
-        row = run_check(check, env, deadline)
+        row = run_check(check, env, deadline, args.budget)
         rows.append(row)
         shown = f"{row.images_per_s:,.0f} img/s" if row.status == "ok" else f"{row.status}: {row.reason}"
         log(f"[{i}/{len(checks)}] {row.what}: {shown} ({row.seconds:.0f} s)")

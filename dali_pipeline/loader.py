@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from lmdb_io.torch_loader import Batch
+from lmdb_io.batch import Batch
 
 from .pipelines import OUTPUT_NAMES, PipelineOptions, build_pipeline
 from .source import LMDBSource
 
 
 class DALILoader:
-    """Yields ``lmdb_io.torch_loader.Batch``; images and labels on the pipeline's device.
+    """Yields ``lmdb_io.batch.Batch``; images and labels on the pipeline's device.
 
     ``len()`` is the number of batches in the coming epoch (equal on every rank). Iterating again runs
     the next epoch: the source sees DALI's epoch index and follows the next epoch's plan.

@@ -9,28 +9,19 @@ reproduces an uninterrupted one.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator, NamedTuple, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
+from .batch import Batch
 from .dataset import ImageFolderLMDB
 from .shard import Shard, epoch_plan
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class Batch(NamedTuple):
-    """What both loaders yield: images and labels on the training device; dataset indices and the
-    real-sample mask (False for padding) on the host."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    indices: torch.Tensor
-    real: torch.Tensor
 
 
 def train_transform(crop: int = 224) -> Callable:

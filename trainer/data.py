@@ -1,6 +1,6 @@
 """The one place that picks a loader: DALI or torch, LMDB or ImageFolder, or synthetic batches.
 
-Every loader yields ``lmdb_io.torch_loader.Batch`` and knows its batch count, so the training and
+Every loader yields ``lmdb_io.batch.Batch`` and knows its batch count, so the training and
 evaluation loops never branch on the loader.
 """
 
@@ -15,9 +15,9 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from lmdb_io import LmdbIoError, open_database
+from lmdb_io import LmdbIoError
+from lmdb_io.batch import Batch
 from lmdb_io.shard import batches_per_epoch
-from lmdb_io.torch_loader import Batch, make_torch_loader
 
 from .config import ConfigError
 
@@ -42,6 +42,8 @@ def _folder_classes(path: str) -> list[str]:
 def describe_dataset(path: str, lmdb: bool) -> DatasetInfo:
     """Read the class map and size of a database or an ImageFolder tree; one-line errors."""
     if lmdb:
+        from lmdb_io import open_database
+
         try:
             db = open_database(path)
         except LmdbIoError as exc:
@@ -162,6 +164,8 @@ def _make_loader(args: argparse.Namespace, path: str, train: bool, *, rank: int,
                   val_resize=args.val_resize, channels_last=args.channels_last)
     skip = skip_batches * args.batch_size if train else 0
     if args.loader == "torch":
+        from lmdb_io.torch_loader import make_torch_loader
+
         workers = threads if args.workers is None else args.workers
         return make_torch_loader(path, args.batch_size, workers=workers, device=device, first_epoch=first_epoch,
                                  skip=skip, **common)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, TextIO
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .distributed import all_reduce_max, all_reduce_sum
@@ -36,6 +37,8 @@ class StopSignal:
         self.requested = True
 
     def agreed(self, device: torch.device) -> bool:
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.requested  # one process: no collective, no host sync
         flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
         return bool(all_reduce_max(flag).item() > 0)
 

@@ -12,9 +12,11 @@ import torch
 import torchvision
 from torch import nn
 
+from lmdb_io.shard import batches_per_epoch
+
 from . import checkpoint
 from .config import ConfigError, parse_args, validate
-from .data import DatasetInfo, check_class_maps, describe_dataset, make_loader
+from .data import DatasetInfo, check_class_maps, describe_dataset, make_loader, require_dali
 from .distributed import Placement, barrier, init_process_group, pick_device, placement_from_env, shutdown
 from .engine import KeyLog, StopSignal, TrainState, evaluate, train_epoch
 from .runlog import RunLog, warn
@@ -93,24 +95,9 @@ def _save(state: TrainState, args: argparse.Namespace, train_info: Optional[Data
     barrier()
 
 
-def run(args: argparse.Namespace, place: Placement) -> int:
-    """One process's whole job; returns the exit code."""
-    device = pick_device(args.device, place.local_rank)
-    validate(args, cuda=device.type == "cuda")
-    amp_dtype = resolve_amp(args, device)
-    if args.loader == "dali" and not args.synthetic:
-        from .data import require_dali
-
-        require_dali()
-    train_info = describe_dataset(args.train, args.lmdb) if args.train else None
-    val_info = describe_dataset(args.val, args.lmdb) if args.val else None
-    if train_info is not None:
-        check_class_maps(train_info, val_info, args.train, args.val)
-    init_process_group(place, device, args.dist_backend, args.dist_url)
-    torch.manual_seed(args.seed)
-    log = RunLog(args.output_dir, enabled=place.is_main)
-    num_classes = len(train_info.classes) if train_info else (len(val_info.classes) if val_info else 1000)
-
+def build_state(args: argparse.Namespace, place: Placement, device: torch.device, amp_dtype: Optional[torch.dtype],
+                num_classes: int, steps_per_epoch: int) -> TrainState:
+    """Model (channels-last, DDP, compiled as asked), SGD with the scaled learning rate, its schedule."""
     module = build_model(args.arch, num_classes).to(device)
     if args.channels_last:
         module = module.to(memory_format=torch.channels_last)
@@ -119,22 +106,40 @@ def run(args: argparse.Namespace, place: Placement) -> int:
         model = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
         model = torch.compile(model)
-    global_batch = args.batch_size * place.world_size
-    optimizer = torch.optim.SGD(module.parameters(), lr=args.lr * global_batch / 256, momentum=args.momentum,
-                                weight_decay=args.wd)
-    length = train_info.length if train_info else (val_info.length if val_info else 0)
-    from lmdb_io.shard import batches_per_epoch
-
-    steps_per_epoch = batches_per_epoch(length, place.world_size, args.batch_size, True) if length else 100
-    if train_info is not None and steps_per_epoch == 0:
-        raise ConfigError(f"{args.train}: {length} images over {place.world_size} processes give no whole batch of "
-                          f"{args.batch_size}; lower --batch-size")
+    optimizer = torch.optim.SGD(module.parameters(), lr=args.lr * args.batch_size * place.world_size / 256,
+                                momentum=args.momentum, weight_decay=args.wd)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(
         args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)))
-    state = TrainState(model=model, module=module, optimizer=optimizer, scheduler=scheduler,
-                       scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
-                       criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), device=device,
-                       amp_dtype=amp_dtype, channels_last=args.channels_last)
+    return TrainState(model=model, module=module, optimizer=optimizer, scheduler=scheduler,
+                      scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+                      criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), device=device,
+                      amp_dtype=amp_dtype, channels_last=args.channels_last)
+
+
+def run(args: argparse.Namespace, place: Placement) -> int:
+    """One process's whole job; returns the exit code."""
+    device = pick_device(args.device, place.local_rank)
+    validate(args, cuda=device.type == "cuda")
+    amp_dtype = resolve_amp(args, device)
+    if args.loader == "dali" and not args.synthetic:
+        require_dali()
+    train_info = describe_dataset(args.train, args.lmdb) if args.train else None
+    val_info = describe_dataset(args.val, args.lmdb) if args.val else None
+    if train_info is not None:
+        check_class_maps(train_info, val_info, args.train, args.val)
+    init_process_group(place, device, args.dist_backend, args.dist_url)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input shapes: let cuDNN pick kernels
+    log = RunLog(args.output_dir, enabled=place.is_main)
+    num_classes = len(train_info.classes) if train_info else (len(val_info.classes) if val_info else 1000)
+
+    length = train_info.length if train_info else (val_info.length if val_info else 0)
+    steps_per_epoch = batches_per_epoch(length, place.world_size, args.batch_size, True) if length else 100
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{args.train or args.val}: {length} images over {place.world_size} processes give no "
+                          f"whole batch of {args.batch_size}; lower --batch-size")
+    state = build_state(args, place, device, amp_dtype, num_classes, steps_per_epoch)
+    global_batch = args.batch_size * place.world_size
     resume_from = _resume_path(args)
     if resume_from:
         _restore(state, resume_from, train_info, args.force_resume, log)
