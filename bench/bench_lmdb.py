@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import lmdb_io  # noqa: E402
-from bench.common import run_and_report  # noqa: E402
+from bench.common import markdown_table, run_and_report, yes_no  # noqa: E402
 from lmdb_io.env import close_shared_env  # noqa: E402
 from bench.baseline_pytorch_lmdb import BaselineReader  # noqa: E402
 
@@ -310,10 +310,6 @@ def machine() -> dict[str, object]:
             "lmdb_io": lmdb_io.__version__}
 
 
-def yes_no(ok: bool) -> str:
-    return "yes" if ok else "**no**"
-
-
 def converter_rows(sec: dict[str, list[float]], tree: Tree) -> list[Row]:
     med = {name: statistics.median(s) for name, s in sec.items()}
     rate = {name: (tree.images / t, tree.nbytes / 1e6 / t) for name, t in med.items()}
@@ -373,10 +369,7 @@ def rss_rows(rss: dict[int, tuple[int, int]]) -> list[Row]:
 
 
 def render(rows: Sequence[Row], title: str) -> str:
-    cols = ["what", "how", "result", "MB/s", "ratio", "target", "met"]
-    lines = [title, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(asdict(r).values()) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(title, ["what", "how", "result", "MB/s", "ratio", "target", "met"], (asdict(r).values() for r in rows))
 
 
 def header(info: dict[str, object], tree: Tree, runs: int) -> str:

@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:  # run as a script: make `bench`, `lmdb_io` and `d
     sys.path.insert(0, str(REPO))
 
 from dali_pipeline.source import ShardedSource  # noqa: E402  (needs no DALI)
-from bench.common import run_and_report  # noqa: E402
+from bench.common import markdown_table, run_and_report, yes_no  # noqa: E402
 from lmdb_io.shard import epoch_plan  # noqa: E402  (numpy only)
 
 # torch, DALI and bench.bench_lmdb are imported inside functions: DALI's parallel source starts its
@@ -298,15 +298,8 @@ class Row:
     met: str = ""
 
 
-def yes_no(ok: bool) -> str:
-    return "yes" if ok else "**no**"
-
-
 def render(rows: Sequence[Row], title: str) -> str:
-    cols = ["what", "how", "images/s", "ratio", "target", "met"]
-    lines = [title, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(asdict(r).values()) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(title, ["what", "how", "images/s", "ratio", "target", "met"], (asdict(r).values() for r in rows))
 
 
 def versions() -> dict[str, str]:

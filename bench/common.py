@@ -8,7 +8,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 
 def run_and_report(run_benchmark: Callable[[argparse.Namespace, Path], dict[str, Any]], args: argparse.Namespace,
@@ -27,3 +27,14 @@ def run_and_report(run_benchmark: Callable[[argparse.Namespace, Path], dict[str,
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def yes_no(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def markdown_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """``title``, a blank line, then a Markdown table of string cells."""
+    lines = [title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
