@@ -33,11 +33,15 @@ def resolve_amp(args: argparse.Namespace, device: torch.device) -> Optional[torc
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[args.amp]
 
 
-def build_model(arch: str, num_classes: int) -> nn.Module:
+def check_arch(arch: str) -> None:
     names = torchvision.models.list_models(module=torchvision.models)
     if arch not in names:
         raise ConfigError(f"--arch {arch}: not a torchvision classification model (e.g. resnet18, resnet50, "
                           f"vit_b_16; {len(names)} in all)")
+
+
+def build_model(arch: str, num_classes: int) -> nn.Module:
+    check_arch(arch)
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
@@ -120,6 +124,7 @@ def run(args: argparse.Namespace, place: Placement) -> int:
     """One process's whole job; returns the exit code."""
     device = pick_device(args.device, place.local_rank)
     validate(args, cuda=device.type == "cuda")
+    check_arch(args.arch)
     amp_dtype = resolve_amp(args, device)
     if args.loader == "dali" and not args.synthetic:
         require_dali()
