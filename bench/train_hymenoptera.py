@@ -6,7 +6,7 @@ Converts the shared hymenoptera set (train, and val with the train class map), t
 training loss, how far it fell, and the final val top-1, per run and as mean / spread per loader.
 This set is small and noisy: the table reports, nobody tunes to it.
 
-    python bench/train_hymenoptera.py --seeds 0 1 2 --epochs 10
+    python bench/train_hymenoptera.py --seeds 0 1 2 --epochs 16
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def one_run(loader: str, seed: int, train_db: Path, val_db: Path, out: Path, arg
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--crop", type=int, default=128, help="train crop (default 128 on this CPU); val resize crop*8/7")
     p.add_argument("--lr", type=float, default=0.2, help="for a global batch of 256, scaled (default 0.2)")
@@ -75,12 +75,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("|---|---|---|---|---|---|")
     for r in runs:
         print(f"| {r['loader']} | {r['seed']} | {r['first_epoch_loss']:.3f} | {r['last_epoch_loss']:.3f} | "
-              f"{100 * r['fall']:.0f}% | {r['val_top1']:.1f}% |")
+              f"{100 * r['fall']:.1f}% | {r['val_top1']:.1f}% |")
     for loader in ("dali", "torch"):
         top1 = [r["val_top1"] for r in runs if r["loader"] == loader]
         falls = [r["fall"] for r in runs if r["loader"] == loader]
         spread = statistics.stdev(top1) if len(top1) > 1 else 0.0
-        print(f"| **{loader}** | mean | | | {100 * statistics.mean(falls):.0f}% (min {100 * min(falls):.0f}%) | "
+        print(f"| **{loader}** | mean | | | {100 * statistics.mean(falls):.1f}% (min {100 * min(falls):.1f}%) | "
               f"{statistics.mean(top1):.1f}% ± {spread:.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=2))
