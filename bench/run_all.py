@@ -16,10 +16,12 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -57,7 +59,7 @@ def train_rows(data: Path, work: Path, steps: int, gpu: bool) -> list[dict[str, 
               "--print-freq", str(max(1, steps // 3)), "--epochs", "1000"]
     if gpu:
         common += ["--amp", "bf16", "--channels-last"]
-    variants = {"synthetic": ["--synthetic", "--train", str(db), "--lmdb"],
+    variants = {"synthetic": ["--synthetic", "--lmdb", "--train", str(db)],
                 "dali": ["--loader", "dali", "--lmdb", "--train", str(db)],
                 "torch": ["--loader", "torch", "--lmdb", "--train", str(db)]}
     rows = []
@@ -66,7 +68,7 @@ def train_rows(data: Path, work: Path, steps: int, gpu: bool) -> list[dict[str, 
         python("train.py", *flags, *common, "--output-dir", str(out))
         windows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
         windows = [w for w in windows if w["event"] == "train"][1:]
-        rows.append({"what": f"train: resnet18, {name}", "how": f"train.py {' '.join(flags[:3])} -b {batch}, crop "
+        rows.append({"what": f"train: resnet18, {name}", "how": f"train.py {' '.join(flags[:-2])} -b {batch}, crop "
                      f"{crop}, {steps} steps", "images_per_s": statistics.median(w["images_per_s"] for w in windows),
                      "data_wait": statistics.median(w["data_wait"] for w in windows)})
     synthetic = rows[0]["images_per_s"]
@@ -81,22 +83,22 @@ def chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bars = [(r["what"], r["images_per_s"]) for r in rows if isinstance(r.get("images_per_s"), (int, float))]
+    bars = [(r["what"], r["images_per_s"]) for r in rows if isinstance(r.get("images_per_s"), (int, float))
+            and not r["what"].startswith(("convert", "random read"))]  # loaders and training: images/s
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(bars) + 1.5))
     ax.barh([b[0] for b in bars][::-1], [b[1] for b in bars][::-1], color="#76b900")
     for i, (_, value) in enumerate(bars[::-1]):
         ax.text(value, i, f" {value:,.0f}", va="center", fontsize=8)
     ax.set_xlabel("images/s")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 110), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def _number(text: str) -> Optional[float]:
-    try:
-        return float(text.split()[0].replace(",", ""))
-    except (ValueError, IndexError):
-        return None
+def _rate(text: str) -> Any:
+    """A throughput cell ("5,436 img/s", "802 (767-844)") as a number; any other cell as it is."""
+    match = re.fullmatch(r"([\d,.]+) (?:img/s|reads/s|\([\d,.]+-[\d,.]+\))", text.strip())
+    return float(match.group(1).replace(",", "")) if match else text
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -121,17 +123,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name in ("lmdb.json", "loaders.json"):
             for row in json.loads((work / name).read_text())["rows"]:
                 value = row.get("images_per_s") or row.get("result", "")
-                rows.append({"what": row["what"], "how": row["how"], "images_per_s": _number(value) or value,
+                rows.append({"what": row["what"], "how": row["how"], "images_per_s": _rate(value),
                              "mb_per_s": row.get("mb_per_s", ""), "ratio": row.get("ratio", ""), "data_wait": None})
         rows += train_rows(data, work, 6 if args.quick else 30, gpu)
     title = f"make bench on {data}: {machine()}"
-    lines = [f"### {title}", "", "| what | how | images/s | MB/s | ratio | data-wait |", "|---|---|---|---|---|---|"]
+    lines = [f"### {title}", "", "| what | how | images/s (reads/s) | MB/s | ratio | data-wait |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         ips = r["images_per_s"]
+        rate = f"{ips:,.0f}" if isinstance(ips, (int, float)) else ips
         wait = "" if r.get("data_wait") is None else f"{100 * r['data_wait']:.0f}%"
-        lines.append(f"| {r['what']} | {r['how']} | {ips:,.0f} | {r['mb_per_s'] or ''} | {r['ratio']} | {wait} |"
-                     if isinstance(ips, (int, float)) else
-                     f"| {r['what']} | {r['how']} | {ips} | {r['mb_per_s'] or ''} | {r['ratio']} | {wait} |")
+        lines.append(f"| {r['what']} | {r['how']} | {rate} | {r.get('mb_per_s', '')} | {r['ratio']} | {wait} |")
     table = "\n".join(lines)
     print("\n" + table)
     (args.out / "bench.json").write_text(json.dumps({"machine": machine(), "data": str(data), "rows": rows}, indent=2))
