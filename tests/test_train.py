@@ -218,3 +218,15 @@ def test_placement_from_torchrun_slurm_and_nothing() -> None:
     assert placement_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).world_size == 1
     single = placement_from_env({})
     assert (single.rank, single.world_size, single.distributed) == (0, 1, False)
+
+
+def test_dali_file_reader_on_an_imagefolder_counts_val_once(hymenoptera: Path, tmp_path: Path) -> None:
+    """--loader dali without --lmdb: DALI's file reader, sharded and padded; val counts 153 images."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "--loader", "dali", "--train", str(hymenoptera / "val"), "--val",
+           str(hymenoptera / "val"), "--epochs", "1", "-b", "32", "--output-dir", str(out), *SMALL]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["count"] for e in events if e["event"] == "val"] == [153]
+    assert [e["step_in_epoch"] for e in events if e["event"] == "train"][-1] == 153 // 32
