@@ -146,7 +146,7 @@ class ImageDatabase:
         value = self._txn().get(key)
         if value is None:
             raise NotADatabaseError(f"{self.path}: record {key.decode()} listed in __keys__ is missing")
-        return decode_record(value, key.decode(), self.verify if verify is None else verify)
+        return decode_record(value, key, self.verify if verify is None else verify)
 
     def describe(self, index: int) -> str:
         """``key (relative/path.jpg)``: how messages name an image."""

@@ -47,6 +47,9 @@ class ImageFormat(enum.IntEnum):
     PNM = 7
 
 
+_FORMATS = {f.value: f for f in ImageFormat}  # a dict lookup: the enum call costs more on every read
+
+
 def checksum(payload: Buffer) -> int:
     return xxhash.xxh3_64_intdigest(payload)
 
@@ -69,29 +72,31 @@ def encode_record(payload: Buffer, label: int, image_format: ImageFormat) -> byt
     return write_header(record, label, image_format)
 
 
-def decode_record(value: Buffer, key: str = "?", verify: bool = True) -> tuple[memoryview, int, ImageFormat]:
+def _name(key: Union[str, bytes]) -> str:
+    return key.decode(errors="replace") if isinstance(key, bytes) else key
+
+
+def decode_record(value: Buffer, key: Union[str, bytes] = "?", verify: bool = True
+                  ) -> tuple[memoryview, int, ImageFormat]:
     """Split a stored value into (payload view, label, format) without copying the payload.
 
-    ``key`` only names the record in errors. With ``verify`` the payload's checksum is checked, so a
-    flipped bit on disk surfaces as an error naming the key instead of a bad image or a decoder crash.
+    ``key`` only names the record in errors (decoded there, not on the hot path). With ``verify`` the
+    payload's checksum is checked, so a flipped bit on disk surfaces as an error naming the key instead
+    of a bad image or a decoder crash.
     """
     view = memoryview(value)
     if len(view) < HEADER_SIZE:
-        raise CorruptRecordError(f"record {key!r}: {len(view)} bytes, shorter than the {HEADER_SIZE}-byte header")
+        raise CorruptRecordError(f"record {_name(key)!r}: {len(view)} bytes, shorter than the {HEADER_SIZE}-byte header")
     magic, version, fmt, _reserved, label, length, digest = _HEADER.unpack_from(view)
     if magic != MAGIC:
-        raise CorruptRecordError(f"record {key!r}: bad magic {bytes(magic)!r}, not a record written by lmdb_io")
+        raise CorruptRecordError(f"record {_name(key)!r}: bad magic {bytes(magic)!r}, not a record written by lmdb_io")
     if version != RECORD_VERSION:
         raise CorruptRecordError(
-            f"record {key!r}: record version {version}, this lmdb_io reads version {RECORD_VERSION}")
+            f"record {_name(key)!r}: record version {version}, this lmdb_io reads version {RECORD_VERSION}")
     payload = view[HEADER_SIZE:]
     if len(payload) != length:
         raise CorruptRecordError(
-            f"record {key!r}: payload is {len(payload)} bytes, header says {length} (truncated record)")
+            f"record {_name(key)!r}: payload is {len(payload)} bytes, header says {length} (truncated record)")
     if verify and checksum(payload) != digest:
-        raise CorruptRecordError(f"record {key!r}: checksum mismatch, the stored image bytes are corrupt")
-    try:
-        image_format = ImageFormat(fmt)
-    except ValueError:
-        image_format = ImageFormat.UNKNOWN
-    return payload, label, image_format
+        raise CorruptRecordError(f"record {_name(key)!r}: checksum mismatch, the stored image bytes are corrupt")
+    return payload, label, _FORMATS.get(fmt, ImageFormat.UNKNOWN)
