@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_LAZY = {"DALILoader": ".loader", "make_dali_loader": ".loader", "PipelineOptions": ".pipelines",
+_LAZY = {"DALILoader": ".loader", "DALIFolderLoader": ".loader", "make_dali_loader": ".loader", "PipelineOptions": ".pipelines",
          "build_pipeline": ".pipelines", "LMDBSource": ".source", "ShardedSource": ".source"}
 
 __all__ = list(_LAZY)

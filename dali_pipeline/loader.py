@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from lmdb_io.batch import Batch
 
-from .pipelines import OUTPUT_NAMES, PipelineOptions, build_pipeline
+from .pipelines import FILE_READER_NAME, OUTPUT_NAMES, PipelineOptions, build_folder_pipeline, build_pipeline
 from .source import LMDBSource
+
+
+def _batches(iterator: Iterable) -> Iterator[Batch]:
+    """DALIGenericIterator outputs (one pipeline) as ``Batch``."""
+    for (out,) in iterator:
+        yield Batch(out["images"], out["labels"].view(-1), out["indices"].view(-1), out["real"].view(-1).bool())
 
 
 class DALILoader:
@@ -32,8 +38,26 @@ class DALILoader:
 
     def __iter__(self) -> Iterator[Batch]:
         self._epoch += 1
-        for (out,) in self._iterator:
-            yield Batch(out["images"], out["labels"].view(-1), out["indices"].view(-1), out["real"].view(-1).bool())
+        return _batches(self._iterator)
+
+
+class DALIFolderLoader:
+    """An ImageFolder tree through DALI's file reader (sharded by global rank, padded; no resume
+    mid-epoch). Validation's last batch is partial, so every sample counts once."""
+
+    def __init__(self, root: str, opts: PipelineOptions, train: bool, rank: int, world_size: int) -> None:
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        self.pipeline = build_folder_pipeline(root, opts, train, rank, world_size)
+        policy = LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL
+        self._iterator = DALIGenericIterator(self.pipeline, list(OUTPUT_NAMES), reader_name=FILE_READER_NAME,
+                                             auto_reset=True, last_batch_policy=policy, prepare_first_batch=False)
+
+    def __len__(self) -> int:
+        return len(self._iterator)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return _batches(self._iterator)
 
 
 def make_dali_loader(path: str | os.PathLike, batch_size: int, *, train: bool, rank: int = 0, world_size: int = 1,

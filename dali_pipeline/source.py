@@ -35,8 +35,6 @@ class ShardedSource:
         self.rank, self.world_size = rank, world_size
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
         self.first_epoch, self.skip = first_epoch, skip
-        if skip % batch_size:
-            raise ValueError(f"skip ({skip}) must be a whole number of batches of {batch_size}")
         self._plans: dict[int, Shard] = {}
         if self.num_batches(first_epoch) <= 0:
             raise ValueError(f"{length} images over {world_size} ranks give no whole batch of {batch_size} per rank; "
@@ -56,9 +54,7 @@ class ShardedSource:
         plan = self._plans.get(epoch)
         if plan is None:
             plan = epoch_plan(self.length, self.rank, self.world_size, epoch, self.seed, self.shuffle,
-                              self.batch_size, self.drop_last)
-            if epoch == self.first_epoch and self.skip:
-                plan = Shard(plan.indices[self.skip:], plan.is_padding[self.skip:])
+                              self.batch_size, self.drop_last, self.skip if epoch == self.first_epoch else 0)
             self._plans = {epoch: plan}
         return plan
 

@@ -65,18 +65,21 @@ def batches_per_epoch(length: int, world_size: int, batch_size: int, drop_last: 
 
 
 def epoch_plan(length: int, rank: int, world_size: int, epoch: int, seed: int, shuffle: bool,
-               batch_size: int, drop_last: bool) -> Shard:
+               batch_size: int, drop_last: bool, skip: int = 0) -> Shard:
     """This rank's samples for ``epoch`` cut to whole batches: what both loaders deliver, in order.
 
     Training (``drop_last``) drops the shard's remainder, so every rank runs the same number of steps.
     Evaluation pads the last batch by wrapping around the shard and marks those entries as padding.
+    ``skip`` leaves out the first samples, already trained on before a resume (whole batches).
     """
     if batch_size <= 0:
         raise ValueError(f"batch size must be positive, not {batch_size}")
+    if skip % batch_size:
+        raise ValueError(f"skip ({skip}) must be a whole number of batches of {batch_size}")
     shard = shard_indices(length, rank, world_size, epoch, seed, shuffle)
     n = batches_per_epoch(length, world_size, batch_size, drop_last) * batch_size
     if drop_last:
-        return Shard(indices=shard.indices[:n], is_padding=shard.is_padding[:n])
+        return Shard(indices=shard.indices[skip:n], is_padding=shard.is_padding[skip:n])
     padding = np.resize(shard.is_padding, n)
     padding[len(shard):] = True
-    return Shard(indices=np.resize(shard.indices, n), is_padding=padding)
+    return Shard(indices=np.resize(shard.indices, n)[skip:], is_padding=padding[skip:])

@@ -56,11 +56,8 @@ class ShardSampler(Sampler):
         self.epoch = epoch
 
     def plan(self) -> Shard:
-        plan = epoch_plan(self.length, self.rank, self.world_size, self.epoch, self.seed, self.shuffle,
-                          self.batch_size, self.drop_last)
-        if self.epoch == self.first_epoch and self.skip:
-            plan = Shard(plan.indices[self.skip:], plan.is_padding[self.skip:])
-        return plan
+        return epoch_plan(self.length, self.rank, self.world_size, self.epoch, self.seed, self.shuffle,
+                          self.batch_size, self.drop_last, self.skip if self.epoch == self.first_epoch else 0)
 
     def __len__(self) -> int:
         return len(self.plan())

@@ -51,3 +51,13 @@ def test_epoch_plan_whole_batches(length: int, world_size: int, batch: int) -> N
     assert len({len(p) for p in evals}) == 1 and all(len(p) % batch == 0 for p in evals)
     counted = np.concatenate([p.indices[~p.is_padding] for p in evals])
     assert sorted(counted.tolist()) == list(range(length))
+
+
+def test_epoch_plan_skip_resumes_mid_epoch() -> None:
+    from lmdb_io.shard import epoch_plan
+
+    full = epoch_plan(245, 1, 2, 3, 7, True, 16, drop_last=True)
+    resumed = epoch_plan(245, 1, 2, 3, 7, True, 16, drop_last=True, skip=48)
+    assert resumed.indices.tolist() == full.indices[48:].tolist()
+    with pytest.raises(ValueError, match="whole number of batches"):
+        epoch_plan(245, 1, 2, 3, 7, True, 16, drop_last=True, skip=10)

@@ -99,27 +99,6 @@ class SyntheticLoader:
             yield Batch(self.images, self.labels, self.indices, self.real)
 
 
-class DALIFolderLoader:
-    """An ImageFolder tree through DALI's file reader (sharded by global rank, padded)."""
-
-    def __init__(self, root: str, opts: Any, train: bool, rank: int, world_size: int) -> None:
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-
-        from dali_pipeline.pipelines import FILE_READER_NAME, OUTPUT_NAMES, build_folder_pipeline
-
-        self.pipeline = build_folder_pipeline(root, opts, train, rank, world_size)
-        policy = LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL
-        self._iterator = DALIGenericIterator(self.pipeline, list(OUTPUT_NAMES), reader_name=FILE_READER_NAME,
-                                             auto_reset=True, last_batch_policy=policy, prepare_first_batch=False)
-
-    def __len__(self) -> int:
-        return len(self._iterator)
-
-    def __iter__(self) -> Iterator[Batch]:
-        for (out,) in self._iterator:
-            yield Batch(out["images"], out["labels"].view(-1), out["indices"].view(-1), out["real"].view(-1).bool())
-
-
 # Test hook: sleep this many seconds before each batch, a loader slowed on purpose (data-wait checks).
 LOADER_DELAY_ENV = "TRAIN_TEST_LOADER_DELAY_S"
 
@@ -181,6 +160,7 @@ def _make_loader(args: argparse.Namespace, path: str, train: bool, *, rank: int,
         common = {k: v for k, v in common.items() if k not in options}
         return make_dali_loader(path, args.batch_size, device_id=device_id, first_epoch=first_epoch, skip=skip,
                                 **common, **options)
+    from dali_pipeline.loader import DALIFolderLoader
     from dali_pipeline.pipelines import PipelineOptions
 
     options.pop("py_workers", None)

@@ -110,8 +110,8 @@ def train_epoch(state: TrainState, loader: Any, *, batches_in_epoch: int, print_
     """Run the rest of ``state.epoch``. Returns (why it ended: done, stopped or max_steps; steps run)."""
     state.model.train()
     device = state.device
-    window = torch.zeros(4, device=device)  # loss sum, top-1, top-5, samples
-    window_start, waited, steps = time.perf_counter(), 0.0, 0
+    window = torch.zeros(3, device=device)  # loss sum, top-1, top-5: stays on the device between prints
+    window_start, waited, steps, samples = time.perf_counter(), 0.0, 0, 0
     signal_step = _signal_hook_step(rank)
     iterator = iter(loader)
     while True:
@@ -136,8 +136,8 @@ def train_epoch(state: TrainState, loader: Any, *, batches_in_epoch: int, print_
         state.scheduler.step()
         with torch.no_grad():
             n = labels.numel()
-            window += torch.cat([loss.detach().float().view(1) * n, topk_correct(logits.detach(), labels),
-                                 torch.tensor([float(n)], device=device)])
+            samples += n
+            window += torch.cat([loss.detach().float().view(1) * n, topk_correct(logits.detach(), labels)])
         state.step_in_epoch += 1
         state.global_step += 1
         steps += 1
@@ -145,14 +145,14 @@ def train_epoch(state: TrainState, loader: Any, *, batches_in_epoch: int, print_
             key_log.write(state.epoch, state.global_step, batch.indices, batch.real)
         if state.step_in_epoch % print_freq == 0 or state.step_in_epoch == batches_in_epoch:
             elapsed = time.perf_counter() - window_start
-            totals = all_reduce_sum(window.clone()).tolist()
+            totals = all_reduce_sum(torch.cat([window, torch.tensor([float(samples)], device=device)])).tolist()
             log.record("train", _train_line(state, batches_in_epoch, totals, elapsed, waited),
                        epoch=state.epoch, step=state.global_step, step_in_epoch=state.step_in_epoch,
                        loss=totals[0] / totals[3], top1=100 * totals[1] / totals[3], top5=100 * totals[2] / totals[3],
                        images_per_s=totals[3] / elapsed, data_wait=waited / elapsed,
                        lr=state.optimizer.param_groups[0]["lr"], world_size=world_size)
             window.zero_()
-            window_start, waited = time.perf_counter(), 0.0
+            window_start, waited, samples = time.perf_counter(), 0.0, 0
         if signal_step is not None and state.global_step == signal_step:
             os.kill(os.getpid(), signal.SIGTERM)
         if steps % STOP_CHECK_EVERY == 0 and stop.agreed(device):
