@@ -44,12 +44,12 @@ def folder2lmdb(root: str, out: str, num_workers: int = 2, write_frequency: int 
     idx = -1
     for idx, data in enumerate(loader):
         image, label = data[0]
-        txn.put("{}".format(idx).encode("ascii"), pickle.dumps((image, label)))
+        txn.put(f"{idx}".encode("ascii"), pickle.dumps((image, label)))
         if idx % write_frequency == 0:
             txn.commit()
             txn = db.begin(write=True)
     txn.commit()
-    keys = ["{}".format(k).encode("ascii") for k in range(idx + 1)]
+    keys = [f"{k}".encode("ascii") for k in range(idx + 1)]
     with db.begin(write=True) as txn:
         txn.put(b"__keys__", pickle.dumps(keys))
         txn.put(b"__len__", pickle.dumps(len(keys)))
@@ -62,8 +62,9 @@ class BaselineReader:
     """The original ``ImageFolderLMDB`` without decoding: ``read(i)`` -> (raw image bytes, label)."""
 
     def __init__(self, path: str) -> None:
-        self.env = lmdb.open(path, subdir=os.path.isdir(path), readonly=True, lock=False, readahead=False,
-                             meminit=False)
+        self.env = lmdb.open(
+            path, subdir=os.path.isdir(path), readonly=True, lock=False, readahead=False, meminit=False
+        )
         with self.env.begin(write=False) as txn:
             self.length: int = pickle.loads(txn.get(b"__len__"))
             self.keys: list[bytes] = pickle.loads(txn.get(b"__keys__"))

@@ -20,10 +20,10 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `bench` and `lmdb_io` importable
@@ -34,9 +34,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import lmdb_io  # noqa: E402
+from bench.baseline_pytorch_lmdb import BaselineReader  # noqa: E402
 from bench.common import markdown_table, run_and_report, yes_no  # noqa: E402
 from lmdb_io.env import close_shared_env  # noqa: E402
-from bench.baseline_pytorch_lmdb import BaselineReader  # noqa: E402
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "hymenoptera"
 CONVERT_PY = REPO / "convert.py"
@@ -48,10 +48,12 @@ RSS_LIMIT = 1 << 30
 RSS_FLAT_TOLERANCE = 0.10
 POLL_SECONDS = 0.02
 # A fresh wrapper process whose only child is the converter, so RUSAGE_CHILDREN is the converter's.
-RUSAGE_WRAPPER = ("import resource, subprocess, sys\n"
-                  "rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
-                  "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-                  "sys.exit(rc)\n")
+RUSAGE_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "sys.exit(rc)\n"
+)
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Tree:
 
 
 # -- dataset ----------------------------------------------------------------------------------------
+
 
 def remove(path: Path) -> None:
     """Delete a file or directory tree if it exists."""
@@ -130,6 +133,7 @@ def warm_up(tree: Tree) -> None:
 
 # -- running and timing -----------------------------------------------------------------------------
 
+
 def run_checked(cmd: Sequence[str]) -> None:
     """Run a command, output discarded; fail loudly with its stderr."""
     proc = subprocess.run(list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
@@ -148,6 +152,7 @@ def convert_cmd(tree: Tree, out: Path, *extra: str) -> list[str]:
 
 
 # -- 1. converter throughput ------------------------------------------------------------------------
+
 
 def converters(tree: Tree) -> dict[str, Callable[[Path], None]]:
     """Each contender: a function converting ``tree`` into a fresh output path."""
@@ -168,7 +173,7 @@ def bench_converters(tree: Tree, workdir: Path, runs: int) -> tuple[dict[str, li
             out = workdir / f"{name}-{run}" if name != "tar" else workdir / f"tar-{run}.tar"
             remove(out)
             os.sync()  # start clean: no contender pays for writing back another's dirty pages
-            seconds[name].append(timed(lambda: convert(out)))
+            seconds[name].append(timed(lambda convert=convert, out=out: convert(out)))
             if run == 0 and name in ("baseline", "ours"):
                 kept[name] = out
             else:
@@ -177,6 +182,7 @@ def bench_converters(tree: Tree, workdir: Path, runs: int) -> tuple[dict[str, li
 
 
 # -- 2. random-access reads -------------------------------------------------------------------------
+
 
 def read_all(read: Callable[[int], tuple], order: Sequence[int]) -> int:
     """Read every index in ``order``; returns the payload bytes seen."""
@@ -198,8 +204,7 @@ def check_same_records(base: BaselineReader, db: lmdb_io.ImageDatabase, order: S
             raise SystemExit(f"index {i}: the baseline and our database hold different records")
 
 
-def bench_reads(base_path: Path, ours_path: Path, runs: int, seed: int = 0
-                ) -> tuple[dict[str, list[float]], int, int]:
+def bench_reads(base_path: Path, ours_path: Path, runs: int, seed: int = 0) -> tuple[dict[str, list[float]], int, int]:
     """Seconds per pass over one fixed random permutation, single thread, after one untimed pass each.
 
     Returns (seconds per contender, reads per pass, payload bytes per pass)."""
@@ -218,13 +223,14 @@ def bench_reads(base_path: Path, ours_path: Path, runs: int, seed: int = 0
     seconds: dict[str, list[float]] = defaultdict(list)
     for _ in range(runs):
         for name, read in readers.items():
-            seconds[name].append(timed(lambda: read_all(read, order)))
+            seconds[name].append(timed(lambda read=read: read_all(read, order)))
     base.close()
     close_shared_env(str(ours_path))
     return dict(seconds), len(order), nbytes["baseline"]
 
 
 # -- 3. converter peak RSS --------------------------------------------------------------------------
+
 
 def children_map() -> dict[int, list[int]]:
     """Parent pid -> child pids, from every /proc/<pid>/stat (this kernel has no /proc/.../children)."""
@@ -269,8 +275,9 @@ def peak_rss(cmd: Sequence[str]) -> tuple[int, int]:
     """Run ``cmd`` under a fresh wrapper; returns (peak summed VmRSS of its process tree, polled every
     ~20 ms; the wrapper's RUSAGE_CHILDREN ru_maxrss), both in bytes."""
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-c", RUSAGE_WRAPPER, *cmd], stdout=subprocess.PIPE,
-                                stderr=err, cwd=REPO)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RUSAGE_WRAPPER, *cmd], stdout=subprocess.PIPE, stderr=err, cwd=REPO
+        )
         peak = 0
         while proc.poll() is None:
             peak = max(peak, descendants_rss(proc.pid))
@@ -297,17 +304,24 @@ def bench_rss(trees: dict[int, Tree], workdir: Path) -> dict[int, tuple[int, int
 
 # -- report -----------------------------------------------------------------------------------------
 
+
 def machine() -> dict[str, object]:
     with open("/proc/cpuinfo") as f:
         models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
     with open("/proc/meminfo") as f:
         mem_kib = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
-    return {"cpu": models[0] if models else platform.processor() or "unknown",
-            "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
-            "memory_gib": round(mem_kib / (1 << 20), 1), "kernel": platform.release(),
-            "python": platform.python_version(), "py_lmdb": lmdb.__version__,
-            "liblmdb": ".".join(map(str, lmdb.version())), "torch": torch.__version__,
-            "lmdb_io": lmdb_io.__version__}
+    return {
+        "cpu": models[0] if models else platform.processor() or "unknown",
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "memory_gib": round(mem_kib / (1 << 20), 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "py_lmdb": lmdb.__version__,
+        "liblmdb": ".".join(map(str, lmdb.version())),
+        "torch": torch.__version__,
+        "lmdb_io": lmdb_io.__version__,
+    }
 
 
 def converter_rows(sec: dict[str, list[float]], tree: Tree) -> list[Row]:
@@ -317,37 +331,71 @@ def converter_rows(sec: dict[str, list[float]], tree: Tree) -> list[Row]:
     vs_tar = med["ours"] / med["tar"]
 
     def row(name: str, what: str, how: str, **kw: str) -> Row:
-        return Row(what, how, f"{rate[name][0]:,.0f} img/s", f"{rate[name][1]:,.0f}",
-                   f"{med['baseline'] / med[name]:.2f}x", **kw)
+        return Row(
+            what,
+            how,
+            f"{rate[name][0]:,.0f} img/s",
+            f"{rate[name][1]:,.0f}",
+            f"{med['baseline'] / med[name]:.2f}x",
+            **kw,
+        )
 
     return [
-        row("baseline", "convert: baseline PyTorch-LMDB",
+        row(
+            "baseline",
+            "convert: baseline PyTorch-LMDB",
             "`baseline_pytorch_lmdb.py` subprocess as users ran folder2lmdb.py: ImageFolder + DataLoader(batch 1, "
-            "2 workers) + pickle, put per image"),
+            "2 workers) + pickle, put per image",
+        ),
         row("tar", "convert: tar", "`tar --hard-dereference -cf` subprocess (no fsync)"),
-        row("ours", "convert: ours, default checks", "`convert.py -q` subprocess, startup included",
-            target=">= 5x vs baseline", met=yes_no(speedup >= 5)),
-        Row("convert: ours time / tar time", "median seconds ratio", f"{med['ours']:.2f} s / {med['tar']:.2f} s",
-            "", f"{vs_tar:.2f}x", "<= 2x", yes_no(vs_tar <= 2)),
-        row("ours_verify_decode", "convert: ours, --verify-decode",
-            "`convert.py -q --verify-decode` subprocess (full Pillow decode)", target="(info)"),
+        row(
+            "ours",
+            "convert: ours, default checks",
+            "`convert.py -q` subprocess, startup included",
+            target=">= 5x vs baseline",
+            met=yes_no(speedup >= 5),
+        ),
+        Row(
+            "convert: ours time / tar time",
+            "median seconds ratio",
+            f"{med['ours']:.2f} s / {med['tar']:.2f} s",
+            "",
+            f"{vs_tar:.2f}x",
+            "<= 2x",
+            yes_no(vs_tar <= 2),
+        ),
+        row(
+            "ours_verify_decode",
+            "convert: ours, --verify-decode",
+            "`convert.py -q --verify-decode` subprocess (full Pillow decode)",
+            target="(info)",
+        ),
     ]
 
 
 def read_rows(sec: dict[str, list[float]], reads: int, nbytes: int) -> list[Row]:
     med = {name: statistics.median(s) for name, s in sec.items()}
     targets = {"ours_verify": 2.0, "ours_noverify": 5.0}
-    hows = {"baseline": "txn per read, get, pickle.loads",
-            "ours_verify": "`db.read(i, verify=True)`: get, header parse, xxh3",
-            "ours_noverify": "`db.read(i, verify=False)`: get, header parse"}
+    hows = {
+        "baseline": "txn per read, get, pickle.loads",
+        "ours_verify": "`db.read(i, verify=True)`: get, header parse, xxh3",
+        "ours_noverify": "`db.read(i, verify=False)`: get, header parse",
+    }
     rows = []
     for name, t in med.items():
         ratio = med["baseline"] / t
         target = targets.get(name)
-        rows.append(Row(f"random read: {name.replace('_', ' ')}", hows[name], f"{reads / t:,.0f} reads/s",
-                        f"{nbytes / 1e6 / t:,.0f}", f"{ratio:.2f}x",
-                        f">= {target:g}x vs baseline" if target else "",
-                        yes_no(ratio >= target) if target else ""))
+        rows.append(
+            Row(
+                f"random read: {name.replace('_', ' ')}",
+                hows[name],
+                f"{reads / t:,.0f} reads/s",
+                f"{nbytes / 1e6 / t:,.0f}",
+                f"{ratio:.2f}x",
+                f">= {target:g}x vs baseline" if target else "",
+                yes_no(ratio >= target) if target else "",
+            )
+        )
     return rows
 
 
@@ -360,33 +408,44 @@ def rss_rows(rss: dict[int, tuple[int, int]]) -> list[Row]:
         ratio = polled / first
         flat = abs(ratio - 1) <= RSS_FLAT_TOLERANCE
         ok = max(polled, maxrss) < RSS_LIMIT and (size == sizes[0] or flat)
-        rows.append(Row(f"convert peak RSS: ours, {size} images",
-                        "sum of VmRSS over the process tree every 20 ms (ru_maxrss cross-check)",
-                        f"{polled / MIB:,.0f} MiB (ru_maxrss {maxrss / MIB:,.0f})", "",
-                        f"{ratio:.2f}x vs {sizes[0]}" if size != sizes[0] else "",
-                        "< 1 GiB" + ("" if size == sizes[0] else f", within 10% of {sizes[0]}"), yes_no(ok)))
+        rows.append(
+            Row(
+                f"convert peak RSS: ours, {size} images",
+                "sum of VmRSS over the process tree every 20 ms (ru_maxrss cross-check)",
+                f"{polled / MIB:,.0f} MiB (ru_maxrss {maxrss / MIB:,.0f})",
+                "",
+                f"{ratio:.2f}x vs {sizes[0]}" if size != sizes[0] else "",
+                "< 1 GiB" + ("" if size == sizes[0] else f", within 10% of {sizes[0]}"),
+                yes_no(ok),
+            )
+        )
     return rows
 
 
 def render(rows: Sequence[Row], title: str) -> str:
-    return markdown_table(title, ["what", "how", "result", "MB/s", "ratio", "target", "met"], (asdict(r).values() for r in rows))
+    return markdown_table(
+        title, ["what", "how", "result", "MB/s", "ratio", "target", "met"], (asdict(r).values() for r in rows)
+    )
 
 
 def header(info: dict[str, object], tree: Tree, runs: int) -> str:
     how = "hard links" if tree.linked else "COPIES (hard links failed: another file system)"
-    return (f"### lmdb_io benchmark\n\n"
-            f"Machine: {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
-            f"{info['memory_gib']} GiB RAM, Linux {info['kernel']}; Python {info['python']}, "
-            f"py-lmdb {info['py_lmdb']} (LMDB {info['liblmdb']}), torch {info['torch']}, "
-            f"lmdb_io {info['lmdb_io']}; 1-min load average {info['load_1min_before']:.2f} before the run, "
-            f"{info['load_1min_after']:.2f} after.\n"
-            f"Dataset: {tree.images} JPEGs ({tree.nbytes / 1e6:,.1f} MB, MB = 1e6 bytes) made of {how}; "
-            f"hot page cache; median of {runs} runs.")
+    return (
+        f"### lmdb_io benchmark\n\n"
+        f"Machine: {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
+        f"{info['memory_gib']} GiB RAM, Linux {info['kernel']}; Python {info['python']}, "
+        f"py-lmdb {info['py_lmdb']} (LMDB {info['liblmdb']}), torch {info['torch']}, "
+        f"lmdb_io {info['lmdb_io']}; 1-min load average {info['load_1min_before']:.2f} before the run, "
+        f"{info['load_1min_after']:.2f} after.\n"
+        f"Dataset: {tree.images} JPEGs ({tree.nbytes / 1e6:,.1f} MB, MB = 1e6 bytes) made of {how}; "
+        f"hot page cache; median of {runs} runs."
+    )
 
 
 # -- main -------------------------------------------------------------------------------------------
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=5000, help="images in the throughput/read tree (default 5000)")
     p.add_argument("--runs", type=int, default=3, help="runs per measurement; the median is reported (default 3)")
@@ -415,17 +474,28 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     rss = bench_rss({n: trees[n] for n in args.rss_sizes}, workdir)
     info = {**machine(), "load_1min_before": load_before, "load_1min_after": os.getloadavg()[0]}
     rows = converter_rows(conv_sec, tree) + read_rows(read_sec, reads, read_bytes) + rss_rows(rss)
-    return {"machine": info, "table": render(rows, header(info, tree, args.runs)),
-            "params": {"images": args.images, "runs": args.runs, "rss_sizes": args.rss_sizes,
-                       "source": str(args.source), "source_jpegs": len(jpegs), "input_bytes": tree.nbytes,
-                       "hard_links": all(t.linked for t in trees.values())},
-            "convert_seconds": conv_sec, "read_seconds": read_sec, "reads_per_pass": reads,
-            "read_bytes_per_pass": read_bytes,
-            "peak_rss_bytes": {str(n): {"polled_tree_vmrss": p, "ru_maxrss": m} for n, (p, m) in rss.items()},
-            "rows": [asdict(r) for r in rows]}
+    return {
+        "machine": info,
+        "table": render(rows, header(info, tree, args.runs)),
+        "params": {
+            "images": args.images,
+            "runs": args.runs,
+            "rss_sizes": args.rss_sizes,
+            "source": str(args.source),
+            "source_jpegs": len(jpegs),
+            "input_bytes": tree.nbytes,
+            "hard_links": all(t.linked for t in trees.values()),
+        },
+        "convert_seconds": conv_sec,
+        "read_seconds": read_sec,
+        "reads_per_pass": reads,
+        "read_bytes_per_pass": read_bytes,
+        "peak_rss_bytes": {str(n): {"polled_tree_vmrss": p, "ru_maxrss": m} for n, (p, m) in rss.items()},
+        "rows": [asdict(r) for r in rows],
+    }
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     return run_and_report(run_benchmark, parse_args(argv), "bench_lmdb_")
 
 

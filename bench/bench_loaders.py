@@ -23,9 +23,10 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `bench`, `lmdb_io` and `dali_pipeline` importable
     sys.path.insert(0, str(REPO))
 
-from dali_pipeline.source import ShardedSource  # noqa: E402  (needs no DALI)
 from bench.common import markdown_table, run_and_report, yes_no  # noqa: E402
+from dali_pipeline.source import ShardedSource  # noqa: E402  (needs no DALI)
 from lmdb_io.shard import epoch_plan  # noqa: E402  (numpy only)
 
 # torch, DALI and bench.bench_lmdb are imported inside functions: DALI's parallel source starts its
@@ -45,6 +46,7 @@ MB = 1e6
 
 
 # -- the in-memory source ---------------------------------------------------------------------------
+
 
 class MemorySource(ShardedSource):
     """``dali_pipeline.LMDBSource`` over encoded images held in memory: the same plan and sample order
@@ -58,7 +60,7 @@ class MemorySource(ShardedSource):
         super().__init__(len(self.payloads), batch_size, **kwargs)
 
     @classmethod
-    def from_database(cls, path: str | os.PathLike, batch_size: int, **kwargs: Any) -> "MemorySource":
+    def from_database(cls, path: str | os.PathLike, batch_size: int, **kwargs: Any) -> MemorySource:
         """Every record's encoded bytes read once (checksums verified) from an lmdb_io database."""
         from lmdb_io.database import ImageDatabase
 
@@ -93,7 +95,7 @@ def check_same_samples(a: Callable, b: Callable, count: int, epochs: Sequence[in
     for epoch in epochs:
         for i in range(count):
             info = _SampleInfo(i, epoch)
-            for name, x, y in zip(("bytes", "label", "index", "real"), a(info), b(info)):
+            for name, x, y in zip(("bytes", "label", "index", "real"), a(info), b(info), strict=True):
                 if not np.array_equal(np.asarray(x), np.asarray(y)):
                     raise SystemExit(f"sources differ at epoch {epoch}, sample {i}: {name}")
 
@@ -169,8 +171,7 @@ class EpochTiming:
         return max(self.foreign_cpu, 0.0) / (self.seconds * cores)
 
 
-def time_epoch(loader: Iterable, batch_size: int, warmup: int, sync: Optional[Callable[[], None]] = None
-               ) -> EpochTiming:
+def time_epoch(loader: Iterable, batch_size: int, warmup: int, sync: Callable[[], None] | None = None) -> EpochTiming:
     """Iterate one epoch; the clock starts on receiving batch ``warmup`` (1-based) and stops on
     receiving the last one, each time after ``sync()`` (e.g. ``torch.cuda.synchronize``) where given.
     Only those two batches sync and read /proc, when the loader has a length; otherwise every batch."""
@@ -196,8 +197,10 @@ def time_epoch(loader: Iterable, batch_size: int, warmup: int, sync: Optional[Ca
             if batches == warmup:
                 started, cpu_start = last, cpu_last
     if started is None or images == 0:
-        raise SystemExit(f"an epoch of {batches} batches leaves none to time after {warmup} warm-up batches; "
-                         f"use more images or a smaller batch")
+        raise SystemExit(
+            f"an epoch of {batches} batches leaves none to time after {warmup} warm-up batches; "
+            f"use more images or a smaller batch"
+        )
     if total is not None and batches != total:
         raise SystemExit(f"the loader announced {total} batches and delivered {batches}")
     own = cpu_last[1] - cpu_start[1]
@@ -247,10 +250,20 @@ class Rounds:
         return statistics.median(self.timings[num][r].rate / self.timings[den][r].rate for r in self.used)
 
 
-def run_rounds(contenders: Sequence[Contender], runs: int, batch_size: int, warmup: int,
-               expected: Callable[[int], list[int]], *, cores: int, max_foreign: float = 1.0, extra_runs: int = 0,
-               quiet_wait: float = 0.0, sync: Optional[Callable[[], None]] = None,
-               log: Callable[[str], None] = lambda s: None) -> Rounds:
+def run_rounds(
+    contenders: Sequence[Contender],
+    runs: int,
+    batch_size: int,
+    warmup: int,
+    expected: Callable[[int], list[int]],
+    *,
+    cores: int,
+    max_foreign: float = 1.0,
+    extra_runs: int = 0,
+    quiet_wait: float = 0.0,
+    sync: Callable[[], None] | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> Rounds:
     """Rounds of one timed epoch per contender, each on a loader built afresh (seed = round) and deleted
     (stopping its threads, workers and next-epoch prefetch) before the next contender starts.
 
@@ -279,14 +292,17 @@ def run_rounds(contenders: Sequence[Contender], runs: int, batch_size: int, warm
                 raise SystemExit(f"{c.key}: round {run} delivered other samples than the epoch plan")
             timings[c.key].append(timing)
             worst = max(worst, timing.foreign_share(cores))
-            log(f"round {run + 1} {c.key}: {timing.rate:,.1f} img/s, {timing.cores_used:.2f} cores used, "
-                f"others took {timing.foreign_share(cores):.0%} of the CPUs")
+            log(
+                f"round {run + 1} {c.key}: {timing.rate:,.1f} img/s, {timing.cores_used:.2f} cores used, "
+                f"others took {timing.foreign_share(cores):.0%} of the CPUs"
+            )
         (clean if worst <= max_foreign else disturbed).append(run)
     used = clean if len(clean) == runs else sorted(clean + disturbed)
     return Rounds(timings, used, disturbed, max_foreign)
 
 
 # -- report -----------------------------------------------------------------------------------------
+
 
 @dataclass
 class Row:
@@ -299,7 +315,9 @@ class Row:
 
 
 def render(rows: Sequence[Row], title: str) -> str:
-    return markdown_table(title, ["what", "how", "images/s", "ratio", "target", "met"], (asdict(r).values() for r in rows))
+    return markdown_table(
+        title, ["what", "how", "images/s", "ratio", "target", "met"], (asdict(r).values() for r in rows)
+    )
 
 
 def versions() -> dict[str, str]:
@@ -311,6 +329,7 @@ def versions() -> dict[str, str]:
 
 
 # -- the benchmark ----------------------------------------------------------------------------------
+
 
 def prepare_database(source: Path, images: int, workdir: Path) -> tuple[Path, int, int, bool]:
     """Replicate ``source``'s JPEGs by hard links to ``images`` files and convert them; returns the
@@ -339,35 +358,57 @@ def make_contenders(db: Path, memory: MemorySource, args: argparse.Namespace) ->
     threads = args.dali_threads or cores + 1
 
     def dali(py_workers: int) -> Callable[[int], Iterable]:
-        return lambda seed: make_dali_loader(db, batch, train=True, seed=seed, device_id=None, num_threads=threads,
-                                             py_workers=py_workers, crop=crop)
+        return lambda seed: make_dali_loader(
+            db, batch, train=True, seed=seed, device_id=None, num_threads=threads, py_workers=py_workers, crop=crop
+        )
 
     def dali_memory(seed: int) -> Iterable:
         source = memory_source_class()(memory.payloads, memory.labels, batch, seed=seed)
-        opts = PipelineOptions(batch_size=batch, device_id=None, num_threads=threads, py_workers=0, crop=crop,
-                               seed=seed)
+        opts = PipelineOptions(
+            batch_size=batch, device_id=None, num_threads=threads, py_workers=0, crop=crop, seed=seed
+        )
         return DALILoader(source, opts, train=True)
 
     def torch_loader(seed: int) -> Iterable:
         return make_torch_loader(db, batch, train=True, seed=seed, workers=cores, crop=crop)
 
-    contenders = [Contender(
-        "dali_lmdb_w0", "DALI CPU train from the LMDB, source in the pipeline thread (py_workers=0)",
-        f"`make_dali_loader(device_id=None, num_threads={threads}, py_workers=0)`: image_random_crop (libjpeg-turbo, "
-        f"crop fused into decoding), resize {crop}, flip, normalize to CHW float32", dali(0))]
+    contenders = [
+        Contender(
+            "dali_lmdb_w0",
+            "DALI CPU train from the LMDB, source in the pipeline thread (py_workers=0)",
+            f"`make_dali_loader(device_id=None, num_threads={threads}, py_workers=0)`: image_random_crop "
+            f"(libjpeg-turbo, "
+            f"crop fused into decoding), resize {crop}, flip, normalize to CHW float32",
+            dali(0),
+        )
+    ]
     for w in args.py_workers:
-        contenders.append(Contender(
-            f"dali_lmdb_w{w}", f"DALI CPU train from the LMDB, parallel source (py_workers={w})",
-            f"same, `py_workers={w}`: the LMDB source in {w} spawned Python process{'es' if w > 1 else ''}",
-            dali(w)))
-    contenders.append(Contender(
-        "torch", f"torchvision DataLoader train from the LMDB, {cores} workers",
-        f"`make_torch_loader(workers={cores})`: ImageFolderLMDB, PIL decode, RandomResizedCrop({crop}), "
-        f"flip, ToTensor, Normalize", torch_loader))
-    contenders.append(Contender(
-        "dali_memory_w0", "DALI CPU train from the same JPEG bytes in memory (py_workers=0)",
-        "same graph and options as py_workers=0; `DALILoader(MemorySource)`: a list of uint8 arrays read "
-        "in epoch_plan order", dali_memory))
+        contenders.append(
+            Contender(
+                f"dali_lmdb_w{w}",
+                f"DALI CPU train from the LMDB, parallel source (py_workers={w})",
+                f"same, `py_workers={w}`: the LMDB source in {w} spawned Python process{'es' if w > 1 else ''}",
+                dali(w),
+            )
+        )
+    contenders.append(
+        Contender(
+            "torch",
+            f"torchvision DataLoader train from the LMDB, {cores} workers",
+            f"`make_torch_loader(workers={cores})`: ImageFolderLMDB, PIL decode, RandomResizedCrop({crop}), "
+            f"flip, ToTensor, Normalize",
+            torch_loader,
+        )
+    )
+    contenders.append(
+        Contender(
+            "dali_memory_w0",
+            "DALI CPU train from the same JPEG bytes in memory (py_workers=0)",
+            "same graph and options as py_workers=0; `DALILoader(MemorySource)`: a list of uint8 arrays read "
+            "in epoch_plan order",
+            dali_memory,
+        )
+    )
     return contenders
 
 
@@ -385,56 +426,101 @@ def build_rows(contenders: Sequence[Contender], rounds: Rounds, source_us: dict[
     for key in dali_keys:
         ratio = rounds.median_ratio(key, "torch")
         extra = "" if key == "dali_lmdb_w0" else f"; {rounds.median_ratio(key, 'dali_lmdb_w0'):.2f}x vs py_workers=0"
-        rows.append(Row(by_key[key].what, by_key[key].how, spread(rounds, key), f"{ratio:.2f}x vs torch{extra}",
-                        ">= 1.8x vs torch", yes_no(ratio >= 1.8)))
+        rows.append(
+            Row(
+                by_key[key].what,
+                by_key[key].how,
+                spread(rounds, key),
+                f"{ratio:.2f}x vs torch{extra}",
+                ">= 1.8x vs torch",
+                yes_no(ratio >= 1.8),
+            )
+        )
     rows.append(Row(by_key["torch"].what, by_key["torch"].how, spread(rounds, "torch"), "1.00x", "baseline", ""))
     best = max(dali_keys, key=lambda key: rounds.median_ratio(key, "torch"))
     ratio = rounds.median_ratio(best, "torch")
-    rows.append(Row("DALI / torch: best DALI LMDB setting", f"`{best}` / `torch`, same cores, per-round ratio",
-                    f"{rounds.median_rate(best):,.0f} / {rounds.median_rate('torch'):,.0f}", f"{ratio:.2f}x",
-                    ">= 1.8x", yes_no(ratio >= 1.8)))
+    rows.append(
+        Row(
+            "DALI / torch: best DALI LMDB setting",
+            f"`{best}` / `torch`, same cores, per-round ratio",
+            f"{rounds.median_rate(best):,.0f} / {rounds.median_rate('torch'):,.0f}",
+            f"{ratio:.2f}x",
+            ">= 1.8x",
+            yes_no(ratio >= 1.8),
+        )
+    )
     mem = by_key["dali_memory_w0"]
-    rows.append(Row(mem.what, mem.how, spread(rounds, mem.key),
-                    f"{rounds.median_ratio(mem.key, 'torch'):.2f}x vs torch", "(reference)", ""))
+    rows.append(
+        Row(
+            mem.what,
+            mem.how,
+            spread(rounds, mem.key),
+            f"{rounds.median_ratio(mem.key, 'torch'):.2f}x vs torch",
+            "(reference)",
+            "",
+        )
+    )
     cost = rounds.median_ratio(mem.key, "dali_lmdb_w0") - 1  # extra time per image with the LMDB source
-    rows.append(Row("LMDB source cost vs memory", "time per image: LMDB (py_workers=0) / memory - 1, per round",
-                    f"{rounds.median_rate('dali_lmdb_w0'):,.0f} vs {rounds.median_rate(mem.key):,.0f}",
-                    f"{cost * 100:+.1f} %", "<= 10 %", yes_no(cost <= 0.10)))
+    rows.append(
+        Row(
+            "LMDB source cost vs memory",
+            "time per image: LMDB (py_workers=0) / memory - 1, per round",
+            f"{rounds.median_rate('dali_lmdb_w0'):,.0f} vs {rounds.median_rate(mem.key):,.0f}",
+            f"{cost * 100:+.1f} %",
+            "<= 10 %",
+            yes_no(cost <= 0.10),
+        )
+    )
     per_image_us = 1e6 / rounds.median_rate("dali_lmdb_w0")
-    rows.append(Row("source callback alone, LMDB vs memory",
-                    "`LMDBSource.__call__` (txn, get, header, xxh3) vs `MemorySource.__call__`, one thread, one "
-                    "epoch", f"{source_us['lmdb']:.1f} vs {source_us['memory']:.1f} us/sample",
-                    f"+{(source_us['lmdb'] - source_us['memory']) / per_image_us * 100:.1f} % of the pipeline's "
-                    f"{per_image_us:,.0f} us/image", "(info)", ""))
+    rows.append(
+        Row(
+            "source callback alone, LMDB vs memory",
+            "`LMDBSource.__call__` (txn, get, header, xxh3) vs `MemorySource.__call__`, one thread, one epoch",
+            f"{source_us['lmdb']:.1f} vs {source_us['memory']:.1f} us/sample",
+            f"+{(source_us['lmdb'] - source_us['memory']) / per_image_us * 100:.1f} % of the pipeline's "
+            f"{per_image_us:,.0f} us/image",
+            "(info)",
+            "",
+        )
+    )
     return rows
 
 
 def interference(rounds: Rounds, cores: int) -> str:
     shares = [t.foreign_share(cores) for ts in rounds.timings.values() for t in ts]
     used = [rounds.timings[k][r].foreign_share(cores) for k in rounds.timings for r in rounds.used]
-    note = (f"Other processes took {statistics.median(used):.0%} of the CPUs (median; max {max(used):.0%}) "
-            f"during the counted epochs")
+    note = (
+        f"Other processes took {statistics.median(used):.0%} of the CPUs (median; max {max(used):.0%}) "
+        f"during the counted epochs"
+    )
     if rounds.disturbed:
-        counted = ("COUNTED: too few undisturbed runs, numbers unreliable"
-                   if set(rounds.disturbed) & set(rounds.used) else "left out")
-        note += (f"; {len(rounds.disturbed)} disturbed round(s) (others > {rounds.max_foreign:.0%}, up to "
-                 f"{max(shares):.0%}) {counted}")
+        counted = (
+            "COUNTED: too few undisturbed runs, numbers unreliable"
+            if set(rounds.disturbed) & set(rounds.used)
+            else "left out"
+        )
+        note += (
+            f"; {len(rounds.disturbed)} disturbed round(s) (others > {rounds.max_foreign:.0%}, up to "
+            f"{max(shares):.0%}) {counted}"
+        )
     return note + "."
 
 
 def header(info: dict[str, Any], args: argparse.Namespace, params: dict[str, Any], rounds: Rounds) -> str:
     links = "hard links" if params["hard_links"] else "COPIES (hard links failed)"
-    return (f"### Loader benchmark: DALI CPU vs torchvision, loader only\n\n"
-            f"Machine: {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
-            f"{info['memory_gib']} GiB RAM, Linux {info['kernel']}; Python {info['python']}, torch {info['torch']}, "
-            f"torchvision {info['torchvision']}, DALI {info['dali']}, Pillow {info['pillow']}, "
-            f"lmdb_io {info['lmdb_io']}.\n"
-            f"Data: {args.images} JPEGs ({params['input_bytes'] / MB:,.1f} MB, {links} to {params['source_jpegs']} "
-            f"files of {args.source.name}) in one LMDB ({params['db_bytes'] / MB:,.1f} MB), hot page cache.\n"
-            f"Method: one train epoch per run (batch {args.batch}, crop {args.crop}, {params['batches']} batches), the "
-            f"first {args.warmup_batches} batches untimed; contenders interleaved run by run, each on a fresh "
-            f"loader; images/s is the median (min-max) of {len(rounds.used)} runs, ratios the median of per-run "
-            f"ratios; no model. {interference(rounds, args.cores)}")
+    return (
+        f"### Loader benchmark: DALI CPU vs torchvision, loader only\n\n"
+        f"Machine: {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
+        f"{info['memory_gib']} GiB RAM, Linux {info['kernel']}; Python {info['python']}, torch {info['torch']}, "
+        f"torchvision {info['torchvision']}, DALI {info['dali']}, Pillow {info['pillow']}, "
+        f"lmdb_io {info['lmdb_io']}.\n"
+        f"Data: {args.images} JPEGs ({params['input_bytes'] / MB:,.1f} MB, {links} to {params['source_jpegs']} "
+        f"files of {args.source.name}) in one LMDB ({params['db_bytes'] / MB:,.1f} MB), hot page cache.\n"
+        f"Method: one train epoch per run (batch {args.batch}, crop {args.crop}, {params['batches']} batches), the "
+        f"first {args.warmup_batches} batches untimed; contenders interleaved run by run, each on a fresh "
+        f"loader; images/s is the median (min-max) of {len(rounds.used)} runs, ratios the median of per-run "
+        f"ratios; no model. {interference(rounds, args.cores)}"
+    )
 
 
 def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -455,26 +541,63 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         return epoch_plan(len(memory.payloads), 0, 1, 0, seed, True, args.batch, True).indices.tolist()
 
     contenders = make_contenders(db, memory, args)
-    rounds = run_rounds(contenders, args.runs, args.batch, args.warmup_batches, expected, cores=args.cores,
-                        max_foreign=args.max_foreign, extra_runs=args.extra_runs, quiet_wait=args.quiet_wait,
-                        log=log)
+    rounds = run_rounds(
+        contenders,
+        args.runs,
+        args.batch,
+        args.warmup_batches,
+        expected,
+        cores=args.cores,
+        max_foreign=args.max_foreign,
+        extra_runs=args.extra_runs,
+        quiet_wait=args.quiet_wait,
+        log=log,
+    )
     info = {**machine(), **versions()}
-    params = {"images": args.images, "runs": args.runs, "batch": args.batch, "crop": args.crop,
-              "cores": args.cores, "py_workers": args.py_workers, "warmup_batches": args.warmup_batches,
-              "max_foreign": args.max_foreign, "extra_runs": args.extra_runs, "quiet_wait": args.quiet_wait,
-              "batches": samples // args.batch,
-              "source": str(args.source), "source_jpegs": source_jpegs, "input_bytes": input_bytes,
-              "db_bytes": os.path.getsize(db / "data.mdb"), "hard_links": linked}
+    params = {
+        "images": args.images,
+        "runs": args.runs,
+        "batch": args.batch,
+        "crop": args.crop,
+        "cores": args.cores,
+        "py_workers": args.py_workers,
+        "warmup_batches": args.warmup_batches,
+        "max_foreign": args.max_foreign,
+        "extra_runs": args.extra_runs,
+        "quiet_wait": args.quiet_wait,
+        "batches": samples // args.batch,
+        "source": str(args.source),
+        "source_jpegs": source_jpegs,
+        "input_bytes": input_bytes,
+        "db_bytes": os.path.getsize(db / "data.mdb"),
+        "hard_links": linked,
+    }
     rows = build_rows(contenders, rounds, source_us)
-    return {"machine": info, "params": params, "table": render(rows, header(info, args, params, rounds)),
-            "median_images_per_s": {c.key: rounds.median_rate(c.key) for c in contenders},
-            "source_us_per_sample": source_us, "rounds_used": rounds.used, "rounds_disturbed": rounds.disturbed,
-            "runs": {key: [{"batches": t.batches, "timed_images": t.images, "seconds": t.seconds,
-                            "images_per_s": t.rate, "cores_used": t.cores_used,
-                            "others_cpu_share": t.foreign_share(args.cores)} for t in ts]
-                     for key, ts in rounds.timings.items()},
-            "contenders": {c.key: {"what": c.what, "how": c.how} for c in contenders},
-            "rows": [asdict(r) for r in rows]}
+    return {
+        "machine": info,
+        "params": params,
+        "table": render(rows, header(info, args, params, rounds)),
+        "median_images_per_s": {c.key: rounds.median_rate(c.key) for c in contenders},
+        "source_us_per_sample": source_us,
+        "rounds_used": rounds.used,
+        "rounds_disturbed": rounds.disturbed,
+        "runs": {
+            key: [
+                {
+                    "batches": t.batches,
+                    "timed_images": t.images,
+                    "seconds": t.seconds,
+                    "images_per_s": t.rate,
+                    "cores_used": t.cores_used,
+                    "others_cpu_share": t.foreign_share(args.cores),
+                }
+                for t in ts
+            ]
+            for key, ts in rounds.timings.items()
+        },
+        "contenders": {c.key: {"what": c.what, "how": c.how} for c in contenders},
+        "rows": [asdict(r) for r in rows],
+    }
 
 
 def parse_workers(text: str) -> list[int]:
@@ -484,28 +607,56 @@ def parse_workers(text: str) -> list[int]:
     return values
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     cores = len(os.sched_getaffinity(0))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=2048, help="JPEGs in the database (default 2048)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per contender; the median is reported (default 3)")
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--crop", type=int, default=224, help="train crop size (default 224)")
-    p.add_argument("--cores", type=int, default=cores,
-                   help=f"DataLoader workers (default: usable cores, {cores}; more measured slower here)")
-    p.add_argument("--dali-threads", type=int, default=None,
-                   help="DALI CPU threads (default: cores + 1, DALI's best here: its Python thread mostly waits)")
-    p.add_argument("--py-workers", type=parse_workers, default=[1, 2], metavar="N,N",
-                   help="DALI parallel-source worker counts measured besides py_workers=0 (default 1,2)")
+    p.add_argument(
+        "--cores",
+        type=int,
+        default=cores,
+        help=f"DataLoader workers (default: usable cores, {cores}; more measured slower here)",
+    )
+    p.add_argument(
+        "--dali-threads",
+        type=int,
+        default=None,
+        help="DALI CPU threads (default: cores + 1, DALI's best here: its Python thread mostly waits)",
+    )
+    p.add_argument(
+        "--py-workers",
+        type=parse_workers,
+        default=[1, 2],
+        metavar="N,N",
+        help="DALI parallel-source worker counts measured besides py_workers=0 (default 1,2)",
+    )
     p.add_argument("--warmup-batches", type=int, default=2, help="untimed batches at the start of each run (default 2)")
-    p.add_argument("--max-foreign", type=float, default=0.10, metavar="SHARE",
-                   help="a run is disturbed when other processes take more than this share of the CPUs during "
-                        "a timed epoch (default 0.10)")
-    p.add_argument("--extra-runs", type=int, default=None, metavar="N",
-                   help="more runs allowed to replace disturbed ones (default: --runs)")
-    p.add_argument("--quiet-wait", type=float, default=60.0, metavar="SECONDS",
-                   help="before each run, wait up to this long for other processes to go below --max-foreign "
-                        "(default 60; 0: do not wait)")
+    p.add_argument(
+        "--max-foreign",
+        type=float,
+        default=0.10,
+        metavar="SHARE",
+        help="a run is disturbed when other processes take more than this share of the CPUs during "
+        "a timed epoch (default 0.10)",
+    )
+    p.add_argument(
+        "--extra-runs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="more runs allowed to replace disturbed ones (default: --runs)",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="before each run, wait up to this long for other processes to go below --max-foreign "
+        "(default 60; 0: do not wait)",
+    )
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help=f"JPEG source tree (default {DEFAULT_SOURCE})")
     p.add_argument("--workdir", type=Path, help="where the tree and database go (default: a temp dir, deleted after)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write all numbers as JSON")
@@ -518,12 +669,14 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     if args.extra_runs < 0 or not 0 < args.max_foreign <= 1:
         p.error("--extra-runs must be >= 0 and --max-foreign in (0, 1]")
     if args.images // args.batch <= args.warmup_batches:
-        p.error(f"--images {args.images} gives {args.images // args.batch} batches of {args.batch}: "
-                f"need more than --warmup-batches ({args.warmup_batches})")
+        p.error(
+            f"--images {args.images} gives {args.images // args.batch} batches of {args.batch}: "
+            f"need more than --warmup-batches ({args.warmup_batches})"
+        )
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     return run_and_report(run_benchmark, parse_args(argv), "bench_loaders_")
 
 

@@ -7,12 +7,14 @@ import argparse
 import json
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 
-def run_and_report(run_benchmark: Callable[[argparse.Namespace, Path], dict[str, Any]], args: argparse.Namespace,
-                   prefix: str) -> int:
+def run_and_report(
+    run_benchmark: Callable[[argparse.Namespace, Path], dict[str, Any]], args: argparse.Namespace, prefix: str
+) -> int:
     """``run_benchmark(args, workdir)`` returns a dict with a ``table``; print it, write ``args.json``."""
     temp = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix=prefix)) if temp else args.workdir

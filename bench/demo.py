@@ -14,8 +14,9 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -30,7 +31,7 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, cwd=REPO, check=True)
 
 
-def prepare_data(data: Optional[str], work: Path) -> tuple[Path, Path]:
+def prepare_data(data: str | None, work: Path) -> tuple[Path, Path]:
     if data is None:
         root = work / "images"
         make_image_folder(str(root / "train"), classes=4, per_class=60, seed=0)
@@ -44,10 +45,32 @@ def prepare_data(data: Optional[str], work: Path) -> tuple[Path, Path]:
 
 def convert(train_dir: Path, val_dir: Path, work: Path) -> tuple[Path, Path]:
     train_db, val_db = work / "train.lmdb", work / "val.lmdb"
-    run([sys.executable, "convert.py", "--dataset", str(train_dir), "-o", str(train_db), "--overwrite",
-         "--report", str(work / "convert-train.json")])
-    run([sys.executable, "convert.py", "--dataset", str(val_dir), "-o", str(val_db), "--overwrite",
-         "--classes-from", str(train_db)])
+    run(
+        [
+            sys.executable,
+            "convert.py",
+            "--dataset",
+            str(train_dir),
+            "-o",
+            str(train_db),
+            "--overwrite",
+            "--report",
+            str(work / "convert-train.json"),
+        ]
+    )
+    run(
+        [
+            sys.executable,
+            "convert.py",
+            "--dataset",
+            str(val_dir),
+            "-o",
+            str(val_db),
+            "--overwrite",
+            "--classes-from",
+            str(train_db),
+        ]
+    )
     run([sys.executable, "-m", "lmdb_io", "info", str(train_db)])
     return train_db, val_db
 
@@ -76,19 +99,48 @@ def loader_only(kind: str, db: Path, batch: int, crop: int, epochs: int = 2) -> 
 
 def train(kind: str, train_db: Path, val_db: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     out = work / f"run-{kind}"
-    run([sys.executable, "train.py", "--loader", kind, "--lmdb", "--train", str(train_db), "--val", str(val_db),
-         "-a", args.arch, "--epochs", str(args.epochs), "-b", str(args.batch), "--crop-size", str(args.crop),
-         "--val-resize", str(args.crop * 8 // 7), "--lr", str(args.lr), "--warmup-epochs", "0.5",
-         "--output-dir", str(out), "--print-freq", "5"])
+    run(
+        [
+            sys.executable,
+            "train.py",
+            "--loader",
+            kind,
+            "--lmdb",
+            "--train",
+            str(train_db),
+            "--val",
+            str(val_db),
+            "-a",
+            args.arch,
+            "--epochs",
+            str(args.epochs),
+            "-b",
+            str(args.batch),
+            "--crop-size",
+            str(args.crop),
+            "--val-resize",
+            str(args.crop * 8 // 7),
+            "--lr",
+            str(args.lr),
+            "--warmup-epochs",
+            "0.5",
+            "--output-dir",
+            str(out),
+            "--print-freq",
+            "5",
+        ]
+    )
     events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [e for e in events if e["event"] == "train"][1:] or [e for e in events if e["event"] == "train"]
     val = [e for e in events if e["event"] == "val"]
-    return {"train_img_s": sum(e["images_per_s"] for e in steps) / len(steps),
-            "data_wait": sum(e["data_wait"] for e in steps) / len(steps),
-            "top1": val[-1]["top1"] if val else float("nan")}
+    return {
+        "train_img_s": sum(e["images_per_s"] for e in steps) / len(steps),
+        "data_wait": sum(e["data_wait"] for e in steps) / len(steps),
+        "top1": val[-1]["top1"] if val else float("nan"),
+    }
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", help="an ImageFolder tree (default: generate one)")
@@ -112,8 +164,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("| loader | loader-only img/s | training img/s | data-wait | final val top-1 |")
     print("|---|---|---|---|---|")
     for kind, only, result in rows:
-        print(f"| {kind} | {only:,.0f} | {result['train_img_s']:,.1f} | {100 * result['data_wait']:.0f}% | "
-              f"{result['top1']:.1f}% |")
+        print(
+            f"| {kind} | {only:,.0f} | {result['train_img_s']:,.1f} | {100 * result['data_wait']:.0f}% | "
+            f"{result['top1']:.1f}% |"
+        )
     print(f"\n(demo took {time.perf_counter() - started:.0f} s; logs in {work}/run-*/log.jsonl)")
     return 0
 

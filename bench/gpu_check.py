@@ -38,9 +38,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `bench`, `lmdb_io` and `dali_pipeline` importable
@@ -66,7 +67,7 @@ class Data:
     """The LMDB every loader row reads (``db`` None until built, or when it could not be)."""
 
     work: Path
-    db: Optional[Path] = None
+    db: Path | None = None
     length: int = 0
     description: str = "none"
 
@@ -75,7 +76,7 @@ def one_line(text: str, limit: int = 240) -> str:
     """The last non-empty line of ``text``, shortened, with table pipes escaped."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     line = lines[-1] if lines else ""
-    return (line if len(line) <= limit else line[:limit - 3] + "...").replace("|", "\\|")
+    return (line if len(line) <= limit else line[: limit - 3] + "...").replace("|", "\\|")
 
 
 def describe(exc: BaseException) -> str:
@@ -89,6 +90,7 @@ def describe(exc: BaseException) -> str:
 
 # -- environment ------------------------------------------------------------------------------------
 
+
 @dataclass
 class Environment:
     """What the header reports, and for each unmet requirement the one-line reason."""
@@ -96,7 +98,7 @@ class Environment:
     info: dict[str, Any]
     missing: dict[str, str] = field(default_factory=dict)
 
-    def why_not(self, needs: Sequence[str]) -> Optional[str]:
+    def why_not(self, needs: Sequence[str]) -> str | None:
         return next((self.missing[n] for n in needs if n in self.missing), None)
 
 
@@ -106,16 +108,20 @@ def _machine() -> dict[str, Any]:
 
         return machine()
     except Exception:  # bench/ needs numpy and lmdb to import
-        return {"cpu": platform.processor() or "unknown", "cores": os.cpu_count(),
-                "cores_usable": len(os.sched_getaffinity(0)), "memory_gib": "?", "python": platform.python_version()}
+        return {
+            "cpu": platform.processor() or "unknown",
+            "cores": os.cpu_count(),
+            "cores_usable": len(os.sched_getaffinity(0)),
+            "memory_gib": "?",
+            "python": platform.python_version(),
+        }
 
 
 def _probe_gpu(env: Environment) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        env.missing["gpu"] = ("no CUDA GPU visible to torch (torch.cuda.is_available() is False); --cpu runs the "
-                              "dry run")
+        env.missing["gpu"] = "no CUDA GPU visible to torch (torch.cuda.is_available() is False); --cpu runs the dry run"
         return
     try:
         from bench.gpu_pipeline import _driver_version
@@ -125,8 +131,13 @@ def _probe_gpu(env: Environment) -> None:
         driver = "unknown"
     torch.cuda.set_device(0)
     props = torch.cuda.get_device_properties(0)
-    env.info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / (1 << 30), 1), cuda=torch.version.cuda,
-                    driver=driver, gpus=torch.cuda.device_count())
+    env.info.update(
+        gpu=props.name,
+        gpu_memory_gib=round(props.total_memory / (1 << 30), 1),
+        cuda=torch.version.cuda,
+        driver=driver,
+        gpus=torch.cuda.device_count(),
+    )
 
 
 def _probe_dali(env: Environment, cpu: bool) -> None:
@@ -174,7 +185,7 @@ def _probe_models(env: Environment, archs: Sequence[str]) -> None:
             env.missing[arch] = f"torchvision {torchvision.__version__} has no model {arch}"
 
 
-def _shm_gib() -> Optional[float]:
+def _shm_gib() -> float | None:
     """Size of /dev/shm, where DataLoader workers and DALI's parallel source pass batches (a container's
     64 MB default is too small for either)."""
     try:
@@ -194,8 +205,11 @@ def probe(cpu: bool, archs: Sequence[str]) -> Environment:
         return env
     env.info["torch"] = torch.__version__
     steps: list[tuple[str, Callable[[Environment], None]]] = [
-        ("gpu", _probe_gpu), ("lmdb", _probe_lmdb), ("torchvision", lambda e: _probe_models(e, archs)),
-        ("dali", lambda e: _probe_dali(e, cpu))]
+        ("gpu", _probe_gpu),
+        ("lmdb", _probe_lmdb),
+        ("torchvision", lambda e: _probe_models(e, archs)),
+        ("dali", lambda e: _probe_dali(e, cpu)),
+    ]
     if cpu:
         env.info["gpu"], steps = "none (--cpu dry run)", steps[1:]
     for key, step in steps:
@@ -208,18 +222,27 @@ def probe(cpu: bool, archs: Sequence[str]) -> Environment:
 
 def machine_line(info: dict[str, Any], cpu: bool) -> str:
     """One line naming the GPU, driver, CPU cores and versions."""
-    gpu = ("NO GPU: --cpu dry run" if cpu else
-           f"GPU {info['gpu']} ({info['gpu_memory_gib']} GiB, driver {info['driver']}, CUDA {info['cuda']})"
-           if "gpu_memory_gib" in info else "NO GPU visible")
-    versions = ", ".join(f"{name} {info[key]}" for name, key in (("torch", "torch"), ("torchvision", "torchvision"),
-                                                                 ("DALI", "dali"), ("lmdb", "py_lmdb"))
-                         if key in info)
-    return (f"Machine: {gpu}; {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
-            f"{info['memory_gib']} GiB RAM, /dev/shm {info['shm_gib']} GiB; Python {info['python']}, "
-            f"{versions or 'no torch'}.")
+    gpu = (
+        "NO GPU: --cpu dry run"
+        if cpu
+        else f"GPU {info['gpu']} ({info['gpu_memory_gib']} GiB, driver {info['driver']}, CUDA {info['cuda']})"
+        if "gpu_memory_gib" in info
+        else "NO GPU visible"
+    )
+    versions = ", ".join(
+        f"{name} {info[key]}"
+        for name, key in (("torch", "torch"), ("torchvision", "torchvision"), ("DALI", "dali"), ("lmdb", "py_lmdb"))
+        if key in info
+    )
+    return (
+        f"Machine: {gpu}; {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
+        f"{info['memory_gib']} GiB RAM, /dev/shm {info['shm_gib']} GiB; Python {info['python']}, "
+        f"{versions or 'no torch'}."
+    )
 
 
 # -- data -------------------------------------------------------------------------------------------
+
 
 def generate_jpegs(root: Path, classes: int, per_class: int, procs: int) -> int:
     """``classes`` x about ``per_class`` ImageNet-sized JPEGs under ``root/part*/class_*``, written by
@@ -258,22 +281,33 @@ def prepare_database(args: argparse.Namespace, work: Path, cores: int) -> tuple[
     remove(tree.root)
     warm_page_cache(db)
     how = "hard links" if tree.linked else "copies"
-    data = (f"{args.images:,} JPEGs ({tree.nbytes / MB:,.0f} MB, {how} to {len(jpegs):,} {origin}) "
-            f"in one LMDB ({os.path.getsize(db / 'data.mdb') / MB:,.0f} MB, hot page cache)")
+    data = (
+        f"{args.images:,} JPEGs ({tree.nbytes / MB:,.0f} MB, {how} to {len(jpegs):,} {origin}) "
+        f"in one LMDB ({os.path.getsize(db / 'data.mdb') / MB:,.0f} MB, hot page cache)"
+    )
     return db, args.images, data
 
 
 # -- loader-only rows -------------------------------------------------------------------------------
 
+
 def dali_options(args: argparse.Namespace, load: float) -> dict[str, Any]:
     """``make_dali_loader`` options as train.py sets them for these flags (fp16 NHWC output on a GPU)."""
-    return dict(device_id=None if args.cpu else 0, num_threads=args.dali_threads, py_workers=args.py_workers,
-                hw_decoder_load=load, crop=args.crop, half=not args.cpu, channels_last=True)
+    return dict(
+        device_id=None if args.cpu else 0,
+        num_threads=args.dali_threads,
+        py_workers=args.py_workers,
+        hw_decoder_load=load,
+        crop=args.crop,
+        half=not args.cpu,
+        channels_last=True,
+    )
 
 
 def dali_how(args: argparse.Namespace, load: float) -> str:
-    options = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in dali_options(args, load).items() if k != "crop")
+    options = ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in dali_options(args, load).items() if k != "crop"
+    )
     return f"`make_dali_loader({options})`, {'CPU decode (--cpu)' if args.cpu else 'mixed decode'}"
 
 
@@ -283,14 +317,20 @@ def dali_contender(args: argparse.Namespace, db: Path, load: float) -> Any:
     from dali_pipeline import make_dali_loader
 
     options = dali_options(args, load)
-    return Contender(f"dali_hw{load:g}", f"DALI pipeline alone, hw_decoder_load {load:g}", dali_how(args, load),
-                     lambda seed: make_dali_loader(db, args.batch, train=True, seed=seed, **options))
+    return Contender(
+        f"dali_hw{load:g}",
+        f"DALI pipeline alone, hw_decoder_load {load:g}",
+        dali_how(args, load),
+        lambda seed: make_dali_loader(db, args.batch, train=True, seed=seed, **options),
+    )
 
 
 def torch_how(args: argparse.Namespace) -> str:
     device = "cpu" if args.cpu else "cuda:0"
-    return (f"`make_torch_loader(workers={args.torch_workers}, device={device}, channels_last=True)`: PIL decode, "
-            f"RandomResizedCrop, flip, ToTensor, Normalize, {'' if args.cpu else 'pinned '}copy to the device")
+    return (
+        f"`make_torch_loader(workers={args.torch_workers}, device={device}, channels_last=True)`: PIL decode, "
+        f"RandomResizedCrop, flip, ToTensor, Normalize, {'' if args.cpu else 'pinned '}copy to the device"
+    )
 
 
 def torch_contender(args: argparse.Namespace, db: Path) -> Any:
@@ -301,9 +341,21 @@ def torch_contender(args: argparse.Namespace, db: Path) -> Any:
     from lmdb_io.torch_loader import make_torch_loader
 
     device = torch.device("cpu") if args.cpu else torch.device("cuda", 0)
-    return Contender("torch", f"torchvision DataLoader alone, {args.torch_workers} workers", torch_how(args),
-                     lambda seed: make_torch_loader(db, args.batch, train=True, seed=seed, workers=args.torch_workers,
-                                                    device=device, crop=args.crop, channels_last=True))
+    return Contender(
+        "torch",
+        f"torchvision DataLoader alone, {args.torch_workers} workers",
+        torch_how(args),
+        lambda seed: make_torch_loader(
+            db,
+            args.batch,
+            train=True,
+            seed=seed,
+            workers=args.torch_workers,
+            device=device,
+            crop=args.crop,
+            channels_last=True,
+        ),
+    )
 
 
 def time_loader(contender: Any, args: argparse.Namespace, data: Data) -> dict[str, Any]:
@@ -320,12 +372,24 @@ def time_loader(contender: Any, args: argparse.Namespace, data: Data) -> dict[st
     def expected(seed: int) -> list[int]:
         return epoch_plan(data.length, 0, 1, 0, seed, True, args.batch, True).indices.tolist()
 
-    rounds = run_rounds([contender], args.runs, args.batch, args.warmup_batches, expected,
-                        cores=len(os.sched_getaffinity(0)), max_foreign=1.0, sync=sync)
+    rounds = run_rounds(
+        [contender],
+        args.runs,
+        args.batch,
+        args.warmup_batches,
+        expected,
+        cores=len(os.sched_getaffinity(0)),
+        max_foreign=1.0,
+        sync=sync,
+    )
     timings = rounds.used_timings(contender.key)
-    return {"images_per_s": rounds.median_rate(contender.key),
-            "runs": [{"images_per_s": t.rate, "timed_images": t.images, "seconds": t.seconds,
-                      "host_cores_used": t.cores_used} for t in timings]}
+    return {
+        "images_per_s": rounds.median_rate(contender.key),
+        "runs": [
+            {"images_per_s": t.rate, "timed_images": t.images, "seconds": t.seconds, "host_cores_used": t.cores_used}
+            for t in timings
+        ],
+    }
 
 
 def release_dali_memory() -> None:
@@ -342,21 +406,46 @@ def release_dali_memory() -> None:
 
 # -- training rows ----------------------------------------------------------------------------------
 
-def train_command(args: argparse.Namespace, arch: str, variant: str, db: Optional[Path], out: Path) -> list[str]:
+
+def train_command(args: argparse.Namespace, arch: str, variant: str, db: Path | None, out: Path) -> list[str]:
     """train.py's command line: the same model flags for every variant, then the variant's data flags."""
-    cmd = [sys.executable, str(TRAIN_PY), "-a", arch, "-b", str(args.batch), "--crop-size", str(args.crop),
-           "--amp", "bf16", "--channels-last", "--max-steps", str(args.steps), "--print-freq", str(args.print_freq),
-           "--device", "cpu" if args.cpu else "cuda", "--output-dir", str(out)]
+    cmd = [
+        sys.executable,
+        str(TRAIN_PY),
+        "-a",
+        arch,
+        "-b",
+        str(args.batch),
+        "--crop-size",
+        str(args.crop),
+        "--amp",
+        "bf16",
+        "--channels-last",
+        "--max-steps",
+        str(args.steps),
+        "--print-freq",
+        str(args.print_freq),
+        "--device",
+        "cpu" if args.cpu else "cuda",
+        "--output-dir",
+        str(out),
+    ]
     return cmd + variant_flags(args, variant, db)
 
 
-def variant_flags(args: argparse.Namespace, variant: str, db: Optional[Path]) -> list[str]:
+def variant_flags(args: argparse.Namespace, variant: str, db: Path | None) -> list[str]:
     if variant == "synthetic":
         return ["--synthetic"]
     data = ["--loader", variant, "--lmdb", "--train", str(db)]
     if variant == "dali":
-        return data + ["-j", str(args.py_workers), "--dali-threads", str(args.dali_threads), "--hw-decoder-load",
-                       f"{args.hw_decoder_load:g}"]
+        return data + [
+            "-j",
+            str(args.py_workers),
+            "--dali-threads",
+            str(args.dali_threads),
+            "--hw-decoder-load",
+            f"{args.hw_decoder_load:g}",
+        ]
     return data + ["-j", str(args.torch_workers)]
 
 
@@ -390,16 +479,20 @@ def steady_windows(log: Path, batch: int) -> dict[str, Any]:
             continue
         images = (event["step"] - previous) * batch * event.get("world_size", 1)
         seconds = images / event["images_per_s"]
-        windows.append({"last_step": event["step"], "images": images, "seconds": seconds,
-                        "waited": event["data_wait"] * seconds})
+        windows.append(
+            {"last_step": event["step"], "images": images, "seconds": seconds, "waited": event["data_wait"] * seconds}
+        )
         previous = event["step"]
     kept = windows[1:]
     if not kept:
         raise RowFailure(f"{len(windows)} print window(s) in log.jsonl: none after the warm-up one; raise --steps")
     seconds = sum(w["seconds"] for w in kept)
-    return {"images_per_s": sum(w["images"] for w in kept) / seconds,
-            "data_wait": sum(w["waited"] for w in kept) / seconds,
-            "steps": f"{windows[0]['last_step'] + 1}-{kept[-1]['last_step']}", "windows": windows}
+    return {
+        "images_per_s": sum(w["images"] for w in kept) / seconds,
+        "data_wait": sum(w["waited"] for w in kept) / seconds,
+        "steps": f"{windows[0]['last_step'] + 1}-{kept[-1]['last_step']}",
+        "windows": windows,
+    }
 
 
 def time_training(args: argparse.Namespace, arch: str, variant: str, data: Data, timeout: float) -> dict[str, Any]:
@@ -412,6 +505,7 @@ def time_training(args: argparse.Namespace, arch: str, variant: str, data: Data,
 
 # -- rows and the table -----------------------------------------------------------------------------
 
+
 @dataclass
 class Row:
     """One line of the table; ``status`` is ok, not run or failed."""
@@ -422,9 +516,9 @@ class Row:
     how: str
     status: str = "ok"
     reason: str = ""
-    images_per_s: Optional[float] = None
-    data_wait: Optional[float] = None
-    ratio: Optional[float] = None
+    images_per_s: float | None = None
+    data_wait: float | None = None
+    ratio: float | None = None
     ratio_to: str = ""
     seconds: float = 0.0
     detail: dict[str, Any] = field(default_factory=dict)
@@ -443,13 +537,23 @@ class Check:
 def loader_checks(args: argparse.Namespace, data: Data) -> list[Check]:
     """A DALI row per ``--hw-loads`` value, then the torchvision loader."""
     least = 1.0 if args.cpu else MIN_SECONDS["loader"]
-    checks = [Check(Row("loader", f"dali_hw{load:g}", f"DALI pipeline alone, hw_decoder_load {load:g}",
-                        dali_how(args, load)), ("torch", "gpu", "lmdb", "dali", "db"), least,
-                    lambda left, load=load: time_loader(dali_contender(args, data.db, load), args, data))
-              for load in args.hw_loads]
-    checks.append(Check(Row("loader", "torch", f"torchvision DataLoader alone, {args.torch_workers} workers",
-                            torch_how(args)), ("torch", "gpu", "torchvision", "lmdb", "db"), least,
-                        lambda left: time_loader(torch_contender(args, data.db), args, data)))
+    checks = [
+        Check(
+            Row("loader", f"dali_hw{load:g}", f"DALI pipeline alone, hw_decoder_load {load:g}", dali_how(args, load)),
+            ("torch", "gpu", "lmdb", "dali", "db"),
+            least,
+            lambda left, load=load: time_loader(dali_contender(args, data.db, load), args, data),
+        )
+        for load in args.hw_loads
+    ]
+    checks.append(
+        Check(
+            Row("loader", "torch", f"torchvision DataLoader alone, {args.torch_workers} workers", torch_how(args)),
+            ("torch", "gpu", "torchvision", "lmdb", "db"),
+            least,
+            lambda left: time_loader(torch_contender(args, data.db), args, data),
+        )
+    )
     return checks
 
 
@@ -464,8 +568,14 @@ def train_checks(args: argparse.Namespace, data: Data) -> list[Check]:
             needs = ("torch", "gpu", "torchvision", "lmdb", arch) + (() if variant == "synthetic" else ("db",))
             needs += ("dali",) if variant == "dali" else ()
             how = "`train.py " + " ".join(variant_flags(args, variant, Path("DB"))) + "`"
-            checks.append(Check(Row("train", f"{arch}-{variant}", f"training {arch}, {labels[variant]}", how), needs,
-                                least, lambda left, a=arch, v=variant: time_training(args, a, v, data, left)))
+            checks.append(
+                Check(
+                    Row("train", f"{arch}-{variant}", f"training {arch}, {labels[variant]}", how),
+                    needs,
+                    least,
+                    lambda left, a=arch, v=variant: time_training(args, a, v, data, left),
+                )
+            )
     return checks
 
 
@@ -473,8 +583,11 @@ def run_check(check: Check, env: Environment, deadline: float, budget: float) ->
     """Measure one row, or say why it was not run or how it failed; never raises."""
     row = check.row
     left = deadline - time.monotonic()
-    reason = env.why_not(check.needs) or (f"time budget: {left:.0f} s of --budget left, this row needs about "
-                                          f"{check.min_seconds:.0f}" if left < check.min_seconds else None)
+    reason = env.why_not(check.needs) or (
+        f"time budget: {left:.0f} s of --budget left, this row needs about {check.min_seconds:.0f}"
+        if left < check.min_seconds
+        else None
+    )
     if reason:
         row.status, row.reason = "not run", reason
         return row
@@ -495,8 +608,11 @@ def set_ratios(rows: Sequence[Row]) -> None:
     loaders = [r for r in rows if r.kind == "loader" and r.images_per_s]
     best = max(loaders, key=lambda r: r.images_per_s, default=None)
     for r in rows:
-        base = best if r.kind == "loader" else next(
-            (s for s in rows if s.key == r.key.rsplit("-", 1)[0] + "-synthetic" and s.images_per_s), None)
+        base = (
+            best
+            if r.kind == "loader"
+            else next((s for s in rows if s.key == r.key.rsplit("-", 1)[0] + "-synthetic" and s.images_per_s), None)
+        )
         if r.images_per_s and base is not None:
             r.ratio = r.images_per_s / base.images_per_s
             r.ratio_to = "best loader" if r.kind == "loader" else "synthetic"
@@ -515,16 +631,18 @@ def render(rows: Sequence[Row], title: str) -> str:
 
 def title(env: Environment, args: argparse.Namespace, data: str, batches: int) -> str:
     sync = "torch.cuda.synchronize() before each clock read, " if not args.cpu else ""
-    return (f"### gpu_check: DALI pipeline, torchvision loader and train.py{' (CPU DRY RUN)' if args.cpu else ''}\n\n"
-            f"{machine_line(env.info, args.cpu)}\n"
-            f"Data: {data}.\n"
-            f"Loader-only rows: batch {args.batch}, crop {args.crop}, one train epoch per run ({batches} batches), "
-            f"first {args.warmup_batches} untimed, {sync}median of {args.runs} run(s), no model; ratio to the best "
-            f"loader.\n"
-            f"Training rows: `python train.py -a ARCH -b {args.batch} --crop-size {args.crop} --amp bf16 "
-            f"--channels-last --max-steps {args.steps} --print-freq {args.print_freq}` plus the flags shown (DB: the "
-            f"LMDB above); images/s and data-wait from log.jsonl over the print windows after the first (warm-up); "
-            f"ratio to the same model on --synthetic batches (which have 1000 classes).")
+    return (
+        f"### gpu_check: DALI pipeline, torchvision loader and train.py{' (CPU DRY RUN)' if args.cpu else ''}\n\n"
+        f"{machine_line(env.info, args.cpu)}\n"
+        f"Data: {data}.\n"
+        f"Loader-only rows: batch {args.batch}, crop {args.crop}, one train epoch per run ({batches} batches), "
+        f"first {args.warmup_batches} untimed, {sync}median of {args.runs} run(s), no model; ratio to the best "
+        f"loader.\n"
+        f"Training rows: `python train.py -a ARCH -b {args.batch} --crop-size {args.crop} --amp bf16 "
+        f"--channels-last --max-steps {args.steps} --print-freq {args.print_freq}` plus the flags shown (DB: the "
+        f"LMDB above); images/s and data-wait from log.jsonl over the print windows after the first (warm-up); "
+        f"ratio to the same model on --synthetic batches (which have 1000 classes)."
+    )
 
 
 def summary(rows: Sequence[Row]) -> str:
@@ -553,6 +671,7 @@ def log(message: str) -> None:
 
 # -- main -------------------------------------------------------------------------------------------
 
+
 def _floats(text: str) -> list[float]:
     values = [float(s) for s in text.split(",") if s.strip()]
     if not values or any(not 0 <= v <= 1 for v in values):
@@ -567,19 +686,34 @@ def _names(text: str) -> list[str]:
     return values
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     cores = len(os.sched_getaffinity(0))
     p = argparse.ArgumentParser(
-        prog="gpu_check.py", description=__doc__.split("\n\n")[0],
+        prog="gpu_check.py",
+        description=__doc__.split("\n\n")[0],
         epilog="Defaults: --images 16384 --steps 60 --print-freq 20 --runs 1 --budget 210 (--quick: --images 8192 "
-               "--steps 30 --print-freq 10). --cpu: --images 64 --batch 8 --crop 64 --steps 4 --print-freq 2 "
-               "--archs resnet18 --py-workers 0 --warmup-batches 2 --budget 600, device cpu.")
-    p.add_argument("--data", type=Path, metavar="DIR", help="JPEG folder (DIR/<class>/<image>, or flat: one class); "
-                                                            "default: generated JPEGs")
-    p.add_argument("--work", type=Path, metavar="DIR", help="where JPEGs, the LMDB and train.py runs go (default: a "
-                                                            "temp dir, deleted after)")
-    p.add_argument("--out", type=Path, metavar="DIR", default=Path(os.environ.get("OUT") or REPO / "bench" / "results"),
-                   help="folder for gpu_check.json (default: $OUT if set, else bench/results)")
+        "--steps 30 --print-freq 10). --cpu: --images 64 --batch 8 --crop 64 --steps 4 --print-freq 2 "
+        "--archs resnet18 --py-workers 0 --warmup-batches 2 --budget 600, device cpu.",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="JPEG folder (DIR/<class>/<image>, or flat: one class); default: generated JPEGs",
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        metavar="DIR",
+        help="where JPEGs, the LMDB and train.py runs go (default: a temp dir, deleted after)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        default=Path(os.environ.get("OUT") or REPO / "bench" / "results"),
+        help="folder for gpu_check.json (default: $OUT if set, else bench/results)",
+    )
     p.add_argument("--cpu", action="store_true", help="dry run on the CPU with tiny sizes (DALI CPU operators)")
     p.add_argument("--quick", action="store_true", help="half the images and steps")
     p.add_argument("--images", type=int, help="JPEGs in the LMDB (loader-only epoch = images / batch batches)")
@@ -588,28 +722,59 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--batch", type=int, help="batch size (default 256)")
     p.add_argument("--crop", type=int, help="crop size (default 224)")
     p.add_argument("--archs", type=_names, help="models for the training rows (default resnet50,resnet18)")
-    p.add_argument("--hw-loads", type=_floats, default=[0.65, 1.0], metavar="X,X",
-                   help="hw_decoder_load values for the DALI loader-only rows (default 0.65,1.0)")
+    p.add_argument(
+        "--hw-loads",
+        type=_floats,
+        default=[0.65, 1.0],
+        metavar="X,X",
+        help="hw_decoder_load values for the DALI loader-only rows (default 0.65,1.0)",
+    )
     p.add_argument("--hw-decoder-load", type=float, default=0.65, help="train.py --hw-decoder-load (default 0.65)")
-    p.add_argument("--py-workers", type=int, help="DALI source processes, loader-only and train.py -j (default 4, "
-                                                  "train.py's own default on a GPU)")
-    p.add_argument("--dali-threads", type=int, default=min(8, cores),
-                   help=f"DALI CPU threads (default min(8, cores) = {min(8, cores)}, train.py's default)")
-    p.add_argument("--torch-workers", type=int, default=cores,
-                   help=f"DataLoader workers, loader-only and train.py -j (default: usable cores, {cores})")
+    p.add_argument(
+        "--py-workers",
+        type=int,
+        help="DALI source processes, loader-only and train.py -j (default 4, train.py's own default on a GPU)",
+    )
+    p.add_argument(
+        "--dali-threads",
+        type=int,
+        default=min(8, cores),
+        help=f"DALI CPU threads (default min(8, cores) = {min(8, cores)}, train.py's default)",
+    )
+    p.add_argument(
+        "--torch-workers",
+        type=int,
+        default=cores,
+        help=f"DataLoader workers, loader-only and train.py -j (default: usable cores, {cores})",
+    )
     p.add_argument("--runs", type=int, default=1, help="loader-only epochs per row, median reported (default 1)")
     p.add_argument("--warmup-batches", type=int, help="untimed loader-only batches per epoch (default 5)")
     p.add_argument("--budget", type=float, help="seconds for the whole run; rows that would not fit are not run")
     args = p.parse_args(argv)
     fill_defaults(args)
-    if min(args.images, args.steps, args.print_freq, args.batch, args.crop, args.runs, args.warmup_batches,
-           args.dali_threads, args.torch_workers) < 1 or args.py_workers < 0:
+    if (
+        min(
+            args.images,
+            args.steps,
+            args.print_freq,
+            args.batch,
+            args.crop,
+            args.runs,
+            args.warmup_batches,
+            args.dali_threads,
+            args.torch_workers,
+        )
+        < 1
+        or args.py_workers < 0
+    ):
         p.error("counts must be positive (--py-workers may be 0)")
     if args.steps < 2 * args.print_freq:
         p.error("--steps must be at least 2 x --print-freq: the first print window is warm-up, left out")
     if args.images // args.batch <= args.warmup_batches:
-        p.error(f"--images {args.images} gives {args.images // args.batch} batches of {args.batch}: need more than "
-                f"--warmup-batches ({args.warmup_batches})")
+        p.error(
+            f"--images {args.images} gives {args.images // args.batch} batches of {args.batch}: need more than "
+            f"--warmup-batches ({args.warmup_batches})"
+        )
     if not 0 <= args.hw_decoder_load <= 1:
         p.error("--hw-decoder-load must be between 0 and 1")
     if args.data is not None and not args.data.is_dir():
@@ -620,11 +785,29 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def fill_defaults(args: argparse.Namespace) -> None:
     """Mode-dependent defaults for the flags left unset."""
     if args.cpu:
-        defaults = dict(images=64, batch=8, crop=64, steps=4, print_freq=2, archs=["resnet18"], py_workers=0,
-                        warmup_batches=2, budget=600.0)
+        defaults = dict(
+            images=64,
+            batch=8,
+            crop=64,
+            steps=4,
+            print_freq=2,
+            archs=["resnet18"],
+            py_workers=0,
+            warmup_batches=2,
+            budget=600.0,
+        )
     else:
-        defaults = dict(images=16384, batch=256, crop=224, steps=60, print_freq=20, archs=["resnet50", "resnet18"],
-                        py_workers=4, warmup_batches=5, budget=210.0)
+        defaults = dict(
+            images=16384,
+            batch=256,
+            crop=224,
+            steps=60,
+            print_freq=20,
+            archs=["resnet50", "resnet18"],
+            py_workers=4,
+            warmup_batches=5,
+            budget=210.0,
+        )
         if args.quick:
             defaults.update(images=8192, steps=30, print_freq=10)
     for name, value in defaults.items():
@@ -655,8 +838,12 @@ def measure(args: argparse.Namespace, env: Environment, work: Path, deadline: fl
     data = setup_data(args, env, work)
     checks = loader_checks(args, data) + train_checks(args, data)
     heading = title(env, args, data.description, (data.length or args.images) // args.batch)
-    result: dict[str, Any] = {"machine": env.info, "missing": env.missing, "data": data.description,
-                              "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    result: dict[str, Any] = {
+        "machine": env.info,
+        "missing": env.missing,
+        "data": data.description,
+        "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
     rows: list[Row] = []
     for i, check in enumerate(checks, 1):
         if check.row.kind == "train" and rows and rows[-1].kind == "loader":
@@ -671,7 +858,7 @@ def measure(args: argparse.Namespace, env: Environment, work: Path, deadline: fl
     return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     deadline = time.monotonic() + args.budget
     env = probe(args.cpu, args.archs)

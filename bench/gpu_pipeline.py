@@ -26,9 +26,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `bench`, `lmdb_io` and `dali_pipeline` importable
@@ -39,13 +40,27 @@ PROG = "gpu_pipeline"
 # Only light modules at the top (numpy, lmdb_io.shard): DALI's parallel source spawns workers that
 # re-import this file.
 try:
-    from bench.bench_loaders import (DEFAULT_SOURCE, MB, Contender, Rounds, Row, interference,
-                                     memory_source_class, render, run_rounds, spread, warm_page_cache)
+    from bench.bench_loaders import (
+        DEFAULT_SOURCE,
+        MB,
+        Contender,
+        Rounds,
+        Row,
+        interference,
+        memory_source_class,
+        render,
+        run_rounds,
+        spread,
+        warm_page_cache,
+    )
 except ImportError as exc:
     if __name__ != "__main__":
         raise
-    print(f"{PROG}: cannot import the benchmark helpers ({type(exc).__name__}: {exc}); run it with the "
-          f"project's environment (numpy, lmdb, torch, DALI)", file=sys.stderr)
+    print(
+        f"{PROG}: cannot import the benchmark helpers ({type(exc).__name__}: {exc}); run it with the "
+        f"project's environment (numpy, lmdb, torch, DALI)",
+        file=sys.stderr,
+    )
     sys.exit(2)
 SYNTHETIC_IMAGES = 256  # distinct generated JPEGs when no dataset is at hand; replicated by hard links
 
@@ -56,6 +71,7 @@ class Unavailable(Exception):
 
 # -- prerequisites ----------------------------------------------------------------------------------
 
+
 def check_environment(cpu: bool, device_id: int) -> dict[str, Any]:
     """Import what the benchmark needs and find the GPU; ``Unavailable`` with a one-line reason if not."""
     info: dict[str, Any] = {}
@@ -63,8 +79,10 @@ def check_environment(cpu: bool, device_id: int) -> dict[str, Any]:
         import nvidia.dali as dali
         from nvidia.dali import backend
     except Exception as e:  # ImportError, or a broken install raising something else
-        raise Unavailable(f"NVIDIA DALI is not importable ({type(e).__name__}: {e}); install nvidia-dali-cuda120 "
-                          f"or -cuda130 (pip) or use an NGC container") from None
+        raise Unavailable(
+            f"NVIDIA DALI is not importable ({type(e).__name__}: {e}); install nvidia-dali-cuda120 "
+            f"or -cuda130 (pip) or use an NGC container"
+        ) from None
     info["dali"] = dali.__version__
     try:
         import lmdb
@@ -80,28 +98,39 @@ def check_environment(cpu: bool, device_id: int) -> dict[str, Any]:
         info["gpu"] = "none (--cpu: DALI CPU operators)"
         return info
     if not torch.cuda.is_available():
-        raise Unavailable("no CUDA GPU visible to torch (torch.cuda.is_available() is False); run on a GPU "
-                          "machine, or pass --cpu for the CPU dry run")
+        raise Unavailable(
+            "no CUDA GPU visible to torch (torch.cuda.is_available() is False); run on a GPU "
+            "machine, or pass --cpu for the CPU dry run"
+        )
     try:
         count = backend.GetCUDADeviceCount()
     except Exception as e:
         raise Unavailable(f"DALI cannot query CUDA devices ({type(e).__name__}: {e})") from None
     if count == 0:
-        raise Unavailable("DALI sees no CUDA device (driver too old for this DALI wheel?); pass --cpu for the "
-                          "CPU dry run")
+        raise Unavailable(
+            "DALI sees no CUDA device (driver too old for this DALI wheel?); pass --cpu for the CPU dry run"
+        )
     if not 0 <= device_id < min(count, torch.cuda.device_count()):
         raise Unavailable(f"--device-id {device_id}: only {count} CUDA device(s) visible")
     torch.cuda.set_device(device_id)
     props = torch.cuda.get_device_properties(device_id)
-    info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / (1 << 30), 1),
-                cuda=torch.version.cuda, driver=_driver_version())
+    info.update(
+        gpu=props.name,
+        gpu_memory_gib=round(props.total_memory / (1 << 30), 1),
+        cuda=torch.version.cuda,
+        driver=_driver_version(),
+    )
     return info
 
 
 def _driver_version() -> str:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -112,9 +141,14 @@ def machine() -> dict[str, Any]:
         models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
     with open("/proc/meminfo") as f:
         mem_kib = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
-    return {"cpu": models[0] if models else platform.processor() or "unknown", "cores": os.cpu_count(),
-            "cores_usable": len(os.sched_getaffinity(0)), "memory_gib": round(mem_kib / (1 << 20), 1),
-            "python": platform.python_version(), "kernel": platform.release()}
+    return {
+        "cpu": models[0] if models else platform.processor() or "unknown",
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "memory_gib": round(mem_kib / (1 << 20), 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
 
 
 def available_memory() -> int:
@@ -123,6 +157,7 @@ def available_memory() -> int:
 
 
 # -- data -------------------------------------------------------------------------------------------
+
 
 def prepare_database(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
     """An lmdb_io database to read and a description of where its images came from."""
@@ -149,11 +184,13 @@ def prepare_database(args: argparse.Namespace, workdir: Path) -> tuple[Path, str
     run_checked(convert_cmd(tree, db))
     shutil.rmtree(tree.root)
     how = "hard links" if tree.linked else "copies"
-    return db, (f"{args.images} JPEGs ({tree.nbytes / MB:,.1f} MB, {how} cycling through {len(jpegs)} files of "
-                f"{origin})")
+    return db, (
+        f"{args.images} JPEGs ({tree.nbytes / MB:,.1f} MB, {how} cycling through {len(jpegs)} files of {origin})"
+    )
 
 
 # -- contenders -------------------------------------------------------------------------------------
+
 
 def make_contenders(db: Path, memory: Any, args: argparse.Namespace) -> list[Contender]:
     from dali_pipeline import DALILoader, PipelineOptions, make_dali_loader
@@ -162,29 +199,48 @@ def make_contenders(db: Path, memory: Any, args: argparse.Namespace) -> list[Con
     common = dict(num_threads=args.threads, crop=args.crop, prefetch=args.prefetch)
 
     def lmdb_loader(py_workers: int, load: float) -> Callable[[int], Iterable]:
-        return lambda seed: make_dali_loader(db, args.batch, train=True, seed=seed, device_id=device_id,
-                                             py_workers=py_workers, hw_decoder_load=load, **common)
+        return lambda seed: make_dali_loader(
+            db,
+            args.batch,
+            train=True,
+            seed=seed,
+            device_id=device_id,
+            py_workers=py_workers,
+            hw_decoder_load=load,
+            **common,
+        )
 
     def memory_loader(load: float) -> Callable[[int], Iterable]:
         def make(seed: int) -> Iterable:
             source = memory_source_class()(memory.payloads, memory.labels, args.batch, seed=seed)
-            opts = PipelineOptions(batch_size=args.batch, device_id=device_id, py_workers=0, hw_decoder_load=load,
-                                   seed=seed, **common)
+            opts = PipelineOptions(
+                batch_size=args.batch, device_id=device_id, py_workers=0, hw_decoder_load=load, seed=seed, **common
+            )
             return DALILoader(source, opts, train=True)
+
         return make
 
     decode = "CPU decode" if args.cpu else "mixed decode"
     contenders = []
     for load in args.hw_loads:
         for w in args.py_workers:
-            contenders.append(Contender(
-                f"lmdb_w{w}_hw{load:g}", f"LMDB source, py_workers={w}, hw_decoder_load={load:g}",
-                f"`make_dali_loader(device_id={device_id}, py_workers={w}, hw_decoder_load={load:g})`, {decode}",
-                lmdb_loader(w, load)))
+            contenders.append(
+                Contender(
+                    f"lmdb_w{w}_hw{load:g}",
+                    f"LMDB source, py_workers={w}, hw_decoder_load={load:g}",
+                    f"`make_dali_loader(device_id={device_id}, py_workers={w}, hw_decoder_load={load:g})`, {decode}",
+                    lmdb_loader(w, load),
+                )
+            )
         if memory is not None:
-            contenders.append(Contender(
-                f"memory_w0_hw{load:g}", f"in-memory source, py_workers=0, hw_decoder_load={load:g}",
-                f"`DALILoader(MemorySource)`, same graph, {decode}", memory_loader(load)))
+            contenders.append(
+                Contender(
+                    f"memory_w0_hw{load:g}",
+                    f"in-memory source, py_workers=0, hw_decoder_load={load:g}",
+                    f"`DALILoader(MemorySource)`, same graph, {decode}",
+                    memory_loader(load),
+                )
+            )
     return contenders
 
 
@@ -192,35 +248,52 @@ def build_rows(contenders: Sequence[Contender], rounds: Rounds) -> list[Row]:
     rows = []
     for c in contenders:
         mem_key = f"memory_w0_hw{c.key.rsplit('_hw', 1)[1]}"
-        ratio = (f"{rounds.median_ratio(c.key, mem_key):.2f}x vs memory"
-                 if mem_key in rounds.timings and c.key != mem_key else "")
+        ratio = (
+            f"{rounds.median_ratio(c.key, mem_key):.2f}x vs memory"
+            if mem_key in rounds.timings and c.key != mem_key
+            else ""
+        )
         rows.append(Row(c.what, c.how, spread(rounds, c.key), ratio, "(info)", ""))
     lmdb_keys = [c.key for c in contenders if c.key.startswith("lmdb_")]
     best = max(lmdb_keys, key=rounds.median_rate)
     mem_key = f"memory_w0_hw{best.rsplit('_hw', 1)[1]}"
     if mem_key in rounds.timings:
         cost = rounds.median_ratio(mem_key, best) - 1
-        rows.append(Row("LMDB source cost vs memory: best LMDB setting", f"`{best}` vs `{mem_key}`: time per image "
-                        f"ratio - 1, per run", f"{rounds.median_rate(best):,.0f} vs {rounds.median_rate(mem_key):,.0f}",
-                        f"{cost * 100:+.1f} %", "<= 10 %", "yes" if cost <= 0.10 else "**no**"))
+        rows.append(
+            Row(
+                "LMDB source cost vs memory: best LMDB setting",
+                f"`{best}` vs `{mem_key}`: time per image ratio - 1, per run",
+                f"{rounds.median_rate(best):,.0f} vs {rounds.median_rate(mem_key):,.0f}",
+                f"{cost * 100:+.1f} %",
+                "<= 10 %",
+                "yes" if cost <= 0.10 else "**no**",
+            )
+        )
     return rows
 
 
 def header(info: dict[str, Any], args: argparse.Namespace, data: str, rounds: Rounds, batches: int) -> str:
-    gpu = (f"GPU {info['gpu']} ({info.get('gpu_memory_gib', '?')} GiB, driver {info.get('driver', '?')}, "
-           f"CUDA {info.get('cuda', '?')})" if not args.cpu else "NO GPU: --cpu dry run on DALI CPU operators")
-    return (f"### DALI train pipeline benchmark{' (CPU DRY RUN)' if args.cpu else ''}\n\n"
-            f"Machine: {gpu}; {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
-            f"{info['memory_gib']} GiB RAM; Python {info['python']}, DALI {info['dali']}, torch {info['torch']}.\n"
-            f"Data: {data}; one LMDB ({info['db_bytes'] / MB:,.1f} MB), hot page cache.\n"
-            f"Method: one train epoch per run (batch {args.batch}, crop {args.crop}, {batches} batches, DALI threads "
-            f"{args.threads}, prefetch {args.prefetch}), first {args.warmup_batches} batches untimed, "
-            f"{'torch.cuda.synchronize() before each clock read, ' if not args.cpu else ''}contenders interleaved "
-            f"run by run on fresh pipelines; images/s is the median (min-max) of {len(rounds.used)} runs; "
-            f"pipeline only, no model. {interference(rounds, info['cores_usable'])}")
+    gpu = (
+        f"GPU {info['gpu']} ({info.get('gpu_memory_gib', '?')} GiB, driver {info.get('driver', '?')}, "
+        f"CUDA {info.get('cuda', '?')})"
+        if not args.cpu
+        else "NO GPU: --cpu dry run on DALI CPU operators"
+    )
+    return (
+        f"### DALI train pipeline benchmark{' (CPU DRY RUN)' if args.cpu else ''}\n\n"
+        f"Machine: {gpu}; {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
+        f"{info['memory_gib']} GiB RAM; Python {info['python']}, DALI {info['dali']}, torch {info['torch']}.\n"
+        f"Data: {data}; one LMDB ({info['db_bytes'] / MB:,.1f} MB), hot page cache.\n"
+        f"Method: one train epoch per run (batch {args.batch}, crop {args.crop}, {batches} batches, DALI threads "
+        f"{args.threads}, prefetch {args.prefetch}), first {args.warmup_batches} batches untimed, "
+        f"{'torch.cuda.synchronize() before each clock read, ' if not args.cpu else ''}contenders interleaved "
+        f"run by run on fresh pipelines; images/s is the median (min-max) of {len(rounds.used)} runs; "
+        f"pipeline only, no model. {interference(rounds, info['cores_usable'])}"
+    )
 
 
 # -- main -------------------------------------------------------------------------------------------
+
 
 def run_benchmark(args: argparse.Namespace, workdir: Path, info: dict[str, Any]) -> dict[str, Any]:
     from lmdb_io.database import ImageDatabase
@@ -233,14 +306,18 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, info: dict[str, Any])
     length = len(ImageDatabase(db, verify=False))
     batches = length // args.batch
     if batches <= args.warmup_batches:
-        raise Unavailable(f"{length} images give {batches} batches of {args.batch}: need more than "
-                          f"--warmup-batches ({args.warmup_batches}); raise --images")
+        raise Unavailable(
+            f"{length} images give {batches} batches of {args.batch}: need more than "
+            f"--warmup-batches ({args.warmup_batches}); raise --images"
+        )
     info["db_bytes"] = os.path.getsize(db / "data.mdb")
     memory = None
     if args.memory:
         if info["db_bytes"] * 2 > available_memory():
-            log(f"{PROG}: the database ({info['db_bytes'] / MB:,.0f} MB) does not fit twice in free memory; "
-                f"no in-memory rows")
+            log(
+                f"{PROG}: the database ({info['db_bytes'] / MB:,.0f} MB) does not fit twice in free memory; "
+                f"no in-memory rows"
+            )
         else:
             memory = memory_source_class().from_database(db, args.batch)
     sync = None
@@ -254,20 +331,44 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, info: dict[str, Any])
 
     contenders = make_contenders(db, memory, args)
     cores = len(os.sched_getaffinity(0))
-    rounds = run_rounds(contenders, args.runs, args.batch, args.warmup_batches, expected, cores=cores,
-                        max_foreign=1.0, sync=sync, log=log)
+    rounds = run_rounds(
+        contenders,
+        args.runs,
+        args.batch,
+        args.warmup_batches,
+        expected,
+        cores=cores,
+        max_foreign=1.0,
+        sync=sync,
+        log=log,
+    )
     rows = build_rows(contenders, rounds)
     table = render(rows, header(info, args, data, rounds, batches))
-    return {"machine": info, "table": table, "data": data,
-            "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "images_in_db": length, "batches_per_epoch": batches,
-            "median_images_per_s": {c.key: rounds.median_rate(c.key) for c in contenders},
-            "runs": {key: [{"batches": t.batches, "timed_images": t.images, "seconds": t.seconds,
-                            "images_per_s": t.rate, "host_cores_used": t.cores_used,
-                            "others_cpu_share": t.foreign_share(cores)} for t in ts]
-                     for key, ts in rounds.timings.items()},
-            "contenders": {c.key: {"what": c.what, "how": c.how} for c in contenders},
-            "rows": [asdict(r) for r in rows]}
+    return {
+        "machine": info,
+        "table": table,
+        "data": data,
+        "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "images_in_db": length,
+        "batches_per_epoch": batches,
+        "median_images_per_s": {c.key: rounds.median_rate(c.key) for c in contenders},
+        "runs": {
+            key: [
+                {
+                    "batches": t.batches,
+                    "timed_images": t.images,
+                    "seconds": t.seconds,
+                    "images_per_s": t.rate,
+                    "host_cores_used": t.cores_used,
+                    "others_cpu_share": t.foreign_share(cores),
+                }
+                for t in ts
+            ]
+            for key, ts in rounds.timings.items()
+        },
+        "contenders": {c.key: {"what": c.what, "how": c.how} for c in contenders},
+        "rows": [asdict(r) for r in rows],
+    }
 
 
 def _ints(text: str) -> list[int]:
@@ -284,22 +385,36 @@ def _loads(text: str) -> list[float]:
     return list(dict.fromkeys(values))
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     cores = len(os.sched_getaffinity(0))
-    p = argparse.ArgumentParser(prog="gpu_pipeline.py", description=__doc__.split("\n\n")[0],
-                                epilog="--cpu changes the defaults to: --images 384 --batch 32 --py-workers 0,1 "
-                                       "--runs 1 --warmup-batches 2 --threads 2 --crop 64")
-    p.add_argument("--data", type=Path, metavar="DIR",
-                   help="JPEG folder (DIR/<class>/<image>, any depth), or an existing lmdb_io database "
-                        "(used as is); default: hymenoptera beside the checkout, else generated JPEGs")
-    p.add_argument("--images", type=int, help="JPEGs in the database, cycling through the folder's files by hard "
-                                               "links (default 32768)")
+    p = argparse.ArgumentParser(
+        prog="gpu_pipeline.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="--cpu changes the defaults to: --images 384 --batch 32 --py-workers 0,1 "
+        "--runs 1 --warmup-batches 2 --threads 2 --crop 64",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="JPEG folder (DIR/<class>/<image>, any depth), or an existing lmdb_io database "
+        "(used as is); default: hymenoptera beside the checkout, else generated JPEGs",
+    )
+    p.add_argument(
+        "--images",
+        type=int,
+        help="JPEGs in the database, cycling through the folder's files by hard links (default 32768)",
+    )
     p.add_argument("--batch", type=int, help="batch size (default 256)")
     p.add_argument("--crop", type=int, help="train crop size (default 224)")
     p.add_argument("--py-workers", type=_ints, metavar="N,N", help="parallel-source worker counts (default 0,4,8)")
-    p.add_argument("--hw-loads", type=_loads, default=[0.65, 1.0], metavar="X,X",
-                   help="hw_decoder_load values (default 0.65,1.0; no effect with --cpu or without a hardware "
-                        "JPEG decoder)")
+    p.add_argument(
+        "--hw-loads",
+        type=_loads,
+        default=[0.65, 1.0],
+        metavar="X,X",
+        help="hw_decoder_load values (default 0.65,1.0; no effect with --cpu or without a hardware JPEG decoder)",
+    )
     p.add_argument("--threads", type=int, help=f"DALI CPU threads (default min(8, usable cores) = {min(8, cores)})")
     p.add_argument("--prefetch", type=int, default=2, help="pipeline prefetch queue depth (default 2)")
     p.add_argument("--runs", type=int, help="timed runs per contender; the median is reported (default 3)")
@@ -307,15 +422,22 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the in-memory source rows")
     p.add_argument("--device-id", type=int, default=0, help="CUDA device (default 0)")
     p.add_argument("--cpu", action="store_true", help="dry run: device_id=None (DALI CPU operators), tiny sizes")
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results",
-                   help="folder for gpu_pipeline.json and gpu_pipeline.md (default bench/results)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "bench" / "results",
+        help="folder for gpu_pipeline.json and gpu_pipeline.md (default bench/results)",
+    )
     p.add_argument("--workdir", type=Path, help="where the tree and database go (default: a temp dir, deleted after)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-run log on stderr")
     args = p.parse_args(argv)
-    defaults = (dict(images=384, batch=32, crop=64, py_workers=[0, 1], runs=1, warmup_batches=2, threads=min(2, cores))
-                if args.cpu else
-                dict(images=32768, batch=256, crop=224, py_workers=[0, 4, 8], runs=3, warmup_batches=5,
-                     threads=min(8, cores)))
+    defaults = (
+        dict(images=384, batch=32, crop=64, py_workers=[0, 1], runs=1, warmup_batches=2, threads=min(2, cores))
+        if args.cpu
+        else dict(
+            images=32768, batch=256, crop=224, py_workers=[0, 4, 8], runs=3, warmup_batches=5, threads=min(8, cores)
+        )
+    )
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -326,7 +448,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         info = {**machine(), **check_environment(args.cpu, args.device_id)}

@@ -22,8 +22,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -32,12 +33,19 @@ from lmdb_io.synthetic import make_image_folder  # noqa: E402
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
     import torch
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+    cores = len(os.sched_getaffinity(0))
+    return f"{cpu}, {cores} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def python(*args: str) -> None:
@@ -55,22 +63,41 @@ def train_rows(data: Path, work: Path, steps: int, gpu: bool) -> list[dict[str, 
     db = work / "train.lmdb"
     python("convert.py", "--dataset", str(data), "-o", str(db), "-q", "--overwrite")
     crop, batch = (224, 256) if gpu else (112, 32)
-    common = ["-a", "resnet18", "-b", str(batch), "--crop-size", str(crop), "--max-steps", str(steps),
-              "--print-freq", str(max(1, steps // 3)), "--epochs", "1000"]
+    common = [
+        "-a",
+        "resnet18",
+        "-b",
+        str(batch),
+        "--crop-size",
+        str(crop),
+        "--max-steps",
+        str(steps),
+        "--print-freq",
+        str(max(1, steps // 3)),
+        "--epochs",
+        "1000",
+    ]
     if gpu:
         common += ["--amp", "bf16", "--channels-last"]
-    variants = {"synthetic": ["--synthetic", "--lmdb", "--train", str(db)],
-                "dali": ["--loader", "dali", "--lmdb", "--train", str(db)],
-                "torch": ["--loader", "torch", "--lmdb", "--train", str(db)]}
+    variants = {
+        "synthetic": ["--synthetic", "--lmdb", "--train", str(db)],
+        "dali": ["--loader", "dali", "--lmdb", "--train", str(db)],
+        "torch": ["--loader", "torch", "--lmdb", "--train", str(db)],
+    }
     rows = []
     for name, flags in variants.items():
         out = work / f"train-{name}"
         python("train.py", *flags, *common, "--output-dir", str(out))
         windows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
         windows = [w for w in windows if w["event"] == "train"][1:]
-        rows.append({"what": f"train: resnet18, {name}", "how": f"train.py {' '.join(flags[:-2])} -b {batch}, crop "
-                     f"{crop}, {steps} steps", "images_per_s": statistics.median(w["images_per_s"] for w in windows),
-                     "data_wait": statistics.median(w["data_wait"] for w in windows)})
+        rows.append(
+            {
+                "what": f"train: resnet18, {name}",
+                "how": f"train.py {' '.join(flags[:-2])} -b {batch}, crop {crop}, {steps} steps",
+                "images_per_s": statistics.median(w["images_per_s"] for w in windows),
+                "data_wait": statistics.median(w["data_wait"] for w in windows),
+            }
+        )
     synthetic = rows[0]["images_per_s"]
     for row in rows:
         row["ratio"] = f"{row['images_per_s'] / synthetic:.2f}x vs synthetic"
@@ -83,8 +110,11 @@ def chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bars = [(r["what"], r["images_per_s"]) for r in rows if isinstance(r.get("images_per_s"), (int, float))
-            and not r["what"].startswith(("convert", "random read"))]  # loaders and training: images/s
+    bars = [
+        (r["what"], r["images_per_s"])
+        for r in rows
+        if isinstance(r.get("images_per_s"), (int, float)) and not r["what"].startswith(("convert", "random read"))
+    ]  # loaders and training: images/s
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(bars) + 1.5))
     ax.barh([b[0] for b in bars][::-1], [b[1] for b in bars][::-1], color="#76b900")
     for i, (_, value) in enumerate(bars[::-1]):
@@ -101,7 +131,7 @@ def _rate(text: str) -> Any:
     return float(match.group(1).replace(",", "")) if match else text
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -115,20 +145,54 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         work = Path(tmp)
         data = args.data or demo_data(work)
         runs = "1" if args.quick else "3"
-        python("bench/bench_lmdb.py", "--source", str(data), "--images", "500" if args.quick else "5000", "--runs",
-               runs, "--rss-sizes", "500,2000" if args.quick else "5000,20000", "--json", str(work / "lmdb.json"))
-        python("bench/bench_loaders.py", "--source", str(data), "--images", "256" if args.quick else "2048",
-               "--runs", runs, "--quiet-wait", "0" if args.quick else "60", "--json", str(work / "loaders.json"))
+        python(
+            "bench/bench_lmdb.py",
+            "--source",
+            str(data),
+            "--images",
+            "500" if args.quick else "5000",
+            "--runs",
+            runs,
+            "--rss-sizes",
+            "500,2000" if args.quick else "5000,20000",
+            "--json",
+            str(work / "lmdb.json"),
+        )
+        python(
+            "bench/bench_loaders.py",
+            "--source",
+            str(data),
+            "--images",
+            "256" if args.quick else "2048",
+            "--runs",
+            runs,
+            "--quiet-wait",
+            "0" if args.quick else "60",
+            "--json",
+            str(work / "loaders.json"),
+        )
         rows: list[dict[str, Any]] = []
         for name in ("lmdb.json", "loaders.json"):
             for row in json.loads((work / name).read_text())["rows"]:
                 value = row.get("images_per_s") or row.get("result", "")
-                rows.append({"what": row["what"], "how": row["how"], "images_per_s": _rate(value),
-                             "mb_per_s": row.get("mb_per_s", ""), "ratio": row.get("ratio", ""), "data_wait": None})
+                rows.append(
+                    {
+                        "what": row["what"],
+                        "how": row["how"],
+                        "images_per_s": _rate(value),
+                        "mb_per_s": row.get("mb_per_s", ""),
+                        "ratio": row.get("ratio", ""),
+                        "data_wait": None,
+                    }
+                )
         rows += train_rows(data, work, 6 if args.quick else 30, gpu)
     title = f"make bench on {data}: {machine()}"
-    lines = [f"### {title}", "", "| what | how | images/s (reads/s) | MB/s | ratio | data-wait |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"### {title}",
+        "",
+        "| what | how | images/s (reads/s) | MB/s | ratio | data-wait |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ips = r["images_per_s"]
         rate = f"{ips:,.0f}" if isinstance(ips, (int, float)) else ips

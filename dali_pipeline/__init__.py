@@ -9,8 +9,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_LAZY = {"DALILoader": ".loader", "DALIFolderLoader": ".loader", "make_dali_loader": ".loader", "PipelineOptions": ".pipelines",
-         "build_pipeline": ".pipelines", "LMDBSource": ".source", "ShardedSource": ".source"}
+_LAZY = {
+    "DALILoader": ".loader",
+    "DALIFolderLoader": ".loader",
+    "make_dali_loader": ".loader",
+    "PipelineOptions": ".pipelines",
+    "build_pipeline": ".pipelines",
+    "LMDBSource": ".source",
+    "ShardedSource": ".source",
+}
 
 __all__ = list(_LAZY)
 

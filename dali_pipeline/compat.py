@@ -10,7 +10,7 @@ import functools
 from typing import Any
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _argument_names(schema_name: str) -> frozenset[str]:
     from nvidia.dali import backend
 

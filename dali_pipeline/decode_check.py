@@ -6,7 +6,7 @@ pipeline (DALI pipelines do not recover from an operator error), so every bad re
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
@@ -32,8 +32,14 @@ class _Decoder:
 
     def decodes(self, payloads: Sequence[np.ndarray]) -> bool:
         if self.pipe is None:
-            self.pipe = _decode_pipeline(batch_size=self.batch_size, num_threads=self.num_threads, device_id=None,
-                                         exec_async=False, exec_pipelined=False, prefetch_queue_depth=1)
+            self.pipe = _decode_pipeline(
+                batch_size=self.batch_size,
+                num_threads=self.num_threads,
+                device_id=None,
+                exec_async=False,
+                exec_pipelined=False,
+                prefetch_queue_depth=1,
+            )
             self.pipe.build()
         try:
             self.pipe.feed_input("encoded", list(payloads))
@@ -47,8 +53,9 @@ class _Decoder:
             return False
 
 
-def undecodable_records(db: ImageDatabase, indices: Iterable[int], batch_size: int = 64,
-                        num_threads: int = 2) -> list[tuple[int, str]]:
+def undecodable_records(
+    db: ImageDatabase, indices: Iterable[int], batch_size: int = 64, num_threads: int = 2
+) -> list[tuple[int, str]]:
     """(index, reason) for each record among ``indices`` that DALI's CPU decoder rejects."""
     decoder = _Decoder(batch_size, num_threads)
     bad: list[tuple[int, str]] = []
@@ -58,7 +65,7 @@ def undecodable_records(db: ImageDatabase, indices: Iterable[int], batch_size: i
         payloads = [np.frombuffer(db.read(i)[0], dtype=np.uint8) for i in chunk]
         if decoder.decodes(payloads):
             return
-        for i, payload in zip(chunk, payloads):
+        for i, payload in zip(chunk, payloads, strict=True):
             if not decoder.decodes([payload]):
                 bad.append((i, f"record {db.key(i).decode()}: does not decode with DALI's CPU decoder"))
 

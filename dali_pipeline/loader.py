@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from lmdb_io.batch import Batch
 
@@ -29,8 +29,13 @@ class DALILoader:
 
         self.source, self.opts = source, opts
         self.pipeline = build_pipeline(source, opts, train)
-        self._iterator = DALIGenericIterator(self.pipeline, list(OUTPUT_NAMES), auto_reset=True,
-                                             last_batch_policy=LastBatchPolicy.DROP, prepare_first_batch=False)
+        self._iterator = DALIGenericIterator(
+            self.pipeline,
+            list(OUTPUT_NAMES),
+            auto_reset=True,
+            last_batch_policy=LastBatchPolicy.DROP,
+            prepare_first_batch=False,
+        )
         self._epoch = source.first_epoch
 
     def __len__(self) -> int:
@@ -50,8 +55,14 @@ class DALIFolderLoader:
 
         self.pipeline = build_folder_pipeline(root, opts, train, rank, world_size)
         policy = LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL
-        self._iterator = DALIGenericIterator(self.pipeline, list(OUTPUT_NAMES), reader_name=FILE_READER_NAME,
-                                             auto_reset=True, last_batch_policy=policy, prepare_first_batch=False)
+        self._iterator = DALIGenericIterator(
+            self.pipeline,
+            list(OUTPUT_NAMES),
+            reader_name=FILE_READER_NAME,
+            auto_reset=True,
+            last_batch_policy=policy,
+            prepare_first_batch=False,
+        )
 
     def __len__(self) -> int:
         return len(self._iterator)
@@ -60,17 +71,37 @@ class DALIFolderLoader:
         return _batches(self._iterator)
 
 
-def make_dali_loader(path: str | os.PathLike, batch_size: int, *, train: bool, rank: int = 0, world_size: int = 1,
-                     seed: int = 0, device_id: int | None = None, first_epoch: int = 0, skip: int = 0,
-                     verify: bool = True, **options) -> DALILoader:
+def make_dali_loader(
+    path: str | os.PathLike,
+    batch_size: int,
+    *,
+    train: bool,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    device_id: int | None = None,
+    first_epoch: int = 0,
+    skip: int = 0,
+    verify: bool = True,
+    **options,
+) -> DALILoader:
     """The DALI loader for one rank (global ``rank``): train drops the shard's remainder, val pads and masks.
 
     ``options`` are ``PipelineOptions`` fields (threads, py_workers, crop, hw_decoder_load, ...). On a
     GPU the source runs in Python workers unless ``py_workers=0`` is given.
     """
     options.setdefault("py_workers", 4 if device_id is not None else 0)
-    source = LMDBSource(path, batch_size, rank=rank, world_size=world_size, seed=seed, shuffle=train,
-                        drop_last=train, first_epoch=first_epoch, skip=skip, verify=verify)
+    source = LMDBSource(
+        path,
+        batch_size,
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+        shuffle=train,
+        drop_last=train,
+        first_epoch=first_epoch,
+        skip=skip,
+        verify=verify,
+    )
     opts = PipelineOptions(batch_size=batch_size, device_id=device_id, seed=seed + rank, **options)
     return DALILoader(source, opts, train)
-

@@ -8,7 +8,7 @@ Environment on first use.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +28,19 @@ class ShardedSource:
     bytes come from (``read``).
     """
 
-    def __init__(self, length: int, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = True, first_epoch: int = 0, skip: int = 0) -> None:
+    def __init__(
+        self,
+        length: int,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        first_epoch: int = 0,
+        skip: int = 0,
+    ) -> None:
         self.length = length
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
@@ -37,8 +48,10 @@ class ShardedSource:
         self.first_epoch, self.skip = first_epoch, skip
         self._plans: dict[int, Shard] = {}
         if self.num_batches(first_epoch) <= 0:
-            raise ValueError(f"{length} images over {world_size} ranks give no whole batch of {batch_size} per rank; "
-                             f"lower the batch size")
+            raise ValueError(
+                f"{length} images over {world_size} ranks give no whole batch of {batch_size} per rank; "
+                f"lower the batch size"
+            )
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -53,12 +66,21 @@ class ShardedSource:
         """This rank's samples for an absolute epoch number (cached: one permutation per epoch)."""
         plan = self._plans.get(epoch)
         if plan is None:
-            plan = epoch_plan(self.length, self.rank, self.world_size, epoch, self.seed, self.shuffle,
-                              self.batch_size, self.drop_last, self.skip if epoch == self.first_epoch else 0)
+            plan = epoch_plan(
+                self.length,
+                self.rank,
+                self.world_size,
+                epoch,
+                self.seed,
+                self.shuffle,
+                self.batch_size,
+                self.drop_last,
+                self.skip if epoch == self.first_epoch else 0,
+            )
             self._plans = {epoch: plan}
         return plan
 
-    def num_batches(self, epoch: Optional[int] = None) -> int:
+    def num_batches(self, epoch: int | None = None) -> int:
         return len(self.plan(self.first_epoch if epoch is None else epoch)) // self.batch_size
 
     def __call__(self, sample_info: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -68,8 +90,12 @@ class ShardedSource:
             raise StopIteration
         index = int(plan.indices[i])
         payload, label = self.read(index)
-        return (np.frombuffer(payload, dtype=np.uint8), np.array(label, dtype=np.int64),
-                np.array(index, dtype=np.int64), np.array(not plan.is_padding[i], dtype=np.uint8))
+        return (
+            np.frombuffer(payload, dtype=np.uint8),
+            np.array(label, dtype=np.int64),
+            np.array(index, dtype=np.int64),
+            np.array(not plan.is_padding[i], dtype=np.uint8),
+        )
 
 
 class LMDBSource(ShardedSource):

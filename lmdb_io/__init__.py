@@ -11,16 +11,27 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from .errors import (ConvertError, CorruptRecordError, IncompleteDatabaseError, LmdbIoError,  # noqa: E402
-                     NotADatabaseError)
+from .errors import ConvertError, CorruptRecordError, IncompleteDatabaseError, LmdbIoError, NotADatabaseError  # noqa: E402
 
 _LAZY = {
-    "ImageDatabase": ".database", "open_database": ".database", "shared_env": ".env",
-    "ImageFormat": ".record", "Shard": ".shard", "shard_indices": ".shard", "ImageFolderLMDB": ".dataset",
+    "ImageDatabase": ".database",
+    "open_database": ".database",
+    "shared_env": ".env",
+    "ImageFormat": ".record",
+    "Shard": ".shard",
+    "shard_indices": ".shard",
+    "ImageFolderLMDB": ".dataset",
 }
 
-__all__ = ["ConvertError", "CorruptRecordError", "IncompleteDatabaseError", "LmdbIoError", "NotADatabaseError",
-           "__version__", *_LAZY]
+__all__ = [
+    "ConvertError",
+    "CorruptRecordError",
+    "IncompleteDatabaseError",
+    "LmdbIoError",
+    "NotADatabaseError",
+    "__version__",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -10,8 +10,8 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -37,6 +37,7 @@ def _run(prog: str, body: Callable[[], int]) -> int:
 
 # -- convert ----------------------------------------------------------------------------------------
 
+
 def convert_parser() -> argparse.ArgumentParser:
     from .converter import ConvertOptions
 
@@ -44,42 +45,80 @@ def convert_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="convert.py",
         description="Convert an ImageFolder tree (DIR/<class>/<image>) into one LMDB database of raw encoded "
-                    "images with labels, for ImageFolderLMDB and the DALI loader.",
+        "images with labels, for ImageFolderLMDB and the DALI loader.",
         epilog="Example: python convert.py --dataset /data/imagenet/train -o /ssd/imagenet-train.lmdb\n"
-               "         python convert.py --dataset /data/imagenet/val -o /ssd/imagenet-val.lmdb "
-               "--classes-from /ssd/imagenet-train.lmdb",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, metavar="DIR",
-                   help="dataset root: class subfolders holding images (any depth), or the base of --file-list paths")
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="database directory to create (data.mdb inside); may exist if empty")
-    p.add_argument("--file-list", metavar="CSV",
-                   help="read 'relative path,class name' rows instead of scanning class folders "
-                        "(e.g. ImageNet's flat val folder with its labels)")
-    p.add_argument("--classes-from", metavar="TRAIN_DB",
-                   help="number classes as in this existing database, so train and val labels agree even when "
-                        "a class is missing here; a class it does not know is an error")
-    p.add_argument("--workers", type=int, default=default_workers, metavar="N",
-                   help=f"threads reading and checking files in parallel (default: {default_workers})")
-    p.add_argument("--verify-decode", action="store_true",
-                   help="fully decode every image with Pillow and skip those that fail (slower; default checks "
-                        "are structural: format sniffing, header parse, JPEG end-of-image marker)")
-    p.add_argument("--keep-format", action="store_true",
-                   help="store decodable non-JPEG images (PNG, GIF, CMYK JPEG, ...) as they are instead of "
-                        "transcoding them to RGB JPEG at quality 95")
+        "         python convert.py --dataset /data/imagenet/val -o /ssd/imagenet-val.lmdb "
+        "--classes-from /ssd/imagenet-train.lmdb",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--dataset",
+        required=True,
+        metavar="DIR",
+        help="dataset root: class subfolders holding images (any depth), or the base of --file-list paths",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="database directory to create (data.mdb inside); may exist if empty",
+    )
+    p.add_argument(
+        "--file-list",
+        metavar="CSV",
+        help="read 'relative path,class name' rows instead of scanning class folders "
+        "(e.g. ImageNet's flat val folder with its labels)",
+    )
+    p.add_argument(
+        "--classes-from",
+        metavar="TRAIN_DB",
+        help="number classes as in this existing database, so train and val labels agree even when "
+        "a class is missing here; a class it does not know is an error",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers,
+        metavar="N",
+        help=f"threads reading and checking files in parallel (default: {default_workers})",
+    )
+    p.add_argument(
+        "--verify-decode",
+        action="store_true",
+        help="fully decode every image with Pillow and skip those that fail (slower; default checks "
+        "are structural: format sniffing, header parse, JPEG end-of-image marker)",
+    )
+    p.add_argument(
+        "--keep-format",
+        action="store_true",
+        help="store decodable non-JPEG images (PNG, GIF, CMYK JPEG, ...) as they are instead of "
+        "transcoding them to RGB JPEG at quality 95",
+    )
     group = p.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true", help="replace an existing database in OUT")
-    group.add_argument("--resume", action="store_true",
-                       help="finish an interrupted conversion into OUT without redoing committed images")
-    p.add_argument("--report", metavar="FILE.json",
-                   help="write counts, bytes, seconds and every skipped or transcoded file with its reason")
-    p.add_argument("--commit-every", type=int, default=1000, metavar="N",
-                   help="images per write transaction (default: 1000; also committed every 16 MB)")
+    group.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted conversion into OUT without redoing committed images",
+    )
+    p.add_argument(
+        "--report",
+        metavar="FILE.json",
+        help="write counts, bytes, seconds and every skipped or transcoded file with its reason",
+    )
+    p.add_argument(
+        "--commit-every",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="images per write transaction (default: 1000; also committed every 16 MB)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
 
-def convert_main(argv: Optional[Sequence[str]] = None) -> int:
+def convert_main(argv: Sequence[str] | None = None) -> int:
     from .converter import ConvertOptions, convert, write_report
 
     parser = convert_parser()
@@ -89,11 +128,19 @@ def convert_main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.filterwarnings("ignore", module=r"PIL\..*")  # odd files are reported, not warned about
 
     def body() -> int:
-        opts = ConvertOptions(dataset=args.dataset, output=args.output, file_list=args.file_list,
-                              classes_from=args.classes_from, workers=args.workers,
-                              verify_decode=args.verify_decode, keep_format=args.keep_format,
-                              overwrite=args.overwrite, resume=args.resume, commit_every=args.commit_every,
-                              progress=not args.quiet)
+        opts = ConvertOptions(
+            dataset=args.dataset,
+            output=args.output,
+            file_list=args.file_list,
+            classes_from=args.classes_from,
+            workers=args.workers,
+            verify_decode=args.verify_decode,
+            keep_format=args.keep_format,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            commit_every=args.commit_every,
+            progress=not args.quiet,
+        )
         report = convert(opts)
         if args.report:
             write_report(report, args.report)
@@ -109,33 +156,42 @@ def convert_main(argv: Optional[Sequence[str]] = None) -> int:
 
 # -- info / verify ----------------------------------------------------------------------------------
 
+
 def _info(path: str, as_json: bool) -> int:
     from .database import open_database
 
     db = open_database(path)
     counts = db.meta["counts"]
     summary = {
-        "path": path, "format": db.meta["format"], "schema_version": db.meta["schema_version"],
-        "images": len(db), "classes": len(db.classes), "payload_bytes": db.meta["payload_bytes"],
-        "file_bytes": db.file_bytes(), "stored_original": counts["stored_original"],
-        "stored_transcoded": counts["stored_transcoded"], "skipped_at_conversion": counts["skipped"],
+        "path": path,
+        "format": db.meta["format"],
+        "schema_version": db.meta["schema_version"],
+        "images": len(db),
+        "classes": len(db.classes),
+        "payload_bytes": db.meta["payload_bytes"],
+        "file_bytes": db.file_bytes(),
+        "stored_original": counts["stored_original"],
+        "stored_transcoded": counts["stored_transcoded"],
+        "skipped_at_conversion": counts["skipped"],
         "tool_version": db.meta["tool_version"],
-        "per_class": dict(zip(db.classes, counts["per_class"])),
+        "per_class": dict(zip(db.classes, counts["per_class"], strict=True)),
     }
     if as_json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return 0
     print(f"{path}: {db.meta['format']} schema v{db.meta['schema_version']} (lmdb_io {db.meta['tool_version']})")
-    print(f"  images   {len(db)} ({counts['stored_original']} original, {counts['stored_transcoded']} transcoded; "
-          f"{counts['skipped']} skipped at conversion)")
+    print(
+        f"  images   {len(db)} ({counts['stored_original']} original, {counts['stored_transcoded']} transcoded; "
+        f"{counts['skipped']} skipped at conversion)"
+    )
     print(f"  bytes    {db.meta['payload_bytes'] / 1e6:.1f} MB of images, {db.file_bytes() / 1e6:.1f} MB on disk")
     names = db.classes
-    shown = ", ".join(f"{c} ({n})" for c, n in list(zip(names, counts["per_class"]))[:10])
+    shown = ", ".join(f"{c} ({n})" for c, n in list(zip(names, counts["per_class"], strict=True))[:10])
     print(f"  classes  {len(names)}: {shown}{', ...' if len(names) > 10 else ''}")
     return 0
 
 
-def _check_record(db, index: int, decode: bool) -> Optional[str]:
+def _check_record(db, index: int, decode: bool) -> str | None:
     from .errors import CorruptRecordError
 
     try:
@@ -159,10 +215,11 @@ def _verify(path: str, decode: bool, workers: int, quiet: bool) -> int:
 
     db = open_database(path)
     problems: list[tuple[int, str]] = []
-    with ThreadPoolExecutor(max(1, workers)) as pool, \
-            tqdm(total=len(db), unit="img", desc="verify", disable=quiet, mininterval=0.5) as bar:
-        for index, problem in enumerate(pool.map(lambda i: _check_record(db, i, decode), range(len(db)),
-                                                 chunksize=64)):
+    with (
+        ThreadPoolExecutor(max(1, workers)) as pool,
+        tqdm(total=len(db), unit="img", desc="verify", disable=quiet, mininterval=0.5) as bar,
+    ):
+        for index, problem in enumerate(pool.map(lambda i: _check_record(db, i, decode), range(len(db)), chunksize=64)):
             if problem:
                 problems.append((index, problem))
             bar.update(1)
@@ -185,6 +242,7 @@ def _dali_decode_check(db, workers: int) -> tuple[list[tuple[int, str]], str]:
     """Decode every record with DALI's CPU decoder too, when DALI is installed (it decides at training)."""
     try:
         import nvidia.dali
+
         from dali_pipeline.decode_check import undecodable_records
     except ImportError:
         return [], " (DALI not installed: its decoder was not tried)"
@@ -200,15 +258,23 @@ def lmdb_io_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     verify = sub.add_parser("verify", help="check every record's header, checksum and label")
     verify.add_argument("db", metavar="DB", help="database directory")
-    verify.add_argument("--decode", action="store_true",
-                        help="also decode every image with Pillow and, when installed, DALI's CPU decoder")
-    verify.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
-                        help="threads checking records (default: all cores)")
+    verify.add_argument(
+        "--decode",
+        action="store_true",
+        help="also decode every image with Pillow and, when installed, DALI's CPU decoder",
+    )
+    verify.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="threads checking records (default: all cores)",
+    )
     verify.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
 
-def lmdb_io_main(argv: Optional[Sequence[str]] = None) -> int:
+def lmdb_io_main(argv: Sequence[str] | None = None) -> int:
     args = lmdb_io_parser().parse_args(argv)
     if args.command == "info":
         return _run("lmdb_io info", lambda: _info(args.db, args.json))

@@ -17,9 +17,10 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import lmdb
 from tqdm import tqdm
@@ -46,8 +47,8 @@ class ConvertInterrupted(LmdbIoError):
 class ConvertOptions:
     dataset: str
     output: str
-    file_list: Optional[str] = None
-    classes_from: Optional[str] = None
+    file_list: str | None = None
+    classes_from: str | None = None
     workers: int = min(16, 2 * (os.cpu_count() or 1))
     verify_decode: bool = False
     keep_format: bool = False
@@ -83,16 +84,21 @@ class ConvertReport:
     def summary(self) -> str:
         rate = (self.scanned - self.reused) / self.seconds if self.seconds else 0.0
         mbs = self.bytes_in / 1e6 / self.seconds if self.seconds and not self.reused else 0.0
-        line = (f"{self.output}: stored {self.stored} images ({self.stored_original} original, "
-                f"{self.stored_transcoded} transcoded), skipped {len(self.skipped)}")
+        line = (
+            f"{self.output}: stored {self.stored} images ({self.stored_original} original, "
+            f"{self.stored_transcoded} transcoded), skipped {len(self.skipped)}"
+        )
         if self.reused:
             line += f", reused {self.reused} from the interrupted run"
-        line += (f"; {self.bytes_in / 1e6:.1f} MB in, {self.bytes_out / 1e6:.1f} MB out; "
-                 f"{self.seconds:.1f} s ({rate:.0f} img/s")
+        line += (
+            f"; {self.bytes_in / 1e6:.1f} MB in, {self.bytes_out / 1e6:.1f} MB out; "
+            f"{self.seconds:.1f} s ({rate:.0f} img/s"
+        )
         return line + (f", {mbs:.0f} MB/s)" if mbs else ")")
 
 
 # -- output directory -------------------------------------------------------------------------------
+
 
 def _inside(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
@@ -108,12 +114,15 @@ def _prepare_output(opts: ConvertOptions) -> None:
     entries = set(os.listdir(out)) if os.path.isdir(out) else set()
     if entries and not opts.resume:
         if not opts.overwrite:
-            raise ConvertError(f"output {opts.output} is not empty; pass --overwrite to replace it or --resume "
-                               f"to finish an interrupted conversion")
+            raise ConvertError(
+                f"output {opts.output} is not empty; pass --overwrite to replace it or --resume "
+                f"to finish an interrupted conversion"
+            )
         foreign = sorted(entries - _LMDB_FILES)
         if foreign:
-            raise ConvertError(f"refusing to --overwrite {opts.output}: it holds files that are not an LMDB "
-                               f"({foreign[0]})")
+            raise ConvertError(
+                f"refusing to --overwrite {opts.output}: it holds files that are not an LMDB ({foreign[0]})"
+            )
         close_shared_env(out)
         for name in entries:
             os.remove(os.path.join(out, name))
@@ -131,13 +140,14 @@ def _prepare_output(opts: ConvertOptions) -> None:
 
 # -- reading and checking files ---------------------------------------------------------------------
 
+
 @dataclass
 class Prepared:
     """One file, read and checked by a worker thread: a ready record (header filled) or a skip."""
 
     action: str
     reason: str
-    record: Optional[bytearray]
+    record: bytearray | None
     bytes_in: int
 
 
@@ -148,7 +158,7 @@ def _read_file(path: str) -> bytearray:
         buf = bytearray(HEADER_SIZE + size)
         got = f.readinto(memoryview(buf)[HEADER_SIZE:])
         if got < size:  # shrank while we read it
-            del buf[HEADER_SIZE + got:]
+            del buf[HEADER_SIZE + got :]
         else:
             buf += f.read()  # grew while we read it
     return buf
@@ -172,20 +182,20 @@ WINDOW_BYTES = 64 << 20  # files read ahead of the writer, so reading goes on wh
 CHUNK = 8  # files per task: a thread-pool task costs ~16 us of the main thread's time
 
 
-def _prepare_chunk(root: str, items: list[tuple[str, int]], verify_decode: bool, keep_format: bool
-                   ) -> list[Prepared]:
+def _prepare_chunk(root: str, items: list[tuple[str, int]], verify_decode: bool, keep_format: bool) -> list[Prepared]:
     return [_prepare(os.path.join(root, rel), label, verify_decode, keep_format) for rel, label in items]
 
 
-def _prepare_in_order(pool: ThreadPoolExecutor, source: SourceList, start: int, opts: ConvertOptions
-                      ) -> Iterator[tuple[int, Prepared]]:
+def _prepare_in_order(
+    pool: ThreadPoolExecutor, source: SourceList, start: int, opts: ConvertOptions
+) -> Iterator[tuple[int, Prepared]]:
     """(item index, prepared file) in item order; about WINDOW_BYTES of files in flight."""
     pending: deque = deque()
     min_window = 2 * max(1, opts.workers)  # in chunks
     window, seen, seen_bytes = min_window, 0, 0
     items = source.items
     for first in range(start, len(items), CHUNK):
-        chunk = items[first:first + CHUNK]
+        chunk = items[first : first + CHUNK]
         pending.append((first, pool.submit(_prepare_chunk, source.root, chunk, opts.verify_decode, opts.keep_format)))
         while len(pending) >= window or (pending and first + CHUNK >= len(items)):
             j, fut = pending.popleft()
@@ -196,6 +206,7 @@ def _prepare_in_order(pool: ThreadPoolExecutor, source: SourceList, start: int, 
 
 
 # -- writing ----------------------------------------------------------------------------------------
+
 
 class _Writer:
     """The write Environment. The map grows (doubling) whenever it is full, so nobody guesses a size,
@@ -212,8 +223,9 @@ class _Writer:
 
     def _open(self) -> lmdb.Environment:
         # No fsync per commit: a killed process loses nothing the kernel has; close() syncs once.
-        return lmdb.open(self.path, map_size=self._map_size, subdir=True, readahead=False, meminit=False,
-                         sync=False, metasync=False)
+        return lmdb.open(
+            self.path, map_size=self._map_size, subdir=True, readahead=False, meminit=False, sync=False, metasync=False
+        )
 
     def put_all(self, puts: list[tuple[bytes, Any]], deletes: tuple[bytes, ...] = ()) -> None:
         """One write transaction holding ``puts`` (and ``deletes``)."""
@@ -276,7 +288,7 @@ class _Flusher:
         os.close(self._fd)
 
 
-def _load_progress(env: lmdb.Environment, output: str) -> Optional[dict]:
+def _load_progress(env: lmdb.Environment, output: str) -> dict | None:
     with env.begin() as txn:
         raw = txn.get(schema.PROGRESS_KEY)
         if raw is not None:
@@ -287,8 +299,11 @@ def _load_progress(env: lmdb.Environment, output: str) -> Optional[dict]:
 
 
 def _options_fingerprint(opts: ConvertOptions) -> dict:
-    return {"keep_format": opts.keep_format, "verify_decode": opts.verify_decode,
-            "schema_version": schema.SCHEMA_VERSION}
+    return {
+        "keep_format": opts.keep_format,
+        "verify_decode": opts.verify_decode,
+        "schema_version": schema.SCHEMA_VERSION,
+    }
 
 
 def load_source(opts: ConvertOptions) -> SourceList:
@@ -344,10 +359,19 @@ def convert(opts: ConvertOptions) -> ConvertReport:
         start = 0
         if progress is not None:
             if progress["fingerprint"] != fingerprint:
-                raise ConvertError(f"cannot --resume {out}: the dataset's file list, classes or options differ from "
-                                   f"the interrupted run; use --overwrite to start over")
-            for name in ("scanned", "stored_original", "stored_transcoded", "skipped", "transcoded",
-                         "bytes_in", "bytes_out"):
+                raise ConvertError(
+                    f"cannot --resume {out}: the dataset's file list, classes or options differ from "
+                    f"the interrupted run; use --overwrite to start over"
+                )
+            for name in (
+                "scanned",
+                "stored_original",
+                "stored_transcoded",
+                "skipped",
+                "transcoded",
+                "bytes_in",
+                "bytes_out",
+            ):
                 setattr(report, name, progress[name])
             report.reused = report.stored
             start = progress["scanned"]
@@ -364,8 +388,15 @@ def _progress_entry(report: ConvertReport, fingerprint: str) -> bytes:
     return json.dumps({"fingerprint": fingerprint, "stored": report.stored, **state}).encode()
 
 
-def _convert_items(writer: _Writer, source: SourceList, start: int, width: int, fingerprint: str,
-                   opts: ConvertOptions, report: ConvertReport) -> None:
+def _convert_items(
+    writer: _Writer,
+    source: SourceList,
+    start: int,
+    width: int,
+    fingerprint: str,
+    opts: ConvertOptions,
+    report: ConvertReport,
+) -> None:
     exit_after = int(os.environ.get(EXIT_AFTER_COMMITS_ENV, "0") or 0)
     commits = 0
     batch: list[tuple[bytes, bytes]] = []
@@ -379,15 +410,24 @@ def _convert_items(writer: _Writer, source: SourceList, start: int, width: int, 
         try:
             writer.put_all(batch + [(schema.PROGRESS_KEY, _progress_entry(report, fingerprint))])
         except lmdb.Error as exc:
-            raise ConvertError(f"cannot write to {opts.output}: {exc}; {report.stored - len(batch)} images are "
-                               f"committed, free the cause and rerun with --resume") from None
+            raise ConvertError(
+                f"cannot write to {opts.output}: {exc}; {report.stored - len(batch)} images are "
+                f"committed, free the cause and rerun with --resume"
+            ) from None
         batch, batch_bytes, since_commit = [], 0, 0
         commits += 1
         if exit_after and commits >= exit_after:
             os._exit(86)
 
-    bar = tqdm(total=len(source.items), initial=start, unit="img", disable=not opts.progress,
-               desc="convert", dynamic_ncols=True, mininterval=0.5)
+    bar = tqdm(
+        total=len(source.items),
+        initial=start,
+        unit="img",
+        disable=not opts.progress,
+        desc="convert",
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
     pool = ThreadPoolExecutor(max(1, opts.workers), thread_name_prefix="convert")
     try:
         for index, prepared in _prepare_in_order(pool, source, start, opts):
@@ -411,28 +451,31 @@ def _convert_items(writer: _Writer, source: SourceList, start: int, width: int, 
                 commit()
             bar.update(1)
             if bar.n % 64 == 0:
-                bar.set_postfix_str(f"{run_bytes / 1e6 / max(time.perf_counter() - run_started, 1e-9):.0f} MB/s",
-                                    refresh=False)
+                bar.set_postfix_str(
+                    f"{run_bytes / 1e6 / max(time.perf_counter() - run_started, 1e-9):.0f} MB/s", refresh=False
+                )
         if since_commit:
             commit()
     except KeyboardInterrupt:
         pool.shutdown(wait=False, cancel_futures=True)
-        raise ConvertInterrupted(f"interrupted: {report.stored - len(batch)} images are committed in "
-                                 f"{opts.output}; run the same command with --resume to finish") from None
+        raise ConvertInterrupted(
+            f"interrupted: {report.stored - len(batch)} images are committed in "
+            f"{opts.output}; run the same command with --resume to finish"
+        ) from None
     finally:
         bar.close()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _finish(writer: _Writer, source: SourceList, width: int, opts: ConvertOptions,
-            report: ConvertReport) -> None:
+def _finish(writer: _Writer, source: SourceList, width: int, opts: ConvertOptions, report: ConvertReport) -> None:
     """The final transaction: index entries and ``__meta__`` in, ``__progress__`` out."""
     skipped = {entry["path"] for entry in report.skipped}
     stored = [(rel, label) for rel, label in source.items if rel not in skipped]
     n = len(stored)
     if n == 0:
-        raise ConvertError(f"no image in {opts.dataset} could be stored ({len(skipped)} files skipped); "
-                           f"see --report for the reasons")
+        raise ConvertError(
+            f"no image in {opts.dataset} could be stored ({len(skipped)} files skipped); see --report for the reasons"
+        )
     targets = array.array("q", (label for _, label in stored))
     per_class = [0] * len(source.classes)
     for label in targets:
@@ -448,9 +491,14 @@ def _finish(writer: _Writer, source: SourceList, width: int, opts: ConvertOption
         "class_to_idx": source.class_to_idx,
         "key_width": width,
         "record": {"header_bytes": HEADER_SIZE, "checksum": "xxh3_64", "version": 1},
-        "counts": {"images": n, "per_class": per_class, "scanned": report.scanned,
-                   "stored_original": report.stored_original, "stored_transcoded": report.stored_transcoded,
-                   "skipped": len(report.skipped)},
+        "counts": {
+            "images": n,
+            "per_class": per_class,
+            "scanned": report.scanned,
+            "stored_original": report.stored_original,
+            "stored_transcoded": report.stored_transcoded,
+            "skipped": len(report.skipped),
+        },
         "payload_bytes": report.bytes_out,
         "options": _options_fingerprint(opts),
     }
@@ -458,7 +506,10 @@ def _finish(writer: _Writer, source: SourceList, width: int, opts: ConvertOption
         (schema.KEYS_KEY, b"\n".join(schema.make_key(i, width) for i in range(n))),
         (schema.LEN_KEY, str(n).encode()),
         (schema.TARGETS_KEY, targets.tobytes()),
-        (schema.PATHS_KEY, json.dumps([rel for rel, _ in stored], ensure_ascii=False).encode("utf-8", "surrogateescape")),
+        (
+            schema.PATHS_KEY,
+            json.dumps([rel for rel, _ in stored], ensure_ascii=False).encode("utf-8", "surrogateescape"),
+        ),
         (schema.META_KEY, json.dumps(meta, sort_keys=True).encode()),
     ]
     with writer.env.begin() as txn:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from typing import Any, Optional
+from typing import Any
 
 from . import schema
 from .env import shared_env
@@ -41,7 +41,8 @@ class ImageDatabase:
                     raise IncompleteDatabaseError(
                         f"{self.path}: incomplete database (its conversion stopped after {committed} images "
                         f"were committed); finish it with: python convert.py --dataset DIR -o {self.path} "
-                        f"--resume")
+                        f"--resume"
+                    )
                 if txn.stat()["entries"] == 0:
                     raise NotADatabaseError(f"{self.path}: empty LMDB, not an image database")
                 raise NotADatabaseError(f"{self.path}: an LMDB not written by lmdb_io (no __meta__ entry)")
@@ -49,7 +50,8 @@ class ImageDatabase:
             if missing:
                 raise IncompleteDatabaseError(
                     f"{self.path}: incomplete database (missing {', '.join(missing)}); rebuild it with "
-                    f"convert.py --overwrite")
+                    f"convert.py --overwrite"
+                )
             keys_blob = txn.get(schema.KEYS_KEY)
             length_raw = txn.get(schema.LEN_KEY)
             targets_raw = txn.get(schema.TARGETS_KEY)
@@ -62,7 +64,8 @@ class ImageDatabase:
         version = meta.get("schema_version")
         if version != schema.SCHEMA_VERSION:
             raise NotADatabaseError(
-                f"{self.path}: schema version {version}, this lmdb_io reads version {schema.SCHEMA_VERSION}")
+                f"{self.path}: schema version {version}, this lmdb_io reads version {schema.SCHEMA_VERSION}"
+            )
         length = int(length_raw)
         width = int(meta["key_width"])
         if len(keys_blob) != max(length * (width + 1) - 1, 0):
@@ -77,7 +80,7 @@ class ImageDatabase:
         self.key_width = width
         self._keys_blob: bytes = keys_blob
         self.targets = targets  # numpy int64 array, read-only
-        self._paths: Optional[list[str]] = None
+        self._paths: list[str] | None = None
         self._local = threading.local()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -105,7 +108,7 @@ class ImageDatabase:
         if not 0 <= index < self.length:
             raise IndexError(f"{self.path}: index {index} out of range for {self.length} images")
         start = index * (self.key_width + 1)
-        return self._keys_blob[start:start + self.key_width]
+        return self._keys_blob[start : start + self.key_width]
 
     def keys(self) -> list[bytes]:
         return self._keys_blob.split(b"\n") if self.length else []
@@ -118,7 +121,7 @@ class ImageDatabase:
         return self._paths
 
     # -- records -------------------------------------------------------------------------------------
-    def read(self, index: int, verify: Optional[bool] = None) -> tuple[memoryview, int]:
+    def read(self, index: int, verify: bool | None = None) -> tuple[memoryview, int]:
         """The fast path: (encoded image bytes, label) for image ``index``.
 
         The view points into the memory map itself, no copy: it is valid while this database object
@@ -141,7 +144,7 @@ class ImageDatabase:
             local.pid = pid
         return local.txn
 
-    def read_record(self, index: int, verify: Optional[bool] = None) -> tuple[memoryview, int, ImageFormat]:
+    def read_record(self, index: int, verify: bool | None = None) -> tuple[memoryview, int, ImageFormat]:
         key = self.key(index)
         value = self._txn().get(key)
         if value is None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -27,8 +28,13 @@ class ImageFolderLMDB(Dataset):
     Environment. ``samples`` lists (relative source path, label), like ImageFolder's (path, label).
     """
 
-    def __init__(self, path: str | os.PathLike, transform: Optional[Callable] = None,
-                 target_transform: Optional[Callable] = None, verify: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+        verify: bool = True,
+    ) -> None:
         self.root = os.fspath(path)
         self.transform = transform
         self.target_transform = target_transform
@@ -51,7 +57,7 @@ class ImageFolderLMDB(Dataset):
 
     @property
     def samples(self) -> list[tuple[str, int]]:
-        return list(zip(self.db.paths(), self.targets))
+        return list(zip(self.db.paths(), self.targets, strict=True))
 
     imgs = samples
 

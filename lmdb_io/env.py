@@ -27,8 +27,7 @@ def _open_readonly(path: str) -> lmdb.Environment:
     if not os.path.isfile(os.path.join(path, "data.mdb")):
         raise NotADatabaseError(f"{path}: not an LMDB database (no data.mdb in it)")
     try:
-        return lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False, map_size=0,
-                         subdir=True)
+        return lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False, map_size=0, subdir=True)
     except lmdb.Error as exc:
         raise NotADatabaseError(f"{path}: not a readable LMDB database ({exc})") from None
 

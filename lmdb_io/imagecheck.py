@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from .record import Buffer, ImageFormat
 
@@ -41,7 +41,7 @@ class Verdict:
     """What to do with one file: ``action`` is original, transcoded or skipped."""
 
     action: str
-    payload: Optional[Buffer]
+    payload: Buffer | None
     image_format: ImageFormat
     reason: str = ""
 
@@ -84,7 +84,7 @@ def parse_jpeg(data: Buffer) -> JpegInfo:
     if data[:2] != b"\xff\xd8":
         raise StructureError("no JPEG start-of-image marker")
     i = 2
-    frame: Optional[JpegInfo] = None
+    frame: JpegInfo | None = None
     while True:
         if i >= n:
             raise StructureError("file ends before the start of scan (truncated header)")
@@ -104,15 +104,15 @@ def parse_jpeg(data: Buffer) -> JpegInfo:
             raise StructureError("end-of-image marker before any image data")
         if i + 2 > n:
             raise StructureError("file ends inside a segment length (truncated header)")
-        seg_len = int.from_bytes(data[i:i + 2], "big")
+        seg_len = int.from_bytes(data[i : i + 2], "big")
         if seg_len < 2 or i + seg_len > n:
             raise StructureError(f"segment FF{marker:02X} at byte {i - 2} runs past the end of the file")
         if marker in _SOF_MARKERS:
             if seg_len < 8:
                 raise StructureError("frame header too short")
             precision = data[i + 2]
-            height = int.from_bytes(data[i + 3:i + 5], "big")
-            width = int.from_bytes(data[i + 5:i + 7], "big")
+            height = int.from_bytes(data[i + 3 : i + 5], "big")
+            width = int.from_bytes(data[i + 5 : i + 7], "big")
             components = data[i + 7]
             if width == 0 or height == 0:
                 raise StructureError(f"frame header gives a {width}x{height} image")
@@ -125,7 +125,7 @@ def parse_jpeg(data: Buffer) -> JpegInfo:
             scan_start = i + seg_len
             break
         i += seg_len
-    if bytes(data[max(scan_start, n - EOI_SEARCH_BYTES):]).rfind(b"\xff\xd9") < 0:
+    if bytes(data[max(scan_start, n - EOI_SEARCH_BYTES) :]).rfind(b"\xff\xd9") < 0:
         raise StructureError("no JPEG end-of-image marker (truncated file)")
     return frame
 

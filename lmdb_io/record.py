@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import Union
 
 import xxhash
 
@@ -31,7 +30,7 @@ RECORD_VERSION = 1
 _HEADER = struct.Struct("<4sBBHqQQ")
 HEADER_SIZE = _HEADER.size  # 32
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 
 class ImageFormat(enum.IntEnum):
@@ -60,8 +59,9 @@ def write_header(record: bytearray, label: int, image_format: ImageFormat) -> by
     The converter reads each file straight into such a buffer, so a stored JPEG is never copied.
     """
     payload = memoryview(record)[HEADER_SIZE:]
-    _HEADER.pack_into(record, 0, MAGIC, RECORD_VERSION, int(image_format), 0, int(label), len(payload),
-                      checksum(payload))
+    _HEADER.pack_into(
+        record, 0, MAGIC, RECORD_VERSION, int(image_format), 0, int(label), len(payload), checksum(payload)
+    )
     return record
 
 
@@ -72,12 +72,11 @@ def encode_record(payload: Buffer, label: int, image_format: ImageFormat) -> byt
     return write_header(record, label, image_format)
 
 
-def _name(key: Union[str, bytes]) -> str:
+def _name(key: str | bytes) -> str:
     return key.decode(errors="replace") if isinstance(key, bytes) else key
 
 
-def decode_record(value: Buffer, key: Union[str, bytes] = "?", verify: bool = True
-                  ) -> tuple[memoryview, int, ImageFormat]:
+def decode_record(value: Buffer, key: str | bytes = "?", verify: bool = True) -> tuple[memoryview, int, ImageFormat]:
     """Split a stored value into (payload view, label, format) without copying the payload.
 
     ``key`` only names the record in errors (decoded there, not on the hot path). With ``verify`` the
@@ -86,17 +85,21 @@ def decode_record(value: Buffer, key: Union[str, bytes] = "?", verify: bool = Tr
     """
     view = memoryview(value)
     if len(view) < HEADER_SIZE:
-        raise CorruptRecordError(f"record {_name(key)!r}: {len(view)} bytes, shorter than the {HEADER_SIZE}-byte header")
+        raise CorruptRecordError(
+            f"record {_name(key)!r}: {len(view)} bytes, shorter than the {HEADER_SIZE}-byte header"
+        )
     magic, version, fmt, _reserved, label, length, digest = _HEADER.unpack_from(view)
     if magic != MAGIC:
         raise CorruptRecordError(f"record {_name(key)!r}: bad magic {bytes(magic)!r}, not a record written by lmdb_io")
     if version != RECORD_VERSION:
         raise CorruptRecordError(
-            f"record {_name(key)!r}: record version {version}, this lmdb_io reads version {RECORD_VERSION}")
+            f"record {_name(key)!r}: record version {version}, this lmdb_io reads version {RECORD_VERSION}"
+        )
     payload = view[HEADER_SIZE:]
     if len(payload) != length:
         raise CorruptRecordError(
-            f"record {_name(key)!r}: payload is {len(payload)} bytes, header says {length} (truncated record)")
+            f"record {_name(key)!r}: payload is {len(payload)} bytes, header says {length} (truncated record)"
+        )
     if verify and checksum(payload) != digest:
         raise CorruptRecordError(f"record {_name(key)!r}: checksum mismatch, the stored image bytes are corrupt")
     return payload, label, _FORMATS.get(fmt, ImageFormat.UNKNOWN)

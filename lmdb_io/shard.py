@@ -40,8 +40,9 @@ def epoch_order(length: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray
     return rng.permutation(length).astype(np.int64, copy=False)
 
 
-def shard_indices(length: int, rank: int, world_size: int, epoch: int = 0, seed: int = 0,
-                  shuffle: bool = True) -> Shard:
+def shard_indices(
+    length: int, rank: int, world_size: int, epoch: int = 0, seed: int = 0, shuffle: bool = True
+) -> Shard:
     """This rank's samples for ``epoch``: ``ceil(length / world_size)`` of them, the last ones padded.
 
     ``rank`` must be the global rank (the position among all processes of all nodes), never the
@@ -64,8 +65,17 @@ def batches_per_epoch(length: int, world_size: int, batch_size: int, drop_last: 
     return per_rank // batch_size if drop_last else -(-per_rank // batch_size)
 
 
-def epoch_plan(length: int, rank: int, world_size: int, epoch: int, seed: int, shuffle: bool,
-               batch_size: int, drop_last: bool, skip: int = 0) -> Shard:
+def epoch_plan(
+    length: int,
+    rank: int,
+    world_size: int,
+    epoch: int,
+    seed: int,
+    shuffle: bool,
+    batch_size: int,
+    drop_last: bool,
+    skip: int = 0,
+) -> Shard:
     """This rank's samples for ``epoch`` cut to whole batches: what both loaders deliver, in order.
 
     Training (``drop_last``) drops the shard's remainder, so every rank runs the same number of steps.
@@ -81,5 +91,5 @@ def epoch_plan(length: int, rank: int, world_size: int, epoch: int, seed: int, s
     if drop_last:
         return Shard(indices=shard.indices[skip:n], is_padding=shard.is_padding[skip:n])
     padding = np.resize(shard.is_padding, n)
-    padding[len(shard):] = True
+    padding[len(shard) :] = True
     return Shard(indices=np.resize(shard.indices, n)[skip:], is_padding=padding[skip:])

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 from .errors import ConvertError
 
@@ -40,14 +39,16 @@ class SourceList:
         return h.hexdigest()
 
 
-def _class_map(found: list[str], classes_from: Optional[list[str]], where: str) -> list[str]:
+def _class_map(found: list[str], classes_from: list[str] | None, where: str) -> list[str]:
     if classes_from is None:
         return found
     known = set(classes_from)
     unknown = [c for c in found if c not in known]
     if unknown:
-        raise ConvertError(f"{where}: class {unknown[0]!r} is not in the --classes-from database's class map"
-                           + (f" (nor {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+        raise ConvertError(
+            f"{where}: class {unknown[0]!r} is not in the --classes-from database's class map"
+            + (f" (nor {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+        )
     return list(classes_from)
 
 
@@ -58,7 +59,7 @@ def _check_root(root: str) -> None:
         raise ConvertError(f"dataset {root} is not a directory")
 
 
-def scan_image_folder(root: str, classes_from: Optional[list[str]] = None) -> SourceList:
+def scan_image_folder(root: str, classes_from: list[str] | None = None) -> SourceList:
     """List an ImageFolder tree ``root/<class>/**/<file>``."""
     _check_root(root)
     found = sorted(e.name for e in os.scandir(root) if e.is_dir())  # as ImageFolder.find_classes
@@ -83,7 +84,7 @@ def scan_image_folder(root: str, classes_from: Optional[list[str]] = None) -> So
     return SourceList(root=root, classes=classes, items=items)
 
 
-def read_file_list(root: str, csv_path: str, classes_from: Optional[list[str]] = None) -> SourceList:
+def read_file_list(root: str, csv_path: str, classes_from: list[str] | None = None) -> SourceList:
     """Read ``relative path,class name`` rows (ImageNet's flat val folder with its labels, say).
 
     A first row naming columns (``path,class``) is skipped. Items are ordered as ImageFolder would

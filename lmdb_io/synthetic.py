@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -45,7 +45,7 @@ def make_image_folder(root: str, classes: int = 4, per_class: int = 60, seed: in
     return written
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lmdb_io.synthetic", description=__doc__.splitlines()[0])
     p.add_argument("root", help="output ImageFolder directory")
     p.add_argument("--classes", type=int, default=4, help="number of classes (default 4)")

@@ -24,15 +24,15 @@ def _require(path: Path) -> Path:
 def run_cli(*args: str, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
     """Run a repo command line (``convert.py ...`` or ``-m lmdb_io ...``) with this interpreter."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=full_env,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=full_env, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
-def convert(dataset: Path | str, output: Path | str, *extra: str, env: dict | None = None,
-            check: bool = True) -> subprocess.CompletedProcess:
+def convert(
+    dataset: Path | str, output: Path | str, *extra: str, env: dict | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     return run_cli("convert.py", "--dataset", str(dataset), "-o", str(output), "-q", *extra, env=env, check=check)
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import lmdb
 import pytest
-
 from conftest import convert, run_cli
 
 
@@ -84,6 +83,18 @@ def test_reader_refuses_non_databases(hymenoptera: Path, tmp_path: Path) -> None
 
 def test_help_explains_every_flag() -> None:
     out = run_cli("convert.py", "--help", check=True).stdout
-    for flag in ("--dataset", "--output", "--file-list", "--classes-from", "--workers", "--verify-decode",
-                 "--keep-format", "--overwrite", "--resume", "--report", "--commit-every", "--quiet"):
+    for flag in (
+        "--dataset",
+        "--output",
+        "--file-list",
+        "--classes-from",
+        "--workers",
+        "--verify-decode",
+        "--keep-format",
+        "--overwrite",
+        "--resume",
+        "--report",
+        "--commit-every",
+        "--quiet",
+    ):
         assert flag in out

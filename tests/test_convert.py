@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import all_entries, convert
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from conftest import all_entries, convert
 from lmdb_io import open_database
 from lmdb_io.imagecheck import sniff_format
 from lmdb_io.record import ImageFormat
@@ -26,7 +26,7 @@ def test_round_trip_matches_imagefolder(hymenoptera: Path, train_db: Path) -> No
     db = open_database(train_db)
     assert db.classes == reference.classes
     assert db.class_to_idx == reference.class_to_idx
-    by_path = dict(zip(db.paths(), range(len(db))))
+    by_path = dict(zip(db.paths(), range(len(db)), strict=True))
     # ImageFolder lists JPEGs by extension only; every one of them is in the database, untouched
     assert len(reference.samples) == 244
     for path, label in reference.samples:
@@ -154,8 +154,9 @@ def test_classes_from_keeps_labels_when_a_class_is_missing(hymenoptera: Path, tr
 def test_classes_from_rejects_unknown_class(hymenoptera: Path, train_db: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     (data / "wasps").mkdir(parents=True)
-    (data / "wasps" / "a.jpg").symlink_to(hymenoptera / "val" / "bees" / sorted(
-        p.name for p in (hymenoptera / "val" / "bees").iterdir())[0])
+    (data / "wasps" / "a.jpg").symlink_to(
+        hymenoptera / "val" / "bees" / sorted(p.name for p in (hymenoptera / "val" / "bees").iterdir())[0]
+    )
     proc = convert(data, tmp_path / "out", "--classes-from", str(train_db), check=False)
     assert proc.returncode != 0
     assert "'wasps'" in proc.stderr and "Traceback" not in proc.stderr
@@ -179,7 +180,8 @@ def test_map_grows_by_itself(hymenoptera: Path, tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(converter, "INITIAL_MAP_SIZE", 1 << 20)  # 1 MiB for 27 MB of images
     out = tmp_path / "small-map.lmdb"
-    report = converter.convert(converter.ConvertOptions(dataset=str(hymenoptera / "train"), output=str(out),
-                                                        progress=False))
+    report = converter.convert(
+        converter.ConvertOptions(dataset=str(hymenoptera / "train"), output=str(out), progress=False)
+    )
     assert report.stored == 245
     assert len(open_database(out)) == 245

@@ -19,8 +19,8 @@ pytest.importorskip("nvidia.dali")
 torch = pytest.importorskip("torch")
 transforms = pytest.importorskip("torchvision.transforms")
 
-from PIL import Image  # noqa: E402
 from nvidia.dali import fn, pipeline_def, types  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from dali_pipeline.compat import no_exif_rotation  # noqa: E402
 from dali_pipeline.val_geometry import resize_and_center_crop  # noqa: E402
@@ -42,8 +42,7 @@ def _rgb_jpeg(img: Image.Image, quality: int = 95) -> bytes:
 def _samples() -> list[tuple[str, bytes]]:
     if not HYMENOPTERA_VAL.is_dir() or not BAD_IMAGES.is_dir():
         raise RuntimeError(f"test data missing under {DATASETS}")
-    out = [(str(p.relative_to(DATASETS)), p.read_bytes())
-           for p in sorted(HYMENOPTERA_VAL.glob("*/*")) if p.is_file()]
+    out = [(str(p.relative_to(DATASETS)), p.read_bytes()) for p in sorted(HYMENOPTERA_VAL.glob("*/*")) if p.is_file()]
     for name in ("hopper_orientation_6.jpg", "hopper_gray.jpg"):
         out.append((f"bad-images/{name}", (BAD_IMAGES / name).read_bytes()))
     # the converter stores CMYK JPEGs transcoded to RGB JPEG (quality 95)
@@ -68,7 +67,7 @@ def _dali_crops(blobs: list[bytes], resize: int, crop: int) -> list[np.ndarray]:
         (batch,) = p.run()
         outs.extend(np.array(batch[i]) for i in range(len(batch)))
     del p
-    return outs[:len(blobs)]
+    return outs[: len(blobs)]
 
 
 def _torchvision_crops(blobs: list[bytes], resize: int, crop: int) -> list[np.ndarray]:
@@ -84,7 +83,7 @@ def _compare(names, blobs, resize, crop):
     got = _dali_crops(blobs, resize, crop)
     want = _torchvision_crops(blobs, resize, crop)
     diffs, bad = [], []
-    for name, g, w in zip(names, got, want):
+    for name, g, w in zip(names, got, want, strict=True):
         assert g.dtype == np.uint8
         assert g.shape == w.shape == (crop, crop, 3), f"{name}: DALI {g.shape} vs torchvision {w.shape}"
         d = float(np.abs(g.astype(np.int16) - w.astype(np.int16)).mean())
@@ -92,15 +91,17 @@ def _compare(names, blobs, resize, crop):
         if d > MAX_MEAN_ABS_DIFF:
             bad.append((name, round(d, 3)))
     worst = int(np.argmax(diffs))
-    print(f"\nresize={resize} crop={crop}: {len(diffs)} images, per-image mean|diff| "
-          f"max={max(diffs):.4f} ({names[worst]}), mean={float(np.mean(diffs)):.4f}")
+    print(
+        f"\nresize={resize} crop={crop}: {len(diffs)} images, per-image mean|diff| "
+        f"max={max(diffs):.4f} ({names[worst]}), mean={float(np.mean(diffs)):.4f}"
+    )
     assert not bad, f"{len(bad)} images over {MAX_MEAN_ABS_DIFF}: {bad}"
 
 
 def test_val_geometry_matches_torchvision():
     samples = _samples()
     assert len(samples) == 156  # 153 hymenoptera val JPEGs + 3 bad-images
-    names, blobs = zip(*samples)
+    names, blobs = zip(*samples, strict=True)
     _compare(list(names), list(blobs), resize=256, crop=224)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import convert
+
 from lmdb_io import open_database
 from lmdb_io.shard import epoch_plan
 from lmdb_io.torch_loader import IMAGENET_MEAN, IMAGENET_STD, make_torch_loader
@@ -66,7 +66,7 @@ def test_ranks_get_disjoint_equal_shards(train_db: Path, val_db: Path, kind: str
         loader = _make(kind, val_db, 16, train=False, rank=rank, world_size=world_size, crop=32, val_resize=40)
         batches, indices, real = _epoch_indices(loader)
         batch_counts.add(batches)
-        counted += [i for i, r in zip(indices, real) if r]
+        counted += [i for i, r in zip(indices, real, strict=True) if r]
     assert len(batch_counts) == 1
     assert sorted(counted) == list(range(len(open_database(val_db))))
 
@@ -123,7 +123,7 @@ def test_val_parity_between_dali_cpu_and_torchvision(parity_db: Path) -> None:
     dali = make_dali_loader(parity_db, 16, train=False)
     torch_loader = make_torch_loader(parity_db, 16, train=False, workers=0)
     worst, count = 0.0, 0
-    for a, b in zip(dali, torch_loader):
+    for a, b in zip(dali, torch_loader, strict=True):
         assert torch.equal(a.indices, b.indices) and torch.equal(a.labels, b.labels)
         diff = (_to_pixels(a.images) - _to_pixels(b.images)).abs().mean(dim=(1, 2, 3))
         real = a.real
@@ -151,8 +151,8 @@ def test_verify_decode_names_a_record_dali_cannot_decode(val_db: Path, tmp_path:
     import shutil
 
     import lmdb
-
     from conftest import run_cli
+
     from dali_pipeline.decode_check import undecodable_records
     from lmdb_io import ImageFormat
     from lmdb_io.env import close_shared_env

@@ -9,11 +9,11 @@ from pathlib import Path
 import lmdb
 import pytest
 import torch
+from conftest import run_cli
 from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
-from conftest import run_cli
 from lmdb_io import CorruptRecordError, ImageFolderLMDB, open_database
 from lmdb_io.env import close_shared_env
 

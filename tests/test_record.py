@@ -16,13 +16,16 @@ def test_round_trip_without_copy() -> None:
     assert payload.obj is value  # a view into the stored bytes
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda v: v[:10], "shorter than"),
-    (lambda v: b"XXXX" + v[4:], "bad magic"),
-    (lambda v: v[:4] + b"\x09" + v[5:], "record version 9"),
-    (lambda v: v[:-1], "truncated record"),
-    (lambda v: v[:-1] + b"!", "checksum mismatch"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda v: v[:10], "shorter than"),
+        (lambda v: b"XXXX" + v[4:], "bad magic"),
+        (lambda v: v[:4] + b"\x09" + v[5:], "record version 9"),
+        (lambda v: v[:-1], "truncated record"),
+        (lambda v: v[:-1] + b"!", "checksum mismatch"),
+    ],
+)
 def test_refusals_name_the_key(mutate, message: str) -> None:
     value = encode_record(b"0123456789", 1, ImageFormat.PNG)
     with pytest.raises(CorruptRecordError, match=message) as info:

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import all_entries, convert, run_cli
+
 from lmdb_io import IncompleteDatabaseError, open_database
 from lmdb_io.converter import EXIT_AFTER_COMMITS_ENV
 from lmdb_io.schema import PROGRESS_KEY
@@ -18,11 +18,20 @@ def _stored_records(entries: dict[bytes, bytes]) -> int:
 
 
 @pytest.mark.parametrize("workers", ["1", "3"])
-def test_resume_after_hard_stop_equals_straight_run(hymenoptera: Path, train_db: Path, tmp_path: Path,
-                                                     workers: str) -> None:
+def test_resume_after_hard_stop_equals_straight_run(
+    hymenoptera: Path, train_db: Path, tmp_path: Path, workers: str
+) -> None:
     out = tmp_path / "partial.lmdb"
-    stopped = convert(hymenoptera / "train", out, "--commit-every", "40", "--workers", workers,
-                      env={EXIT_AFTER_COMMITS_ENV: "2"}, check=False)
+    stopped = convert(
+        hymenoptera / "train",
+        out,
+        "--commit-every",
+        "40",
+        "--workers",
+        workers,
+        env={EXIT_AFTER_COMMITS_ENV: "2"},
+        check=False,
+    )
     assert stopped.returncode == 86  # the hook's os._exit: no cleanup ran, as with kill -9
 
     partial = all_entries(out)
@@ -62,8 +71,9 @@ def test_resume_of_a_complete_database_does_nothing(hymenoptera: Path, tmp_path:
 
 
 @pytest.mark.parametrize("failure", ["ctrl-c", "disk-full"])
-def test_interrupt_or_full_disk_then_resume(hymenoptera: Path, train_db: Path, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
+def test_interrupt_or_full_disk_then_resume(
+    hymenoptera: Path, train_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
     """The third commit fails (Ctrl-C arrives, or the disk is full): two are kept and --resume finishes."""
     import lmdb
 
@@ -75,12 +85,15 @@ def test_interrupt_or_full_disk_then_resume(hymenoptera: Path, train_db: Path, t
     def failing_put_all(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
-            raise KeyboardInterrupt if failure == "ctrl-c" else lmdb.DiskError("mdb_txn_commit: No space left on device")
+            raise (
+                KeyboardInterrupt if failure == "ctrl-c" else lmdb.DiskError("mdb_txn_commit: No space left on device")
+            )
         return real_put_all(self, *args, **kwargs)
 
     out = tmp_path / "db"
-    opts = converter.ConvertOptions(dataset=str(hymenoptera / "train"), output=str(out), commit_every=30,
-                                    progress=False)
+    opts = converter.ConvertOptions(
+        dataset=str(hymenoptera / "train"), output=str(out), commit_every=30, progress=False
+    )
     monkeypatch.setattr(converter._Writer, "put_all", failing_put_all)
     expected = converter.ConvertInterrupted if failure == "ctrl-c" else ConvertError
     with pytest.raises(expected, match="--resume"):

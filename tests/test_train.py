@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, run_cli
 
 pytest.importorskip("nvidia.dali")
@@ -30,8 +29,19 @@ def _env(**extra: str) -> dict:
 
 
 def _torchrun(*args: str, nproc: int = 2, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
-           "127.0.0.1", "--master-port", str(_free_port()), "train.py", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "train.py",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=REPO, env=_env(**(extra_env or {})), capture_output=True, text=True, timeout=420)
 
 
@@ -63,20 +73,71 @@ def _db_keys(db: Path) -> set[str]:
 def test_two_processes_cover_the_epoch(train_db: Path, tmp_path: Path, loader: str) -> None:
     # 245 images over 2 ranks: 123 each (one wrapped repeat), 3 whole batches of 41: every sample once
     out = tmp_path / "run"
-    proc = _torchrun("--loader", loader, "--lmdb", "--train", str(train_db), "--epochs", "1", "-b", "41",
-                     "--log-keys", "--output-dir", str(out), "-j", "0", *SMALL)
+    proc = _torchrun(
+        "--loader",
+        loader,
+        "--lmdb",
+        "--train",
+        str(train_db),
+        "--epochs",
+        "1",
+        "-b",
+        "41",
+        "--log-keys",
+        "--output-dir",
+        str(out),
+        "-j",
+        "0",
+        *SMALL,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_sharding(_key_logs(out), 2, _db_keys(train_db))
 
 
 def test_two_nodes_shard_by_global_rank(train_db: Path, tmp_path: Path) -> None:
     out, port = tmp_path / "run", str(_free_port())
-    common = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-              "--master-addr", "127.0.0.1", "--master-port", port]
-    args = ["train.py", "--loader", "dali", "--lmdb", "--train", str(train_db), "--epochs", "1", "-b", "41",
-            "--log-keys", "--output-dir", str(out), "-j", "0", *SMALL]
-    nodes = [subprocess.Popen([*common, "--node-rank", str(r), *args], cwd=REPO, env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    common = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        port,
+    ]
+    args = [
+        "train.py",
+        "--loader",
+        "dali",
+        "--lmdb",
+        "--train",
+        str(train_db),
+        "--epochs",
+        "1",
+        "-b",
+        "41",
+        "--log-keys",
+        "--output-dir",
+        str(out),
+        "-j",
+        "0",
+        *SMALL,
+    ]
+    nodes = [
+        subprocess.Popen(
+            [*common, "--node-rank", str(r), *args],
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
     results = [node.communicate(timeout=420) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
     _assert_sharding(_key_logs(out), 2, _db_keys(train_db))
@@ -85,8 +146,26 @@ def test_two_nodes_shard_by_global_rank(train_db: Path, tmp_path: Path) -> None:
 def test_dataset_size_no_world_size_divides_does_not_hang(val_db: Path, train_db: Path, tmp_path: Path) -> None:
     # 153 images over 3 ranks is 51 each, over 2 it is 77 (one repeat); batch 10 leaves remainders everywhere
     out = tmp_path / "run"
-    proc = _torchrun("--loader", "dali", "--lmdb", "--train", str(val_db), "--val", str(val_db), "--epochs", "1",
-                     "-b", "10", "--log-keys", "--output-dir", str(out), "-j", "0", *SMALL, nproc=3)
+    proc = _torchrun(
+        "--loader",
+        "dali",
+        "--lmdb",
+        "--train",
+        str(val_db),
+        "--val",
+        str(val_db),
+        "--epochs",
+        "1",
+        "-b",
+        "10",
+        "--log-keys",
+        "--output-dir",
+        str(out),
+        "-j",
+        "0",
+        *SMALL,
+        nproc=3,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = _key_logs(out)
     assert {rank: len({s for _, s, _ in rows}) for rank, rows in logs.items()} == {0: 5, 1: 5, 2: 5}
@@ -99,8 +178,28 @@ def _params(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _train(db: Path, out: Path, loader: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "train.py", "--loader", loader, "--lmdb", "--train", str(db), "--epochs", "3", "-b", "16",
-           "--log-keys", "--output-dir", str(out), "-j", "0", "--lr", "0.05", *SMALL, *extra]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "--loader",
+        loader,
+        "--lmdb",
+        "--train",
+        str(db),
+        "--epochs",
+        "3",
+        "-b",
+        "16",
+        "--log-keys",
+        "--output-dir",
+        str(out),
+        "-j",
+        "0",
+        "--lr",
+        "0.05",
+        *SMALL,
+        *extra,
+    ]
     return subprocess.run(cmd, cwd=REPO, env=_env(**(env or {})), capture_output=True, text=True, timeout=420)
 
 
@@ -136,13 +235,30 @@ def _data_wait(out: Path) -> list[float]:
 
 
 def test_data_wait_reads_high_for_a_slow_loader_and_low_for_synthetic(train_db: Path, tmp_path: Path) -> None:
-    slow = _train(train_db, tmp_path / "slow", "torch", "--max-steps", "10",
-                  env={"TRAIN_TEST_LOADER_DELAY_S": "0.3"})  # a loader slowed on purpose
+    slow = _train(
+        train_db, tmp_path / "slow", "torch", "--max-steps", "10", env={"TRAIN_TEST_LOADER_DELAY_S": "0.3"}
+    )  # a loader slowed on purpose
     assert slow.returncode == 0, slow.stderr[-3000:]
     assert min(_data_wait(tmp_path / "slow")) > 0.5
-    synthetic = subprocess.run([sys.executable, "train.py", "--synthetic", "-b", "16", "--max-steps", "10",
-                                "--output-dir", str(tmp_path / "synthetic"), *SMALL], cwd=REPO, env=_env(),
-                               capture_output=True, text=True, timeout=300)
+    synthetic = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--synthetic",
+            "-b",
+            "16",
+            "--max-steps",
+            "10",
+            "--output-dir",
+            str(tmp_path / "synthetic"),
+            *SMALL,
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert synthetic.returncode == 0, synthetic.stderr[-3000:]
     assert max(_data_wait(tmp_path / "synthetic")) < 0.05
 
@@ -166,10 +282,13 @@ def test_bad_flags_and_paths(hymenoptera: Path, train_db: Path, bad_images: Path
     _one_line_error(run_cli(*base, "--lmdb", "--train", str(train_db), "--val", str(other)), "class maps differ")
     _one_line_error(run_cli(*base, "--lmdb", "--train", str(train_db), "--amp", "fp16"), "needs CUDA")
     _one_line_error(run_cli(*base, "--lmdb", "--train", str(train_db), "--dist-backend", "nccl"), "needs CUDA")
-    _one_line_error(run_cli(*base, "--lmdb", "--train", str(train_db), "-a", "resnet9000", "--loader", "torch"),
-                    "not a torchvision classification model")
-    _one_line_error(run_cli(*base, "--lmdb", "--train", str(train_db), "--resume", str(tmp_path / "nope.pt")),
-                    "no such checkpoint")
+    _one_line_error(
+        run_cli(*base, "--lmdb", "--train", str(train_db), "-a", "resnet9000", "--loader", "torch"),
+        "not a torchvision classification model",
+    )
+    _one_line_error(
+        run_cli(*base, "--lmdb", "--train", str(train_db), "--resume", str(tmp_path / "nope.pt")), "no such checkpoint"
+    )
     fake = tmp_path / "fake" / "nvidia" / "dali"
     fake.mkdir(parents=True)
     (fake.parent / "__init__.py").write_text("")
@@ -191,8 +310,21 @@ def test_resume_on_another_database_is_refused(train_db: Path, val_db: Path, tmp
 
 def test_help_explains_the_flags() -> None:
     text = " ".join(run_cli("train.py", "--help", check=True).stdout.split())
-    for flag in ("--arch", "--loader", "--lmdb", "--workers", "--dali-threads", "--max-steps", "--resume", "--amp",
-                 "--channels-last", "--synthetic", "--multiprocessing-distributed", "--dist-url", "--log-keys"):
+    for flag in (
+        "--arch",
+        "--loader",
+        "--lmdb",
+        "--workers",
+        "--dali-threads",
+        "--max-steps",
+        "--resume",
+        "--amp",
+        "--channels-last",
+        "--synthetic",
+        "--multiprocessing-distributed",
+        "--dist-url",
+        "--log-keys",
+    ):
         assert flag in text
     assert "DataLoader worker" in text and "Python processes" in text
 
@@ -200,9 +332,30 @@ def test_help_explains_the_flags() -> None:
 def test_multiprocessing_distributed_spawn(train_db: Path, tmp_path: Path) -> None:
     """The original PyTorch-LMDB launcher: one command spawns the processes of this node."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "train.py", "--multiprocessing-distributed", "--procs-per-node", "2", "--dist-url",
-           f"tcp://127.0.0.1:{_free_port()}", "--loader", "torch", "--lmdb", "--train", str(train_db), "--epochs", "1",
-           "-b", "41", "--log-keys", "--output-dir", str(out), "-j", "0", *SMALL]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "--multiprocessing-distributed",
+        "--procs-per-node",
+        "2",
+        "--dist-url",
+        f"tcp://127.0.0.1:{_free_port()}",
+        "--loader",
+        "torch",
+        "--lmdb",
+        "--train",
+        str(train_db),
+        "--epochs",
+        "1",
+        "-b",
+        "41",
+        "--log-keys",
+        "--output-dir",
+        str(out),
+        "-j",
+        "0",
+        *SMALL,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_sharding(_key_logs(out), 2, _db_keys(train_db))
@@ -223,8 +376,23 @@ def test_placement_from_torchrun_slurm_and_nothing() -> None:
 def test_dali_file_reader_on_an_imagefolder_counts_val_once(hymenoptera: Path, tmp_path: Path) -> None:
     """--loader dali without --lmdb: DALI's file reader, sharded and padded; val counts 153 images."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "train.py", "--loader", "dali", "--train", str(hymenoptera / "val"), "--val",
-           str(hymenoptera / "val"), "--epochs", "1", "-b", "32", "--output-dir", str(out), *SMALL]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "--loader",
+        "dali",
+        "--train",
+        str(hymenoptera / "val"),
+        "--val",
+        str(hymenoptera / "val"),
+        "--epochs",
+        "1",
+        "-b",
+        "32",
+        "--output-dir",
+        str(out),
+        *SMALL,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

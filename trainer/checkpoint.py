@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import re
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +27,12 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state["numpy"] = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    state["numpy"] = {
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "gauss": float(gauss),
+    }
     return state
 
 
@@ -57,7 +61,7 @@ def all_checkpoints(output_dir: str) -> list[str]:
     return sorted(found, key=lambda p: int(_PATTERN.search(p).group(1)))
 
 
-def latest(output_dir: str) -> Optional[str]:
+def latest(output_dir: str) -> str | None:
     found = all_checkpoints(output_dir)
     return found[-1] if found else None
 

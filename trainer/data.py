@@ -10,8 +10,9 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import torch
 
@@ -21,8 +22,10 @@ from lmdb_io.shard import batches_per_epoch
 
 from .config import ConfigError
 
-DALI_INSTALL_HINT = ("DALI is not installed: pip install nvidia-dali-cuda130 (driver >= 580), nvidia-dali-cuda120 "
-                     "(driver >= 525), or use --loader torch")
+DALI_INSTALL_HINT = (
+    "DALI is not installed: pip install nvidia-dali-cuda130 (driver >= 580), nvidia-dali-cuda120 "
+    "(driver >= 525), or use --loader torch"
+)
 
 
 @dataclass(frozen=True)
@@ -61,13 +64,17 @@ def describe_dataset(path: str, lmdb: bool) -> DatasetInfo:
     return DatasetInfo(len(folder), folder.classes, identity, lambda i: rel[i])
 
 
-def check_class_maps(train: DatasetInfo, val: Optional[DatasetInfo], train_path: str, val_path: str) -> None:
+def check_class_maps(train: DatasetInfo, val: DatasetInfo | None, train_path: str, val_path: str) -> None:
     if val is not None and val.classes != train.classes:
-        differ = next((i for i, (a, b) in enumerate(zip(train.classes, val.classes)) if a != b),
-                      min(len(train.classes), len(val.classes)))
-        raise ConfigError(f"class maps differ: {train_path} has {len(train.classes)} classes, {val_path} has "
-                          f"{len(val.classes)}, first difference at index {differ}; convert the val set with "
-                          f"--classes-from {train_path}")
+        differ = next(
+            (i for i, (a, b) in enumerate(zip(train.classes, val.classes, strict=False)) if a != b),
+            min(len(train.classes), len(val.classes)),
+        )
+        raise ConfigError(
+            f"class maps differ: {train_path} has {len(train.classes)} classes, {val_path} has "
+            f"{len(val.classes)}, first difference at index {differ}; convert the val set with "
+            f"--classes-from {train_path}"
+        )
 
 
 def require_dali() -> None:
@@ -80,8 +87,16 @@ def require_dali() -> None:
 class SyntheticLoader:
     """The same random batch, resident on the device, ``steps`` times per epoch: no input cost at all."""
 
-    def __init__(self, batch_size: int, crop: int, num_classes: int, steps: int, device: torch.device,
-                 channels_last: bool, half: bool) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        crop: int,
+        num_classes: int,
+        steps: int,
+        device: torch.device,
+        channels_last: bool,
+        half: bool,
+    ) -> None:
         generator = torch.Generator().manual_seed(0)
         images = torch.randn(batch_size, 3, crop, crop, generator=generator)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -129,37 +144,69 @@ def make_loader(args: argparse.Namespace, path: str, train: bool, **kwargs: Any)
     return DelayedLoader(loader, delay) if delay > 0 else loader
 
 
-def _make_loader(args: argparse.Namespace, path: str, train: bool, *, rank: int, world_size: int,
-                 device: torch.device, first_epoch: int = 0, skip_batches: int = 0, num_classes: int = 1000,
-                 length: int = 0) -> Any:
+def _make_loader(
+    args: argparse.Namespace,
+    path: str,
+    train: bool,
+    *,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    first_epoch: int = 0,
+    skip_batches: int = 0,
+    num_classes: int = 1000,
+    length: int = 0,
+) -> Any:
     """The loader the flags ask for, for one rank; ``skip_batches`` resumes mid-epoch."""
     half = device.type == "cuda" and args.amp in ("bf16", "fp16")
     if args.synthetic:
         steps = batches_per_epoch(length, world_size, args.batch_size, True) if length else 100
-        return SyntheticLoader(args.batch_size, args.crop_size, num_classes, steps - skip_batches if train else steps,
-                               device, args.channels_last, half)
+        return SyntheticLoader(
+            args.batch_size,
+            args.crop_size,
+            num_classes,
+            steps - skip_batches if train else steps,
+            device,
+            args.channels_last,
+            half,
+        )
     threads = args.dali_threads or default_threads(world_size)
-    common = dict(train=train, rank=rank, world_size=world_size, seed=args.seed, crop=args.crop_size,
-                  val_resize=args.val_resize, channels_last=args.channels_last)
+    common = dict(
+        train=train,
+        rank=rank,
+        world_size=world_size,
+        seed=args.seed,
+        crop=args.crop_size,
+        val_resize=args.val_resize,
+        channels_last=args.channels_last,
+    )
     skip = skip_batches * args.batch_size if train else 0
     if args.loader == "torch":
         from lmdb_io.torch_loader import make_torch_loader
 
         workers = threads if args.workers is None else args.workers
-        return make_torch_loader(path, args.batch_size, workers=workers, device=device, first_epoch=first_epoch,
-                                 skip=skip, **common)
+        return make_torch_loader(
+            path, args.batch_size, workers=workers, device=device, first_epoch=first_epoch, skip=skip, **common
+        )
     require_dali()
     device_id = device.index if device.type == "cuda" else None
-    options = dict(num_threads=threads, hw_decoder_load=args.hw_decoder_load, half=half,
-                   crop=args.crop_size, val_resize=args.val_resize, channels_last=args.channels_last)
+    options = dict(
+        num_threads=threads,
+        hw_decoder_load=args.hw_decoder_load,
+        half=half,
+        crop=args.crop_size,
+        val_resize=args.val_resize,
+        channels_last=args.channels_last,
+    )
     if args.workers is not None:
         options["py_workers"] = args.workers
     if args.lmdb:
         from dali_pipeline import make_dali_loader
 
         common = {k: v for k, v in common.items() if k not in options}
-        return make_dali_loader(path, args.batch_size, device_id=device_id, first_epoch=first_epoch, skip=skip,
-                                **common, **options)
+        return make_dali_loader(
+            path, args.batch_size, device_id=device_id, first_epoch=first_epoch, skip=skip, **common, **options
+        )
     from dali_pipeline.loader import DALIFolderLoader
     from dali_pipeline.pipelines import PipelineOptions
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -32,7 +31,7 @@ class Placement:
         return self.rank == 0
 
 
-def placement_from_env(env: Optional[dict] = None) -> Placement:
+def placement_from_env(env: dict | None = None) -> Placement:
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
         return Placement(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
@@ -49,16 +48,21 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return device
 
 
-def init_process_group(place: Placement, device: torch.device, backend: Optional[str], url: str) -> None:
+def init_process_group(place: Placement, device: torch.device, backend: str | None, url: str) -> None:
     """Join the process group (NCCL on GPUs, gloo on CPU); a single process joins none."""
     if not place.distributed:
         return
     if url == "env://":
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
-    dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"), init_method=url,
-                            rank=place.rank, world_size=place.world_size, timeout=timedelta(minutes=30),
-                            **({"device_id": device} if device.type == "cuda" else {}))
+    dist.init_process_group(
+        backend or ("nccl" if device.type == "cuda" else "gloo"),
+        init_method=url,
+        rank=place.rank,
+        world_size=place.world_size,
+        timeout=timedelta(minutes=30),
+        **({"device_id": device} if device.type == "cuda" else {}),
+    )
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TextIO
+from typing import Any, TextIO
 
 import torch
 import torch.distributed as dist
@@ -53,10 +54,10 @@ class TrainState:
     module: nn.Module  # the plain model whose state_dict is saved
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: Optional[torch.amp.GradScaler]
+    scaler: torch.amp.GradScaler | None
     criterion: nn.Module
     device: torch.device
-    amp_dtype: Optional[torch.dtype]
+    amp_dtype: torch.dtype | None
     channels_last: bool
     epoch: int = 0  # the epoch in progress (or next to start)
     step_in_epoch: int = 0  # optimizer steps already done in ``epoch``
@@ -72,7 +73,7 @@ def as_model_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return images.contiguous()
 
 
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """[top-1 correct, top-5 correct] as a float tensor on the device (no sync)."""
     k = min(5, logits.shape[1])
     hits = logits.topk(k, dim=1).indices.eq(labels.view(-1, 1))
@@ -89,14 +90,16 @@ class KeyLog:
         self.file: TextIO = open(path, "a", encoding="utf-8")
 
     def write(self, epoch: int, step: int, indices: torch.Tensor, real: torch.Tensor) -> None:
-        rows = [f"{epoch}\t{step}\t{self.key_of(i)}\n" for i, r in zip(indices.tolist(), real.tolist()) if r]
+        rows = [
+            f"{epoch}\t{step}\t{self.key_of(i)}\n" for i, r in zip(indices.tolist(), real.tolist(), strict=True) if r
+        ]
         self.file.writelines(rows)
 
     def close(self) -> None:
         self.file.close()
 
 
-def _signal_hook_step(rank: int) -> Optional[int]:
+def _signal_hook_step(rank: int) -> int | None:
     value = os.environ.get(SIGNAL_AT_STEP_ENV)
     if not value:
         return None
@@ -104,9 +107,19 @@ def _signal_hook_step(rank: int) -> Optional[int]:
     return int(step) if not target_rank or int(target_rank) == rank else None
 
 
-def train_epoch(state: TrainState, loader: Any, *, batches_in_epoch: int, print_freq: int, rank: int,
-                world_size: int, log: RunLog, stop: StopSignal, steps_left: Optional[int],
-                key_log: Optional[KeyLog] = None) -> tuple[str, int]:
+def train_epoch(
+    state: TrainState,
+    loader: Any,
+    *,
+    batches_in_epoch: int,
+    print_freq: int,
+    rank: int,
+    world_size: int,
+    log: RunLog,
+    stop: StopSignal,
+    steps_left: int | None,
+    key_log: KeyLog | None = None,
+) -> tuple[str, int]:
     """Run the rest of ``state.epoch``. Returns (why it ended: done, stopped or max_steps; steps run)."""
     state.model.train()
     device = state.device
@@ -146,11 +159,20 @@ def train_epoch(state: TrainState, loader: Any, *, batches_in_epoch: int, print_
         if state.step_in_epoch % print_freq == 0 or state.step_in_epoch == batches_in_epoch:
             elapsed = time.perf_counter() - window_start
             totals = all_reduce_sum(torch.cat([window, torch.tensor([float(samples)], device=device)])).tolist()
-            log.record("train", _train_line(state, batches_in_epoch, totals, elapsed, waited),
-                       epoch=state.epoch, step=state.global_step, step_in_epoch=state.step_in_epoch,
-                       loss=totals[0] / totals[3], top1=100 * totals[1] / totals[3], top5=100 * totals[2] / totals[3],
-                       images_per_s=totals[3] / elapsed, data_wait=waited / elapsed,
-                       lr=state.optimizer.param_groups[0]["lr"], world_size=world_size)
+            log.record(
+                "train",
+                _train_line(state, batches_in_epoch, totals, elapsed, waited),
+                epoch=state.epoch,
+                step=state.global_step,
+                step_in_epoch=state.step_in_epoch,
+                loss=totals[0] / totals[3],
+                top1=100 * totals[1] / totals[3],
+                top5=100 * totals[2] / totals[3],
+                images_per_s=totals[3] / elapsed,
+                data_wait=waited / elapsed,
+                lr=state.optimizer.param_groups[0]["lr"],
+                world_size=world_size,
+            )
             window.zero_()
             window_start, waited, samples = time.perf_counter(), 0.0, 0
         if signal_step is not None and state.global_step == signal_step:
@@ -163,9 +185,11 @@ def train_epoch(state: TrainState, loader: Any, *, batches_in_epoch: int, print_
 
 def _train_line(state: TrainState, batches: int, totals: list[float], elapsed: float, waited: float) -> str:
     loss, top1, top5, n = totals
-    return (f"epoch {state.epoch} step {state.step_in_epoch}/{batches} loss {loss / n:.4f} top1 {100 * top1 / n:.2f} "
-            f"top5 {100 * top5 / n:.2f} lr {state.optimizer.param_groups[0]['lr']:.5f} img/s {n / elapsed:.1f} "
-            f"data-wait {100 * waited / elapsed:.0f}%")
+    return (
+        f"epoch {state.epoch} step {state.step_in_epoch}/{batches} loss {loss / n:.4f} top1 {100 * top1 / n:.2f} "
+        f"top5 {100 * top5 / n:.2f} lr {state.optimizer.param_groups[0]['lr']:.5f} img/s {n / elapsed:.1f} "
+        f"data-wait {100 * waited / elapsed:.0f}%"
+    )
 
 
 @torch.no_grad()

@@ -6,7 +6,8 @@ import argparse
 import math
 import os
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torchvision
@@ -24,7 +25,7 @@ from .runlog import RunLog, warn
 EXIT_CONFIG = 2
 
 
-def resolve_amp(args: argparse.Namespace, device: torch.device) -> Optional[torch.dtype]:
+def resolve_amp(args: argparse.Namespace, device: torch.device) -> torch.dtype | None:
     if args.amp is None:
         if device.type != "cuda":
             args.amp = "off"
@@ -36,8 +37,10 @@ def resolve_amp(args: argparse.Namespace, device: torch.device) -> Optional[torc
 def check_arch(arch: str) -> None:
     names = torchvision.models.list_models(module=torchvision.models)
     if arch not in names:
-        raise ConfigError(f"--arch {arch}: not a torchvision classification model (e.g. resnet18, resnet50, "
-                          f"vit_b_16; {len(names)} in all)")
+        raise ConfigError(
+            f"--arch {arch}: not a torchvision classification model (e.g. resnet18, resnet50, "
+            f"vit_b_16; {len(names)} in all)"
+        )
 
 
 def build_model(arch: str, num_classes: int) -> nn.Module:
@@ -61,18 +64,20 @@ def _args_dict(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool)) or v is None}
 
 
-def _resume_path(args: argparse.Namespace) -> Optional[str]:
+def _resume_path(args: argparse.Namespace) -> str | None:
     if not args.resume:
         return None
     return checkpoint.latest(args.output_dir) if args.resume == "auto" else args.resume
 
 
-def _restore(state: TrainState, path: str, train_info: Optional[DatasetInfo], force: bool, log: RunLog) -> None:
+def _restore(state: TrainState, path: str, train_info: DatasetInfo | None, force: bool, log: RunLog) -> None:
     saved = checkpoint.load(path, map_location=state.device)
     if train_info is not None and saved.get("dataset") != train_info.identity:
         if not force:
-            raise ConfigError(f"--resume {path}: the checkpoint was trained on a different dataset (class map, size "
-                              f"or database metadata differ); pass --force-resume to use it anyway")
+            raise ConfigError(
+                f"--resume {path}: the checkpoint was trained on a different dataset (class map, size "
+                f"or database metadata differ); pass --force-resume to use it anyway"
+            )
         warn(f"resuming {path} on a different dataset (--force-resume)")
     state.module.load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
@@ -81,43 +86,71 @@ def _restore(state: TrainState, path: str, train_info: Optional[DatasetInfo], fo
         state.scaler.load_state_dict(saved["scaler"])
     state.epoch, state.step_in_epoch, state.global_step = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
     checkpoint.restore_rng(saved["rng"])
-    log.info(f"resumed from {path}: epoch {state.epoch}, step {state.step_in_epoch} of it, "
-             f"global step {state.global_step}")
+    log.info(
+        f"resumed from {path}: epoch {state.epoch}, step {state.step_in_epoch} of it, global step {state.global_step}"
+    )
 
 
-def _save(state: TrainState, args: argparse.Namespace, train_info: Optional[DatasetInfo], place: Placement) -> None:
+def _save(state: TrainState, args: argparse.Namespace, train_info: DatasetInfo | None, place: Placement) -> None:
     if place.is_main:
-        path = checkpoint.save(args.output_dir, {
-            "model": state.module.state_dict(), "optimizer": state.optimizer.state_dict(),
-            "scheduler": state.scheduler.state_dict(),
-            "scaler": state.scaler.state_dict() if state.scaler is not None else {},
-            "epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "global_step": state.global_step,
-            "args": _args_dict(args), "rng": checkpoint.rng_state(),
-            "dataset": train_info.identity if train_info is not None else None,
-        })
+        path = checkpoint.save(
+            args.output_dir,
+            {
+                "model": state.module.state_dict(),
+                "optimizer": state.optimizer.state_dict(),
+                "scheduler": state.scheduler.state_dict(),
+                "scaler": state.scaler.state_dict() if state.scaler is not None else {},
+                "epoch": state.epoch,
+                "step_in_epoch": state.step_in_epoch,
+                "global_step": state.global_step,
+                "args": _args_dict(args),
+                "rng": checkpoint.rng_state(),
+                "dataset": train_info.identity if train_info is not None else None,
+            },
+        )
         print(f"saved {path}", flush=True)
     barrier()
 
 
-def build_state(args: argparse.Namespace, place: Placement, device: torch.device, amp_dtype: Optional[torch.dtype],
-                num_classes: int, steps_per_epoch: int) -> TrainState:
+def build_state(
+    args: argparse.Namespace,
+    place: Placement,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    num_classes: int,
+    steps_per_epoch: int,
+) -> TrainState:
     """Model (channels-last, DDP, compiled as asked), SGD with the scaled learning rate, its schedule."""
     module = build_model(args.arch, num_classes).to(device)
     if args.channels_last:
         module = module.to(memory_format=torch.channels_last)
     model: nn.Module = module
     if place.distributed:
-        model = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        model = nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if args.compile:
         model = torch.compile(model)
-    optimizer = torch.optim.SGD(module.parameters(), lr=args.lr * args.batch_size * place.world_size / 256,
-                                momentum=args.momentum, weight_decay=args.wd)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(
-        args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)))
-    return TrainState(model=model, module=module, optimizer=optimizer, scheduler=scheduler,
-                      scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
-                      criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), device=device,
-                      amp_dtype=amp_dtype, channels_last=args.channels_last)
+    optimizer = torch.optim.SGD(
+        module.parameters(),
+        lr=args.lr * args.batch_size * place.world_size / 256,
+        momentum=args.momentum,
+        weight_decay=args.wd,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_schedule(args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch))
+    )
+    return TrainState(
+        model=model,
+        module=module,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+        criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
+        device=device,
+        amp_dtype=amp_dtype,
+        channels_last=args.channels_last,
+    )
 
 
 def run(args: argparse.Namespace, place: Placement) -> int:
@@ -141,8 +174,10 @@ def run(args: argparse.Namespace, place: Placement) -> int:
     length = train_info.length if train_info else (val_info.length if val_info else 0)
     steps_per_epoch = batches_per_epoch(length, place.world_size, args.batch_size, True) if length else 100
     if steps_per_epoch == 0:
-        raise ConfigError(f"{args.train or args.val}: {length} images over {place.world_size} processes give no "
-                          f"whole batch of {args.batch_size}; lower --batch-size")
+        raise ConfigError(
+            f"{args.train or args.val}: {length} images over {place.world_size} processes give no "
+            f"whole batch of {args.batch_size}; lower --batch-size"
+        )
     state = build_state(args, place, device, amp_dtype, num_classes, steps_per_epoch)
     global_batch = args.batch_size * place.world_size
     resume_from = _resume_path(args)
@@ -150,13 +185,28 @@ def run(args: argparse.Namespace, place: Placement) -> int:
         _restore(state, resume_from, train_info, args.force_resume, log)
     elif args.resume == "auto":
         log.info(f"--resume auto: no checkpoint in {args.output_dir}, starting fresh")
-    log.record("start", f"{args.arch} on {device} x{place.world_size}, loader {'synthetic' if args.synthetic else args.loader}"
-               f", global batch {global_batch}, amp {args.amp}, {steps_per_epoch} steps/epoch",
-               args=_args_dict(args), world_size=place.world_size, steps_per_epoch=steps_per_epoch)
+    log.record(
+        "start",
+        f"{args.arch} on {device} x{place.world_size}, loader {'synthetic' if args.synthetic else args.loader}"
+        f", global batch {global_batch}, amp {args.amp}, {steps_per_epoch} steps/epoch",
+        args=_args_dict(args),
+        world_size=place.world_size,
+        steps_per_epoch=steps_per_epoch,
+    )
 
     def loader_for(path: str, train: bool, first_epoch: int = 0, skip: int = 0) -> Any:
-        return make_loader(args, path, train, rank=place.rank, world_size=place.world_size, device=device,
-                           first_epoch=first_epoch, skip_batches=skip, num_classes=num_classes, length=length)
+        return make_loader(
+            args,
+            path,
+            train,
+            rank=place.rank,
+            world_size=place.world_size,
+            device=device,
+            first_epoch=first_epoch,
+            skip_batches=skip,
+            num_classes=num_classes,
+            length=length,
+        )
 
     val_loader = loader_for(args.val, False) if args.val else None
     if args.evaluate:
@@ -171,8 +221,16 @@ def _val_line(epoch: int, m: dict[str, float]) -> str:
     return f"val epoch {epoch}: loss {m['loss']:.4f} top1 {m['top1']:.2f} top5 {m['top5']:.2f} ({m['count']} images)"
 
 
-def _fit(args: argparse.Namespace, place: Placement, state: TrainState, train_info: Optional[DatasetInfo],
-         loader_for: Any, val_loader: Any, steps_per_epoch: int, log: RunLog) -> int:
+def _fit(
+    args: argparse.Namespace,
+    place: Placement,
+    state: TrainState,
+    train_info: DatasetInfo | None,
+    loader_for: Any,
+    val_loader: Any,
+    steps_per_epoch: int,
+    log: RunLog,
+) -> int:
     if state.step_in_epoch and args.loader == "dali" and not args.lmdb and not args.synthetic:
         warn("DALI's file reader cannot resume mid-epoch: the interrupted epoch restarts from its beginning")
         state.step_in_epoch = 0
@@ -186,9 +244,18 @@ def _fit(args: argparse.Namespace, place: Placement, state: TrainState, train_in
     try:
         while state.epoch < args.epochs:
             left = None if args.max_steps is None else args.max_steps - steps_run
-            outcome, steps = train_epoch(state, train_loader, batches_in_epoch=steps_per_epoch,
-                                         print_freq=args.print_freq, rank=place.rank, world_size=place.world_size,
-                                         log=log, stop=stop, steps_left=left, key_log=key_log)
+            outcome, steps = train_epoch(
+                state,
+                train_loader,
+                batches_in_epoch=steps_per_epoch,
+                print_freq=args.print_freq,
+                rank=place.rank,
+                world_size=place.world_size,
+                log=log,
+                stop=stop,
+                steps_left=left,
+                key_log=key_log,
+            )
             steps_run += steps
             if state.step_in_epoch >= steps_per_epoch:  # the epoch is complete, whatever ended the loop
                 state.epoch, state.step_in_epoch = state.epoch + 1, 0
@@ -203,11 +270,21 @@ def _fit(args: argparse.Namespace, place: Placement, state: TrainState, train_in
         stop.restore()
         if key_log is not None:
             key_log.close()
-    why = {"stopped": "stopped by a signal", "max_steps": f"--max-steps {args.max_steps} reached",
-           "done": "all epochs done"}[outcome]
-    log.record("end", f"{why} at epoch {state.epoch} step {state.step_in_epoch} (global step {state.global_step}); "
-               f"resume with --resume auto --output-dir {args.output_dir}" if outcome != "done" else why,
-               reason=outcome, epoch=state.epoch, global_step=state.global_step)
+    why = {
+        "stopped": "stopped by a signal",
+        "max_steps": f"--max-steps {args.max_steps} reached",
+        "done": "all epochs done",
+    }[outcome]
+    log.record(
+        "end",
+        f"{why} at epoch {state.epoch} step {state.step_in_epoch} (global step {state.global_step}); "
+        f"resume with --resume auto --output-dir {args.output_dir}"
+        if outcome != "done"
+        else why,
+        reason=outcome,
+        epoch=state.epoch,
+        global_step=state.global_step,
+    )
     log.close()
     return 0
 
@@ -229,7 +306,7 @@ def _guarded(args: argparse.Namespace, place: Placement) -> int:
         shutdown()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.multiprocessing_distributed:
         procs = args.procs_per_node or (torch.cuda.device_count() if args.device != "cpu" else 0) or 1

@@ -6,13 +6,13 @@ import json
 import os
 import sys
 import time
-from typing import Any, Optional, TextIO
+from typing import Any, TextIO
 
 
 class RunLog:
     def __init__(self, output_dir: str, enabled: bool) -> None:
         self.enabled = enabled
-        self._file: Optional[TextIO] = None
+        self._file: TextIO | None = None
         if enabled:
             os.makedirs(output_dir, exist_ok=True)
             self._file = open(os.path.join(output_dir, "log.jsonl"), "a", encoding="utf-8", buffering=1)
