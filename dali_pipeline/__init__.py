@@ -7,7 +7,17 @@ the pipelines and loader do.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the lazy exports below, for the type checker; at run time __getattr__ imports them
+    # (``X as X``: an explicit re-export, since __all__ is built from _LAZY)
+    from .loader import (
+        DALIFolderLoader as DALIFolderLoader,
+        DALILoader as DALILoader,
+        make_dali_loader as make_dali_loader,
+    )
+    from .pipelines import PipelineOptions as PipelineOptions, build_pipeline as build_pipeline
+    from .source import LMDBSource as LMDBSource, ShardedSource as ShardedSource
 
 _LAZY = {
     "DALILoader": ".loader",

@@ -7,11 +7,19 @@ records (the DALI source) never imports torch or PIL.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .errors import ConvertError, CorruptRecordError, IncompleteDatabaseError, LmdbIoError, NotADatabaseError  # noqa: E402
+from .errors import ConvertError, CorruptRecordError, IncompleteDatabaseError, LmdbIoError, NotADatabaseError
+
+if TYPE_CHECKING:  # the lazy exports below, for the type checker; at run time __getattr__ imports them
+    # (``X as X``: an explicit re-export, since __all__ is built from _LAZY)
+    from .database import ImageDatabase as ImageDatabase, open_database as open_database
+    from .dataset import ImageFolderLMDB as ImageFolderLMDB
+    from .env import shared_env as shared_env
+    from .record import ImageFormat as ImageFormat
+    from .shard import Shard as Shard, shard_indices as shard_indices
 
 _LAZY = {
     "ImageDatabase": ".database",
