@@ -12,10 +12,14 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from .errors import LmdbIoError
+
+if TYPE_CHECKING:
+    from .database import ImageDatabase
 
 EXIT_USER_ERROR = 2
 EXIT_BAD_RECORDS = 1
@@ -191,7 +195,7 @@ def _info(path: str, as_json: bool) -> int:
     return 0
 
 
-def _check_record(db, index: int, decode: bool) -> str | None:
+def _check_record(db: ImageDatabase, index: int, decode: bool) -> str | None:
     from .errors import CorruptRecordError
 
     try:
@@ -238,7 +242,7 @@ def _verify(path: str, decode: bool, workers: int, quiet: bool) -> int:
     return 0
 
 
-def _dali_decode_check(db, workers: int) -> tuple[list[tuple[int, str]], str]:
+def _dali_decode_check(db: ImageDatabase, workers: int) -> tuple[list[tuple[int, str]], str]:
     """Decode every record with DALI's CPU decoder too, when DALI is installed (it decides at training)."""
     try:
         import nvidia.dali

@@ -175,6 +175,7 @@ def _prepare(path: str, label: int, verify_decode: bool, keep_format: bool) -> P
         return Prepared(SKIP, verdict.reason, None, n)
     if verdict.action == STORE_ORIGINAL:
         return Prepared(verdict.action, verdict.reason, write_header(buf, label, verdict.image_format), n)
+    assert verdict.payload is not None  # only a SKIP verdict has none
     return Prepared(verdict.action, verdict.reason, encode_record(verdict.payload, label, verdict.image_format), n)
 
 
@@ -350,7 +351,9 @@ def convert(opts: ConvertOptions) -> ConvertReport:
         progress = _load_progress(env, out) if opts.resume else None
         if opts.resume and progress is None and env.stat()["entries"]:
             with env.begin() as txn:  # complete already: nothing to redo
-                counts = json.loads(txn.get(schema.META_KEY))["counts"]
+                meta_raw = txn.get(schema.META_KEY)
+                assert meta_raw is not None  # _load_progress refused entries without __meta__
+                counts = json.loads(meta_raw)["counts"]
             report.scanned, report.reused = counts["scanned"], counts["images"]
             report.stored_original = counts["stored_original"]
             report.stored_transcoded = counts["stored_transcoded"]
@@ -399,7 +402,7 @@ def _convert_items(
 ) -> None:
     exit_after = int(os.environ.get(EXIT_AFTER_COMMITS_ENV, "0") or 0)
     commits = 0
-    batch: list[tuple[bytes, bytes]] = []
+    batch: list[tuple[bytes, bytes | bytearray]] = []
     batch_bytes = 0
     since_commit = 0
     run_started = time.perf_counter()
@@ -443,9 +446,11 @@ def _convert_items(
                 else:
                     report.stored_transcoded += 1
                     report.transcoded.append({"path": rel, "reason": prepared.reason})
-                batch.append((schema.make_key(report.stored - 1, width), prepared.record))
-                batch_bytes += len(prepared.record)
-                report.bytes_out += len(prepared.record) - HEADER_SIZE
+                record = prepared.record
+                assert record is not None  # only a SKIP has no record
+                batch.append((schema.make_key(report.stored - 1, width), record))
+                batch_bytes += len(record)
+                report.bytes_out += len(record) - HEADER_SIZE
             since_commit += 1
             if since_commit >= opts.commit_every or batch_bytes >= opts.commit_bytes:
                 commit()

@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import schema
 from .env import shared_env
 from .errors import IncompleteDatabaseError, NotADatabaseError
 from .record import ImageFormat, decode_record
+
+if TYPE_CHECKING:
+    import lmdb
 
 
 class ImageDatabase:
@@ -55,6 +58,8 @@ class ImageDatabase:
             keys_blob = txn.get(schema.KEYS_KEY)
             length_raw = txn.get(schema.LEN_KEY)
             targets_raw = txn.get(schema.TARGETS_KEY)
+        # all three are in FINAL_KEYS, whose presence was checked above
+        assert keys_blob is not None and length_raw is not None and targets_raw is not None
         try:
             meta = json.loads(meta_raw)
         except ValueError:
@@ -117,7 +122,9 @@ class ImageDatabase:
         """Each image's source path relative to the dataset root (read once, on first use)."""
         if self._paths is None:
             with shared_env(self.path).begin() as txn:
-                self._paths = json.loads(txn.get(schema.PATHS_KEY))
+                paths_raw = txn.get(schema.PATHS_KEY)
+            assert paths_raw is not None  # in FINAL_KEYS, checked when the database was opened
+            self._paths = json.loads(paths_raw)
         return self._paths
 
     # -- records -------------------------------------------------------------------------------------
@@ -132,7 +139,7 @@ class ImageDatabase:
         payload, label, _ = self.read_record(index, verify)
         return payload, label
 
-    def _txn(self):
+    def _txn(self) -> lmdb.Transaction[memoryview]:
         """This thread's long-lived read transaction (the database is read-only: one snapshot forever).
 
         Reusing it saves a transaction per read; it is reopened in a forked child with the Environment.

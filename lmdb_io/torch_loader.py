@@ -48,7 +48,7 @@ def val_transform(resize: int = 256, crop: int = 224) -> Callable:
     )
 
 
-def open_image_dataset(path: str | os.PathLike, transform: Callable | None = None) -> Dataset:
+def open_image_dataset(path: str | os.PathLike, transform: Callable | None = None) -> ImageFolderLMDB | ImageFolder:
     """An lmdb_io database as ImageFolderLMDB, or a plain ImageFolder tree."""
     if os.path.isfile(os.path.join(path, "data.mdb")):
         return ImageFolderLMDB(path, transform=transform)
@@ -104,7 +104,7 @@ class ShardSampler(Sampler):
 class _SeededItems(Dataset):
     """Wraps an image dataset: item ``(index, real, epoch)`` -> (image, label, index, real)."""
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
+    def __init__(self, dataset: ImageFolderLMDB | ImageFolder, seed: int) -> None:
         self.dataset, self.seed = dataset, seed
 
     def __len__(self) -> int:
@@ -122,7 +122,7 @@ class TorchLoader:
 
     def __init__(
         self,
-        dataset: Dataset,
+        dataset: ImageFolderLMDB | ImageFolder,
         sampler: ShardSampler,
         *,
         workers: int,
