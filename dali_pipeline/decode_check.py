@@ -7,6 +7,7 @@ pipeline (DALI pipelines do not recover from an operator error), so every bad re
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
@@ -15,9 +16,13 @@ from lmdb_io.database import ImageDatabase
 
 from .compat import no_exif_rotation
 
+if TYPE_CHECKING:
+    from nvidia.dali.data_node import DataNode
+    from nvidia.dali.pipeline import Pipeline
+
 
 @pipeline_def
-def _decode_pipeline() -> object:
+def _decode_pipeline() -> DataNode:
     encoded = fn.external_source(name="encoded", dtype=types.UINT8)
     return fn.decoders.image(encoded, device="cpu", output_type=types.RGB, **no_exif_rotation("decoders__Image"))
 
@@ -27,8 +32,8 @@ class _Decoder:
 
     def __init__(self, batch_size: int, num_threads: int) -> None:
         self.batch_size, self.num_threads = batch_size, num_threads
-        self.pipe = None
-        self.failed: list = []
+        self.pipe: Pipeline | None = None
+        self.failed: list[Pipeline] = []
 
     def decodes(self, payloads: Sequence[np.ndarray]) -> bool:
         if self.pipe is None:

@@ -27,14 +27,19 @@ towards zero (C semantics), so it is only ever applied to non-negative values.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from nvidia.dali import fn, types
 
 from .compat import no_exif_rotation
 
+if TYPE_CHECKING:
+    from nvidia.dali.data_node import DataNode
+
 __all__ = ["resize_and_center_crop"]
 
 
-def _half_round_even(d):
+def _half_round_even(d: DataNode) -> DataNode:
     """Python ``round(d / 2)`` (half to even) for a non-negative int DataNode."""
     k = d // 2
     r = d - 2 * k  # d odd -> 1
@@ -42,7 +47,7 @@ def _half_round_even(d):
     return k + r * k_odd
 
 
-def _crop_anchor(n, c: int):
+def _crop_anchor(n: DataNode, c: int) -> DataNode:
     """torchvision center_crop anchor along one axis of length ``n`` (int
     DataNode) for a window of ``c``.
 
@@ -58,7 +63,9 @@ def _crop_anchor(n, c: int):
     return over * _half_round_even(d_pos) - under * (d_neg // 2)
 
 
-def resize_and_center_crop(images, encoded, resize: int = 256, crop: int = 224, device: str = "cpu"):
+def resize_and_center_crop(
+    images: DataNode, encoded: DataNode, resize: int = 256, crop: int = 224, device: str = "cpu"
+) -> DataNode:
     """images: decoded HWC RGB uint8 DataNode; encoded: the encoded bytes DataNode (for fn.peek_image_shape, a CPU op).
     Returns the HWC uint8 DataNode of the center crop, matching torchvision within 1 px geometry.
 
