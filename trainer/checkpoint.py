@@ -26,7 +26,9 @@ def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)  # the default; numpy's stubs give the dict form to a bare call
+    assert isinstance(np_state, tuple)  # the legacy form, since the global generator is MT19937
+    kind, keys, pos, has_gauss, gauss = np_state
     state["numpy"] = {
         "keys": torch.from_numpy(keys.astype(np.int64)),
         "pos": int(pos),
@@ -57,8 +59,12 @@ def save(output_dir: str, state: dict[str, Any]) -> str:
 
 
 def all_checkpoints(output_dir: str) -> list[str]:
-    found = [p for p in glob.glob(os.path.join(output_dir, "checkpoint-step*.pt")) if _PATTERN.search(p)]
-    return sorted(found, key=lambda p: int(_PATTERN.search(p).group(1)))
+    steps = {
+        p: int(m.group(1))
+        for p in glob.glob(os.path.join(output_dir, "checkpoint-step*.pt"))
+        if (m := _PATTERN.search(p))
+    }
+    return sorted(steps, key=steps.__getitem__)
 
 
 def latest(output_dir: str) -> str | None:

@@ -9,8 +9,10 @@ picks the GPU, so two nodes never read the same shard.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -31,7 +33,7 @@ class Placement:
         return self.rank == 0
 
 
-def placement_from_env(env: dict | None = None) -> Placement:
+def placement_from_env(env: Mapping[str, str] | None = None) -> Placement:
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
         return Placement(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
@@ -55,13 +57,14 @@ def init_process_group(place: Placement, device: torch.device, backend: str | No
     if url == "env://":
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
+    device_arg: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}  # CUDA only: binds NCCL to it
     dist.init_process_group(
         backend or ("nccl" if device.type == "cuda" else "gloo"),
         init_method=url,
         rank=place.rank,
         world_size=place.world_size,
         timeout=timedelta(minutes=30),
-        **({"device_id": device} if device.type == "cuda" else {}),
+        **device_arg,
     )
 
 

@@ -6,8 +6,8 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 import torchvision
@@ -48,7 +48,7 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
-def lr_schedule(total_steps: int, warmup_steps: int):
+def lr_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """Linear warm-up from 0, then cosine decay to 0, as a multiplier of the base learning rate."""
 
     def factor(step: int) -> float:
@@ -130,7 +130,8 @@ def build_state(
             module, device_ids=[device.index] if device.type == "cuda" else None
         )
     if args.compile:
-        model = torch.compile(model)
+        # given an nn.Module, torch.compile returns an OptimizedModule (an nn.Module); its stubs say Callable
+        model = cast(nn.Module, torch.compile(model))
     optimizer = torch.optim.SGD(
         module.parameters(),
         lr=args.lr * args.batch_size * place.world_size / 256,

@@ -26,6 +26,7 @@ class RunLog:
         if not self.enabled:
             return
         print(human, flush=True)
+        assert self._file is not None  # opened in __init__ when enabled; only close() drops it
         self._file.write(json.dumps({"event": kind, "time": round(time.time(), 3), **fields}) + "\n")
 
     def close(self) -> None:
