@@ -29,7 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lmdb_io.synthetic import make_image_folder  # noqa: E402
+from lmdb_io.synthetic import make_image_folder  # noqa: E402 (needs the sys.path insert above)
 
 
 def machine() -> str:

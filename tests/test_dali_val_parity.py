@@ -19,11 +19,11 @@ pytest.importorskip("nvidia.dali")
 torch = pytest.importorskip("torch")
 transforms = pytest.importorskip("torchvision.transforms")
 
-from nvidia.dali import fn, pipeline_def, types  # noqa: E402
-from PIL import Image  # noqa: E402
+from nvidia.dali import fn, pipeline_def, types  # noqa: E402 (after the pytest.importorskip lines)
+from PIL import Image  # noqa: E402 (after the pytest.importorskip lines)
 
-from dali_pipeline.compat import no_exif_rotation  # noqa: E402
-from dali_pipeline.val_geometry import resize_and_center_crop  # noqa: E402
+from dali_pipeline.compat import no_exif_rotation  # noqa: E402 (after the pytest.importorskip lines)
+from dali_pipeline.val_geometry import resize_and_center_crop  # noqa: E402 (after the pytest.importorskip lines)
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 HYMENOPTERA_VAL = DATASETS / "hymenoptera" / "val"

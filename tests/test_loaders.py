@@ -14,7 +14,7 @@ from lmdb_io.shard import epoch_plan
 from lmdb_io.torch_loader import IMAGENET_MEAN, IMAGENET_STD, make_torch_loader
 
 pytest.importorskip("nvidia.dali")
-from dali_pipeline import make_dali_loader  # noqa: E402
+from dali_pipeline import make_dali_loader
 
 LOADERS = {"dali": make_dali_loader, "torch": make_torch_loader}
 

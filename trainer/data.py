@@ -79,7 +79,7 @@ def check_class_maps(train: DatasetInfo, val: DatasetInfo | None, train_path: st
 
 def require_dali() -> None:
     try:
-        import nvidia.dali  # noqa: F401
+        import nvidia.dali  # noqa: F401 (imported only to see whether DALI is installed)
     except ImportError:
         raise ConfigError(DALI_INSTALL_HINT) from None
 
