@@ -66,8 +66,10 @@ class BaselineReader:
             path, subdir=os.path.isdir(path), readonly=True, lock=False, readahead=False, meminit=False
         )
         with self.env.begin(write=False) as txn:
-            self.length: int = pickle.loads(txn.get(b"__len__"))
-            self.keys: list[bytes] = pickle.loads(txn.get(b"__keys__"))
+            length_raw, keys_raw = txn.get(b"__len__"), txn.get(b"__keys__")
+        assert length_raw is not None and keys_raw is not None, f"{path}: not a folder2lmdb database"
+        self.length: int = pickle.loads(length_raw)
+        self.keys: list[bytes] = pickle.loads(keys_raw)
 
     def __len__(self) -> int:
         return self.length
@@ -75,6 +77,7 @@ class BaselineReader:
     def read(self, index: int) -> tuple[bytes, int]:
         with self.env.begin(write=False) as txn:
             byteflow = txn.get(self.keys[index])
+        assert byteflow is not None  # every key in __keys__ was written
         return pickle.loads(byteflow)
 
     def close(self) -> None:

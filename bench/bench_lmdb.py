@@ -29,14 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `bench` and `lmdb_io` importable
     sys.path.insert(0, str(REPO))
 
-import lmdb  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import lmdb  # noqa: E402 (below the sys.path insert)
+import numpy as np  # noqa: E402 (below the sys.path insert)
+import torch  # noqa: E402 (below the sys.path insert)
 
-import lmdb_io  # noqa: E402
-from bench.baseline_pytorch_lmdb import BaselineReader  # noqa: E402
-from bench.common import markdown_table, run_and_report, yes_no  # noqa: E402
-from lmdb_io.env import close_shared_env  # noqa: E402
+import lmdb_io  # noqa: E402 (below the sys.path insert)
+from bench.baseline_pytorch_lmdb import BaselineReader  # noqa: E402 (below the sys.path insert)
+from bench.common import markdown_table, run_and_report, yes_no  # noqa: E402 (below the sys.path insert)
+from lmdb_io.env import close_shared_env  # noqa: E402 (below the sys.path insert)
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "hymenoptera"
 CONVERT_PY = REPO / "convert.py"
@@ -173,7 +173,7 @@ def bench_converters(tree: Tree, workdir: Path, runs: int) -> tuple[dict[str, li
             out = workdir / f"{name}-{run}" if name != "tar" else workdir / f"tar-{run}.tar"
             remove(out)
             os.sync()  # start clean: no contender pays for writing back another's dirty pages
-            seconds[name].append(timed(lambda convert=convert, out=out: convert(out)))
+            seconds[name].append(timed(partial(convert, out)))
             if run == 0 and name in ("baseline", "ours"):
                 kept[name] = out
             else:
@@ -212,7 +212,7 @@ def bench_reads(base_path: Path, ours_path: Path, runs: int, seed: int = 0) -> t
     db = lmdb_io.open_database(ours_path)
     order = np.random.default_rng(seed).permutation(len(db)).tolist()
     check_same_records(base, db, order)
-    readers = {
+    readers: dict[str, Callable[[int], tuple]] = {
         "baseline": base.read,
         "ours_verify": partial(db.read, verify=True),
         "ours_noverify": partial(db.read, verify=False),
@@ -223,7 +223,7 @@ def bench_reads(base_path: Path, ours_path: Path, runs: int, seed: int = 0) -> t
     seconds: dict[str, list[float]] = defaultdict(list)
     for _ in range(runs):
         for name, read in readers.items():
-            seconds[name].append(timed(lambda read=read: read_all(read, order)))
+            seconds[name].append(timed(partial(read_all, read, order)))
     base.close()
     close_shared_env(str(ours_path))
     return dict(seconds), len(order), nbytes["baseline"]
@@ -282,6 +282,7 @@ def peak_rss(cmd: Sequence[str]) -> tuple[int, int]:
         while proc.poll() is None:
             peak = max(peak, descendants_rss(proc.pid))
             time.sleep(POLL_SECONDS)
+        assert proc.stdout is not None  # stdout=PIPE
         out = proc.stdout.read()
         proc.stdout.close()
         if proc.returncode:

@@ -23,7 +23,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `bench`, `lmdb_io` and `dali_pipeline` importable
     sys.path.insert(0, str(REPO))
 
-from bench.common import markdown_table, run_and_report, yes_no  # noqa: E402
-from dali_pipeline.source import ShardedSource  # noqa: E402  (needs no DALI)
-from lmdb_io.shard import epoch_plan  # noqa: E402  (numpy only)
+from bench.common import markdown_table, run_and_report, yes_no  # noqa: E402 (below the sys.path insert)
+from dali_pipeline.source import ShardedSource  # noqa: E402 (below the sys.path insert; needs no DALI)
+from lmdb_io.shard import epoch_plan  # noqa: E402 (below the sys.path insert; numpy only)
 
 # torch, DALI and bench.bench_lmdb are imported inside functions: DALI's parallel source starts its
 # workers with spawn, which re-imports this module in each of them; they need only MemorySource.
@@ -75,7 +75,7 @@ class MemorySource(ShardedSource):
         return self.payloads[index], self.labels[index]
 
 
-def memory_source_class() -> type:
+def memory_source_class() -> type[MemorySource]:
     """MemorySource imported under its module name, so that it pickles by reference into spawned DALI
     workers even when this file runs as ``__main__``."""
     from bench.bench_loaders import MemorySource as imported
@@ -180,7 +180,7 @@ def time_epoch(loader: Iterable, batch_size: int, warmup: int, sync: Callable[[]
     started = last = None
     cpu_start = cpu_last = (0.0, 0.0)
     batches = images = 0
-    total = len(loader) if hasattr(loader, "__len__") else None  # snapshot /proc at the ends only
+    total = len(loader) if isinstance(loader, Sized) else None  # snapshot /proc at the ends only
     indices: list[int] = []
     for batch in loader:
         batches += 1
@@ -203,6 +203,7 @@ def time_epoch(loader: Iterable, batch_size: int, warmup: int, sync: Callable[[]
         )
     if total is not None and batches != total:
         raise SystemExit(f"the loader announced {total} batches and delivered {batches}")
+    assert last is not None  # set with started
     own = cpu_last[1] - cpu_start[1]
     return EpochTiming(batches, images, last - started, own, cpu_last[0] - cpu_start[0] - own, indices)
 

@@ -35,7 +35,7 @@ def yes_no(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
-def markdown_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+def markdown_table(title: str, columns: Sequence[str], rows: Iterable[Iterable[str]]) -> str:
     """``title``, a blank line, then a Markdown table of string cells."""
     lines = [title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

@@ -14,16 +14,16 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch  # noqa: E402 (below the sys.path insert)
 
-from lmdb_io.synthetic import make_image_folder  # noqa: E402
+from lmdb_io.synthetic import make_image_folder  # noqa: E402 (needs the sys.path insert above)
 
 
 def run(cmd: list[str]) -> None:
@@ -77,6 +77,7 @@ def convert(train_dir: Path, val_dir: Path, work: Path) -> tuple[Path, Path]:
 
 def loader_only(kind: str, db: Path, batch: int, crop: int, epochs: int = 2) -> float:
     """Images/s of the training loader alone, first batch (start-up) excluded."""
+    loader: Iterable[Any]  # DALILoader or TorchLoader: both yield lmdb_io.batch.Batch
     if kind == "dali":
         from dali_pipeline import make_dali_loader
 
@@ -94,6 +95,7 @@ def loader_only(kind: str, db: Path, batch: int, crop: int, epochs: int = 2) -> 
             images += batch_data.images.shape[0]
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+    assert started is not None, "the loader yielded no batch"
     return images / (time.perf_counter() - started)
 
 

@@ -40,6 +40,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -534,6 +535,17 @@ class Check:
     measure: Callable[[float], dict[str, Any]]  # seconds left -> images_per_s, [data_wait], ...
 
 
+def built_db(data: Data) -> Path:
+    """``data.db`` for a row that needs "db" (run_check runs those only once it is built)."""
+    assert data.db is not None
+    return data.db
+
+
+def time_dali_loader(args: argparse.Namespace, data: Data, load: float, left: float) -> dict[str, Any]:
+    """The DALI loader row at one hw_decoder_load (``left``, the seconds left, is not used)."""
+    return time_loader(dali_contender(args, built_db(data), load), args, data)
+
+
 def loader_checks(args: argparse.Namespace, data: Data) -> list[Check]:
     """A DALI row per ``--hw-loads`` value, then the torchvision loader."""
     least = 1.0 if args.cpu else MIN_SECONDS["loader"]
@@ -542,7 +554,7 @@ def loader_checks(args: argparse.Namespace, data: Data) -> list[Check]:
             Row("loader", f"dali_hw{load:g}", f"DALI pipeline alone, hw_decoder_load {load:g}", dali_how(args, load)),
             ("torch", "gpu", "lmdb", "dali", "db"),
             least,
-            lambda left, load=load: time_loader(dali_contender(args, data.db, load), args, data),
+            partial(time_dali_loader, args, data, load),
         )
         for load in args.hw_loads
     ]
@@ -551,7 +563,7 @@ def loader_checks(args: argparse.Namespace, data: Data) -> list[Check]:
             Row("loader", "torch", f"torchvision DataLoader alone, {args.torch_workers} workers", torch_how(args)),
             ("torch", "gpu", "torchvision", "lmdb", "db"),
             least,
-            lambda left: time_loader(torch_contender(args, data.db), args, data),
+            lambda left: time_loader(torch_contender(args, built_db(data)), args, data),
         )
     )
     return checks
@@ -573,7 +585,7 @@ def train_checks(args: argparse.Namespace, data: Data) -> list[Check]:
                     Row("train", f"{arch}-{variant}", f"training {arch}, {labels[variant]}", how),
                     needs,
                     least,
-                    lambda left, a=arch, v=variant: time_training(args, a, v, data, left),
+                    partial(time_training, args, arch, variant, data),
                 )
             )
     return checks
@@ -606,14 +618,14 @@ def run_check(check: Check, env: Environment, deadline: float, budget: float) ->
 def set_ratios(rows: Sequence[Row]) -> None:
     """Training rows: ratio to the same arch's synthetic run; loader rows: ratio to the best loader."""
     loaders = [r for r in rows if r.kind == "loader" and r.images_per_s]
-    best = max(loaders, key=lambda r: r.images_per_s, default=None)
+    best = max(loaders, key=lambda r: r.images_per_s or 0.0, default=None)  # (all set: filtered above)
     for r in rows:
         base = (
             best
             if r.kind == "loader"
             else next((s for s in rows if s.key == r.key.rsplit("-", 1)[0] + "-synthetic" and s.images_per_s), None)
         )
-        if r.images_per_s and base is not None:
+        if r.images_per_s and base is not None and base.images_per_s:  # (always set: filtered)
             r.ratio = r.images_per_s / base.images_per_s
             r.ratio_to = "best loader" if r.kind == "loader" else "synthetic"
 

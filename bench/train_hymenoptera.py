@@ -68,7 +68,7 @@ def one_run(
     )
     events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in events if e["event"] == "train"]
-    per_epoch = {}
+    per_epoch: dict[int, list[float]] = {}
     for e in events:
         if e["event"] == "train":
             per_epoch.setdefault(e["epoch"], []).append(e["loss"])
