@@ -73,7 +73,9 @@ def _field(rng: np.random.Generator, width: int, height: int, cells: int, amplit
     """A smooth random colour field: random values on a coarse grid, upsampled bicubically."""
     gw, gh = max(2, width // cells), max(2, height // cells)
     coarse = rng.normal(0.0, amplitude, (gh, gw, 3)).astype(np.float32)
-    channels = [Image.fromarray(coarse[..., c], "F").resize((width, height), Image.Resampling.BICUBIC) for c in range(3)]
+    channels = [
+        Image.fromarray(coarse[..., c], "F").resize((width, height), Image.Resampling.BICUBIC) for c in range(3)
+    ]
     return np.stack([np.asarray(c) for c in channels], axis=-1)
 
 
@@ -130,7 +132,9 @@ class _Spec:
     what: str = "baseline JPEG 4:2:0 q90"
 
 
-def _jpeg(name: str, size: tuple[int, int], what: str, outcome: str = ORIGINAL, mode: str = "RGB", **options: object) -> _Spec:
+def _jpeg(
+    name: str, size: tuple[int, int], what: str, outcome: str = ORIGINAL, mode: str = "RGB", **options: object
+) -> _Spec:
     return _Spec(name, size, "JPEG", mode, {"quality": 90, **options}, outcome, what)
 
 
@@ -140,12 +144,16 @@ def _special_train() -> dict[str, list[_Spec]]:
         "ants": [
             _jpeg("tiny 1x1.jpg", (1, 1), "1x1 JPEG"),
             _jpeg("odd-7x3.jpg", (7, 3), "7x3 JPEG (odd sizes under 4:2:0)"),
-            _jpeg("phone IMG_0001.JPG", (4032, 3024), "4032x3024 phone photo, EXIF orientation 6, q85",
-                  quality=85, exif=_exif(6)),
+            _jpeg(
+                "phone IMG_0001.JPG",
+                (4032, 3024),
+                "4032x3024 phone photo, EXIF orientation 6, q85",
+                quality=85,
+                exif=_exif(6),
+            ),
             _jpeg("progressive.jpg", (333, 250), "progressive JPEG", progressive=True),
             _jpeg("subsampling-444.jpg", (300, 200), "baseline JPEG 4:4:4", subsampling=0),
-            _jpeg("restart-markers.jpg", (320, 240), "JPEG with restart markers every 4 MCUs",
-                  restart_marker_blocks=4),
+            _jpeg("restart-markers.jpg", (320, 240), "JPEG with restart markers every 4 MCUs", restart_marker_blocks=4),
             _Spec("alpha.png", (180, 220), "PNG", "RGBA", {}, TRANSCODED, "RGBA PNG"),
             _Spec("palette.gif", (150, 100), "GIF", "P", {}, TRANSCODED, "palette GIF (ImageFolder does not list it)"),
         ],
@@ -161,8 +169,13 @@ def _special_train() -> dict[str, list[_Spec]]:
             _Spec("scan.bmp", (130, 170), "BMP", "RGB", {}, TRANSCODED, "BMP"),
         ],
         "wasps": [
-            _jpeg("strip 4100x300.jpg", (4100, 300), "4100x300 panorama strip, progressive 4:4:4",
-                  progressive=True, subsampling=0),
+            _jpeg(
+                "strip 4100x300.jpg",
+                (4100, 300),
+                "4100x300 panorama strip, progressive 4:4:4",
+                progressive=True,
+                subsampling=0,
+            ),
             _jpeg("exif-3.jpg", (300, 225), "JPEG with EXIF orientation 3", exif=_exif(3)),
             _Spec("scan.tif", (140, 100), "TIFF", "RGB", {"compression": "tiff_lzw"}, TRANSCODED, "LZW TIFF"),
             _Spec("web.webp", (200, 150), "WEBP", "RGB", {"quality": 80}, TRANSCODED, "WebP"),
@@ -210,8 +223,9 @@ def _write(path: Path, spec: _Spec, seed: int, class_index: int) -> None:
     path.write_bytes(_encode(image, spec.fmt, **spec.options))
 
 
-def _make_split(root: Path, classes: list[str], per_class: dict[str, int], specials: dict[str, list[_Spec]],
-                seed: int) -> GeneratedSplit:
+def _make_split(
+    root: Path, classes: list[str], per_class: dict[str, int], specials: dict[str, list[_Spec]], seed: int
+) -> GeneratedSplit:
     rng = np.random.default_rng(seed)
     files: list[GeneratedFile] = []
     for class_index, name in enumerate(classes):
@@ -247,12 +261,20 @@ def _imagefolder_order(root: Path, classes: list[str], files: list[GeneratedFile
 
 def make_dataset(root: Path, seed: int = 0, train_per_class: int = 24, val_per_class: int = 12) -> GeneratedDataset:
     """``root/train`` (classes ants, bees, cicadas (empty), wasps) and ``root/val`` (ants, bees, wasps)."""
-    train = _make_split(root / "train", ["ants", "bees", "cicadas", "wasps"],
-                        {"ants": train_per_class, "bees": train_per_class, "wasps": train_per_class // 2},
-                        _special_train(), seed)
-    val = _make_split(root / "val", ["ants", "bees", "wasps"],
-                      {"ants": val_per_class, "bees": val_per_class, "wasps": val_per_class // 2},
-                      _special_val(), seed + 1)
+    train = _make_split(
+        root / "train",
+        ["ants", "bees", "cicadas", "wasps"],
+        {"ants": train_per_class, "bees": train_per_class, "wasps": train_per_class // 2},
+        _special_train(),
+        seed,
+    )
+    val = _make_split(
+        root / "val",
+        ["ants", "bees", "wasps"],
+        {"ants": val_per_class, "bees": val_per_class, "wasps": val_per_class // 2},
+        _special_val(),
+        seed + 1,
+    )
     return GeneratedDataset(root=root, train=train, val=val)
 
 
@@ -265,7 +287,7 @@ def chroma_stress_jpegs(count: int = 8, size: int = 256, seed: int = 0) -> list[
     out = []
     for i in range(count):
         period = int(rng.integers(2, 7))
-        yy, xx = np.mgrid[0:size, 0:size + 17 * i]
+        yy, xx = np.mgrid[0:size, 0 : size + 17 * i]
         pattern = ((xx // period + (yy // period) * (i % 2)) % 2).astype(bool)
         a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
         pixels = np.where(pattern[..., None], a, b).astype(np.uint8)
