@@ -23,8 +23,8 @@ from lmdb_io.shard import batches_per_epoch
 from .config import ConfigError
 
 DALI_INSTALL_HINT = (
-    "DALI is not installed: pip install nvidia-dali-cuda130 (driver >= 580), nvidia-dali-cuda120 "
-    "(driver >= 525), or use --loader torch"
+    "DALI is not installed: pip install '.[cuda130]' (NVIDIA driver >= 580, or no GPU) or '.[cuda120]' "
+    "(driver >= 525), or use --loader torch (DALI wheels exist for Linux x86_64/aarch64 only)"
 )
 
 
