@@ -1,84 +1,148 @@
 """Decode every record with DALI's CPU decoder, to find what would stop a training job hours in.
 
-Records are decoded in batches; a batch that fails is retried one record at a time in a fresh
-pipeline (DALI pipelines do not recover from an operator error), so every bad record is named.
+DALI runs in a spawned child process, never in the caller's: after a decoding error DALI 2.4 may crash
+a later pipeline of the same process (seen here: SIGSEGV in ``Pipeline.build`` and ``Pipeline.run``
+of the next check), and a decoder that crashes on a record must be a finding, not the end of
+``verify``. The child decodes records in batches; a batch that fails is checked again one record at a
+time, and after any failure the child is replaced by a fresh one, so every bad record is named and no
+pipeline runs in a process where one has failed.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
-
-import numpy as np
-from nvidia.dali import fn, pipeline_def, types
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
 
 from lmdb_io.database import ImageDatabase
 
-from .compat import no_exif_rotation
-
 if TYPE_CHECKING:
-    from nvidia.dali.data_node import DataNode
-    from nvidia.dali.pipeline import Pipeline
+    from multiprocessing.process import BaseProcess
+
+# The child's answer to one batch: None if every record decoded, else the DALI error's first line.
+Answer = str | None
 
 
-@pipeline_def
-def _decode_pipeline() -> DataNode:
-    encoded = fn.external_source(name="encoded", dtype=types.UINT8)
-    return fn.decoders.image(encoded, device="cpu", output_type=types.RGB, **no_exif_rotation("decoders__Image"))
+def _reason(exc: RuntimeError) -> str:
+    """The useful line of a DALI pipeline error (what the operator encountered), shortened."""
+    text = str(exc).split("encountered:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("Current pipeline object")] or ["RuntimeError"]
+    return lines[0][:200]
 
 
-class _Decoder:
-    """One CPU decode pipeline, rebuilt after a failure (a failed DALI pipeline stays failed)."""
+def _child(path: str, batch_size: int, num_threads: int, conn: Connection) -> None:
+    """Decode the batches of indices the parent sends; answer each; exit after the first failure."""
+    import numpy as np
+    from nvidia.dali import fn, pipeline_def, types
 
-    def __init__(self, batch_size: int, num_threads: int) -> None:
-        self.batch_size, self.num_threads = batch_size, num_threads
-        self.pipe: Pipeline | None = None
-        self.failed: list[Pipeline] = []
+    from .compat import no_exif_rotation
 
-    def decodes(self, payloads: Sequence[np.ndarray]) -> bool:
-        if self.pipe is None:
-            self.pipe = _decode_pipeline(
-                batch_size=self.batch_size,
-                num_threads=self.num_threads,
-                device_id=None,
-                exec_async=False,
-                exec_pipelined=False,
-                prefetch_queue_depth=1,
-            )
-            self.pipe.build()
+    @pipeline_def(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=None,
+        exec_async=False,
+        exec_pipelined=False,
+        prefetch_queue_depth=1,
+    )
+    def decode() -> Any:  # a DALI graph
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8)
+        return fn.decoders.image(encoded, device="cpu", output_type=types.RGB, **no_exif_rotation("decoders__Image"))
+
+    db = ImageDatabase(path)
+    pipe = decode()
+    pipe.build()
+    while True:
+        indices = conn.recv()
+        if indices is None:
+            return
         try:
-            self.pipe.feed_input("encoded", list(payloads))
-            self.pipe.run()
-            return True
-        except RuntimeError:
-            # Destroying a failed pipeline while building the next one crashes DALI 2.4 at random
-            # (seen here: SIGSEGV in Pipeline.outputs); failures are few, so keep them to the end.
-            self.failed.append(self.pipe)
-            self.pipe = None
-            return False
+            pipe.feed_input("encoded", [np.frombuffer(db.read(i)[0], dtype=np.uint8) for i in indices])
+            pipe.run()
+        except RuntimeError as exc:
+            conn.send(_reason(exc))
+            return  # a process in which a pipeline failed runs no further pipeline
+        conn.send(None)
+
+
+class _Worker:
+    """The parent's handle on one child; ``check`` returns its answer, or raises ``_Crashed``."""
+
+    def __init__(self, path: str, batch_size: int, num_threads: int) -> None:
+        ctx = multiprocessing.get_context("spawn")  # DALI cannot run in a forked child of a CUDA process
+        self.conn, child_conn = ctx.Pipe()
+        self.process: BaseProcess = ctx.Process(
+            target=_child, args=(path, batch_size, num_threads, child_conn), daemon=True, name="dali-decode-check"
+        )
+        self.process.start()
+        child_conn.close()
+
+    def check(self, indices: Sequence[int]) -> Answer:
+        try:
+            self.conn.send(list(indices))
+            answer: Answer = self.conn.recv()
+        except (EOFError, OSError):  # the child died without answering
+            self.process.join()
+            raise _Crashed(f"DALI's CPU decoder crashed (exit code {self.process.exitcode})") from None
+        return answer
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+class _Crashed(Exception):
+    pass
 
 
 def undecodable_records(
     db: ImageDatabase, indices: Iterable[int], batch_size: int = 64, num_threads: int = 2
 ) -> list[tuple[int, str]]:
-    """(index, reason) for each record among ``indices`` that DALI's CPU decoder rejects."""
-    decoder = _Decoder(batch_size, num_threads)
+    """(index, reason) for each record among ``indices`` that DALI's CPU decoder rejects or crashes on."""
     bad: list[tuple[int, str]] = []
-    chunk: list[int] = []
+    worker: _Worker | None = None
+
+    def ask(chunk: Sequence[int]) -> Answer:
+        """The verdict on ``chunk``; a failed or crashed child is replaced before the next question."""
+        nonlocal worker
+        if worker is None:
+            worker = _Worker(db.path, batch_size, num_threads)
+        try:
+            answer = worker.check(chunk)
+        except _Crashed as exc:
+            answer = str(exc)
+        if answer is not None:
+            worker.close()
+            worker = None
+        return answer
 
     def check(chunk: list[int]) -> None:
-        payloads = [np.frombuffer(db.read(i)[0], dtype=np.uint8) for i in chunk]
-        if decoder.decodes(payloads):
+        if ask(chunk) is None:
             return
-        for i, payload in zip(chunk, payloads, strict=True):
-            if not decoder.decodes([payload]):
-                bad.append((i, f"record {db.key(i).decode()}: does not decode with DALI's CPU decoder"))
+        for i in chunk:
+            reason = ask([i])
+            if reason is not None:
+                bad.append((i, f"record {db.key(i).decode()}: does not decode with DALI's CPU decoder ({reason})"))
 
-    for index in indices:
-        chunk.append(index)
-        if len(chunk) == batch_size:
+    chunk: list[int] = []
+    try:
+        for index in indices:
+            chunk.append(index)
+            if len(chunk) == batch_size:
+                check(chunk)
+                chunk = []
+        if chunk:
             check(chunk)
-            chunk = []
-    if chunk:
-        check(chunk)
+    finally:
+        if worker is not None:
+            worker.close()
     return bad
