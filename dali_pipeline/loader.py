@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from lmdb_io.batch import Batch
 
 from .pipelines import FILE_READER_NAME, OUTPUT_NAMES, PipelineOptions, build_folder_pipeline, build_pipeline
-from .source import LMDBSource
+from .source import LMDBSource, ShardedSource
 
 
-def _batches(iterator: Iterable) -> Iterator[Batch]:
-    """DALIGenericIterator outputs (one pipeline) as ``Batch``."""
+def _batches(iterator: Iterable, channels_last: bool) -> Iterator[Batch]:
+    """DALIGenericIterator outputs (one pipeline) as ``Batch``: images NCHW-shaped whatever the memory
+    layout (a channels-last pipeline's NHWC output becomes an NCHW view in channels-last memory)."""
     for (out,) in iterator:
-        yield Batch(out["images"], out["labels"].view(-1), out["indices"].view(-1), out["real"].view(-1).bool())
+        images = out["images"].permute(0, 3, 1, 2) if channels_last else out["images"]
+        yield Batch(images, out["labels"].view(-1), out["indices"].view(-1), out["real"].view(-1).bool())
 
 
 class DALILoader:
@@ -24,7 +27,7 @@ class DALILoader:
     the next epoch: the source sees DALI's epoch index and follows the next epoch's plan.
     """
 
-    def __init__(self, source: LMDBSource, opts: PipelineOptions, train: bool) -> None:
+    def __init__(self, source: ShardedSource, opts: PipelineOptions, train: bool) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         self.source, self.opts = source, opts
@@ -43,7 +46,7 @@ class DALILoader:
 
     def __iter__(self) -> Iterator[Batch]:
         self._epoch += 1
-        return _batches(self._iterator)
+        return _batches(self._iterator, self.opts.channels_last)
 
 
 class DALIFolderLoader:
@@ -52,6 +55,8 @@ class DALIFolderLoader:
 
     def __init__(self, root: str, opts: PipelineOptions, train: bool, rank: int, world_size: int) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        self.opts = opts
 
         self.pipeline = build_folder_pipeline(root, opts, train, rank, world_size)
         policy = LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL
@@ -68,7 +73,7 @@ class DALIFolderLoader:
         return len(self._iterator)
 
     def __iter__(self) -> Iterator[Batch]:
-        return _batches(self._iterator)
+        return _batches(self._iterator, self.opts.channels_last)
 
 
 def make_dali_loader(
@@ -83,7 +88,7 @@ def make_dali_loader(
     first_epoch: int = 0,
     skip: int = 0,
     verify: bool = True,
-    **options,
+    **options: Any,
 ) -> DALILoader:
     """The DALI loader for one rank (global ``rank``): train drops the shard's remainder, val pads and masks.
 

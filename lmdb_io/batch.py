@@ -11,7 +11,7 @@ class Batch(NamedTuple):
     """Images and labels on the training device; dataset indices and the real-sample mask (False for
     padding, which evaluation must not count) on the host."""
 
-    images: torch.Tensor
+    images: torch.Tensor  # N, C, H, W (memory may be channels-last)
     labels: torch.Tensor
     indices: torch.Tensor
     real: torch.Tensor
