@@ -112,8 +112,10 @@ class _SeededItems(Dataset):
 
     def __getitem__(self, item: tuple[int, bool, int]) -> tuple[Any, int, int, bool]:
         index, real, epoch = item
-        torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
-        image, label = self.dataset[index]
+        # seeded per sample, in a forked CPU RNG: the caller's global RNG (workers=0) is left as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            image, label = self.dataset[index]
         return image, label, index, real
 
 
@@ -141,6 +143,8 @@ class TorchLoader:
             drop_last=False,
             persistent_workers=False,
             multiprocessing_context=multiprocessing_context if workers else None,
+            # DataLoader draws each epoch's worker base seed from this, not from the global RNG
+            generator=torch.Generator().manual_seed(seed),
         )
         self._epoch = sampler.first_epoch
 
