@@ -189,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def validate(args: argparse.Namespace, cuda: bool) -> None:
     """Refuse combinations that cannot work; ``cuda`` says whether training runs on a GPU."""
-    if not args.synthetic and not args.train:
-        raise ConfigError("--train is required (or --synthetic)")
+    if not args.synthetic and not args.train and not args.evaluate:
+        raise ConfigError("--train is required (or --synthetic, or --evaluate with --val)")
     if args.evaluate and not args.val:
         raise ConfigError("--evaluate needs --val")
     for flag, path in (("--train", args.train), ("--val", args.val)):
