@@ -238,7 +238,8 @@ def _make_split(
         for spec in specs:
             _write(class_dir / spec.name, spec, int(rng.integers(1 << 31)), class_index)
             files.append(GeneratedFile(f"{name}/{spec.name}", name, spec.outcome, spec.what))
-    # hidden files are not candidates (the converter ignores them; ImageFolder lists none of these)
+    # hidden files are not candidates for the converter; ImageFolder does list "._tiny 1x1.jpg" (by extension),
+    # a macOS resource fork that its loader cannot open: one reason to convert rather than read the tree
     (root / classes[0] / ".DS_Store").write_bytes(b"\0\0\0\1Bud1" + bytes(100))
     (root / classes[0] / "._tiny 1x1.jpg").write_bytes(b"\0\5\26\7" + bytes(60))
     return GeneratedSplit(root=root, classes=sorted(classes), files=_imagefolder_order(root, classes, files))

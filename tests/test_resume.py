@@ -1,4 +1,4 @@
-"""A conversion stopped hard after its k-th commit, then finished with --resume, equals a straight run."""
+"""A conversion stopped after its k-th commit, then finished with --resume, equals a straight run."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import all_entries, convert, run_cli
+from conftest import Result, all_entries, assert_one_line_error, convert, lmdb_io_cli, run_cli
+from datagen import SKIPPED, GeneratedDataset
 
 from lmdb_io import IncompleteDatabaseError, open_database
 from lmdb_io.converter import EXIT_AFTER_COMMITS_ENV
@@ -17,90 +18,110 @@ def _stored_records(entries: dict[bytes, bytes]) -> int:
     return sum(1 for key in entries if key.isdigit())
 
 
+def _stored_among_first(generated: GeneratedDataset, scanned: int) -> int:
+    return sum(1 for f in generated.train.files[:scanned] if f.outcome != SKIPPED)
+
+
 @pytest.mark.parametrize("workers", ["1", "3"])
 def test_resume_after_hard_stop_equals_straight_run(
-    hymenoptera: Path, train_db: Path, tmp_path: Path, workers: str
+    generated: GeneratedDataset, train_dir: Path, train_db: Path, tmp_path: Path, workers: str
 ) -> None:
+    """A subprocess, because the point is a process that dies without cleanup (``os._exit``, as kill -9)."""
     out = tmp_path / "partial.lmdb"
-    stopped = convert(
-        hymenoptera / "train",
-        out,
-        "--commit-every",
-        "40",
-        "--workers",
-        workers,
-        env={EXIT_AFTER_COMMITS_ENV: "2"},
-        check=False,
-    )
-    assert stopped.returncode == 86  # the hook's os._exit: no cleanup ran, as with kill -9
+    every = 20
+    args = ["--dataset", str(train_dir), "-o", str(out), "-q", "--commit-every", str(every), "--workers", workers]
+    stopped = run_cli("convert.py", *args, env={EXIT_AFTER_COMMITS_ENV: "2"})
+    assert stopped.returncode == 86, stopped.stderr  # the hook's os._exit: no cleanup ran
 
     partial = all_entries(out)
     committed = _stored_records(partial)
-    assert 0 < committed < 245
+    assert committed == _stored_among_first(generated, 2 * every)
+    assert 0 < committed < len(generated.train.stored)
     assert PROGRESS_KEY in partial and b"__meta__" not in partial
     with pytest.raises(IncompleteDatabaseError, match="--resume"):
         open_database(out)
-    info = run_cli("-m", "lmdb_io", "info", str(out))
-    assert info.returncode != 0 and "incomplete" in info.stderr and len(info.stderr.strip().splitlines()) == 1
+    assert_one_line_error(lmdb_io_cli("info", str(out)), "incomplete", "--resume")
 
-    refused = convert(hymenoptera / "train", out, check=False)
-    assert refused.returncode != 0 and "--resume" in refused.stderr
+    assert_one_line_error(convert(train_dir, out, check=False), "not empty", "--resume")
 
     report_path = tmp_path / "report.json"
-    convert(hymenoptera / "train", out, "--resume", "--report", str(report_path), "--workers", workers)
+    convert(train_dir, out, "--resume", "--report", str(report_path), "--workers", workers)
     report = json.loads(report_path.read_text())
     assert report["reused"] == committed
-    assert report["scanned"] == 245 == report["stored_original"] + report["stored_transcoded"] + len(report["skipped"])
+    assert report["scanned"] == len(generated.train.files)
+    assert report["scanned"] == report["stored_original"] + report["stored_transcoded"] + len(report["skipped"])
+    assert [e["path"] for e in report["skipped"]] == [f.rel for f in generated.train.outcome(SKIPPED)]
     assert all_entries(out) == all_entries(train_db)
 
 
-def test_resume_refuses_a_changed_dataset(hymenoptera: Path, tmp_path: Path) -> None:
-    out = tmp_path / "partial.lmdb"
-    convert(hymenoptera / "train", out, "--commit-every", "50", env={EXIT_AFTER_COMMITS_ENV: "1"}, check=False)
-    proc = convert(hymenoptera / "val", out, "--resume", check=False)
-    assert proc.returncode != 0 and "differ" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_resume_of_a_complete_database_does_nothing(hymenoptera: Path, tmp_path: Path) -> None:
-    out = tmp_path / "db"
-    convert(hymenoptera / "val", out)
-    before = all_entries(out)
-    proc = convert(hymenoptera / "val", out, "--resume")
-    assert "reused 153" in proc.stdout
-    assert all_entries(out) == before
-
-
-@pytest.mark.parametrize("failure", ["ctrl-c", "disk-full"])
-def test_interrupt_or_full_disk_then_resume(
-    hymenoptera: Path, train_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
-) -> None:
-    """The third commit fails (Ctrl-C arrives, or the disk is full): two are kept and --resume finishes."""
+def _interrupted_run(
+    dataset: Path, out: Path, monkeypatch: pytest.MonkeyPatch, failure: str, at_commit: int, every: int
+) -> Result:
+    """convert.py in-process whose ``at_commit``-th commit fails (Ctrl-C arrives, or the disk is full)."""
     import lmdb
 
-    from lmdb_io import ConvertError, converter
+    from lmdb_io import converter
 
     real_put_all = converter._Writer.put_all
     calls = {"n": 0}
 
     def failing_put_all(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:
-            raise (
-                KeyboardInterrupt if failure == "ctrl-c" else lmdb.DiskError("mdb_txn_commit: No space left on device")
-            )
+        if calls["n"] == at_commit:
+            if failure == "ctrl-c":
+                raise KeyboardInterrupt
+            raise lmdb.DiskError("mdb_txn_commit: No space left on device")
         return real_put_all(self, *args, **kwargs)
 
-    out = tmp_path / "db"
-    opts = converter.ConvertOptions(
-        dataset=str(hymenoptera / "train"), output=str(out), commit_every=30, progress=False
+    with monkeypatch.context() as patch:
+        patch.setattr(converter._Writer, "put_all", failing_put_all)
+        return convert(dataset, out, "--commit-every", str(every), check=False)
+
+
+@pytest.mark.parametrize("failure, code", [("ctrl-c", 130), ("disk-full", 2)])
+def test_interrupt_or_full_disk_then_resume(
+    generated: GeneratedDataset,
+    train_dir: Path,
+    train_db: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: str,
+    code: int,
+) -> None:
+    """The third commit fails: two are kept, the message says --resume, and --resume finishes."""
+    from lmdb_io import converter
+
+    out, every = tmp_path / "db", 15
+    result = _interrupted_run(train_dir, out, monkeypatch, failure, at_commit=3, every=every)
+    committed = _stored_among_first(generated, 2 * every)
+    assert_one_line_error(result, f"{committed} images are committed", "--resume", code=code)
+    if failure == "disk-full":
+        assert "No space left on device" in result.stderr
+    assert _stored_records(all_entries(out)) == committed
+    report = converter.convert(
+        converter.ConvertOptions(
+            dataset=str(train_dir), output=str(out), commit_every=every, progress=False, resume=True
+        )
     )
-    monkeypatch.setattr(converter._Writer, "put_all", failing_put_all)
-    expected = converter.ConvertInterrupted if failure == "ctrl-c" else ConvertError
-    with pytest.raises(expected, match="--resume"):
-        converter.convert(opts)
-    monkeypatch.setattr(converter._Writer, "put_all", real_put_all)
-    assert _stored_records(all_entries(out)) == 60
-    opts.resume = True
-    report = converter.convert(opts)
-    assert report.reused == 60 and report.stored == 245
+    assert report.reused == committed and report.stored == len(generated.train.stored)
     assert all_entries(out) == all_entries(train_db)
+
+
+def test_resume_refuses_a_changed_dataset(
+    generated: GeneratedDataset, val_dir: Path, train_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "partial.lmdb"
+    result = _interrupted_run(train_dir, out, monkeypatch, "ctrl-c", at_commit=2, every=10)
+    assert result.returncode == 130
+    assert_one_line_error(convert(val_dir, out, "--resume", check=False), "differ", "--overwrite")
+    assert_one_line_error(convert(train_dir, out, "--resume", "--keep-format", check=False), "differ")
+    assert _stored_records(all_entries(out)) == _stored_among_first(generated, 10)  # untouched
+
+
+def test_resume_of_a_complete_database_does_nothing(generated: GeneratedDataset, val_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "db"
+    convert(val_dir, out)
+    before = all_entries(out)
+    result = convert(val_dir, out, "--resume")
+    assert f"reused {len(generated.val.stored)}" in result.stdout
+    assert all_entries(out) == before

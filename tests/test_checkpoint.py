@@ -1,0 +1,132 @@
+"""trainer/checkpoint.py: rotation, ``latest`` by step number, atomic save, a round trip under weights_only."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import checkpoint
+
+
+def _state(step: int) -> dict:
+    return {"global_step": step, "epoch": step // 10, "weights": torch.full((2, 3), float(step))}
+
+
+def _steps(paths: list[str]) -> list[int]:
+    return [checkpoint.load(p)["global_step"] for p in paths]
+
+
+def test_rotation_keeps_the_newest_by_step(tmp_path: Path) -> None:
+    out = str(tmp_path)
+    (tmp_path / "checkpoint-stepXYZ.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "checkpoint-step000000100.pt.tmp-123").write_bytes(b"a torn write")
+    for step in (9, 10, 100):
+        checkpoint.save(out, _state(step))
+    assert 1 <= checkpoint.KEEP < 3  # so three saves rotate
+    kept = checkpoint.all_checkpoints(out)
+    assert _steps(kept) == [9, 10, 100][-checkpoint.KEEP :]
+    assert checkpoint.latest(out) == kept[-1] and checkpoint.load(kept[-1])["global_step"] == 100
+    # the strays are neither counted nor rotated away
+    assert (tmp_path / "checkpoint-stepXYZ.pt").exists() and (tmp_path / "checkpoint-step000000100.pt.tmp-123").exists()
+
+
+def test_rotation_is_by_step_not_by_save_order(tmp_path: Path) -> None:
+    out = str(tmp_path)
+    for step in (100, 9, 10):
+        checkpoint.save(out, _state(step))
+    assert _steps(checkpoint.all_checkpoints(out)) == [9, 10, 100][-checkpoint.KEEP :]
+    assert checkpoint.load(checkpoint.latest(out))["global_step"] == 100
+
+
+def test_numeric_not_lexical_order(tmp_path: Path) -> None:
+    """Names without zero padding (older runs, hand copies, steps past 9 digits) still sort by number."""
+    for step in (9, 10, 100):
+        torch.save(_state(step), tmp_path / f"checkpoint-step{step}.pt")
+    assert sorted(p.name for p in tmp_path.iterdir())[-1] == "checkpoint-step9.pt"  # lexical: 9 last
+    assert _steps(checkpoint.all_checkpoints(str(tmp_path))) == [9, 10, 100]
+    assert checkpoint.latest(str(tmp_path)) == str(tmp_path / "checkpoint-step100.pt")
+    checkpoint.save(str(tmp_path), _state(1_000_000_000))  # ten digits: wider than the padding
+    assert _steps(checkpoint.all_checkpoints(str(tmp_path))) == [9, 10, 100, 1_000_000_000][-checkpoint.KEEP :]
+
+
+def test_latest_of_nothing(tmp_path: Path) -> None:
+    assert checkpoint.latest(str(tmp_path)) is None
+    assert checkpoint.latest(str(tmp_path / "missing")) is None
+    (tmp_path / "checkpoint-stepXYZ.pt").write_bytes(b"")
+    assert checkpoint.all_checkpoints(str(tmp_path)) == []
+
+
+def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"  # created by save
+    first = checkpoint.save(str(out), _state(5))
+    assert os.listdir(out) == [os.path.basename(first)]  # no temp file left
+    real_save = torch.save
+
+    def torn_save(obj: object, f: str) -> None:  # the disk fills half way through the write
+        Path(f).write_bytes(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError):
+        checkpoint.save(str(out), _state(6))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert checkpoint.latest(str(out)) == first  # the torn write never took the checkpoint's name
+    assert checkpoint.load(first)["global_step"] == 5
+
+
+def test_round_trip_under_weights_only(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    state = {
+        "global_step": 7,
+        "epoch": 1,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "args": {"arch": "resnet18", "lr": 0.1, "resume": None, "amp": "off"},
+        "rng": checkpoint.rng_state(),
+        "dataset": {"classes": ["ants", "bees"], "images": 245},
+    }
+    path = checkpoint.save(str(tmp_path), state)
+    loaded = checkpoint.load(path)
+    assert loaded["format_version"] == checkpoint.FORMAT_VERSION
+    assert loaded["global_step"] == 7 and loaded["args"] == state["args"] and loaded["dataset"] == state["dataset"]
+    for name, tensor in state["model"].items():
+        assert torch.equal(loaded["model"][name], tensor)
+    assert loaded["optimizer"]["param_groups"] == state["optimizer"]["param_groups"]
+    clone = torch.optim.SGD(torch.nn.Linear(3, 2).parameters(), lr=1.0)
+    clone.load_state_dict(loaded["optimizer"])  # loads into a fresh optimiser
+    assert torch.equal(
+        clone.state_dict()["state"][0]["momentum_buffer"], optimizer.state[model.weight]["momentum_buffer"]
+    )
+
+
+def test_load_refuses_arbitrary_objects(tmp_path: Path) -> None:
+    """load() uses weights_only: a pickled object that is not plain data is refused, never executed."""
+    path = tmp_path / "checkpoint-step000000001.pt"
+    torch.save({"global_step": 1, "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        checkpoint.load(str(path))
+
+
+def test_rng_state_round_trips(tmp_path: Path) -> None:
+    torch_before, numpy_before = torch.get_rng_state(), np.random.get_state()
+    try:
+        torch.manual_seed(3)
+        np.random.seed(3)
+        path = checkpoint.save(str(tmp_path), {"global_step": 1, "rng": checkpoint.rng_state()})
+        expected = (torch.rand(4), np.random.rand(4))
+        torch.manual_seed(99)
+        np.random.seed(99)
+        checkpoint.restore_rng(checkpoint.load(path)["rng"])
+        assert torch.equal(torch.rand(4), expected[0]) and np.array_equal(np.random.rand(4), expected[1])
+    finally:
+        torch.set_rng_state(torch_before)
+        np.random.set_state(numpy_before)

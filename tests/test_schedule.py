@@ -1,0 +1,111 @@
+"""The learning-rate schedule's values, and the linear LR scaling as build_state applies it."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from trainer.config import parse_args
+from trainer.distributed import Placement
+from trainer.engine import TrainState
+from trainer.main import build_state, lr_schedule
+
+
+def test_linear_warmup() -> None:
+    f = lr_schedule(total_steps=100, warmup_steps=10)
+    assert f(0) == pytest.approx(1 / 10)  # never 0: the first step already learns
+    assert [f(s) for s in range(10)] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert f(9) == 1.0
+
+
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        (10, 1.0),  # the decay starts at the peak
+        (40, 0.75),  # a third of the way: 0.5 * (1 + cos(pi / 3))
+        (55, 0.5),  # the midpoint of the decay
+        (70, 0.25),  # two thirds: 0.5 * (1 + cos(2 pi / 3))
+        (99, 0.5 * (1 + math.cos(math.pi * 89 / 90))),
+        (100, 0.0),  # the end
+        (101, 0.0),  # clamped after it
+        (1000, 0.0),
+    ],
+)
+def test_cosine_decay_after_warmup(step: int, expected: float) -> None:
+    assert lr_schedule(total_steps=100, warmup_steps=10)(step) == pytest.approx(expected, abs=1e-12)
+
+
+def test_cosine_is_monotone() -> None:
+    f = lr_schedule(total_steps=100, warmup_steps=10)
+    values = [f(s) for s in range(120)]
+    assert values[:10] == sorted(values[:10])  # warming up
+    assert values[9:] == sorted(values[9:], reverse=True)  # decaying, never back up
+
+
+def test_no_warmup() -> None:
+    f = lr_schedule(total_steps=8, warmup_steps=0)
+    assert f(0) == 1.0 and f(4) == pytest.approx(0.5) and f(8) == 0.0 and f(9) == 0.0
+    assert f(2) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_warmup_as_long_as_the_run() -> None:
+    f = lr_schedule(total_steps=5, warmup_steps=5)
+    assert [f(s) for s in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert f(5) == 1.0 and f(6) == 0.0  # no decay steps left: clamped at once
+
+
+# -- linear scaling in build_state ----------------------------------------------------------------
+
+
+def _args(*extra: str) -> argparse.Namespace:
+    return parse_args(["--synthetic", "-a", "resnet18", "--epochs", "2", "--warmup-epochs", "0.5", *extra])
+
+
+def _lrs(state: TrainState, steps: int) -> list[float]:
+    out = []
+    for _ in range(steps):
+        out.append(state.optimizer.param_groups[0]["lr"])
+        state.optimizer.step()
+        state.scheduler.step()
+    return out
+
+
+@pytest.mark.parametrize("batch, lr", [(32, 0.1), (256, 0.1), (100, 0.4)])
+def test_lr_scales_with_the_batch_on_one_process(batch: int, lr: float) -> None:
+    args = _args("-b", str(batch), "--lr", str(lr))
+    state = build_state(args, Placement(0, 1, 0), torch.device("cpu"), None, num_classes=2, steps_per_epoch=10)
+    base = lr * batch / 256
+    assert state.optimizer.param_groups[0]["initial_lr"] == pytest.approx(base)
+    f = lr_schedule(total_steps=20, warmup_steps=5)  # 2 epochs of 10 steps, half an epoch of warm-up
+    assert _lrs(state, 22) == pytest.approx([base * f(s) for s in range(22)])
+    group = state.optimizer.param_groups[0]
+    assert group["momentum"] == args.momentum and group["weight_decay"] == args.wd
+
+
+@pytest.fixture
+def process_group() -> Iterator[None]:
+    """A one-process gloo group with an in-memory store (no port): what DDP's constructor needs."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_lr_scales_with_the_global_batch(process_group: None) -> None:
+    """Four ranks of -b 32: the global batch is 128, so --lr 0.1 becomes 0.05, and the model is wrapped in DDP.
+
+    The placement says world size 4 while the process group has one member: build_state takes the world
+    size from the placement, and DDP's constructor only needs a group to exist.
+    """
+    args = _args("-b", "32", "--lr", "0.1")
+    state = build_state(args, Placement(0, 4, 0), torch.device("cpu"), None, num_classes=2, steps_per_epoch=10)
+    assert isinstance(state.model, torch.nn.parallel.DistributedDataParallel) and state.model.module is state.module
+    assert state.optimizer.param_groups[0]["initial_lr"] == pytest.approx(0.1 * 32 * 4 / 256)
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * lr_schedule(20, 5)(0))
+    assert state.module.fc.out_features == 2
