@@ -1,48 +1,83 @@
-"""train.py end to end on the CPU: sharding across processes and nodes, exact resume, data-wait, errors."""
+"""train.py on the CPU: sharding across processes and nodes, exact resume, evaluation, data-wait, errors.
+
+Runs of train.py (torchrun, spawn, plain subprocesses) are marked ``slow``; argument, path and
+configuration errors run in this process through ``trainer.main.main`` and stop before any training.
+Single-node torchrun picks its own port (``--standalone``); the two-node and ``--dist-url`` runs hold a
+reserved port for the whole run (``conftest.reserved_port``). Data: the generated databases, sizes read
+from them; the validation database has an odd size, so two and three ranks wrap around.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import socket
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, assert_one_line_error, convert, repo_pythonpath, reserved_port, run_main
 
-pytest.importorskip("nvidia.dali")
+from lmdb_io import open_database
+from lmdb_io.shard import batches_per_epoch
+from trainer.config import build_parser
+from trainer.engine import STOP_CHECK_EVERY
+from trainer.main import main as train_main
 
+try:
+    import nvidia.dali  # noqa: F401 (only probes whether DALI is installed)
+
+    NO_DALI = None
+except ImportError:
+    NO_DALI = "DALI is not installed (pip install '.[cuda130]' or '.[cuda120]')"
+
+needs_dali = pytest.mark.skipif(NO_DALI is not None, reason=NO_DALI or "")
+LOADERS = [pytest.param("dali", marks=needs_dali), "torch"]
 SMALL = ["-a", "resnet18", "--crop-size", "32", "--val-resize", "36", "--device", "cpu", "--print-freq", "5"]
+TIMEOUT = 420
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": repo_pythonpath(), "OMP_NUM_THREADS": "1", **extra}
 
 
-def _env(**extra: str) -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=REPO, env=_env(**(env or {})), capture_output=True, text=True, timeout=TIMEOUT)
 
 
-def _torchrun(*args: str, nproc: int = 2, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        str(nproc),
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(_free_port()),
-        "train.py",
-        *args,
-    ]
-    return subprocess.run(cmd, cwd=REPO, env=_env(**(extra_env or {})), capture_output=True, text=True, timeout=420)
+def _torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess[str]:
+    """torchrun on one node; ``--standalone`` binds its own free port (no race for one)."""
+    return _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(nproc),
+            "train.py",
+            *args,
+        ]
+    )
+
+
+def _train(db: Path, out: Path, loader: str, *extra: str, env: dict[str, str] | None = None):
+    """One training process: 3 epochs of batch 8 (the run stops earlier with --max-steps)."""
+    cmd = [sys.executable, "train.py", "--loader", loader, "--lmdb", "--train", str(db), "--epochs", "3", "-b", "8"]
+    cmd += ["--log-keys", "--output-dir", str(out), "-j", "0", "--lr", "0.05", *SMALL, *extra]
+    return _run(cmd, env)
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+
+
+def _events(out: Path, kind: str) -> list[dict]:
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return [e for e in events if e["event"] == kind]
 
 
 def _key_logs(out: Path) -> dict[int, list[tuple[int, int, str]]]:
@@ -53,312 +88,293 @@ def _key_logs(out: Path) -> dict[int, list[tuple[int, int, str]]]:
     return logs
 
 
-def _assert_sharding(logs: dict[int, list[tuple[int, int, str]]], world: int, all_keys: set[str]) -> None:
+def _assert_sharding(logs: dict[int, list[tuple[int, int, str]]], world: int, db: Path, steps: int) -> None:
+    """Every rank ran ``steps`` steps; the ranks' samples are disjoint and cover the database."""
+    all_keys = {k.decode() for k in open_database(db).keys()}
     assert sorted(logs) == list(range(world))
-    steps = {rank: len({s for _, s, _ in rows}) for rank, rows in logs.items()}
-    assert len(set(steps.values())) == 1, steps  # equal step counts on every rank
+    assert {rank: len({s for _, s, _ in rows}) for rank, rows in logs.items()} == dict.fromkeys(range(world), steps)
     per_rank = {rank: [k for _, _, k in rows] for rank, rows in logs.items()}
     seen = [k for keys in per_rank.values() for k in set(keys)]
     assert len(seen) == len(set(seen)), "a sample was trained on by two ranks"
     assert set(seen) == all_keys, f"{len(all_keys - set(seen))} samples never seen in the epoch"
 
 
-def _db_keys(db: Path) -> set[str]:
-    from lmdb_io import open_database
+def whole_epoch_batch(length: int, world: int) -> int:
+    """A batch size that divides each rank's share (so one epoch sees every sample) with at least 2 steps,
+    as large as possible up to 16; the share itself (one step) if it is prime."""
+    per_rank = -(-length // world)
+    return max((b for b in range(2, 17) if per_rank % b == 0 and per_rank // b >= 2), default=per_rank)
 
-    return {k.decode() for k in open_database(db).keys()}
+
+def _epoch_args(db: Path, out: Path, batch: int, loader: str = "dali") -> list[str]:
+    """One epoch of ``db`` with ``--log-keys`` (the keys each rank trained on), no loader workers."""
+    args = ["--loader", loader, "--lmdb", "--train", str(db), "--epochs", "1", "-b", str(batch), "--log-keys"]
+    return [*args, "--output-dir", str(out), "-j", "0", *SMALL]
 
 
-@pytest.mark.parametrize("loader", ["dali", "torch"])
-def test_two_processes_cover_the_epoch(train_db: Path, tmp_path: Path, loader: str) -> None:
-    # 245 images over 2 ranks: 123 each (one wrapped repeat), 3 whole batches of 41: every sample once
+# -- sharding across processes and nodes ------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loader", LOADERS)
+def test_two_processes_cover_the_epoch(val_db: Path, tmp_path: Path, loader: str) -> None:
+    # an odd-sized database over 2 ranks: the second rank's share ends in a wrapped repeat (padding,
+    # trained on but not logged); the batch divides each share, so one epoch sees every sample once
+    length = len(open_database(val_db))
+    assert length % 2 == 1
+    batch = whole_epoch_batch(length, 2)
     out = tmp_path / "run"
-    proc = _torchrun(
-        "--loader",
-        loader,
-        "--lmdb",
-        "--train",
-        str(train_db),
-        "--epochs",
-        "1",
-        "-b",
-        "41",
-        "--log-keys",
-        "--output-dir",
-        str(out),
-        "-j",
-        "0",
-        *SMALL,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    _assert_sharding(_key_logs(out), 2, _db_keys(train_db))
+    _ok(_torchrun(*_epoch_args(val_db, out, batch, loader)))
+    _assert_sharding(_key_logs(out), 2, val_db, batches_per_epoch(length, 2, batch, True))
 
 
-def test_two_nodes_shard_by_global_rank(train_db: Path, tmp_path: Path) -> None:
-    out, port = tmp_path / "run", str(_free_port())
-    common = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        "2",
-        "--nproc-per-node",
-        "1",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        port,
-    ]
-    args = [
-        "train.py",
-        "--loader",
-        "dali",
-        "--lmdb",
-        "--train",
-        str(train_db),
-        "--epochs",
-        "1",
-        "-b",
-        "41",
-        "--log-keys",
-        "--output-dir",
-        str(out),
-        "-j",
-        "0",
-        *SMALL,
-    ]
-    nodes = [
-        subprocess.Popen(
-            [*common, "--node-rank", str(r), *args],
-            cwd=REPO,
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in (0, 1)
-    ]
-    results = [node.communicate(timeout=420) for node in nodes]
+@pytest.mark.slow
+@needs_dali
+def test_two_nodes_shard_by_global_rank(val_db: Path, tmp_path: Path) -> None:
+    length = len(open_database(val_db))
+    batch, out = whole_epoch_batch(length, 2), tmp_path / "run"
+    with reserved_port() as port:
+        common = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+        common += ["--master-addr", "127.0.0.1", "--master-port", str(port)]
+        nodes = [
+            subprocess.Popen(
+                [*common, "--node-rank", str(r), "train.py", *_epoch_args(val_db, out, batch)],
+                cwd=REPO,
+                env=_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for r in (0, 1)
+        ]
+        try:
+            results = [node.communicate(timeout=TIMEOUT) for node in nodes]
+        finally:
+            for node in nodes:
+                if node.poll() is None:
+                    node.kill()
+                    node.wait()
     assert [node.returncode for node in nodes] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
-    _assert_sharding(_key_logs(out), 2, _db_keys(train_db))
+    _assert_sharding(_key_logs(out), 2, val_db, batches_per_epoch(length, 2, batch, True))
 
 
-def test_dataset_size_no_world_size_divides_does_not_hang(val_db: Path, train_db: Path, tmp_path: Path) -> None:
-    # 153 images over 3 ranks is 51 each, over 2 it is 77 (one repeat); batch 10 leaves remainders everywhere
+@pytest.mark.slow
+@needs_dali
+def test_dataset_size_no_world_size_divides_does_not_hang(val_db: Path, tmp_path: Path) -> None:
+    # batch 4 on 3 ranks: the shares wrap around and leave a remainder in training and validation
+    length, world, batch = len(open_database(val_db)), 3, 4
+    assert length % world and -(-length // world) % batch
     out = tmp_path / "run"
-    proc = _torchrun(
-        "--loader",
-        "dali",
-        "--lmdb",
-        "--train",
-        str(val_db),
-        "--val",
-        str(val_db),
-        "--epochs",
-        "1",
-        "-b",
-        "10",
-        "--log-keys",
-        "--output-dir",
-        str(out),
-        "-j",
-        "0",
-        *SMALL,
-        nproc=3,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = _epoch_args(val_db, out, batch) + ["--val", str(val_db)]
+    _ok(_torchrun(*args, nproc=world))
     logs = _key_logs(out)
-    assert {rank: len({s for _, s, _ in rows}) for rank, rows in logs.items()} == {0: 5, 1: 5, 2: 5}
-    val = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [e["count"] for e in val if e["event"] == "val"] == [153]  # each val sample counted once
+    steps = batches_per_epoch(length, world, batch, True)
+    assert {rank: len({s for _, s, _ in rows}) for rank, rows in logs.items()} == dict.fromkeys(range(world), steps)
+    assert [e["count"] for e in _events(out, "val")] == [length]  # each val sample counted once
+
+
+@pytest.mark.slow
+def test_multiprocessing_distributed_spawn(val_db: Path, tmp_path: Path) -> None:
+    """The original PyTorch-LMDB launcher: one command spawns the processes of this node."""
+    length = len(open_database(val_db))
+    batch, out = whole_epoch_batch(length, 2), tmp_path / "run"
+    with reserved_port() as port:
+        cmd = [sys.executable, "train.py", "--multiprocessing-distributed", "--procs-per-node", "2"]
+        cmd += ["--dist-url", f"tcp://127.0.0.1:{port}", *_epoch_args(val_db, out, batch, "torch")]
+        proc = _run(cmd)
+    _ok(proc)
+    _assert_sharding(_key_logs(out), 2, val_db, batches_per_epoch(length, 2, batch, True))
+
+
+@pytest.mark.slow
+@needs_dali
+def test_dali_file_reader_on_an_imagefolder_counts_val_once(val_dir: Path, tmp_path: Path) -> None:
+    """--loader dali without --lmdb: DALI's file reader, sharded and padded; val counts every image once."""
+    tree = tmp_path / "val"
+    shutil.copytree(val_dir, tree)
+    for hidden in tree.rglob(".*"):  # AppleDouble "._x.jpg": listed by ImageFolder and DALI, decodable by neither
+        hidden.unlink()
+    count = sum(1 for p in tree.rglob("*") if p.is_file())
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "--loader", "dali", "--train", str(tree), "--val", str(tree)]
+    _ok(_run(cmd + ["--epochs", "1", "-b", "8", "--output-dir", str(out), *SMALL]))
+    assert [e["count"] for e in _events(out, "val")] == [count]
+    assert [e["step_in_epoch"] for e in _events(out, "train")][-1] == count // 8
+
+
+# -- resume, evaluation ------------------------------------------------------------------------------
 
 
 def _params(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
-def _train(db: Path, out: Path, loader: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "train.py",
-        "--loader",
-        loader,
-        "--lmdb",
-        "--train",
-        str(db),
-        "--epochs",
-        "3",
-        "-b",
-        "16",
-        "--log-keys",
-        "--output-dir",
-        str(out),
-        "-j",
-        "0",
-        "--lr",
-        "0.05",
-        *SMALL,
-        *extra,
-    ]
-    return subprocess.run(cmd, cwd=REPO, env=_env(**(env or {})), capture_output=True, text=True, timeout=420)
-
-
-@pytest.mark.parametrize("loader", ["torch", "dali"])
+@pytest.mark.slow
+@pytest.mark.parametrize("loader", ["torch", pytest.param("dali", marks=needs_dali)])
 def test_sigterm_then_resume_equals_straight_run(train_db: Path, tmp_path: Path, loader: str) -> None:
-    total = 20  # 15 steps per epoch: the run crosses an epoch boundary
-    straight = _train(train_db, tmp_path / "straight", loader, "--max-steps", str(total))
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    per_epoch = batches_per_epoch(len(open_database(train_db)), 1, 8, True)
+    assert per_epoch > STOP_CHECK_EVERY  # so the agreed stop lands mid-epoch
+    total = per_epoch + 4  # the run crosses an epoch boundary
+    straight = tmp_path / "straight"
+    _ok(_train(train_db, straight, loader, "--max-steps", str(total)))
 
     interrupted = tmp_path / "interrupted"
-    first = _train(train_db, interrupted, loader, env={"TRAIN_TEST_SIGTERM_AT_STEP": "7"})
-    assert first.returncode == 0, first.stderr[-3000:]
+    first = _train(train_db, interrupted, loader, env={"TRAIN_TEST_SIGTERM_AT_STEP": "3"})
+    _ok(first)
     assert "stopped by a signal" in first.stdout
     saved = torch.load(next(interrupted.glob("checkpoint-step*.pt")), weights_only=True)
     stopped_at = saved["global_step"]
-    assert 7 <= stopped_at < total and saved["step_in_epoch"] == stopped_at  # mid-epoch, at an agreed boundary
-    second = _train(train_db, interrupted, loader, "--resume", "auto", "--max-steps", str(total - stopped_at))
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert 3 <= stopped_at < per_epoch and saved["step_in_epoch"] == stopped_at  # mid-epoch, an agreed boundary
+    _ok(_train(train_db, interrupted, loader, "--resume", "auto", "--max-steps", str(total - stopped_at)))
 
-    assert _key_logs(interrupted) == _key_logs(tmp_path / "straight")
+    assert _key_logs(interrupted) == _key_logs(straight)
     if loader == "torch":  # augmentation seeded per sample: the weights match too
-        final = _params(tmp_path / "straight" / f"checkpoint-step{total:09d}.pt")
+        final = _params(straight / f"checkpoint-step{total:09d}.pt")
         resumed = _params(interrupted / f"checkpoint-step{total:09d}.pt")
         for name, value in final.items():
             torch.testing.assert_close(resumed[name], value, rtol=1e-4, atol=1e-5, msg=name)
-        initial = _params(next((tmp_path / "straight").glob("checkpoint-step000000015.pt")))
-        assert any(not torch.equal(initial[n], final[n]) for n in final if final[n].is_floating_point())
+        after_epoch = _params(straight / f"checkpoint-step{per_epoch:09d}.pt")
+        assert any(not torch.equal(after_epoch[n], final[n]) for n in final if final[n].is_floating_point())
 
 
-def _data_wait(out: Path) -> list[float]:
-    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    return [e["data_wait"] for e in events if e["event"] == "train"]
+@pytest.fixture(scope="module")
+def trained(train_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint after 2 training steps on the generated training database (torch loader)."""
+    out = tmp_path_factory.mktemp("trained")
+    _ok(_train(train_db, out, "torch", "--max-steps", "2"))
+    (path,) = out.glob("checkpoint-step*.pt")
+    return path
 
 
+@pytest.mark.slow
+def test_resume_on_another_database_is_refused(trained: Path, val_db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy2(trained, out / trained.name)
+    args = ["--loader", "torch", "--lmdb", "--train", str(val_db), "-b", "8", "--output-dir", str(out), "-j", "0"]
+    args += SMALL
+    refused = run_main(train_main, *args, "--resume", "auto", "--max-steps", "1")  # stops before training
+    assert_one_line_error(refused, "different dataset", "--force-resume")
+    forced = _train(val_db, out, "torch", "--resume", "auto", "--max-steps", "1", "--force-resume")
+    _ok(forced)
+    assert "different dataset (--force-resume)" in forced.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_runs_validation_only(trained: Path, val_db: Path, train_db: Path, tmp_path: Path) -> None:
+    """--evaluate --resume CKPT: one val event over every validation image, no training step, no checkpoint;
+    the same weights give the same metrics again."""
+    before = sorted(trained.parent.iterdir())
+    stamp = trained.stat().st_mtime_ns
+    metrics = []
+    for run in ("first", "second"):
+        out = tmp_path / run
+        cmd = [sys.executable, "train.py", "--evaluate", "--resume", str(trained), "--loader", "torch", "--lmdb"]
+        cmd += ["--train", str(train_db), "--val", str(val_db), "-b", "8", "-j", "0", "--output-dir", str(out)]
+        proc = _run(cmd + SMALL)
+        _ok(proc)
+        (val,) = _events(out, "val")
+        assert val["count"] == len(open_database(val_db)) and 0 <= val["top1"] <= 100
+        assert _events(out, "train") == [] and not list(out.glob("checkpoint-*"))
+        metrics.append({k: val[k] for k in ("loss", "top1", "top5", "count")})
+    assert metrics[0] == metrics[1]
+    assert sorted(trained.parent.iterdir()) == before and trained.stat().st_mtime_ns == stamp
+
+
+def test_evaluate_needs_no_training_data(val_db: Path, tmp_path: Path) -> None:
+    """--evaluate reads only --val (here: the initial weights, in this process)."""
+    out = tmp_path / "o"
+    args = ["--evaluate", "--loader", "torch", "--lmdb", "--val", str(val_db), "-b", "8", "-j", "0"]
+    result = run_main(train_main, *args, "--output-dir", str(out), *SMALL)
+    assert result.returncode == 0, result.stderr
+    (val,) = _events(out, "val")
+    assert val["count"] == len(open_database(val_db))
+
+
+# -- data-wait ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
 def test_data_wait_reads_high_for_a_slow_loader_and_low_for_synthetic(train_db: Path, tmp_path: Path) -> None:
-    slow = _train(
-        train_db, tmp_path / "slow", "torch", "--max-steps", "10", env={"TRAIN_TEST_LOADER_DELAY_S": "0.3"}
-    )  # a loader slowed on purpose
-    assert slow.returncode == 0, slow.stderr[-3000:]
-    assert min(_data_wait(tmp_path / "slow")) > 0.5
-    synthetic = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "--synthetic",
-            "-b",
-            "16",
-            "--max-steps",
-            "10",
-            "--output-dir",
-            str(tmp_path / "synthetic"),
-            *SMALL,
-        ],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    slow = tmp_path / "slow"  # a loader slowed on purpose: 0.4 s before each batch
+    _ok(
+        _train(
+            train_db, slow, "torch", "--max-steps", "6", "--print-freq", "3", env={"TRAIN_TEST_LOADER_DELAY_S": "0.4"}
+        )
     )
-    assert synthetic.returncode == 0, synthetic.stderr[-3000:]
-    assert max(_data_wait(tmp_path / "synthetic")) < 0.05
+    waits = [e["data_wait"] for e in _events(slow, "train")]
+    assert len(waits) == 2 and min(waits) > 0.5, waits
+    synthetic = tmp_path / "synthetic"
+    _ok(
+        _run(
+            [
+                sys.executable,
+                "train.py",
+                "--synthetic",
+                "-b",
+                "8",
+                "--max-steps",
+                "10",
+                "--output-dir",
+                str(synthetic),
+                *SMALL,
+            ]
+        )
+    )
+    waits = [e["data_wait"] for e in _events(synthetic, "train")]
+    assert len(waits) == 2 and max(waits) < 0.05, waits
 
 
-def _one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert fragment in lines[0], lines[0]
+# -- flags, paths, configuration (in-process: each stops before training) -----------------------------
 
 
-def test_bad_flags_and_paths(hymenoptera: Path, train_db: Path, bad_images: Path, tmp_path: Path) -> None:
-    base = ["train.py", "--device", "cpu", "--output-dir", str(tmp_path / "o")]
-    _one_line_error(run_cli(*base, "--lmdb", "--train", str(hymenoptera / "train")), "not an LMDB database")
-    _one_line_error(run_cli(*base, "--train", str(train_db)), "add --lmdb")
-    _one_line_error(run_cli(*base, "--train", str(tmp_path / "missing")), "no such file")
+def test_bad_flags_and_paths(train_dir: Path, train_db: Path, bad_images: Path, tmp_path: Path) -> None:
+    base = ["--device", "cpu", "--output-dir", str(tmp_path / "o"), "--loader", "torch"]
+
+    def fails(*args: str, fragment: str) -> None:
+        assert_one_line_error(run_main(train_main, *base, *args), fragment)
+
+    fails("--lmdb", "--train", str(train_dir), fragment="not an LMDB database")
+    fails("--train", str(train_db), fragment="add --lmdb")
+    fails("--train", str(tmp_path / "missing"), fragment="no such file")
+    fails("--train", str(train_dir), fragment="not a usable ImageFolder tree")  # an empty class folder
+    fails(fragment="--train is required")
     other = tmp_path / "other.lmdb"
     listing = tmp_path / "l.csv"
     listing.write_text("hopper_gray.jpg,odd\n")
-    run_cli("convert.py", "--dataset", str(bad_images), "-o", str(other), "--file-list", str(listing), "-q", check=True)
-    _one_line_error(run_cli(*base, "--lmdb", "--train", str(train_db), "--val", str(other)), "class maps differ")
-    _one_line_error(run_cli(*base, "--lmdb", "--train", str(train_db), "--amp", "fp16"), "needs CUDA")
-    _one_line_error(run_cli(*base, "--lmdb", "--train", str(train_db), "--dist-backend", "nccl"), "needs CUDA")
-    _one_line_error(
-        run_cli(*base, "--lmdb", "--train", str(train_db), "-a", "resnet9000", "--loader", "torch"),
-        "not a torchvision classification model",
-    )
-    _one_line_error(
-        run_cli(*base, "--lmdb", "--train", str(train_db), "--resume", str(tmp_path / "nope.pt")), "no such checkpoint"
-    )
-    fake = tmp_path / "fake" / "nvidia" / "dali"
-    fake.mkdir(parents=True)
-    (fake.parent / "__init__.py").write_text("")
-    (fake / "__init__.py").write_text("raise ImportError('no DALI here')\n")
-    no_dali = run_cli(*base, "--lmdb", "--train", str(train_db), env={"PYTHONPATH": f"{fake.parent.parent}:{REPO}"})
-    _one_line_error(no_dali, "pip install nvidia-dali-cuda")
-    bad = run_cli(*base, "--loader", "tensorflow")
+    convert(bad_images, other, "--file-list", str(listing))
+    fails("--lmdb", "--train", str(train_db), "--val", str(other), fragment="class maps differ")
+    fails("--lmdb", "--train", str(train_db), "--amp", "fp16", fragment="needs CUDA")
+    fails("--lmdb", "--train", str(train_db), "--dist-backend", "nccl", fragment="needs CUDA")
+    fails("--lmdb", "--train", str(train_db), "-a", "resnet9000", fragment="not a torchvision classification model")
+    fails("--lmdb", "--train", str(train_db), "--resume", str(tmp_path / "nope.pt"), fragment="no such checkpoint")
+    fails("--lmdb", "--train", str(train_db), "-b", "0", fragment="--batch-size must be positive")
+    fails("--lmdb", "--train", str(train_db), "--evaluate", fragment="--evaluate needs --val")
+    bad = run_main(train_main, *base, "--loader", "tensorflow")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
-def test_resume_on_another_database_is_refused(train_db: Path, val_db: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    assert _train(train_db, out, "torch", "--max-steps", "2").returncode == 0
-    refused = _train(val_db, out, "torch", "--resume", "auto", "--max-steps", "1")
-    _one_line_error(refused, "different dataset")
-    forced = _train(val_db, out, "torch", "--resume", "auto", "--max-steps", "1", "--force-resume")
-    assert forced.returncode == 0, forced.stderr[-2000:]
+def test_missing_dali_is_one_line_naming_the_fix(
+    train_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # as if DALI were not installed
+    args = ["--device", "cpu", "--output-dir", str(tmp_path / "o"), "--lmdb", "--train", str(train_db)]
+    for loader in ([], ["--loader", "dali"]):  # dali is the default
+        assert_one_line_error(run_main(train_main, *args, *loader), "DALI is not installed", "--loader torch")
 
 
-def test_help_explains_the_flags() -> None:
-    text = " ".join(run_cli("train.py", "--help", check=True).stdout.split())
-    for flag in (
-        "--arch",
-        "--loader",
-        "--lmdb",
-        "--workers",
-        "--dali-threads",
-        "--max-steps",
-        "--resume",
-        "--amp",
-        "--channels-last",
-        "--synthetic",
-        "--multiprocessing-distributed",
-        "--dist-url",
-        "--log-keys",
-    ):
-        assert flag in text
-    assert "DataLoader worker" in text and "Python processes" in text
-
-
-def test_multiprocessing_distributed_spawn(train_db: Path, tmp_path: Path) -> None:
-    """The original PyTorch-LMDB launcher: one command spawns the processes of this node."""
-    out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "train.py",
-        "--multiprocessing-distributed",
-        "--procs-per-node",
-        "2",
-        "--dist-url",
-        f"tcp://127.0.0.1:{_free_port()}",
-        "--loader",
-        "torch",
-        "--lmdb",
-        "--train",
-        str(train_db),
-        "--epochs",
-        "1",
-        "-b",
-        "41",
-        "--log-keys",
-        "--output-dir",
-        str(out),
-        "-j",
-        "0",
-        *SMALL,
+def test_every_option_is_explained() -> None:
+    """Each flag of train.py carries a help text, and --help renders (a stray % in one would break it)."""
+    parser = build_parser()
+    missing = [
+        "/".join(action.option_strings)
+        for action in parser._actions
+        if action.option_strings and (not action.help or not action.help.strip() or action.help == argparse.SUPPRESS)
     ]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=420)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    _assert_sharding(_key_logs(out), 2, _db_keys(train_db))
+    assert not missing, f"options without a help text: {missing}"
+    text = parser.format_help()
+    for action in parser._actions:
+        assert any(flag in text for flag in action.option_strings)
 
 
 def test_placement_from_torchrun_slurm_and_nothing() -> None:
@@ -371,30 +387,3 @@ def test_placement_from_torchrun_slurm_and_nothing() -> None:
     assert placement_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).world_size == 1
     single = placement_from_env({})
     assert (single.rank, single.world_size, single.distributed) == (0, 1, False)
-
-
-def test_dali_file_reader_on_an_imagefolder_counts_val_once(hymenoptera: Path, tmp_path: Path) -> None:
-    """--loader dali without --lmdb: DALI's file reader, sharded and padded; val counts 153 images."""
-    out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "train.py",
-        "--loader",
-        "dali",
-        "--train",
-        str(hymenoptera / "val"),
-        "--val",
-        str(hymenoptera / "val"),
-        "--epochs",
-        "1",
-        "-b",
-        "32",
-        "--output-dir",
-        str(out),
-        *SMALL,
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [e["count"] for e in events if e["event"] == "val"] == [153]
-    assert [e["step_in_epoch"] for e in events if e["event"] == "train"][-1] == 153 // 32
