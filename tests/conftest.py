@@ -25,6 +25,13 @@ import pytest
 from datagen import GeneratedDataset, make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+try:
+    import nvidia.dali  # noqa: F401 (only probes whether DALI is installed)
+
+    NO_DALI = None
+except ImportError:
+    NO_DALI = "DALI is not installed (pip install '.[cuda130]' or '.[cuda120]')"
+needs_dali = pytest.mark.skipif(NO_DALI is not None, reason=NO_DALI or "")  # the DALI half of a test pair
 VENDORED_BAD_IMAGES = REPO / "tests" / "data" / "bad-images"
 DATASETS_ENV = "LMDB_TEST_DATASETS"
 REAL_DATA_FIXTURES = {"hymenoptera", "real_train_db", "real_val_db"}

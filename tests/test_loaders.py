@@ -14,20 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import convert, copy_tree, lmdb_io_cli
+from conftest import convert, copy_tree, lmdb_io_cli, needs_dali
 
 from lmdb_io import open_database
 from lmdb_io.shard import batches_per_epoch, epoch_plan
 from lmdb_io.torch_loader import IMAGENET_MEAN, IMAGENET_STD, make_torch_loader
 
-try:
-    import nvidia.dali  # noqa: F401 (only probes whether DALI is installed)
-
-    NO_DALI = None
-except ImportError:
-    NO_DALI = "DALI is not installed (pip install '.[cuda130]' or '.[cuda120]')"
-
-needs_dali = pytest.mark.skipif(NO_DALI is not None, reason=NO_DALI or "")
 KINDS = [pytest.param("dali", marks=needs_dali), "torch"]
 PARITY_BAD_IMAGES = ("hopper_orientation_6.jpg", "hopper_gray.jpg", "pil_sample_cmyk.jpg")  # EXIF 6, gray, CMYK
 MAX_MEAN_ABS_DIFF = 3.0  # per image, on the 0..255 scale: decoder and resampler rounding only

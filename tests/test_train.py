@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, assert_one_line_error, convert, repo_pythonpath, reserved_port, run_main
+from conftest import REPO, assert_one_line_error, convert, needs_dali, repo_pythonpath, reserved_port, run_main
 
 from lmdb_io import open_database
 from lmdb_io.shard import batches_per_epoch
@@ -27,14 +27,6 @@ from trainer.config import build_parser
 from trainer.engine import STOP_CHECK_EVERY
 from trainer.main import main as train_main
 
-try:
-    import nvidia.dali  # noqa: F401 (only probes whether DALI is installed)
-
-    NO_DALI = None
-except ImportError:
-    NO_DALI = "DALI is not installed (pip install '.[cuda130]' or '.[cuda120]')"
-
-needs_dali = pytest.mark.skipif(NO_DALI is not None, reason=NO_DALI or "")
 LOADERS = [pytest.param("dali", marks=needs_dali), "torch"]
 SMALL = ["-a", "resnet18", "--crop-size", "32", "--val-resize", "36", "--device", "cpu", "--print-freq", "5"]
 TIMEOUT = 420
