@@ -15,7 +15,12 @@ from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types  # here, so a missing DALI is an ImportError at once
+
 from lmdb_io.database import ImageDatabase
+
+from .compat import no_exif_rotation
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -34,10 +39,6 @@ def _reason(exc: RuntimeError) -> str:
 
 def _child(path: str, batch_size: int, num_threads: int, conn: Connection) -> None:
     """Decode the batches of indices the parent sends; answer each; exit after the first failure."""
-    import numpy as np
-    from nvidia.dali import fn, pipeline_def, types
-
-    from .compat import no_exif_rotation
 
     @pipeline_def(
         batch_size=batch_size,

@@ -285,6 +285,7 @@ def test_decode_check_names_a_record_the_decoder_crashes_on(val_db: Path, monkey
     assert sorted({i for chunk in asked for i in chunk}) == list(range(len(db)))  # every record was checked
 
 
+@needs_dali
 def test_verify_decode_names_a_record_dali_cannot_decode(val_db: Path, tmp_path: Path) -> None:
     import lmdb
 
