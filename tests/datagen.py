@@ -55,9 +55,6 @@ class GeneratedSplit:
     def outcome(self, what: str) -> list[GeneratedFile]:
         return [f for f in self.files if f.outcome == what]
 
-    def by_rel(self) -> dict[str, GeneratedFile]:
-        return {f.rel: f for f in self.files}
-
 
 @dataclass(frozen=True)
 class GeneratedDataset:
