@@ -3,7 +3,7 @@
 
 import sys
 
-from lmdb_io.cli import convert_main
+from lmdb_dali_train.cli import convert_main
 
 if __name__ == "__main__":
     sys.exit(convert_main())

@@ -3,7 +3,7 @@
 
 import sys
 
-from trainer.main import main
+from lmdb_dali_train.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

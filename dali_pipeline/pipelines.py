@@ -1,10 +1,11 @@
-"""Train and validation pipelines as pure functions of a source and options.
+"""Train and validation pipelines as pure functions of a source, options and a preset.
 
 The graph is the same on a GPU and on the CPU: with a device id the decoder runs ``mixed`` (nvJPEG,
 hardware decoder where present) and the rest on the GPU; with ``device_id=None`` every operator is a
-CPU one. Train: random-resized-crop fused into decoding (area 0.08-1, aspect 3/4-4/3, 10 attempts, as
-torchvision's RandomResizedCrop), resize to the crop, random flip, normalize. Validation: resize the
-shorter side and center crop with torchvision's integer arithmetic, normalize.
+CPU one. What the graphs do is ``loaders.presets``' definition, the one the torchvision loader follows:
+train decodes with a random-resized crop fused into decoding, resizes to the crop, flips at random and
+normalizes; validation resizes the shorter side and center crops with torchvision's integer arithmetic
+(``val_geometry``), then normalizes.
 """
 
 from __future__ import annotations
@@ -16,26 +17,24 @@ from typing import Any
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
+from loaders.presets import Preset, TrainPreset, ValPreset
+
 from .compat import no_exif_rotation, supported
 from .val_geometry import resize_and_center_crop
 
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-OUTPUT_NAMES = ("images", "labels", "indices", "real")
+OUTPUT_NAMES = ("images", "labels", "indices", "padding")
 
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    """Everything that shapes a pipeline; defaults suit ImageNet-style training on one GPU."""
+    """How a pipeline runs (what it computes is the preset's); defaults suit training on one GPU."""
 
     batch_size: int
     device_id: int | None = None  # None: CPU operators only
     num_threads: int = 4  # DALI's own CPU threads
     py_workers: int = 0  # Python processes running the source (0: in the pipeline's thread)
     prefetch: int = 2  # batches queued ahead, in the pipeline and in the parallel source
-    crop: int = 224
-    val_resize: int = 256
-    half: bool = False  # float16 output instead of float32
+    fp16_output: bool = False  # float16 images instead of float32 (DALI has no bfloat16: bf16 AMP takes these)
     channels_last: bool = False  # NHWC instead of NCHW
     hw_decoder_load: float = 0.65  # share of JPEGs sent to the A100/H100 hardware decoder
     preallocate_width_hint: int = 0
@@ -67,75 +66,81 @@ def _decoder_args(schema: str, opts: PipelineOptions) -> dict[str, Any]:
     return args
 
 
-def _normalize(images: Any, opts: PipelineOptions, mirror: Any = None) -> Any:
+def _normalize(images: Any, preset: Preset, opts: PipelineOptions, mirror: Any = None) -> Any:
     extra = {"mirror": mirror} if mirror is not None else {}
     return fn.crop_mirror_normalize(
         images,
-        dtype=types.FLOAT16 if opts.half else types.FLOAT,
+        dtype=types.FLOAT16 if opts.fp16_output else types.FLOAT,
         output_layout="HWC" if opts.channels_last else "CHW",
-        mean=list(IMAGENET_MEAN),
-        std=list(IMAGENET_STD),
+        mean=[255 * m for m in preset.mean],  # the preset is on ToTensor's 0-1 scale, DALI's pixels 0-255
+        std=[255 * s for s in preset.std],
         **extra,
     )
 
 
-def _outputs(images: Any, labels: Any, indices: Any, real: Any, opts: PipelineOptions) -> tuple:
-    return images, (labels.gpu() if opts.on_gpu else labels), indices, real
+def _outputs(images: Any, labels: Any, indices: Any, padding: Any, opts: PipelineOptions) -> tuple:
+    return images, (labels.gpu() if opts.on_gpu else labels), indices, padding
 
 
-def train_augment(encoded: Any, opts: PipelineOptions) -> Any:
+def train_graph(encoded: Any, preset: TrainPreset, opts: PipelineOptions) -> Any:
     """Decode with a random-resized crop, resize to the crop size, random flip, normalize."""
     images = fn.decoders.image_random_crop(
         encoded,
         device="mixed" if opts.on_gpu else "cpu",
-        random_area=[0.08, 1.0],
-        random_aspect_ratio=[3 / 4, 4 / 3],
-        num_attempts=10,
+        random_area=list(preset.area),
+        random_aspect_ratio=list(preset.aspect_ratio),
+        num_attempts=preset.attempts,
         **_decoder_args("decoders__ImageRandomCrop", opts),
     )
-    images = fn.resize(images, resize_x=opts.crop, resize_y=opts.crop, interp_type=types.INTERP_LINEAR, antialias=True)
-    return _normalize(images, opts, mirror=fn.random.coin_flip(probability=0.5))
+    images = fn.resize(
+        images, resize_x=preset.crop, resize_y=preset.crop, interp_type=types.INTERP_LINEAR, antialias=True
+    )
+    return _normalize(images, preset, opts, mirror=fn.random.coin_flip(probability=preset.flip_probability))
 
 
-def val_transform(encoded: Any, opts: PipelineOptions) -> Any:
+def val_graph(encoded: Any, preset: ValPreset, opts: PipelineOptions) -> Any:
     """Decode, resize the shorter side and center crop as torchvision does, normalize."""
     images = fn.decoders.image(
         encoded, device="mixed" if opts.on_gpu else "cpu", **_decoder_args("decoders__Image", opts)
     )
     images = resize_and_center_crop(
-        images, encoded, resize=opts.val_resize, crop=opts.crop, device="gpu" if opts.on_gpu else "cpu"
+        images, encoded, resize=preset.resize, crop=preset.crop, device="gpu" if opts.on_gpu else "cpu"
     )
-    return _normalize(images, opts)
+    return _normalize(images, preset, opts)
+
+
+def _graph(encoded: Any, preset: Preset, opts: PipelineOptions) -> Any:
+    if isinstance(preset, TrainPreset):
+        return train_graph(encoded, preset, opts)
+    return val_graph(encoded, preset, opts)
 
 
 @pipeline_def
-def _lmdb_pipeline(source: Callable, opts: PipelineOptions, train: bool) -> tuple:
-    encoded, labels, indices, real = _read(source, opts)
-    images = train_augment(encoded, opts) if train else val_transform(encoded, opts)
-    return _outputs(images, labels, indices, real, opts)
+def _source_pipeline(source: Callable, opts: PipelineOptions, preset: Preset) -> tuple:
+    encoded, labels, indices, padding = _read(source, opts)
+    return _outputs(_graph(encoded, preset, opts), labels, indices, padding, opts)
 
 
 FILE_READER_NAME = "files"
 
 
 @pipeline_def
-def _folder_pipeline(root: str, opts: PipelineOptions, train: bool, rank: int, world_size: int) -> tuple:
+def _folder_pipeline(root: str, opts: PipelineOptions, preset: Preset, rank: int, world_size: int) -> tuple:
     """An ImageFolder tree through DALI's file reader, sharded by global rank and padded, so every rank
-    reads the same count. The reader gives no dataset index: ``indices`` is -1, ``real`` 1."""
+    reads the same count. The reader gives no dataset index: ``indices`` is -1, ``padding`` 0."""
     encoded, labels = fn.readers.file(
         file_root=root,
         shard_id=rank,
         num_shards=world_size,
-        random_shuffle=train,
+        random_shuffle=isinstance(preset, TrainPreset),
         pad_last_batch=True,
         seed=opts.seed,
         name=FILE_READER_NAME,
     )
-    images = train_augment(encoded, opts) if train else val_transform(encoded, opts)
     labels = fn.cast(labels, dtype=types.INT64)
-    return _outputs(
-        images, labels, fn.constant(idata=-1, dtype=types.INT64) * 1, fn.constant(idata=1, dtype=types.UINT8) * 1, opts
-    )
+    indices = fn.constant(idata=-1, dtype=types.INT64) * 1
+    padding = fn.constant(idata=0, dtype=types.UINT8) * 1
+    return _outputs(_graph(encoded, preset, opts), labels, indices, padding, opts)
 
 
 def _pipeline_args(opts: PipelineOptions) -> dict[str, Any]:
@@ -150,15 +155,15 @@ def _pipeline_args(opts: PipelineOptions) -> dict[str, Any]:
     )
 
 
-def build_pipeline(source: Callable, opts: PipelineOptions, train: bool) -> Pipeline:
+def build_pipeline(source: Callable, opts: PipelineOptions, preset: Preset) -> Pipeline:
     """A built pipeline over a per-sample source. Python workers start with spawn: DALI cannot fork
     them once CUDA is initialised, and building a GPU pipeline initialises it."""
-    pipe = _lmdb_pipeline(source, opts, train, **_pipeline_args(opts))
+    pipe = _source_pipeline(source, opts, preset, **_pipeline_args(opts))
     pipe.build()
     return pipe
 
 
-def build_folder_pipeline(root: str, opts: PipelineOptions, train: bool, rank: int, world_size: int) -> Pipeline:
-    pipe = _folder_pipeline(root, opts, train, rank, world_size, **_pipeline_args(opts))
+def build_folder_pipeline(root: str, opts: PipelineOptions, preset: Preset, rank: int, world_size: int) -> Pipeline:
+    pipe = _folder_pipeline(root, opts, preset, rank, world_size, **_pipeline_args(opts))
     pipe.build()
     return pipe

@@ -1,4 +1,4 @@
-"""LMDB image databases for ImageNet-style training: converter, records, readers and sharding.
+"""LMDB image databases for ImageNet-style training: the format, the converter, and readers.
 
 Names are imported on first use, so ``convert.py`` starts without numpy and code that only needs raw
 records (the DALI source) never imports torch or PIL.
@@ -17,17 +17,15 @@ if TYPE_CHECKING:  # the lazy exports below, for the type checker; at run time _
     # (``X as X``: an explicit re-export, since __all__ is built from _LAZY)
     from .database import ImageDatabase as ImageDatabase, open_database as open_database
     from .dataset import ImageFolderLMDB as ImageFolderLMDB
-    from .env import shared_env as shared_env
+    from .env import is_database as is_database, shared_env as shared_env
     from .record import ImageFormat as ImageFormat
-    from .shard import Shard as Shard, shard_indices as shard_indices
 
 _LAZY = {
     "ImageDatabase": ".database",
     "open_database": ".database",
     "shared_env": ".env",
+    "is_database": ".env",
     "ImageFormat": ".record",
-    "Shard": ".shard",
-    "shard_indices": ".shard",
     "ImageFolderLMDB": ".dataset",
 }
 

@@ -1,46 +1,39 @@
 """ImageFolder tree (or file list) -> one LMDB, streaming, resumable, with a report of every file.
 
-Files are read and checked by a thread pool (file I/O and Pillow release the GIL) in a bounded window,
-and consumed in order, so the database is the same whatever the worker count. Records go out in
-batched write transactions; each batch's transaction also rewrites ``__progress__``, so whatever was
+The decisions (what goes in, under which key, what a resume may reuse) and the orchestration live here;
+reading and checking files is ``prepare``'s job, fast writing ``writer``'s. Records go out in batched
+write transactions; each also rewrites ``__progress__`` (counts and the fingerprint of the job) and
+adds that batch's skipped and transcoded files under one ``__progress_log__`` key, so whatever was
 committed before a crash, a Ctrl-C or a full disk is known exactly and ``--resume`` continues from
-there. The index entries are written in the final transaction: a database without them is incomplete.
+there, at a cost per commit that does not grow with the database. The index entries are written in the
+final transaction: a database without them is incomplete.
 """
 
 from __future__ import annotations
 
 import array
-import ctypes
 import json
 import os
 import sys
-import threading
 import time
-from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import lmdb
 from tqdm import tqdm
 
 from . import __version__, schema
 from .database import open_database
-from .env import close_shared_env
-from .errors import ConvertError, LmdbIoError
-from .imagecheck import SKIP, STORE_ORIGINAL, inspect_image
-from .record import HEADER_SIZE, encode_record, write_header
+from .env import DATA_FILE, close_shared_env
+from .errors import ConvertError, ConvertInterrupted
+from .imagecheck import Action
+from .prepare import prepare_in_order
+from .record import HEADER_SIZE
 from .sources import SourceList, read_file_list, scan_image_folder
+from .writer import Writer, tune_malloc
 
-INITIAL_MAP_SIZE = 1 << 30
-# Test hook: exit hard (no cleanup, like kill -9) right after this many commits of a run.
-EXIT_AFTER_COMMITS_ENV = "LMDB_IO_EXIT_AFTER_COMMITS"
-_LMDB_FILES = {"data.mdb", "lock.mdb"}
-
-
-class ConvertInterrupted(LmdbIoError):
-    """Ctrl-C: what was committed stays, and --resume finishes the job."""
+_LMDB_FILES = {DATA_FILE, "lock.mdb"}
+_COUNTS = ("scanned", "stored_original", "stored_transcoded", "bytes_in", "bytes_out")
 
 
 @dataclass
@@ -126,7 +119,7 @@ def _prepare_output(opts: ConvertOptions) -> None:
         close_shared_env(out)
         for name in entries:
             os.remove(os.path.join(out, name))
-    if entries and opts.resume and "data.mdb" not in entries:
+    if entries and opts.resume and DATA_FILE not in entries:
         raise ConvertError(f"cannot --resume in {opts.output}: it holds no LMDB (data.mdb)")
     try:
         os.makedirs(out, exist_ok=True)
@@ -141,162 +134,36 @@ def _prepare_output(opts: ConvertOptions) -> None:
 # -- reading and checking files ---------------------------------------------------------------------
 
 
-@dataclass
-class Prepared:
-    """One file, read and checked by a worker thread: a ready record (header filled) or a skip."""
-
-    action: str
-    reason: str
-    record: bytearray | None
-    bytes_in: int
-
-
-def _read_file(path: str) -> bytearray:
-    """The file's bytes after HEADER_SIZE free bytes, read straight into place (no copy)."""
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        buf = bytearray(HEADER_SIZE + size)
-        got = f.readinto(memoryview(buf)[HEADER_SIZE:])
-        if got < size:  # shrank while we read it
-            del buf[HEADER_SIZE + got :]
-        else:
-            buf += f.read()  # grew while we read it
-    return buf
-
-
-def _prepare(path: str, label: int, verify_decode: bool, keep_format: bool) -> Prepared:
-    try:
-        buf = _read_file(path)
-    except OSError as exc:
-        return Prepared(SKIP, f"cannot read: {exc.strerror}", None, 0)
-    n = len(buf) - HEADER_SIZE
-    verdict = inspect_image(memoryview(buf)[HEADER_SIZE:], verify_decode, keep_format)
-    if verdict.action == SKIP:
-        return Prepared(SKIP, verdict.reason, None, n)
-    if verdict.action == STORE_ORIGINAL:
-        return Prepared(verdict.action, verdict.reason, write_header(buf, label, verdict.image_format), n)
-    assert verdict.payload is not None  # only a SKIP verdict has none
-    return Prepared(verdict.action, verdict.reason, encode_record(verdict.payload, label, verdict.image_format), n)
-
-
-WINDOW_BYTES = 64 << 20  # files read ahead of the writer, so reading goes on while a batch commits
-CHUNK = 8  # files per task: a thread-pool task costs ~16 us of the main thread's time
-
-
-def _prepare_chunk(root: str, items: list[tuple[str, int]], verify_decode: bool, keep_format: bool) -> list[Prepared]:
-    return [_prepare(os.path.join(root, rel), label, verify_decode, keep_format) for rel, label in items]
-
-
-def _prepare_in_order(
-    pool: ThreadPoolExecutor, source: SourceList, start: int, opts: ConvertOptions
-) -> Iterator[tuple[int, Prepared]]:
-    """(item index, prepared file) in item order; about WINDOW_BYTES of files in flight."""
-    pending: deque = deque()
-    min_window = 2 * max(1, opts.workers)  # in chunks
-    window, seen, seen_bytes = min_window, 0, 0
-    items = source.items
-    for first in range(start, len(items), CHUNK):
-        chunk = items[first : first + CHUNK]
-        pending.append((first, pool.submit(_prepare_chunk, source.root, chunk, opts.verify_decode, opts.keep_format)))
-        while len(pending) >= window or (pending and first + CHUNK >= len(items)):
-            j, fut = pending.popleft()
-            for offset, prepared in enumerate(fut.result()):
-                seen, seen_bytes = seen + 1, seen_bytes + prepared.bytes_in
-                yield j + offset, prepared
-            window = min(256, max(min_window, WINDOW_BYTES * seen // max(seen_bytes, 1) // CHUNK))
-
-
 # -- writing ----------------------------------------------------------------------------------------
 
 
-class _Writer:
-    """The write Environment. The map grows (doubling) whenever it is full, so nobody guesses a size,
-    and the Environment is reopened after each commit: that drops the pages of data.mdb that LMDB
-    mapped while writing, which otherwise pile up in the resident set (measured here: +1.3 MiB per
-    1,000 images, about 1.6 GiB for ImageNet). A reopen costs well under a millisecond."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        data = os.path.join(path, "data.mdb")
-        self._map_size = max(INITIAL_MAP_SIZE, 2 * os.path.getsize(data)) if os.path.exists(data) else INITIAL_MAP_SIZE
-        self.env = self._open()
-        self._flusher = _Flusher(data)
-
-    def _open(self) -> lmdb.Environment:
-        # No fsync per commit: a killed process loses nothing the kernel has; close() syncs once.
-        return lmdb.open(
-            self.path, map_size=self._map_size, subdir=True, readahead=False, meminit=False, sync=False, metasync=False
-        )
-
-    def put_all(self, puts: list[tuple[bytes, Any]], deletes: tuple[bytes, ...] = ()) -> None:
-        """One write transaction holding ``puts`` (and ``deletes``)."""
-        while True:
-            try:
-                with self.env.begin(write=True) as txn:
-                    for key in deletes:
-                        txn.delete(key)
-                    for key, value in puts:
-                        txn.put(key, value)
-                break
-            except lmdb.MapFullError:
-                self._map_size *= 2
-                self.env.set_mapsize(self._map_size)
-        self.env.close()
-        self.env = self._open()
-        self._flusher.kick()
-
-    def close(self) -> None:
-        try:
-            self._flusher.stop()
-            self.env.sync(True)
-        finally:
-            self.env.close()
-
-
-class _Flusher:
-    """Flushes data.mdb to disk in the background after each commit (fdatasync on its own descriptor).
-
-    Commits skip fsync (a killed converter loses nothing the kernel holds), yet the data still reaches
-    the disk while conversion goes on, so the final sync that makes the database durable has little
-    left to write (measured here: 0.16 s of a 1 s conversion, when all of it was left to the end).
-    """
-
-    def __init__(self, path: str) -> None:
-        self._fd = os.open(path, os.O_RDONLY)
-        self._wanted = threading.Event()
-        self._done = False
-        self._thread = threading.Thread(target=self._run, name="convert-flush", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            self._wanted.wait()
-            self._wanted.clear()
-            if self._done:
-                return
-            try:
-                os.fdatasync(self._fd)
-            except OSError:
-                pass  # the final sync reports a real problem
-
-    def kick(self) -> None:
-        self._wanted.set()
-
-    def stop(self) -> None:
-        self._done = True
-        self._wanted.set()
-        self._thread.join()
-        os.close(self._fd)
-
-
-def _load_progress(env: lmdb.Environment, output: str) -> dict | None:
+def _load_progress(env: lmdb.Environment, output: str) -> tuple[dict, list[dict], list[dict]] | None:
+    """An unfinished conversion's counts and its (skipped, transcoded) report entries; None if none."""
     with env.begin() as txn:
         raw = txn.get(schema.PROGRESS_KEY)
-        if raw is not None:
-            return json.loads(raw)
-        if txn.get(schema.META_KEY) is None and txn.stat()["entries"]:
-            raise ConvertError(f"output {output} holds an LMDB that lmdb_io did not write; refusing to touch it")
-    return None
+        if raw is None:
+            if txn.get(schema.META_KEY) is None and txn.stat()["entries"]:
+                raise ConvertError(f"output {output} holds an LMDB that lmdb_io did not write; refusing to touch it")
+            return None
+        skipped: list[dict] = []
+        transcoded: list[dict] = []
+        for _, value in _progress_log(txn):
+            entries = json.loads(value)
+            skipped += entries["skipped"]
+            transcoded += entries["transcoded"]
+    return json.loads(raw), skipped, transcoded
+
+
+def _progress_log(txn: lmdb.Transaction) -> list[tuple[bytes, bytes]]:
+    """The ``__progress_log__`` entries, in commit order."""
+    cursor = txn.cursor()
+    found: list[tuple[bytes, bytes]] = []
+    if cursor.set_range(schema.PROGRESS_LOG_PREFIX):
+        for key, value in cursor:
+            if not bytes(key).startswith(schema.PROGRESS_LOG_PREFIX):
+                break
+            found.append((bytes(key), bytes(value)))
+    return found
 
 
 def _options_fingerprint(opts: ConvertOptions) -> dict:
@@ -314,37 +181,17 @@ def load_source(opts: ConvertOptions) -> SourceList:
     return scan_image_folder(opts.dataset, classes_from)
 
 
-def _tune_malloc() -> None:
-    """Serve the ~100 KB file buffers and LMDB's dirty pages from one reused heap.
-
-    By default glibc maps each allocation over 128 KB afresh and unmaps it on free, so every file read
-    and every committed page pays page faults on zeroed memory: measured here, that doubled the
-    converter's time (1.8 s -> 1.2 s for 5,000 images). One arena instead of one per thread keeps the
-    peak resident set flat (buffers are allocated in worker threads and freed in the main one: with
-    per-thread arenas the peak crept up by 10% from 5,000 to 20,000 images). A no-op without glibc.
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
-    mallopt(m_arena_max, 1)
-    mallopt(m_mmap_threshold, 32 << 20)
-    mallopt(m_trim_threshold, 256 << 20)
-
-
 def convert(opts: ConvertOptions) -> ConvertReport:
     """Run (or resume) one conversion; raises LmdbIoError subclasses with one-line messages."""
     started = time.perf_counter()
-    _tune_malloc()
+    tune_malloc()
     source = load_source(opts)
     _prepare_output(opts)
     out = opts.output
     fingerprint = source.fingerprint(_options_fingerprint(opts))
     width = schema.key_width(len(source.items))
     close_shared_env(out)  # LMDB allows one handle per path per process: drop our read-only one
-    writer = _Writer(out)
+    writer = Writer(out)
     env = writer.env
     try:
         report = ConvertReport(output=out)
@@ -359,26 +206,19 @@ def convert(opts: ConvertOptions) -> ConvertReport:
             report.stored_transcoded = counts["stored_transcoded"]
             report.skipped = [{"path": "?", "reason": "skipped by the earlier run"}] * counts["skipped"]
             return report
-        start = 0
+        start = commits = 0
         if progress is not None:
-            if progress["fingerprint"] != fingerprint:
+            counts, report.skipped, report.transcoded = progress
+            if counts["fingerprint"] != fingerprint:
                 raise ConvertError(
                     f"cannot --resume {out}: the dataset's file list, classes or options differ from "
                     f"the interrupted run; use --overwrite to start over"
                 )
-            for name in (
-                "scanned",
-                "stored_original",
-                "stored_transcoded",
-                "skipped",
-                "transcoded",
-                "bytes_in",
-                "bytes_out",
-            ):
-                setattr(report, name, progress[name])
+            for name in _COUNTS:
+                setattr(report, name, counts[name])
             report.reused = report.stored
-            start = progress["scanned"]
-        _convert_items(writer, source, start, width, fingerprint, opts, report)
+            start, commits = counts["scanned"], counts["commits"]
+        _convert_items(writer, source, start, commits, width, fingerprint, opts, report)
         _finish(writer, source, width, opts, report)
     finally:
         writer.close()
@@ -386,41 +226,50 @@ def convert(opts: ConvertOptions) -> ConvertReport:
     return report
 
 
-def _progress_entry(report: ConvertReport, fingerprint: str) -> bytes:
-    state = {k: v for k, v in report.to_json().items() if k not in ("output", "reused", "seconds")}
-    return json.dumps({"fingerprint": fingerprint, "stored": report.stored, **state}).encode()
+def _progress_entries(
+    report: ConvertReport, fingerprint: str, commits: int, logged: tuple[int, int]
+) -> list[tuple[bytes, bytes]]:
+    """``__progress__`` (counts: constant size) and, when this batch skipped or transcoded files, one
+    ``__progress_log__`` entry holding only those: each report entry is stored once."""
+    counts = {name: getattr(report, name) for name in _COUNTS}
+    state = {"fingerprint": fingerprint, "stored": report.stored, "commits": commits, **counts}
+    entries = [(schema.PROGRESS_KEY, json.dumps(state).encode())]
+    new_skipped, new_transcoded = report.skipped[logged[0] :], report.transcoded[logged[1] :]
+    if new_skipped or new_transcoded:
+        log = {"skipped": new_skipped, "transcoded": new_transcoded}
+        entries.append((schema.progress_log_key(commits), json.dumps(log).encode()))
+    return entries
 
 
 def _convert_items(
-    writer: _Writer,
+    writer: Writer,
     source: SourceList,
     start: int,
+    commits: int,
     width: int,
     fingerprint: str,
     opts: ConvertOptions,
     report: ConvertReport,
 ) -> None:
-    exit_after = int(os.environ.get(EXIT_AFTER_COMMITS_ENV, "0") or 0)
-    commits = 0
     batch: list[tuple[bytes, bytes | bytearray]] = []
     batch_bytes = 0
     since_commit = 0
+    logged = (len(report.skipped), len(report.transcoded))
     run_started = time.perf_counter()
     run_bytes = 0
 
     def commit() -> None:
-        nonlocal batch, batch_bytes, since_commit, commits
+        nonlocal batch, batch_bytes, since_commit, commits, logged
+        commits += 1
         try:
-            writer.put_all(batch + [(schema.PROGRESS_KEY, _progress_entry(report, fingerprint))])
+            writer.put_all(batch + _progress_entries(report, fingerprint, commits, logged))
         except lmdb.Error as exc:
             raise ConvertError(
                 f"cannot write to {opts.output}: {exc}; {report.stored - len(batch)} images are "
                 f"committed, free the cause and rerun with --resume"
             ) from None
         batch, batch_bytes, since_commit = [], 0, 0
-        commits += 1
-        if exit_after and commits >= exit_after:
-            os._exit(86)
+        logged = (len(report.skipped), len(report.transcoded))
 
     bar = tqdm(
         total=len(source.items),
@@ -433,15 +282,16 @@ def _convert_items(
     )
     pool = ThreadPoolExecutor(max(1, opts.workers), thread_name_prefix="convert")
     try:
-        for index, prepared in _prepare_in_order(pool, source, start, opts):
+        prepared_files = prepare_in_order(pool, source, start, opts.workers, opts.verify_decode, opts.keep_format)
+        for index, prepared in prepared_files:
             rel = source.items[index][0]
             report.scanned += 1
             report.bytes_in += prepared.bytes_in
             run_bytes += prepared.bytes_in
-            if prepared.action == SKIP:
+            if prepared.action == Action.SKIP:
                 report.skipped.append({"path": rel, "reason": prepared.reason})
             else:
-                if prepared.action == STORE_ORIGINAL:
+                if prepared.action == Action.STORE_ORIGINAL:
                     report.stored_original += 1
                 else:
                     report.stored_transcoded += 1
@@ -472,8 +322,8 @@ def _convert_items(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _finish(writer: _Writer, source: SourceList, width: int, opts: ConvertOptions, report: ConvertReport) -> None:
-    """The final transaction: index entries and ``__meta__`` in, ``__progress__`` out."""
+def _finish(writer: Writer, source: SourceList, width: int, opts: ConvertOptions, report: ConvertReport) -> None:
+    """The final transaction: index entries and ``__meta__`` in, ``__progress__`` and its log out."""
     skipped = {entry["path"] for entry in report.skipped}
     stored = [(rel, label) for rel, label in source.items if rel not in skipped]
     n = len(stored)
@@ -518,8 +368,10 @@ def _finish(writer: _Writer, source: SourceList, width: int, opts: ConvertOption
         (schema.META_KEY, json.dumps(meta, sort_keys=True).encode()),
     ]
     with writer.env.begin() as txn:
-        has_progress = txn.get(schema.PROGRESS_KEY) is not None
-    writer.put_all(puts, deletes=(schema.PROGRESS_KEY,) if has_progress else ())
+        progress_keys = [key for key, _ in _progress_log(txn)]
+        if txn.get(schema.PROGRESS_KEY) is not None:
+            progress_keys.append(schema.PROGRESS_KEY)
+    writer.put_all(puts, deletes=tuple(progress_keys))
 
 
 def write_report(report: ConvertReport, path: str) -> None:
@@ -531,4 +383,4 @@ def write_report(report: ConvertReport, path: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["ConvertOptions", "ConvertReport", "ConvertInterrupted", "convert", "write_report"]
+__all__ = ["ConvertOptions", "ConvertReport", "convert", "write_report"]

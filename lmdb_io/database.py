@@ -11,7 +11,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from . import schema
-from .env import shared_env
+from .env import data_file, shared_env
 from .errors import IncompleteDatabaseError, NotADatabaseError
 from .record import ImageFormat, decode_record
 
@@ -158,12 +158,8 @@ class ImageDatabase:
             raise NotADatabaseError(f"{self.path}: record {key.decode()} listed in __keys__ is missing")
         return decode_record(value, key, self.verify if verify is None else verify)
 
-    def describe(self, index: int) -> str:
-        """``key (relative/path.jpg)``: how messages name an image."""
-        return f"{self.key(index).decode()} ({self.paths()[index]})"
-
     def file_bytes(self) -> int:
-        return os.path.getsize(os.path.join(self.path, "data.mdb"))
+        return os.path.getsize(data_file(self.path))
 
 
 def open_database(path: str | os.PathLike, verify: bool = True) -> ImageDatabase:

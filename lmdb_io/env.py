@@ -15,8 +15,22 @@ import lmdb
 
 from .errors import NotADatabaseError
 
+DATA_FILE = "data.mdb"
+
 _envs: dict[str, tuple[int, lmdb.Environment]] = {}
 _lock = threading.Lock()
+
+
+def data_file(path: str | os.PathLike) -> str:
+    """The LMDB data file of the database directory ``path``."""
+    return os.path.join(path, DATA_FILE)
+
+
+def is_database(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an LMDB directory (holds data.mdb): the one test every caller uses to tell a
+    database from an ImageFolder tree. Whether it is a complete lmdb_io database is ``open_database``'s
+    job, which explains what is wrong."""
+    return os.path.isfile(data_file(path))
 
 
 def _open_readonly(path: str) -> lmdb.Environment:
@@ -24,7 +38,7 @@ def _open_readonly(path: str) -> lmdb.Environment:
         raise NotADatabaseError(f"{path}: no such file or directory")
     if not os.path.isdir(path):
         raise NotADatabaseError(f"{path}: not an LMDB database (expected a directory holding data.mdb)")
-    if not os.path.isfile(os.path.join(path, "data.mdb")):
+    if not is_database(path):
         raise NotADatabaseError(f"{path}: not an LMDB database (no data.mdb in it)")
     try:
         return lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False, map_size=0, subdir=True)

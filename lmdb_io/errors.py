@@ -23,3 +23,7 @@ class CorruptRecordError(LmdbIoError):
 
 class ConvertError(LmdbIoError):
     """The converter cannot start or continue (bad input, bad output, changed dataset on resume)."""
+
+
+class ConvertInterrupted(LmdbIoError):
+    """Ctrl-C or SIGTERM during a conversion: what was committed stays, and --resume finishes the job."""

@@ -9,6 +9,7 @@ decode are transcoded to an RGB JPEG, those that don't are skipped with the reas
 
 from __future__ import annotations
 
+import enum
 import io
 import re
 from dataclasses import dataclass
@@ -27,9 +28,13 @@ _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD
 _PLAIN_SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman
 _STANDALONE = {0x01, 0xD0, 0xD1, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7}
 
-STORE_ORIGINAL = "original"
-STORE_TRANSCODED = "transcoded"
-SKIP = "skipped"
+
+class Action(enum.Enum):
+    """What the converter does with a file (the values are the words reports use)."""
+
+    STORE_ORIGINAL = "original"
+    STORE_TRANSCODED = "transcoded"
+    SKIP = "skipped"
 
 
 class StructureError(ValueError):
@@ -40,7 +45,7 @@ class StructureError(ValueError):
 class Verdict:
     """What to do with one file: ``action`` is original, transcoded or skipped."""
 
-    action: str
+    action: Action
     payload: Buffer | None
     image_format: ImageFormat
     reason: str = ""
@@ -156,15 +161,15 @@ def _salvage(data: Buffer, why: str) -> Verdict:
     """A file that failed the cheap checks: keep it if Pillow decodes it fully, else skip it."""
     try:
         image = _decode(data)
-        return Verdict(STORE_TRANSCODED, _transcode(image), ImageFormat.JPEG, f"{why}; decodes, transcoded")
+        return Verdict(Action.STORE_TRANSCODED, _transcode(image), ImageFormat.JPEG, f"{why}; decodes, transcoded")
     except Exception as exc:  # Pillow raises many types for broken files
-        return Verdict(SKIP, None, ImageFormat.UNKNOWN, f"{why}; Pillow: {_describe_error(exc)}")
+        return Verdict(Action.SKIP, None, ImageFormat.UNKNOWN, f"{why}; Pillow: {_describe_error(exc)}")
 
 
 def inspect_image(data: Buffer, verify_decode: bool = False, keep_format: bool = False) -> Verdict:
     """The converter's decision for one file's bytes (any buffer; an original is returned as given)."""
     if not data:
-        return Verdict(SKIP, None, ImageFormat.UNKNOWN, "empty file (0 bytes)")
+        return Verdict(Action.SKIP, None, ImageFormat.UNKNOWN, "empty file (0 bytes)")
     fmt = sniff_format(data)
     if fmt == ImageFormat.JPEG:
         try:
@@ -176,8 +181,8 @@ def inspect_image(data: Buffer, verify_decode: bool = False, keep_format: bool =
                 try:
                     _decode(data)
                 except Exception as exc:
-                    return Verdict(SKIP, None, fmt, f"does not decode: {_describe_error(exc)}")
-            return Verdict(STORE_ORIGINAL, data, fmt)
+                    return Verdict(Action.SKIP, None, fmt, f"does not decode: {_describe_error(exc)}")
+            return Verdict(Action.STORE_ORIGINAL, data, fmt)
         kind = {4: "CMYK/YCCK"}.get(info.components, f"{info.components}-component")
         why = f"{kind} JPEG, SOF FF{info.sof_marker:02X}, {info.precision}-bit"
         if keep_format:
@@ -200,5 +205,5 @@ def _keep(data: Buffer, fmt: ImageFormat, verify: bool, why: str) -> Verdict:
 
             Image.open(io.BytesIO(data))
     except Exception as exc:
-        return Verdict(SKIP, None, fmt, f"{why}; Pillow: {_describe_error(exc)}")
-    return Verdict(STORE_ORIGINAL, data, fmt, f"{why}, stored as it is (--keep-format)")
+        return Verdict(Action.SKIP, None, fmt, f"{why}; Pillow: {_describe_error(exc)}")
+    return Verdict(Action.STORE_ORIGINAL, data, fmt, f"{why}, stored as it is (--keep-format)")

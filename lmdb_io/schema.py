@@ -10,7 +10,8 @@ with entries a reader needs so that nothing has to be hard-coded or scanned:
     __targets__    every label in index order, int64 little endian
     __paths__      every image's path relative to the dataset root, JSON list (for messages and logs)
     __meta__       JSON: format, schema version, classes, class_to_idx, counts, tool version
-    __progress__   present only while a conversion is unfinished (resume state)
+    __progress__   present only while a conversion is unfinished: JSON counts and the job's fingerprint
+    __progress_log__<n>  likewise: JSON of the files skipped or transcoded in commit n (for the report)
 
 ``__keys__``, ``__len__``, ``__targets__``, ``__paths__`` and ``__meta__`` are written in the final
 transaction, so their presence is the mark of a complete database.
@@ -27,6 +28,7 @@ TARGETS_KEY = b"__targets__"
 PATHS_KEY = b"__paths__"
 META_KEY = b"__meta__"
 PROGRESS_KEY = b"__progress__"
+PROGRESS_LOG_PREFIX = b"__progress_log__"
 
 FINAL_KEYS = (KEYS_KEY, LEN_KEY, TARGETS_KEY, PATHS_KEY, META_KEY)
 MIN_KEY_WIDTH = 8
@@ -39,3 +41,7 @@ def key_width(num_candidates: int) -> int:
 
 def make_key(index: int, width: int) -> bytes:
     return b"%0*d" % (width, index)
+
+
+def progress_log_key(commit: int) -> bytes:
+    return PROGRESS_LOG_PREFIX + b"%08d" % commit

@@ -112,7 +112,7 @@ def run_main(main: Callable[[Sequence[str] | None], int], *args: str) -> Result:
 
 def convert(dataset: Path | str, output: Path | str, *extra: str, check: bool = True, quiet: bool = True) -> Result:
     """``convert.py --dataset DATASET -o OUTPUT -q EXTRA...`` in this process."""
-    from lmdb_io.cli import convert_main
+    from lmdb_dali_train.cli import convert_main
 
     args = ["--dataset", str(dataset), "-o", str(output), *(["-q"] if quiet else []), *extra]
     result = run_main(convert_main, *args)
@@ -122,8 +122,8 @@ def convert(dataset: Path | str, output: Path | str, *extra: str, check: bool = 
 
 
 def lmdb_io_cli(*args: str) -> Result:
-    """``python -m lmdb_io ARGS...`` in this process."""
-    from lmdb_io.cli import lmdb_io_main
+    """``lmdb-io ARGS...`` in this process."""
+    from lmdb_dali_train.cli import lmdb_io_main
 
     return run_main(lmdb_io_main, *args)
 
@@ -133,8 +133,18 @@ def repo_pythonpath() -> str:
     return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 
 
+FAULTS_DIR = Path(__file__).parent / "faults"
+
+
+def fault_env(**faults: str) -> dict[str, str]:
+    """Environment entries that make a child process inject ``faults`` (``exit_after_commits="2"`` sets
+    FAULT_EXIT_AFTER_COMMITS): see tests/faults/sitecustomize.py."""
+    pythonpath = os.pathsep.join((str(FAULTS_DIR), repo_pythonpath()))
+    return {"PYTHONPATH": pythonpath, **{f"FAULT_{name.upper()}": value for name, value in faults.items()}}
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run a repo command line (``convert.py ...``, ``-m lmdb_io ...``) in a subprocess with this interpreter:
+    """Run a repo command line (``convert.py ...``, ``-m lmdb_dali_train ...``) in a subprocess with this interpreter:
     for tests whose point is the process (its exit code after a hard stop, its own interpreter)."""
     full_env = {**os.environ, "PYTHONPATH": repo_pythonpath(), **(env or {})}
     proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=full_env, timeout=600)

@@ -1,4 +1,4 @@
-"""trainer/checkpoint.py: rotation, ``latest`` by step number, atomic save, a round trip under weights_only."""
+"""lmdb_dali_train/checkpoint.py: rotation, ``latest`` by step number, atomic save, a round trip under weights_only."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer import checkpoint
+from lmdb_dali_train import checkpoint
+from lmdb_dali_train.config import ConfigError
 
 
 def _state(step: int) -> dict:
@@ -47,12 +48,22 @@ def test_rotation_is_by_step_not_by_save_order(tmp_path: Path) -> None:
 def test_numeric_not_lexical_order(tmp_path: Path) -> None:
     """Names without zero padding (older runs, hand copies, steps past 9 digits) still sort by number."""
     for step in (9, 10, 100):
-        torch.save(_state(step), tmp_path / f"checkpoint-step{step}.pt")
+        torch.save(
+            {"format_version": checkpoint.FORMAT_VERSION, **_state(step)}, tmp_path / f"checkpoint-step{step}.pt"
+        )
     assert sorted(p.name for p in tmp_path.iterdir())[-1] == "checkpoint-step9.pt"  # lexical: 9 last
     assert _steps(checkpoint.all_checkpoints(str(tmp_path))) == [9, 10, 100]
     assert checkpoint.latest(str(tmp_path)) == str(tmp_path / "checkpoint-step100.pt")
     checkpoint.save(str(tmp_path), _state(1_000_000_000))  # ten digits: wider than the padding
     assert _steps(checkpoint.all_checkpoints(str(tmp_path))) == [9, 10, 100, 1_000_000_000][-checkpoint.KEEP :]
+
+
+def test_load_refuses_another_format(tmp_path: Path) -> None:
+    """A file from an older trainer, or any other torch file, is a one-line error naming it, not a KeyError."""
+    for name, content in (("old.pt", {"format_version": 1, "global_step": 3}), ("other.pt", {"weights": 1})):
+        torch.save(content, tmp_path / name)
+        with pytest.raises(ConfigError, match=f"{name}: checkpoint format version"):
+            checkpoint.load(str(tmp_path / name))
 
 
 def test_latest_of_nothing(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from conftest import assert_one_line_error, convert, copy_tree, lmdb_io_cli
 from datagen import GeneratedDataset
 
-from lmdb_io.cli import convert_parser, lmdb_io_parser
+from lmdb_dali_train.cli import convert_parser, lmdb_io_parser
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:

@@ -192,11 +192,11 @@ def test_verify_decode_stores_the_same_records(
 def test_map_grows_by_itself(
     generated: GeneratedDataset, train_dir: Path, train_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lmdb_io import converter
+    from lmdb_io import converter, writer
 
     size = sum((train_dir / f.rel).stat().st_size for f in generated.train.files)
-    monkeypatch.setattr(converter, "INITIAL_MAP_SIZE", 1 << 18)  # 256 KiB for a few MB of images
-    assert size > 8 * converter.INITIAL_MAP_SIZE
+    monkeypatch.setattr(writer, "INITIAL_MAP_SIZE", 1 << 18)  # 256 KiB for a few MB of images
+    assert size > 8 * writer.INITIAL_MAP_SIZE
     out = tmp_path / "small-map.lmdb"
     report = converter.convert(converter.ConvertOptions(dataset=str(train_dir), output=str(out), progress=False))
     assert report.stored == len(generated.train.stored)

@@ -35,8 +35,9 @@ from conftest import REPO, convert, copy_tree, repo_pythonpath
 from datagen import chroma_stress_jpegs
 
 from lmdb_io import open_database
-from lmdb_io.shard import epoch_plan
-from lmdb_io.torch_loader import IMAGENET_MEAN, IMAGENET_STD, make_torch_loader
+from loaders.constants import IMAGENET_MEAN, IMAGENET_STD
+from loaders.plan import RankPlan
+from loaders.torch_loader import make_torch_loader
 
 pytestmark = pytest.mark.gpu
 
@@ -87,7 +88,7 @@ def dali_epoch(
     """One epoch of ``make_dali_loader`` on ``device`` (cuda: mixed decoding and GPU operators; cpu: DALI's
     CPU operators), every batch checked against the ``Batch`` contract. Returns each real sample's image
     (float32, CPU, CHW) by dataset index."""
-    from dali_pipeline import make_dali_loader
+    from loaders.dali_loader import make_dali_loader
 
     database = open_database(db)
     n, targets = len(database), torch.from_numpy(database.targets.copy())
@@ -99,11 +100,11 @@ def dali_epoch(
         device_id=_device_id(device),
         crop=CROP,
         val_resize=VAL_RESIZE,
-        half=half,
+        fp16_output=half,
         channels_last=channels_last,
         **options,
     )
-    plan = epoch_plan(n, 0, 1, 0, seed, train, BATCH, train)
+    plan = RankPlan(n, BATCH, rank=0, world_size=1, seed=seed, shuffle=train, drop_last=train).for_epoch(0)
     assert len(loader) == len(plan) // BATCH == (n // BATCH if train else -(-n // BATCH))
     dtype = torch.float16 if half else torch.float32
     indices: list[int] = []
@@ -122,16 +123,16 @@ def dali_epoch(
         assert batch.labels.dtype == torch.int64 and batch.labels.shape == (BATCH,)
         assert batch.labels.device == device, batch.labels.device
         assert batch.indices.dtype == torch.int64 and batch.indices.shape == (BATCH,)
-        assert batch.real.dtype == torch.bool and batch.real.shape == (BATCH,)
+        assert batch.padding.dtype == torch.bool and batch.padding.shape == (BATCH,)
         assert torch.equal(batch.labels.cpu(), targets[batch.indices.cpu()])
         indices += batch.indices.tolist()
-        real += batch.real.tolist()
+        real += (~batch.padding).tolist()
         pixels = x.float().cpu()
-        for i, (index, is_real) in enumerate(zip(batch.indices.tolist(), batch.real.tolist(), strict=True)):
-            if is_real:
+        for i, (index, pad) in enumerate(zip(batch.indices.tolist(), batch.padding.tolist(), strict=True)):
+            if not pad:
                 images[index] = pixels[i]
     assert indices == plan.indices.tolist()  # the epoch plan, in order
-    assert real == (~plan.is_padding).tolist()
+    assert real == (~plan.padding).tolist()
     counted = sorted(i for i, r in zip(indices, real, strict=True) if r)
     if train:
         assert all(real) and len(counted) == len(set(counted)) == n // BATCH * BATCH
@@ -349,19 +350,19 @@ def build_parity_db(val_dir: Path, root: Path) -> Path:
 def val_parity(db: Path, device: torch.device, batch: int = 16) -> dict[str, float]:
     """Per-image mean |DALI val pipeline on ``device`` - torchvision's val transform| in uint8 levels, after
     denormalising, by source path (default val geometry: resize 256, center crop 224)."""
-    from dali_pipeline import make_dali_loader
+    from loaders.dali_loader import make_dali_loader
 
     database = open_database(db)
     dali = make_dali_loader(db, batch, train=False, device_id=_device_id(device), py_workers=0)
     reference = make_torch_loader(db, batch, train=False, workers=0)
     diffs: dict[int, float] = {}
     for a, b in zip(dali, reference, strict=True):
-        same = torch.equal(a.indices.cpu(), b.indices) and torch.equal(a.real.cpu(), b.real)
+        same = torch.equal(a.indices.cpu(), b.indices) and torch.equal(a.padding.cpu(), b.padding)
         if not (same and torch.equal(a.labels.cpu(), b.labels.cpu()) and a.images.shape == b.images.shape):
             pytest.fail("the loaders disagree on samples, labels or shapes: not a decoder difference")
         diff = (to_pixels(a.images) - to_pixels(b.images)).abs().mean(dim=(1, 2, 3))
-        for index, is_real, d in zip(a.indices.tolist(), a.real.tolist(), diff.tolist(), strict=True):
-            if is_real:
+        for index, pad, d in zip(a.indices.tolist(), a.padding.tolist(), diff.tolist(), strict=True):
+            if not pad:
                 diffs[index] = d
     if sorted(diffs) != list(range(len(database))):
         pytest.fail(f"{len(diffs)} of {len(database)} images compared")

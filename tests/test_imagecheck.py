@@ -15,9 +15,7 @@ from PIL import Image
 
 from lmdb_io.imagecheck import (
     EOI_SEARCH_BYTES,
-    SKIP,
-    STORE_ORIGINAL,
-    STORE_TRANSCODED,
+    Action,
     JpegInfo,
     StructureError,
     Verdict,
@@ -87,7 +85,7 @@ def _with_sof(body: bytes, marker: int = SOF0) -> bytes:
 
 def _verdict(data: bytes, **options: bool) -> Verdict:
     verdict = inspect_image(data, **options)
-    assert verdict.action in (STORE_ORIGINAL, STORE_TRANSCODED, SKIP)
+    assert verdict.action in (Action.STORE_ORIGINAL, Action.STORE_TRANSCODED, Action.SKIP)
     return verdict
 
 
@@ -96,7 +94,7 @@ def test_the_base_jpeg_is_plain() -> None:
     info = parse_jpeg(BASE)
     assert info == JpegInfo(SOF0, 8, WIDTH, HEIGHT, 3) and info.gpu_friendly
     verdict = _verdict(BASE)
-    assert verdict == Verdict(STORE_ORIGINAL, BASE, ImageFormat.JPEG, "")
+    assert verdict == Verdict(Action.STORE_ORIGINAL, BASE, ImageFormat.JPEG, "")
     assert verdict.payload is BASE  # stored as given, no copy
     view = memoryview(bytearray(BASE))  # what the converter passes
     assert _verdict(view).payload is view
@@ -125,8 +123,8 @@ def test_accepted(case: str) -> None:
     data = ACCEPTED[case]()
     info = parse_jpeg(data)
     assert info.gpu_friendly and (info.width, info.height) == (WIDTH, HEIGHT)
-    assert _verdict(data) == Verdict(STORE_ORIGINAL, data, ImageFormat.JPEG, "")
-    assert _verdict(data, verify_decode=True).action == STORE_ORIGINAL  # and Pillow decodes it
+    assert _verdict(data) == Verdict(Action.STORE_ORIGINAL, data, ImageFormat.JPEG, "")
+    assert _verdict(data, verify_decode=True).action == Action.STORE_ORIGINAL  # and Pillow decodes it
 
 
 def test_dri_case_holds_a_dri_segment() -> None:
@@ -158,9 +156,9 @@ def test_accepted_cases_decode_with_dali() -> None:
 )
 def test_tem_marker_in_the_header_is_not_stored_untouched() -> None:
     data = _build(SEGMENTS, SCAN, {1: b"\xff\x01"})
-    assert _verdict(data, verify_decode=True).action == SKIP  # Pillow cannot open it
+    assert _verdict(data, verify_decode=True).action == Action.SKIP  # Pillow cannot open it
     verdict = _verdict(data)
-    assert verdict.action == SKIP and "Pillow" in verdict.reason
+    assert verdict.action == Action.SKIP and "Pillow" in verdict.reason
 
 
 @pytest.mark.xfail(
@@ -170,9 +168,9 @@ def test_tem_marker_in_the_header_is_not_stored_untouched() -> None:
 )
 def test_rst_marker_in_the_header_is_transcoded() -> None:
     data = _build(SEGMENTS, SCAN, {SOF_INDEX: b"\xff\xd0", SOF_INDEX + 1: b"\xff\xd7"})
-    assert _verdict(data, verify_decode=True).action != SKIP  # Pillow decodes it
+    assert _verdict(data, verify_decode=True).action != Action.SKIP  # Pillow decodes it
     verdict = _verdict(data)
-    assert verdict.action == STORE_TRANSCODED
+    assert verdict.action == Action.STORE_TRANSCODED
 
 
 # -- refused by the cheap checks, then salvaged by Pillow or skipped --------------------------------
@@ -182,103 +180,103 @@ REFUSED: dict[str, tuple[Callable[[], bytes], str | None, str, tuple[str, ...]]]
     "SOF with width 0": (
         lambda: _with_sof(SOF_BODY[:3] + b"\0\0" + SOF_BODY[5:]),
         f"frame header gives a 0x{HEIGHT} image",
-        SKIP,
+        Action.SKIP,
         (f"0x{HEIGHT} image", "Pillow: cannot identify"),
     ),
     "SOF with height 0": (
         lambda: _with_sof(SOF_BODY[:1] + b"\0\0" + SOF_BODY[3:]),
         f"frame header gives a {WIDTH}x0 image",
-        SKIP,
+        Action.SKIP,
         (f"{WIDTH}x0 image",),
     ),
     "SOF length one byte too long": (
         lambda: _with_sof(SOF_BODY + b"\0"),
         "frame header with 3 components and length 18",
-        SKIP,
+        Action.SKIP,
         ("length 18",),
     ),
     "SOF too short for a frame header": (
         lambda: _with_sof(SOF_BODY[:4]),
         "frame header too short",
-        SKIP,
+        Action.SKIP,
         ("frame header too short",),
     ),
     "SOF with 2 components": (
         lambda: _with_sof(SOF_BODY[:5] + b"\x02" + SOF_BODY[6:12]),
         "frame header with 2 components",
-        SKIP,
+        Action.SKIP,
         ("2 components",),
     ),
     "12-bit precision (SOF1)": (
         lambda: _with_sof(b"\x0c" + SOF_BODY[1:], marker=SOF1),
         None,
-        SKIP,
+        Action.SKIP,
         ("SOF FFC1", "12-bit", "Pillow"),
     ),
     "SOS before any SOF": (
         lambda: _build([s for s in SEGMENTS if s[0] != SOF0], SCAN),
         "start of scan without a frame header (no SOF marker)",
-        SKIP,
+        Action.SKIP,
         ("no SOF marker",),
     ),
     "EOI before SOS": (
         lambda: _build(SEGMENTS, EOI),
         "end-of-image marker before any image data",
-        SKIP,
+        Action.SKIP,
         ("end-of-image marker before any image data",),
     ),
     "second SOI in the header": (
         lambda: SOI + BASE,
         "second start-of-image marker inside the header",
-        SKIP,
+        Action.SKIP,
         ("second start-of-image",),
     ),
     "file ends inside a segment length": (
         lambda: SOI + b"\xff\xe0\x00",
         "file ends inside a segment length (truncated header)",
-        SKIP,
+        Action.SKIP,
         ("segment length",),
     ),
     "segment runs past the end": (
         lambda: SOI + b"\xff\xe0\x00\xff" + bytes(10),
         "segment FFE0 at byte 2 runs past the end of the file",
-        SKIP,
+        Action.SKIP,
         ("FFE0", "past the end"),
     ),
     "file ends inside a marker": (
         lambda: SOI + b"\xff\xff",
         "file ends inside a marker (truncated header)",
-        SKIP,
+        Action.SKIP,
         ("inside a marker",),
     ),
     "file ends before SOS": (
         lambda: _build(SEGMENTS, b""),
         "file ends before the start of scan (truncated header)",
-        SKIP,
+        Action.SKIP,
         ("before the start of scan",),
     ),
     "no marker where one is due": (
         lambda: _build(SEGMENTS[:1], b"\x00" + _build(SEGMENTS[1:], SCAN)[2:]),
         f"corrupt JPEG header: expected a marker at byte {4 + len(SEGMENTS[0][1]) + 2}",
-        STORE_TRANSCODED,  # Pillow (libjpeg) skips the stray byte: salvaged
+        Action.STORE_TRANSCODED,  # Pillow (libjpeg) skips the stray byte: salvaged
         ("expected a marker", "decodes, transcoded"),
     ),
     "missing EOI (truncated by 2 bytes)": (
         lambda: BASE[:-2],
         "no JPEG end-of-image marker (truncated file)",
-        SKIP,
+        Action.SKIP,
         ("no JPEG end-of-image marker", "Pillow: image file is truncated"),
     ),
     "truncated in the middle of the scan": (
         lambda: BASE[: len(BASE) - len(SCAN) // 2],
         "no JPEG end-of-image marker (truncated file)",
-        SKIP,
+        Action.SKIP,
         ("no JPEG end-of-image marker", "truncated"),
     ),
     "trailing garbage longer than the EOI search": (
         lambda: BASE + bytes(EOI_SEARCH_BYTES + 500),
         "no JPEG end-of-image marker (truncated file)",
-        STORE_TRANSCODED,
+        Action.STORE_TRANSCODED,
         ("no JPEG end-of-image marker", "decodes, transcoded"),
     ),
 }
@@ -299,7 +297,7 @@ def test_refused(case: str) -> None:
     assert verdict.action == action, verdict
     for fragment in fragments:
         assert fragment in verdict.reason, verdict.reason
-    if action == SKIP:
+    if action == Action.SKIP:
         assert verdict.payload is None and verdict.image_format == ImageFormat.UNKNOWN
     else:
         _assert_rgb_jpeg(verdict, (WIDTH, HEIGHT))
@@ -316,16 +314,16 @@ def _assert_rgb_jpeg(verdict: Verdict, size: tuple[int, int]) -> None:
 def test_eoi_search_boundary() -> None:
     """An EOI whose last byte is among the final EOI_SEARCH_BYTES counts; one byte further it does not."""
     inside = BASE + bytes(EOI_SEARCH_BYTES - 2)
-    assert _verdict(inside).action == STORE_ORIGINAL
+    assert _verdict(inside).action == Action.STORE_ORIGINAL
     outside = BASE + bytes(EOI_SEARCH_BYTES - 1)
-    assert _verdict(outside).action == STORE_TRANSCODED
+    assert _verdict(outside).action == Action.STORE_TRANSCODED
 
 
 def test_empty_input() -> None:
     assert sniff_format(b"") == ImageFormat.UNKNOWN
     with pytest.raises(StructureError, match="no JPEG start-of-image marker"):
         parse_jpeg(b"")
-    assert _verdict(b"") == Verdict(SKIP, None, ImageFormat.UNKNOWN, "empty file (0 bytes)")
+    assert _verdict(b"") == Verdict(Action.SKIP, None, ImageFormat.UNKNOWN, "empty file (0 bytes)")
 
 
 def test_cmyk_jpeg_is_transcoded_or_kept() -> None:
@@ -333,10 +331,10 @@ def test_cmyk_jpeg_is_transcoded_or_kept() -> None:
     info = parse_jpeg(data)
     assert info.components == 4 and not info.gpu_friendly
     verdict = _verdict(data)
-    assert verdict.action == STORE_TRANSCODED and verdict.reason.startswith("CMYK/YCCK JPEG, SOF FFC0, 8-bit")
+    assert verdict.action == Action.STORE_TRANSCODED and verdict.reason.startswith("CMYK/YCCK JPEG, SOF FFC0, 8-bit")
     _assert_rgb_jpeg(verdict, (WIDTH, HEIGHT))
     kept = _verdict(data, keep_format=True)
-    assert kept.action == STORE_ORIGINAL and kept.payload is data and "--keep-format" in kept.reason
+    assert kept.action == Action.STORE_ORIGINAL and kept.payload is data and "--keep-format" in kept.reason
 
 
 # A real arithmetic-coded JPEG (SOF9 and a DAC segment), 8x8 grayscale: ``jpegtran -arithmetic`` of a
@@ -353,7 +351,7 @@ def test_arithmetic_coded_jpeg_is_transcoded() -> None:
     info = parse_jpeg(ARITHMETIC_JPEG)
     assert info == JpegInfo(0xC9, 8, 8, 8, 1) and not info.gpu_friendly
     verdict = _verdict(ARITHMETIC_JPEG)
-    assert verdict.action == STORE_TRANSCODED
+    assert verdict.action == Action.STORE_TRANSCODED
     assert verdict.reason == "1-component JPEG, SOF FFC9, 8-bit; decodes, transcoded"
     _assert_rgb_jpeg(verdict, (8, 8))
 
@@ -363,11 +361,11 @@ def test_verify_decode_catches_what_the_structure_misses() -> None:
     big = _encode(_image(size=(256, 256)), "JPEG", quality=90)
     scan = _split(big)[1]
     data = big[: len(big) - len(scan) // 2] + EOI
-    assert _verdict(data).action == STORE_ORIGINAL
+    assert _verdict(data).action == Action.STORE_ORIGINAL
     # Pillow (libjpeg) fills the missing rows without an error: this much is accepted even when verified
-    assert _verdict(data, verify_decode=True).action == STORE_ORIGINAL
+    assert _verdict(data, verify_decode=True).action == Action.STORE_ORIGINAL
     corrupt = SOI + b"\xff\xe0\x00\x10" + bytes(14) + SCAN  # an APP0 but no tables or frame
-    assert _verdict(corrupt, verify_decode=True).action == SKIP
+    assert _verdict(corrupt, verify_decode=True).action == Action.SKIP
 
 
 # -- sniffing ---------------------------------------------------------------------------------------
@@ -409,13 +407,13 @@ def test_other_formats_are_transcoded_or_kept(fmt: str) -> None:
     data = _encode(_image(), fmt)
     expected = ImageFormat.PNM if fmt == "PPM" else ImageFormat[fmt]
     verdict = _verdict(data)
-    assert verdict.action == STORE_TRANSCODED and verdict.reason == f"{expected.name} image; decodes, transcoded"
+    assert verdict.action == Action.STORE_TRANSCODED and verdict.reason == f"{expected.name} image; decodes, transcoded"
     _assert_rgb_jpeg(verdict, (WIDTH, HEIGHT))
     kept = _verdict(data, keep_format=True)
-    assert kept.action == STORE_ORIGINAL and kept.image_format == expected and kept.payload is data
+    assert kept.action == Action.STORE_ORIGINAL and kept.image_format == expected and kept.payload is data
 
 
 def test_unknown_bytes_are_skipped_with_the_reason() -> None:
     verdict = _verdict(b"labels were checked by hand\n")
-    assert verdict.action == SKIP and verdict.reason.startswith("not a known image format by its magic bytes")
+    assert verdict.action == Action.SKIP and verdict.reason.startswith("not a known image format by its magic bytes")
     assert "Pillow: cannot identify image file" in verdict.reason and "0x" not in verdict.reason  # no address

@@ -17,8 +17,9 @@ import torch
 from conftest import convert, copy_tree, lmdb_io_cli, needs_dali
 
 from lmdb_io import open_database
-from lmdb_io.shard import batches_per_epoch, epoch_plan
-from lmdb_io.torch_loader import IMAGENET_MEAN, IMAGENET_STD, make_torch_loader
+from loaders.constants import IMAGENET_MEAN, IMAGENET_STD
+from loaders.plan import RankPlan
+from loaders.torch_loader import make_torch_loader
 
 KINDS = [pytest.param("dali", marks=needs_dali), "torch"]
 PARITY_BAD_IMAGES = ("hopper_orientation_6.jpg", "hopper_gray.jpg", "pil_sample_cmyk.jpg")  # EXIF 6, gray, CMYK
@@ -47,19 +48,19 @@ def make_loader(kind: str, path: Path, batch: int, **kw):
     if kind == "torch":
         kw.setdefault("workers", 0)
         return make_torch_loader(path, batch, **kw)
-    from dali_pipeline import make_dali_loader
+    from loaders.dali_loader import make_dali_loader
 
     return make_dali_loader(path, batch, **kw)
 
 
 def _epoch_indices(loader) -> tuple[int, list[int], list[bool]]:
-    batches, indices, real = 0, [], []
+    batches, indices, padding = 0, [], []
     for batch in loader:
         assert bool(torch.isfinite(batch.images).all())
         batches += 1
         indices += batch.indices.tolist()
-        real += batch.real.tolist()
-    return batches, indices, real
+        padding += batch.padding.tolist()
+    return batches, indices, padding
 
 
 def to_pixels(images: torch.Tensor) -> torch.Tensor:
@@ -72,7 +73,7 @@ def to_pixels(images: torch.Tensor) -> torch.Tensor:
 def worst_val_difference(db: Path, batch: int = 16, **kw) -> tuple[float, str, int]:
     """Validation through the DALI CPU loader and the torchvision one: (worst per-image mean absolute pixel
     difference, the key of that image, how many real samples were compared)."""
-    from dali_pipeline import make_dali_loader
+    from loaders.dali_loader import make_dali_loader
 
     database = open_database(db)
     dali = make_dali_loader(db, batch, train=False, **kw)
@@ -81,12 +82,13 @@ def worst_val_difference(db: Path, batch: int = 16, **kw) -> tuple[float, str, i
     with one_torch_thread():
         for a, b in zip(dali, reference, strict=True):
             assert torch.equal(a.indices, b.indices) and torch.equal(a.labels, b.labels)
-            assert torch.equal(a.real, b.real)
+            assert torch.equal(a.padding, b.padding)
+            real = ~a.padding
             diff = (to_pixels(a.images) - to_pixels(b.images)).abs().mean(dim=(1, 2, 3))
-            for index, d in zip(a.indices[a.real].tolist(), diff[a.real].tolist(), strict=True):
+            for index, d in zip(a.indices[real].tolist(), diff[real].tolist(), strict=True):
                 if d > worst:
                     worst, worst_key = d, database.key(index).decode()
-            count += int(a.real.sum())
+            count += int(real.sum())
     return worst, worst_key, count
 
 
@@ -104,17 +106,19 @@ def parity_tree(images: Path, bad_images: Path, target: Path) -> Path:
 
 
 @needs_dali
-@pytest.mark.parametrize("channels_last, half", [(False, False), (True, True)])
-def test_dali_batch_contract(train_db: Path, val_db: Path, channels_last: bool, half: bool) -> None:
+@pytest.mark.parametrize("channels_last, fp16", [(False, False), (True, True)])
+def test_dali_batch_contract(train_db: Path, val_db: Path, channels_last: bool, fp16: bool) -> None:
     """NCHW-shaped images (channels-last memory when asked), the dtype asked for, labels from the database,
     values normalised with the ImageNet constants: the same pixels as the torch loader on validation."""
-    from dali_pipeline import make_dali_loader
+    from loaders.dali_loader import make_dali_loader
 
-    dtype = torch.float16 if half else torch.float32
-    tolerance = 0.5 if half else 1e-3  # float16 spacing near |x| = 2.6 is 2**-9, x std x 255 = 0.13 px
+    dtype = torch.float16 if fp16 else torch.float32
+    tolerance = 0.5 if fp16 else 1e-3  # float16 spacing near |x| = 2.6 is 2**-9, x std x 255 = 0.13 px
     for db, train in ((train_db, True), (val_db, False)):
         database = open_database(db)
-        loader = make_dali_loader(db, 8, train=train, crop=32, val_resize=40, channels_last=channels_last, half=half)
+        loader = make_dali_loader(
+            db, 8, train=train, crop=32, val_resize=40, channels_last=channels_last, fp16_output=fp16
+        )
         batch = next(iter(loader))
         assert batch.images.shape == (8, 3, 32, 32) and batch.images.dtype == dtype
         if channels_last:
@@ -148,8 +152,15 @@ def test_ranks_get_disjoint_equal_shards(train_db: Path, val_db: Path, kind: str
     for rank in range(world_size):
         loader = make_loader(kind, train_db, batch, train=True, rank=rank, world_size=world_size, seed=5, crop=32)
         batches, indices, _ = _epoch_indices(loader)
-        assert batches == len(loader) == batches_per_epoch(len(db), world_size, batch, True) > 0
-        assert indices == epoch_plan(len(db), rank, world_size, 0, 5, True, batch, True).indices.tolist()
+        assert (
+            batches == len(loader) == RankPlan(len(db), batch, world_size=world_size, drop_last=True).num_batches(0) > 0
+        )
+        assert (
+            indices
+            == RankPlan(len(db), batch, rank=rank, world_size=world_size, seed=5, shuffle=True, drop_last=True)
+            .for_epoch(0)
+            .indices.tolist()
+        )
         keys[rank] = [db.key(i) for i in indices]
     delivered = [k for rank_keys in keys.values() for k in rank_keys]
     assert len(delivered) == len(set(delivered))  # disjoint: no sample twice in an epoch
@@ -159,11 +170,11 @@ def test_ranks_get_disjoint_equal_shards(train_db: Path, val_db: Path, kind: str
     counted, batch_counts = [], set()
     for rank in range(world_size):
         loader = make_loader(kind, val_db, batch, train=False, rank=rank, world_size=world_size, crop=32, val_resize=40)
-        batches, indices, real = _epoch_indices(loader)
+        batches, indices, padding = _epoch_indices(loader)
         assert batches == len(loader)
         batch_counts.add(batches)
-        counted += [i for i, r in zip(indices, real, strict=True) if r]
-    assert batch_counts == {batches_per_epoch(val_length, world_size, batch, False)}
+        counted += [i for i, pad in zip(indices, padding, strict=True) if not pad]
+    assert batch_counts == {RankPlan(val_length, batch, world_size=world_size, drop_last=False).num_batches(0)}
     assert sorted(counted) == list(range(val_length))
 
 
@@ -180,18 +191,21 @@ def test_epochs_differ_and_repeat_by_seed(val_db: Path, kind: str) -> None:
 
 @needs_dali
 def test_dali_parallel_source_with_two_workers(train_db: Path) -> None:
-    from dali_pipeline import make_dali_loader
+    from loaders.dali_loader import make_dali_loader
 
     n = len(open_database(train_db))
     serial = make_dali_loader(train_db, 16, train=True, seed=2, crop=32, py_workers=0)
     parallel = make_dali_loader(train_db, 16, train=True, seed=2, crop=32, py_workers=2)
     assert _epoch_indices(parallel)[1] == _epoch_indices(serial)[1]  # epoch 0
-    assert _epoch_indices(parallel)[1] == epoch_plan(n, 0, 1, 1, 2, True, 16, True).indices.tolist()  # epoch 1
+    assert (
+        _epoch_indices(parallel)[1]
+        == RankPlan(n, 16, rank=0, world_size=1, seed=2, shuffle=True, drop_last=True).for_epoch(1).indices.tolist()
+    )  # epoch 1
 
 
 @needs_dali
 def test_two_pipelines_on_one_database(train_db: Path) -> None:
-    from dali_pipeline import make_dali_loader
+    from loaders.dali_loader import make_dali_loader
 
     train = make_dali_loader(train_db, 8, train=True, crop=32)
     val = make_dali_loader(train_db, 8, train=False, crop=32, val_resize=40)
@@ -257,8 +271,8 @@ def bad_db(bad_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bad_images_database_decodes_in_both_loaders(bad_db: Path, kind: str) -> None:
     n = len(open_database(bad_db))
     assert n >= 4
-    batches, _, real = _epoch_indices(make_loader(kind, bad_db, 4, train=False, crop=32, val_resize=40))
-    assert sum(real) == n and batches == -(-n // 4)
+    batches, _, padding = _epoch_indices(make_loader(kind, bad_db, 4, train=False, crop=32, val_resize=40))
+    assert len(padding) - sum(padding) == n and batches == -(-n // 4)
     assert _epoch_indices(make_loader(kind, bad_db, 4, train=True, crop=32))[0] == n // 4
 
 

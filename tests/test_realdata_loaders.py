@@ -15,7 +15,7 @@ from test_loaders import MAX_MEAN_ABS_DIFF, PARITY_BAD_IMAGES, needs_dali, parit
 from test_train import _assert_sharding, _epoch_args, _key_logs, _ok, _torchrun, whole_epoch_batch
 
 from lmdb_io import open_database
-from lmdb_io.shard import batches_per_epoch
+from loaders.plan import RankPlan
 
 
 def _real_val_files(hymenoptera: Path) -> list[Path]:
@@ -54,4 +54,6 @@ def test_two_processes_train_an_epoch_of_real_photos(real_train_db: Path, tmp_pa
     length = len(open_database(real_train_db))
     batch, out = whole_epoch_batch(length, 2), tmp_path / "run"
     _ok(_torchrun(*_epoch_args(real_train_db, out, batch)))
-    _assert_sharding(_key_logs(out), 2, real_train_db, batches_per_epoch(length, 2, batch, True))
+    _assert_sharding(
+        _key_logs(out), 2, real_train_db, RankPlan(length, batch, world_size=2, drop_last=True).num_batches(0)
+    )

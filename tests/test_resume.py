@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import Result, all_entries, assert_one_line_error, convert, lmdb_io_cli, run_cli
+from conftest import Result, all_entries, assert_one_line_error, convert, fault_env, lmdb_io_cli, run_cli
 from datagen import SKIPPED, GeneratedDataset
 
 from lmdb_io import IncompleteDatabaseError, open_database
-from lmdb_io.converter import EXIT_AFTER_COMMITS_ENV
 from lmdb_io.schema import PROGRESS_KEY
 
 
@@ -30,8 +29,8 @@ def test_resume_after_hard_stop_equals_straight_run(
     out = tmp_path / "partial.lmdb"
     every = 20
     args = ["--dataset", str(train_dir), "-o", str(out), "-q", "--commit-every", str(every), "--workers", workers]
-    stopped = run_cli("convert.py", *args, env={EXIT_AFTER_COMMITS_ENV: "2"})
-    assert stopped.returncode == 86, stopped.stderr  # the hook's os._exit: no cleanup ran
+    stopped = run_cli("convert.py", *args, env=fault_env(exit_after_commits="2"))
+    assert stopped.returncode == 86, stopped.stderr  # the fault's os._exit: no cleanup ran
 
     partial = all_entries(out)
     committed = _stored_records(partial)
@@ -60,9 +59,9 @@ def _interrupted_run(
     """convert.py in-process whose ``at_commit``-th commit fails (Ctrl-C arrives, or the disk is full)."""
     import lmdb
 
-    from lmdb_io import converter
+    from lmdb_io import writer
 
-    real_put_all = converter._Writer.put_all
+    real_put_all = writer.Writer.put_all
     calls = {"n": 0}
 
     def failing_put_all(self, *args, **kwargs):
@@ -74,7 +73,7 @@ def _interrupted_run(
         return real_put_all(self, *args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(converter._Writer, "put_all", failing_put_all)
+        patch.setattr(writer.Writer, "put_all", failing_put_all)
         return convert(dataset, out, "--commit-every", str(every), check=False)
 
 

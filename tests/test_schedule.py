@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from trainer.config import parse_args
-from trainer.distributed import Placement
-from trainer.engine import TrainState
-from trainer.main import build_state, lr_schedule
+from lmdb_dali_train.config import parse_args
+from lmdb_dali_train.distributed import Placement
+from lmdb_dali_train.engine import TrainState
+from lmdb_dali_train.main import build_state, lr_schedule
 
 
 def test_linear_warmup() -> None:

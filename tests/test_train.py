@@ -1,7 +1,7 @@
 """train.py on the CPU: sharding across processes and nodes, exact resume, evaluation, data-wait, errors.
 
 Runs of train.py (torchrun, spawn, plain subprocesses) are marked ``slow``; argument, path and
-configuration errors run in this process through ``trainer.main.main`` and stop before any training.
+configuration errors run in this process through ``lmdb_dali_train.main.main`` and stop before any training.
 Single-node torchrun picks its own port (``--standalone``); the two-node and ``--dist-url`` runs hold a
 reserved port for the whole run (``conftest.reserved_port``). Data: the generated databases, sizes read
 from them; the validation database has an odd size, so two and three ranks wrap around.
@@ -19,13 +19,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, assert_one_line_error, convert, needs_dali, repo_pythonpath, reserved_port, run_main
+from conftest import (
+    REPO,
+    assert_one_line_error,
+    convert,
+    fault_env,
+    needs_dali,
+    repo_pythonpath,
+    reserved_port,
+    run_main,
+)
 
+from lmdb_dali_train.config import build_parser
+from lmdb_dali_train.engine import STOP_CHECK_EVERY
+from lmdb_dali_train.main import main as train_main
 from lmdb_io import open_database
-from lmdb_io.shard import batches_per_epoch
-from trainer.config import build_parser
-from trainer.engine import STOP_CHECK_EVERY
-from trainer.main import main as train_main
+from loaders.plan import RankPlan
 
 LOADERS = [pytest.param("dali", marks=needs_dali), "torch"]
 SMALL = ["-a", "resnet18", "--crop-size", "32", "--val-resize", "36", "--device", "cpu", "--print-freq", "5"]
@@ -117,7 +126,7 @@ def test_two_processes_cover_the_epoch(val_db: Path, tmp_path: Path, loader: str
     batch = whole_epoch_batch(length, 2)
     out = tmp_path / "run"
     _ok(_torchrun(*_epoch_args(val_db, out, batch, loader)))
-    _assert_sharding(_key_logs(out), 2, val_db, batches_per_epoch(length, 2, batch, True))
+    _assert_sharding(_key_logs(out), 2, val_db, RankPlan(length, batch, world_size=2, drop_last=True).num_batches(0))
 
 
 @pytest.mark.slow
@@ -147,7 +156,7 @@ def test_two_nodes_shard_by_global_rank(val_db: Path, tmp_path: Path) -> None:
                     node.kill()
                     node.wait()
     assert [node.returncode for node in nodes] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
-    _assert_sharding(_key_logs(out), 2, val_db, batches_per_epoch(length, 2, batch, True))
+    _assert_sharding(_key_logs(out), 2, val_db, RankPlan(length, batch, world_size=2, drop_last=True).num_batches(0))
 
 
 @pytest.mark.slow
@@ -160,7 +169,7 @@ def test_dataset_size_no_world_size_divides_does_not_hang(val_db: Path, tmp_path
     args = _epoch_args(val_db, out, batch) + ["--val", str(val_db)]
     _ok(_torchrun(*args, nproc=world))
     logs = _key_logs(out)
-    steps = batches_per_epoch(length, world, batch, True)
+    steps = RankPlan(length, batch, world_size=world, drop_last=True).num_batches(0)
     assert {rank: len({s for _, s, _ in rows}) for rank, rows in logs.items()} == dict.fromkeys(range(world), steps)
     assert [e["count"] for e in _events(out, "val")] == [length]  # each val sample counted once
 
@@ -175,7 +184,7 @@ def test_multiprocessing_distributed_spawn(val_db: Path, tmp_path: Path) -> None
         cmd += ["--dist-url", f"tcp://127.0.0.1:{port}", *_epoch_args(val_db, out, batch, "torch")]
         proc = _run(cmd)
     _ok(proc)
-    _assert_sharding(_key_logs(out), 2, val_db, batches_per_epoch(length, 2, batch, True))
+    _assert_sharding(_key_logs(out), 2, val_db, RankPlan(length, batch, world_size=2, drop_last=True).num_batches(0))
 
 
 @pytest.mark.slow
@@ -204,14 +213,14 @@ def _params(path: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 @pytest.mark.parametrize("loader", ["torch", pytest.param("dali", marks=needs_dali)])
 def test_sigterm_then_resume_equals_straight_run(train_db: Path, tmp_path: Path, loader: str) -> None:
-    per_epoch = batches_per_epoch(len(open_database(train_db)), 1, 8, True)
+    per_epoch = RankPlan(len(open_database(train_db)), 8).num_batches(0)
     assert per_epoch > STOP_CHECK_EVERY  # so the agreed stop lands mid-epoch
     total = per_epoch + 4  # the run crosses an epoch boundary
     straight = tmp_path / "straight"
     _ok(_train(train_db, straight, loader, "--max-steps", str(total)))
 
     interrupted = tmp_path / "interrupted"
-    first = _train(train_db, interrupted, loader, env={"TRAIN_TEST_SIGTERM_AT_STEP": "3"})
+    first = _train(train_db, interrupted, loader, env=fault_env(sigterm_at_step="3"))
     _ok(first)
     assert "stopped by a signal" in first.stdout
     saved = torch.load(next(interrupted.glob("checkpoint-step*.pt")), weights_only=True)
@@ -289,11 +298,7 @@ def test_evaluate_needs_no_training_data(val_db: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_data_wait_reads_high_for_a_slow_loader_and_low_for_synthetic(train_db: Path, tmp_path: Path) -> None:
     slow = tmp_path / "slow"  # a loader slowed on purpose: 0.4 s before each batch
-    _ok(
-        _train(
-            train_db, slow, "torch", "--max-steps", "6", "--print-freq", "3", env={"TRAIN_TEST_LOADER_DELAY_S": "0.4"}
-        )
-    )
+    _ok(_train(train_db, slow, "torch", "--max-steps", "6", "--print-freq", "3", env=fault_env(loader_delay_s="0.4")))
     waits = [e["data_wait"] for e in _events(slow, "train")]
     assert len(waits) == 2 and min(waits) > 0.5, waits
     synthetic = tmp_path / "synthetic"
@@ -370,7 +375,7 @@ def test_every_option_is_explained() -> None:
 
 
 def test_placement_from_torchrun_slurm_and_nothing() -> None:
-    from trainer.distributed import placement_from_env
+    from lmdb_dali_train.distributed import placement_from_env
 
     torchrun = placement_from_env({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"})
     assert (torchrun.rank, torchrun.world_size, torchrun.local_rank) == (5, 8, 1)

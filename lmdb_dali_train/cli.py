@@ -1,6 +1,7 @@
-"""Command lines: ``convert.py`` and ``python -m lmdb_io {info,verify}``.
+"""The database command lines: ``lmdb-convert`` (``convert.py``) and ``lmdb-io {info,verify}``.
 
-Every user error ends as one line on stderr and a non-zero exit, never a traceback.
+Every user error ends as one line on stderr and a non-zero exit, never a traceback. ``verify --decode``
+adds DALI's decoder to the checks when DALI is installed: the CLI injects it, ``lmdb_io`` knows no loader.
 """
 
 from __future__ import annotations
@@ -11,15 +12,12 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
-from tqdm import tqdm
+from lmdb_io import LmdbIoError, __version__
+from lmdb_io.errors import ConvertInterrupted
+from lmdb_io.verify import DecodeCheck
 
-from .errors import LmdbIoError
-
-if TYPE_CHECKING:
-    from .database import ImageDatabase
+from .progname import prog_name
 
 EXIT_USER_ERROR = 2
 EXIT_BAD_RECORDS = 1
@@ -30,8 +28,6 @@ def _run(prog: str, body: Callable[[], int]) -> int:
     try:
         return body()
     except LmdbIoError as exc:
-        from .converter import ConvertInterrupted
-
         print(f"{prog}: {'' if isinstance(exc, ConvertInterrupted) else 'error: '}{exc}", file=sys.stderr)
         return EXIT_INTERRUPTED if isinstance(exc, ConvertInterrupted) else EXIT_USER_ERROR
     except KeyboardInterrupt:
@@ -43,11 +39,11 @@ def _run(prog: str, body: Callable[[], int]) -> int:
 
 
 def convert_parser() -> argparse.ArgumentParser:
-    from .converter import ConvertOptions
+    from lmdb_io.converter import ConvertOptions
 
     default_workers = ConvertOptions.workers
     p = argparse.ArgumentParser(
-        prog="convert.py",
+        prog=prog_name("convert.py"),
         description="Convert an ImageFolder tree (DIR/<class>/<image>) into one LMDB database of raw encoded "
         "images with labels, for ImageFolderLMDB and the DALI loader.",
         epilog="Example: python convert.py --dataset /data/imagenet/train -o /ssd/imagenet-train.lmdb\n"
@@ -119,11 +115,12 @@ def convert_parser() -> argparse.ArgumentParser:
         help="images per write transaction (default: 1000; also committed every 16 MB)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
 def convert_main(argv: Sequence[str] | None = None) -> int:
-    from .converter import ConvertOptions, convert, write_report
+    from lmdb_io.converter import ConvertOptions, convert, write_report
 
     parser = convert_parser()
     args = parser.parse_args(argv)
@@ -155,14 +152,14 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
             print(f"  ... and {len(report.skipped) - 20} more" + (f" (see {args.report})" if args.report else ""))
         return 0
 
-    return _run("convert.py", body)
+    return _run(parser.prog, body)
 
 
 # -- info / verify ----------------------------------------------------------------------------------
 
 
 def _info(path: str, as_json: bool) -> int:
-    from .database import open_database
+    from lmdb_io import open_database
 
     db = open_database(path)
     counts = db.meta["counts"]
@@ -195,67 +192,40 @@ def _info(path: str, as_json: bool) -> int:
     return 0
 
 
-def _check_record(db: ImageDatabase, index: int, decode: bool) -> str | None:
-    from .errors import CorruptRecordError
-
-    try:
-        payload, label = db.read(index, verify=True)
-    except CorruptRecordError as exc:
-        return str(exc)
-    if label != int(db.targets[index]):
-        return f"record {db.key(index).decode()}: label {label} differs from __targets__ ({int(db.targets[index])})"
-    if decode:
-        from .dataset import decode_rgb
-
-        try:
-            decode_rgb(payload)
-        except Exception as exc:  # any decoder failure is a finding, not a crash
-            return f"record {db.key(index).decode()}: does not decode with Pillow: {exc}"
-    return None
-
-
-def _verify(path: str, decode: bool, workers: int, quiet: bool) -> int:
-    from .database import open_database
-
-    db = open_database(path)
-    problems: list[tuple[int, str]] = []
-    with (
-        ThreadPoolExecutor(max(1, workers)) as pool,
-        tqdm(total=len(db), unit="img", desc="verify", disable=quiet, mininterval=0.5) as bar,
-    ):
-        for index, problem in enumerate(pool.map(lambda i: _check_record(db, i, decode), range(len(db)), chunksize=64)):
-            if problem:
-                problems.append((index, problem))
-            bar.update(1)
-    what = "checksums and labels" + (" and decoding with Pillow" if decode else "")
-    if decode:
-        dali_problems, dali_what = _dali_decode_check(db, workers)
-        problems += dali_problems
-        what += dali_what
-    if problems:
-        paths = db.paths()
-        for index, problem in sorted(problems):
-            print(f"  {problem} [{paths[index]}]")
-        print(f"{path}: {len({i for i, _ in problems})} of {len(db)} records failed ({what})")
-        return EXIT_BAD_RECORDS
-    print(f"{path}: all {len(db)} records OK ({what})")
-    return 0
-
-
-def _dali_decode_check(db: ImageDatabase, workers: int) -> tuple[list[tuple[int, str]], str]:
-    """Decode every record with DALI's CPU decoder too, when DALI is installed (it decides at training)."""
+def _dali_decode_check() -> tuple[str, DecodeCheck] | str:
+    """DALI's CPU decoder as a verify check (it decides at training time), or why it is not available."""
     try:
         import nvidia.dali
 
         from dali_pipeline.decode_check import undecodable_records
     except ImportError:
-        return [], " (DALI not installed: its decoder was not tried)"
-    bad = undecodable_records(db, range(len(db)), num_threads=max(1, workers))
-    return bad, f" and DALI {nvidia.dali.__version__} (CPU)"
+        return "DALI not installed: its decoder was not tried"
+    return f"DALI {nvidia.dali.__version__} (CPU)", undecodable_records
+
+
+def _verify(path: str, decode: bool, workers: int, quiet: bool) -> int:
+    from lmdb_io import open_database
+    from lmdb_io.verify import verify_database
+
+    db = open_database(path)
+    dali = _dali_decode_check() if decode else None
+    result = verify_database(
+        db, decode=decode, workers=workers, progress=not quiet, decode_checks=[dali] if isinstance(dali, tuple) else []
+    )
+    checked = result.checked + (f" ({dali})" if isinstance(dali, str) else "")
+    if result.problems:
+        paths = db.paths()
+        for index, problem in result.problems:
+            print(f"  {problem} [{paths[index]}]")
+        print(f"{path}: {result.bad_records} of {len(db)} records failed ({checked})")
+        return EXIT_BAD_RECORDS
+    print(f"{path}: all {len(db)} records OK ({checked})")
+    return 0
 
 
 def lmdb_io_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lmdb_io", description="Inspect and check lmdb_io image databases.")
+    p = argparse.ArgumentParser(prog=prog_name("lmdb-io"), description="Inspect and check lmdb_io image databases.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="image count, classes, bytes and schema version of a database")
     info.add_argument("db", metavar="DB", help="database directory")
@@ -279,7 +249,9 @@ def lmdb_io_parser() -> argparse.ArgumentParser:
 
 
 def lmdb_io_main(argv: Sequence[str] | None = None) -> int:
-    args = lmdb_io_parser().parse_args(argv)
+    parser = lmdb_io_parser()
+    args = parser.parse_args(argv)
+    prog = f"{parser.prog} {args.command}"
     if args.command == "info":
-        return _run("lmdb_io info", lambda: _info(args.db, args.json))
-    return _run("lmdb_io verify", lambda: _verify(args.db, args.decode, args.workers, args.quiet))
+        return _run(prog, lambda: _info(args.db, args.json))
+    return _run(prog, lambda: _verify(args.db, args.decode, args.workers, args.quiet))

@@ -7,6 +7,10 @@ import argparse
 import os
 from collections.abc import Sequence
 
+from lmdb_io import __version__, is_database
+
+from .progname import prog_name
+
 
 class ConfigError(Exception):
     """A bad flag or path: reported as one line, exit code 2."""
@@ -14,7 +18,7 @@ class ConfigError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="train.py",
+        prog=prog_name("train.py"),
         description="Train a torchvision classifier under DDP from an lmdb_io database (or an ImageFolder tree) "
         "with the DALI loader (GPU decoding; CPU operators without a GPU) or the torchvision one.",
         epilog="Examples:\n"
@@ -164,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--evaluate", action="store_true", help="only evaluate on --val (weights from --resume)")
 
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     dist = p.add_argument_group("distributed (torchrun's environment is used when present)")
     dist.add_argument(
         "--multiprocessing-distributed",
@@ -196,12 +201,12 @@ def validate(args: argparse.Namespace, cuda: bool) -> None:
     for flag, path in (("--train", args.train), ("--val", args.val)):
         if path and not os.path.exists(path):
             raise ConfigError(f"{flag} {path}: no such file or directory")
-        if path and args.lmdb and not os.path.isfile(os.path.join(path, "data.mdb")):
+        if path and args.lmdb and not is_database(path):
             raise ConfigError(
                 f"{flag} {path}: not an LMDB database (no data.mdb); convert it with convert.py "
                 f"or drop --lmdb to read an ImageFolder tree"
             )
-        if path and not args.lmdb and os.path.isfile(os.path.join(path, "data.mdb")):
+        if path and not args.lmdb and is_database(path):
             raise ConfigError(f"{flag} {path} is an LMDB database: add --lmdb")
     for name in ("batch_size", "epochs", "crop_size", "val_resize", "print_freq"):
         if getattr(args, name) <= 0:

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from .progname import prog_name
+
 
 class RunLog:
     def __init__(self, output_dir: str, enabled: bool) -> None:
@@ -36,4 +38,4 @@ class RunLog:
 
 
 def warn(message: str) -> None:
-    print(f"train.py: warning: {message}", file=sys.stderr, flush=True)
+    print(f"{prog_name('train.py')}: warning: {message}", file=sys.stderr, flush=True)

@@ -4,7 +4,7 @@ Each class has its own stripe orientation and colour; size, phase, noise and bri
 so a network must learn the pattern rather than memorise pixels. Sizes are ImageNet-like (about
 300-500 px a side). Output is deterministic for a given seed.
 
-    python -m lmdb_io.synthetic OUT_DIR --classes 4 --per-class 60
+    python -m lmdb_io.demo_images OUT_DIR --classes 4 --per-class 60
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def make_image_folder(root: str, classes: int = 4, per_class: int = 60, seed: in
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lmdb_io.synthetic", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m lmdb_io.demo_images", description=__doc__.splitlines()[0])
     p.add_argument("root", help="output ImageFolder directory")
     p.add_argument("--classes", type=int, default=4, help="number of classes (default 4)")
     p.add_argument("--per-class", type=int, default=60, help="images per class (default 60)")

@@ -13,13 +13,23 @@ import torch
 import torchvision
 from torch import nn
 
-from lmdb_io.shard import batches_per_epoch
+from loaders.batch import BatchLoader
+from loaders.plan import RankPlan
 
 from . import checkpoint
 from .config import ConfigError, parse_args, validate
 from .data import DatasetInfo, check_class_maps, describe_dataset, make_loader, require_dali
-from .distributed import Placement, barrier, init_process_group, pick_device, placement_from_env, shutdown
+from .distributed import (
+    Placement,
+    barrier,
+    default_rendezvous,
+    init_process_group,
+    pick_device,
+    placement_from_env,
+    shutdown,
+)
 from .engine import KeyLog, StopSignal, TrainState, evaluate, train_epoch
+from .progname import prog_name
 from .runlog import RunLog, warn
 
 EXIT_CONFIG = 2
@@ -44,7 +54,6 @@ def check_arch(arch: str) -> None:
 
 
 def build_model(arch: str, num_classes: int) -> nn.Module:
-    check_arch(arch)
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
@@ -71,7 +80,7 @@ def _resume_path(args: argparse.Namespace) -> str | None:
 
 
 def _restore(state: TrainState, path: str, train_info: DatasetInfo | None, force: bool, log: RunLog) -> None:
-    saved = checkpoint.load(path, map_location=state.device)
+    saved = checkpoint.load(path, map_location=state.device)  # raises ConfigError on a foreign format
     if train_info is not None and saved.get("dataset") != train_info.identity:
         if not force:
             raise ConfigError(
@@ -85,6 +94,7 @@ def _restore(state: TrainState, path: str, train_info: DatasetInfo | None, force
     if state.scaler is not None and saved.get("scaler"):
         state.scaler.load_state_dict(saved["scaler"])
     state.epoch, state.step_in_epoch, state.global_step = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
+    state.epoch_position = saved["epoch_position"]
     checkpoint.restore_rng(saved["rng"])
     log.info(
         f"resumed from {path}: epoch {state.epoch}, step {state.step_in_epoch} of it, global step {state.global_step}"
@@ -102,7 +112,9 @@ def _save(state: TrainState, args: argparse.Namespace, train_info: DatasetInfo |
                 "scaler": state.scaler.state_dict() if state.scaler is not None else {},
                 "epoch": state.epoch,
                 "step_in_epoch": state.step_in_epoch,
+                "epoch_position": state.epoch_position,
                 "global_step": state.global_step,
+                "world_size": place.world_size,
                 "args": _args_dict(args),
                 "rng": checkpoint.rng_state(),
                 "dataset": train_info.identity if train_info is not None else None,
@@ -150,7 +162,6 @@ def build_state(
         criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
         device=device,
         amp_dtype=amp_dtype,
-        channels_last=args.channels_last,
     )
 
 
@@ -158,7 +169,7 @@ def run(args: argparse.Namespace, place: Placement) -> int:
     """One process's whole job; returns the exit code."""
     device = pick_device(args.device, place.local_rank)
     validate(args, cuda=device.type == "cuda")
-    check_arch(args.arch)
+    check_arch(args.arch)  # before any data is read: a typo fails at once
     amp_dtype = resolve_amp(args, device)
     if args.loader == "dali" and not args.synthetic:
         require_dali()
@@ -173,7 +184,8 @@ def run(args: argparse.Namespace, place: Placement) -> int:
     num_classes = len(train_info.classes) if train_info else (len(val_info.classes) if val_info else 1000)
 
     length = train_info.length if train_info else (val_info.length if val_info else 0)
-    steps_per_epoch = batches_per_epoch(length, place.world_size, args.batch_size, True) if length else 100
+    # a fresh epoch's batches per rank, by the plan the loaders follow (synthetic batches: 100 per epoch)
+    steps_per_epoch = RankPlan(length, args.batch_size, world_size=place.world_size).num_batches(0) if length else 100
     if steps_per_epoch == 0:
         raise ConfigError(
             f"{args.train or args.val}: {length} images over {place.world_size} processes give no "
@@ -195,7 +207,7 @@ def run(args: argparse.Namespace, place: Placement) -> int:
         steps_per_epoch=steps_per_epoch,
     )
 
-    def loader_for(path: str, train: bool, first_epoch: int = 0, skip: int = 0) -> Any:
+    def loader_for(path: str, train: bool, first_epoch: int = 0, skip: int = 0) -> BatchLoader:
         return make_loader(
             args,
             path,
@@ -204,18 +216,19 @@ def run(args: argparse.Namespace, place: Placement) -> int:
             world_size=place.world_size,
             device=device,
             first_epoch=first_epoch,
-            skip_batches=skip,
+            skip=skip,
             num_classes=num_classes,
-            length=length,
+            synthetic_steps=steps_per_epoch - state.step_in_epoch if train else steps_per_epoch,
         )
 
     val_loader = loader_for(args.val, False) if args.val else None
     if args.evaluate:
+        assert val_loader is not None  # validate() requires --val with --evaluate
         metrics = evaluate(state, val_loader)
         log.record("val", _val_line(state.epoch, metrics), epoch=state.epoch, **metrics)
         log.close()
         return 0
-    return _fit(args, place, state, train_info, loader_for, val_loader, steps_per_epoch, log)
+    return _fit(args, place, state, train_info, loader_for, val_loader, log)
 
 
 def _val_line(epoch: int, m: dict[str, float]) -> str:
@@ -227,15 +240,14 @@ def _fit(
     place: Placement,
     state: TrainState,
     train_info: DatasetInfo | None,
-    loader_for: Any,
-    val_loader: Any,
-    steps_per_epoch: int,
+    loader_for: Callable[..., BatchLoader],
+    val_loader: BatchLoader | None,
     log: RunLog,
 ) -> int:
     if state.step_in_epoch and args.loader == "dali" and not args.lmdb and not args.synthetic:
         warn("DALI's file reader cannot resume mid-epoch: the interrupted epoch restarts from its beginning")
-        state.step_in_epoch = 0
-    train_loader = loader_for(args.train, True, state.epoch, state.step_in_epoch)
+        state.step_in_epoch = state.epoch_position = 0
+    train_loader = loader_for(args.train, True, state.epoch, state.epoch_position)
     key_log = None
     if args.log_keys and train_info is not None:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -248,9 +260,7 @@ def _fit(
             outcome, steps = train_epoch(
                 state,
                 train_loader,
-                batches_in_epoch=steps_per_epoch,
                 print_freq=args.print_freq,
-                rank=place.rank,
                 world_size=place.world_size,
                 log=log,
                 stop=stop,
@@ -258,11 +268,16 @@ def _fit(
                 key_log=key_log,
             )
             steps_run += steps
-            if state.step_in_epoch >= steps_per_epoch:  # the epoch is complete, whatever ended the loop
-                state.epoch, state.step_in_epoch = state.epoch + 1, 0
+            if outcome == "done":  # the loader ran out: the epoch is complete
+                state.epoch, state.step_in_epoch, state.epoch_position = state.epoch + 1, 0, 0
                 if val_loader is not None:
                     metrics = evaluate(state, val_loader)
                     log.record("val", _val_line(state.epoch - 1, metrics), epoch=state.epoch - 1, **metrics)
+                if state.epoch < args.epochs:
+                    if args.max_steps is not None and steps_run >= args.max_steps:
+                        outcome = "max_steps"
+                    elif stop.agreed(state.device):
+                        outcome = "stopped"
             if outcome != "done" or state.epoch >= args.epochs:
                 break
             _save(state, args, train_info, place)  # each completed epoch
@@ -301,7 +316,7 @@ def _guarded(args: argparse.Namespace, place: Placement) -> int:
     try:
         return run(args, place)
     except ConfigError as exc:
-        print(f"train.py: error: {exc}", file=sys.stderr, flush=True)
+        print(f"{prog_name('train.py')}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
     finally:
         shutdown()
@@ -312,8 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.multiprocessing_distributed:
         procs = args.procs_per_node or (torch.cuda.device_count() if args.device != "cpu" else 0) or 1
         if args.dist_url == "env://":
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", "29500")
+            default_rendezvous()  # before the spawn, so every child sees the same address
         try:
             torch.multiprocessing.spawn(_spawned, args=(args, procs), nprocs=procs, join=True)
         except torch.multiprocessing.ProcessExitedException as exc:

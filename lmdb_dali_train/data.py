@@ -1,24 +1,19 @@
-"""The one place that picks a loader: DALI or torch, LMDB or ImageFolder, or synthetic batches.
-
-Every loader yields ``lmdb_io.batch.Batch`` and knows its batch count, so the training and
-evaluation loops never branch on the loader.
-"""
+"""The one place that turns train.py's flags into loaders: DALI or torch, database or ImageFolder tree,
+or synthetic batches. Every loader is a ``loaders.BatchLoader``, so the loops never branch on it."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from lmdb_io import LmdbIoError
-from lmdb_io.batch import Batch
-from lmdb_io.shard import batches_per_epoch
+from loaders.batch import BatchLoader
 
 from .config import ConfigError
 
@@ -36,10 +31,6 @@ class DatasetInfo:
     classes: list[str]
     identity: dict[str, Any]  # stored in checkpoints: resuming on other data is refused
     key_of: Callable[[int], str]  # dataset index -> the key written to --log-keys files
-
-
-def _folder_classes(path: str) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir())
 
 
 def describe_dataset(path: str, lmdb: bool) -> DatasetInfo:
@@ -84,67 +75,21 @@ def require_dali() -> None:
         raise ConfigError(DALI_INSTALL_HINT) from None
 
 
-class SyntheticLoader:
-    """The same random batch, resident on the device, ``steps`` times per epoch: no input cost at all."""
-
-    def __init__(
-        self,
-        batch_size: int,
-        crop: int,
-        num_classes: int,
-        steps: int,
-        device: torch.device,
-        channels_last: bool,
-        half: bool,
-    ) -> None:
-        generator = torch.Generator().manual_seed(0)
-        images = torch.randn(batch_size, 3, crop, crop, generator=generator)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.images = images.to(device, torch.float16 if half else torch.float32).contiguous(memory_format=fmt)
-        self.labels = torch.randint(0, num_classes, (batch_size,), generator=generator).to(device)
-        self.indices = torch.full((batch_size,), -1, dtype=torch.int64)
-        self.real = torch.ones(batch_size, dtype=torch.bool)
-        self.steps = steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self) -> Iterator[Batch]:
-        for _ in range(self.steps):
-            yield Batch(self.images, self.labels, self.indices, self.real)
-
-
-# Test hook: sleep this many seconds before each batch, a loader slowed on purpose (data-wait checks).
-LOADER_DELAY_ENV = "TRAIN_TEST_LOADER_DELAY_S"
-
-
-class DelayedLoader:
-    def __init__(self, loader: Any, seconds: float) -> None:
-        self.loader, self.seconds = loader, seconds
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[Batch]:
-        for batch in self.loader:
-            time.sleep(self.seconds)
-            yield batch
-
-
 def default_threads(world_size: int) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     per_process = max(1, cores // max(1, min(world_size, torch.cuda.device_count() or world_size)))
     return min(8, per_process)
 
 
-def make_loader(args: argparse.Namespace, path: str, train: bool, **kwargs: Any) -> Any:
-    """The loader the flags ask for, for one rank (see ``_make_loader``)."""
-    loader = _make_loader(args, path, train, **kwargs)
-    delay = float(os.environ.get(LOADER_DELAY_ENV, "0") or 0)
-    return DelayedLoader(loader, delay) if delay > 0 else loader
+def image_dtype(args: argparse.Namespace, device: torch.device) -> torch.dtype:
+    """The dtype of the images a loader hands over: half precision under AMP on a GPU (what the first
+    layer would cast to anyway), float32 otherwise. DALI has no bfloat16, so it hands float16 under bf16."""
+    if device.type != "cuda" or args.amp not in ("bf16", "fp16"):
+        return torch.float32
+    return torch.bfloat16 if args.amp == "bf16" else torch.float16
 
 
-def _make_loader(
+def make_loader(
     args: argparse.Namespace,
     path: str,
     train: bool,
@@ -153,63 +98,64 @@ def _make_loader(
     world_size: int,
     device: torch.device,
     first_epoch: int = 0,
-    skip_batches: int = 0,
+    skip: int = 0,
     num_classes: int = 1000,
-    length: int = 0,
-) -> Any:
-    """The loader the flags ask for, for one rank; ``skip_batches`` resumes mid-epoch."""
-    half = device.type == "cuda" and args.amp in ("bf16", "fp16")
+    synthetic_steps: int = 100,
+) -> BatchLoader:
+    """The loader the flags ask for, for one rank; ``skip`` resumes mid-epoch (positions of the epoch's
+    global order, see ``loaders.plan.RankPlan``)."""
     if args.synthetic:
-        steps = batches_per_epoch(length, world_size, args.batch_size, True) if length else 100
+        from loaders.synthetic import SyntheticLoader
+
         return SyntheticLoader(
             args.batch_size,
             args.crop_size,
             num_classes,
-            steps - skip_batches if train else steps,
+            synthetic_steps,
             device,
             args.channels_last,
-            half,
+            image_dtype(args, device),
         )
     threads = args.dali_threads or default_threads(world_size)
-    common = dict(
+    common: dict[str, Any] = dict(
         train=train,
         rank=rank,
         world_size=world_size,
         seed=args.seed,
         crop=args.crop_size,
         val_resize=args.val_resize,
-        channels_last=args.channels_last,
+        first_epoch=first_epoch,
+        skip=skip if train else 0,
     )
-    skip = skip_batches * args.batch_size if train else 0
     if args.loader == "torch":
-        from lmdb_io.torch_loader import make_torch_loader
+        from loaders.torch_loader import make_torch_loader
 
         workers = threads if args.workers is None else args.workers
         return make_torch_loader(
-            path, args.batch_size, workers=workers, device=device, first_epoch=first_epoch, skip=skip, **common
+            path,
+            args.batch_size,
+            workers=workers,
+            device=device,
+            channels_last=args.channels_last,
+            lmdb=args.lmdb,
+            **common,
         )
-    require_dali()
     device_id = device.index if device.type == "cuda" else None
-    options = dict(
+    options: dict[str, Any] = dict(
         num_threads=threads,
         hw_decoder_load=args.hw_decoder_load,
-        half=half,
-        crop=args.crop_size,
-        val_resize=args.val_resize,
+        fp16_output=image_dtype(args, device) != torch.float32,
         channels_last=args.channels_last,
     )
-    if args.workers is not None:
-        options["py_workers"] = args.workers
     if args.lmdb:
-        from dali_pipeline import make_dali_loader
+        from loaders.dali_loader import make_dali_loader
 
-        common = {k: v for k, v in common.items() if k not in options}
-        return make_dali_loader(
-            path, args.batch_size, device_id=device_id, first_epoch=first_epoch, skip=skip, **common, **options
-        )
-    from dali_pipeline.loader import DALIFolderLoader
+        if args.workers is not None:
+            options["py_workers"] = args.workers
+        return make_dali_loader(path, args.batch_size, device_id=device_id, **common, **options)
     from dali_pipeline.pipelines import PipelineOptions
+    from loaders.dali_loader import DALIFolderLoader
+    from loaders.presets import preset_for
 
-    options.pop("py_workers", None)
     opts = PipelineOptions(batch_size=args.batch_size, device_id=device_id, seed=args.seed + rank, **options)
-    return DALIFolderLoader(path, opts, train, rank, world_size)
+    return DALIFolderLoader(path, opts, preset_for(train, args.crop_size, args.val_resize), rank, world_size)

@@ -16,7 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-FORMAT_VERSION = 1
+from .config import ConfigError
+
+# 2: adds epoch_position (samples of the epoch's global order consumed: what a resume on another world
+# size or batch size needs) and world_size
+FORMAT_VERSION = 2
 _NAME = "checkpoint-step{:09d}.pt"
 _PATTERN = re.compile(r"checkpoint-step(\d+)\.pt$")
 KEEP = 2
@@ -73,4 +77,9 @@ def latest(output_dir: str) -> str | None:
 
 
 def load(path: str, map_location: torch.device | str = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """A checkpoint in the format this trainer writes; ConfigError for anything else."""
+    saved = torch.load(path, map_location=map_location, weights_only=True)
+    version = saved.get("format_version") if isinstance(saved, dict) else None
+    if version != FORMAT_VERSION:
+        raise ConfigError(f"{path}: checkpoint format version {version}, this trainer reads version {FORMAT_VERSION}")
+    return saved

@@ -1,4 +1,5 @@
-"""The DALI loader: an lmdb_io database through ``LMDBSource`` and a pipeline into torch tensors."""
+"""The DALI loaders: a ``PlanSource`` (an lmdb_io database, or bytes in memory) or an ImageFolder tree
+through a ``dali_pipeline`` graph, into ``Batch``es of torch tensors."""
 
 from __future__ import annotations
 
@@ -6,10 +7,19 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from lmdb_io.batch import Batch
+from dali_pipeline.pipelines import (
+    FILE_READER_NAME,
+    OUTPUT_NAMES,
+    PipelineOptions,
+    build_folder_pipeline,
+    build_pipeline,
+)
+from dali_pipeline.source import LMDBSource, PlanSource
+from lmdb_io.database import ImageDatabase
 
-from .pipelines import FILE_READER_NAME, OUTPUT_NAMES, PipelineOptions, build_folder_pipeline, build_pipeline
-from .source import LMDBSource, ShardedSource
+from .batch import Batch
+from .plan import RankPlan
+from .presets import Preset, TrainPreset, preset_for
 
 
 def _batches(iterator: Iterable, channels_last: bool) -> Iterator[Batch]:
@@ -17,21 +27,21 @@ def _batches(iterator: Iterable, channels_last: bool) -> Iterator[Batch]:
     layout (a channels-last pipeline's NHWC output becomes an NCHW view in channels-last memory)."""
     for (out,) in iterator:
         images = out["images"].permute(0, 3, 1, 2) if channels_last else out["images"]
-        yield Batch(images, out["labels"].view(-1), out["indices"].view(-1), out["real"].view(-1).bool())
+        yield Batch(images, out["labels"].view(-1), out["indices"].view(-1), out["padding"].view(-1).bool())
 
 
 class DALILoader:
-    """Yields ``lmdb_io.batch.Batch``; images and labels on the pipeline's device.
+    """Yields ``Batch``; images and labels on the pipeline's device.
 
     ``len()`` is the number of batches in the coming epoch (equal on every rank). Iterating again runs
     the next epoch: the source sees DALI's epoch index and follows the next epoch's plan.
     """
 
-    def __init__(self, source: ShardedSource, opts: PipelineOptions, train: bool) -> None:
+    def __init__(self, source: PlanSource, opts: PipelineOptions, preset: Preset) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         self.source, self.opts = source, opts
-        self.pipeline = build_pipeline(source, opts, train)
+        self.pipeline = build_pipeline(source, opts, preset)
         self._iterator = DALIGenericIterator(
             self.pipeline,
             list(OUTPUT_NAMES),
@@ -39,10 +49,10 @@ class DALILoader:
             last_batch_policy=LastBatchPolicy.DROP,
             prepare_first_batch=False,
         )
-        self._epoch = source.first_epoch
+        self._epoch = source.plan.first_epoch
 
     def __len__(self) -> int:
-        return self.source.num_batches(self._epoch)
+        return self.source.plan.num_batches(self._epoch)
 
     def __iter__(self) -> Iterator[Batch]:
         self._epoch += 1
@@ -53,19 +63,18 @@ class DALIFolderLoader:
     """An ImageFolder tree through DALI's file reader (sharded by global rank, padded; no resume
     mid-epoch). Validation's last batch is partial, so every sample counts once."""
 
-    def __init__(self, root: str, opts: PipelineOptions, train: bool, rank: int, world_size: int) -> None:
+    def __init__(self, root: str, opts: PipelineOptions, preset: Preset, rank: int, world_size: int) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         self.opts = opts
-
-        self.pipeline = build_folder_pipeline(root, opts, train, rank, world_size)
-        policy = LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL
+        self.pipeline = build_folder_pipeline(root, opts, preset, rank, world_size)
+        train = isinstance(preset, TrainPreset)
         self._iterator = DALIGenericIterator(
             self.pipeline,
             list(OUTPUT_NAMES),
             reader_name=FILE_READER_NAME,
             auto_reset=True,
-            last_batch_policy=policy,
+            last_batch_policy=LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL,
             prepare_first_batch=False,
         )
 
@@ -85,19 +94,24 @@ def make_dali_loader(
     world_size: int = 1,
     seed: int = 0,
     device_id: int | None = None,
+    crop: int = 224,
+    val_resize: int = 256,
     first_epoch: int = 0,
     skip: int = 0,
     verify: bool = True,
     **options: Any,
 ) -> DALILoader:
-    """The DALI loader for one rank (global ``rank``): train drops the shard's remainder, val pads and masks.
+    """The DALI loader over an lmdb_io database for one rank (global ``rank``): train drops the shard's
+    remainder, val pads and masks. ``skip``: positions of ``first_epoch``'s global order already trained
+    on (see ``RankPlan``).
 
-    ``options`` are ``PipelineOptions`` fields (threads, py_workers, crop, hw_decoder_load, ...). On a
-    GPU the source runs in Python workers unless ``py_workers=0`` is given.
+    ``options`` are ``PipelineOptions`` fields (num_threads, py_workers, hw_decoder_load, ...). On a GPU
+    the source runs in Python workers unless ``py_workers=0`` is given.
     """
     options.setdefault("py_workers", 4 if device_id is not None else 0)
-    source = LMDBSource(
-        path,
+    db = ImageDatabase(path, verify=verify)
+    plan = RankPlan(
+        len(db),
         batch_size,
         rank=rank,
         world_size=world_size,
@@ -106,7 +120,7 @@ def make_dali_loader(
         drop_last=train,
         first_epoch=first_epoch,
         skip=skip,
-        verify=verify,
     )
+    source = LMDBSource(db, plan)
     opts = PipelineOptions(batch_size=batch_size, device_id=device_id, seed=seed + rank, **options)
-    return DALILoader(source, opts, train)
+    return DALILoader(source, opts, preset_for(train, crop, val_resize))

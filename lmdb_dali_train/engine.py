@@ -8,7 +8,6 @@ the model waits for data.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -19,12 +18,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from loaders.batch import Batch, BatchLoader, counted
+
 from .distributed import all_reduce_max, all_reduce_sum
 from .runlog import RunLog
 
 STOP_CHECK_EVERY = 5  # steps between the all-reduces that agree on a stop request
-# Test hook: "STEP" or "RANK:STEP" sends SIGTERM to this process after that global step.
-SIGNAL_AT_STEP_ENV = "TRAIN_TEST_SIGTERM_AT_STEP"
 
 
 class StopSignal:
@@ -58,19 +57,10 @@ class TrainState:
     criterion: nn.Module
     device: torch.device
     amp_dtype: torch.dtype | None
-    channels_last: bool
     epoch: int = 0  # the epoch in progress (or next to start)
     step_in_epoch: int = 0  # optimizer steps already done in ``epoch``
+    epoch_position: int = 0  # samples of ``epoch``'s global order consumed by all ranks (RankPlan's skip)
     global_step: int = 0
-
-
-def as_model_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """NHWC batches (DALI's channels-last output) become NCHW-shaped views in channels_last memory."""
-    if images.dim() == 4 and images.shape[-1] == 3 and images.shape[1] != 3:
-        images = images.permute(0, 3, 1, 2)
-    if channels_last:
-        return images.contiguous(memory_format=torch.channels_last)
-    return images.contiguous()
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,9 +79,11 @@ class KeyLog:
         self.key_of = key_of
         self.file: TextIO = open(path, "a", encoding="utf-8")
 
-    def write(self, epoch: int, step: int, indices: torch.Tensor, real: torch.Tensor) -> None:
+    def write(self, epoch: int, step: int, indices: torch.Tensor, padding: torch.Tensor) -> None:
         rows = [
-            f"{epoch}\t{step}\t{self.key_of(i)}\n" for i, r in zip(indices.tolist(), real.tolist(), strict=True) if r
+            f"{epoch}\t{step}\t{self.key_of(i)}\n"
+            for i, pad in zip(indices.tolist(), padding.tolist(), strict=True)
+            if not pad
         ]
         self.file.writelines(rows)
 
@@ -99,63 +91,61 @@ class KeyLog:
         self.file.close()
 
 
-def _signal_hook_step(rank: int) -> int | None:
-    value = os.environ.get(SIGNAL_AT_STEP_ENV)
-    if not value:
-        return None
-    target_rank, _, step = value.rpartition(":")
-    return int(step) if not target_rank or int(target_rank) == rank else None
+def train_step(state: TrainState, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on ``batch``; returns (loss, logits), detached, still on the device."""
+    with torch.autocast(state.device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None):
+        logits = state.model(batch.images)
+        loss = state.criterion(logits, batch.labels)
+    state.optimizer.zero_grad(set_to_none=True)
+    if state.scaler is not None:
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        loss.backward()
+        state.optimizer.step()
+    state.scheduler.step()
+    state.step_in_epoch += 1
+    state.global_step += 1
+    return loss.detach(), logits.detach()
 
 
 def train_epoch(
     state: TrainState,
-    loader: Any,
+    loader: BatchLoader,
     *,
-    batches_in_epoch: int,
     print_freq: int,
-    rank: int,
     world_size: int,
     log: RunLog,
     stop: StopSignal,
     steps_left: int | None,
     key_log: KeyLog | None = None,
 ) -> tuple[str, int]:
-    """Run the rest of ``state.epoch``. Returns (why it ended: done, stopped or max_steps; steps run)."""
+    """Run the rest of ``state.epoch``: the loader's ``len()`` batches, which it must yield exactly.
+
+    Returns (why it ended: done, stopped or max_steps; steps run).
+    """
     state.model.train()
     device = state.device
+    batches_in_epoch = state.step_in_epoch + len(loader)
     window = torch.zeros(3, device=device)  # loss sum, top-1, top-5: stays on the device between prints
     window_start, waited, steps, samples = time.perf_counter(), 0.0, 0, 0
-    signal_step = _signal_hook_step(rank)
-    iterator = iter(loader)
+    iterator = counted(loader, "the training loader")
     while True:
         before = time.perf_counter()
         batch = next(iterator, None)
         waited += time.perf_counter() - before
         if batch is None:
             return "done", steps
-        images = as_model_input(batch.images, state.channels_last)
-        labels = batch.labels
-        with torch.autocast(device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None):
-            logits = state.model(images)
-            loss = state.criterion(logits, labels)
-        state.optimizer.zero_grad(set_to_none=True)
-        if state.scaler is not None:
-            state.scaler.scale(loss).backward()
-            state.scaler.step(state.optimizer)
-            state.scaler.update()
-        else:
-            loss.backward()
-            state.optimizer.step()
-        state.scheduler.step()
+        loss, logits = train_step(state, batch)
         with torch.no_grad():
-            n = labels.numel()
+            n = batch.labels.numel()
             samples += n
-            window += torch.cat([loss.detach().float().view(1) * n, topk_correct(logits.detach(), labels)])
-        state.step_in_epoch += 1
-        state.global_step += 1
+            window += torch.cat([loss.float().view(1) * n, topk_correct(logits, batch.labels)])
         steps += 1
+        state.epoch_position += n * world_size
         if key_log is not None:
-            key_log.write(state.epoch, state.global_step, batch.indices, batch.real)
+            key_log.write(state.epoch, state.global_step, batch.indices, batch.padding)
         if state.step_in_epoch % print_freq == 0 or state.step_in_epoch == batches_in_epoch:
             elapsed = time.perf_counter() - window_start
             totals = all_reduce_sum(torch.cat([window, torch.tensor([float(samples)], device=device)])).tolist()
@@ -175,8 +165,8 @@ def train_epoch(
             )
             window.zero_()
             window_start, waited, samples = time.perf_counter(), 0.0, 0
-        if signal_step is not None and state.global_step == signal_step:
-            os.kill(os.getpid(), signal.SIGTERM)
+        if state.step_in_epoch == batches_in_epoch:
+            continue  # the last batch: finish the epoch (the loader's end is its "done")
         if steps % STOP_CHECK_EVERY == 0 and stop.agreed(device):
             return "stopped", steps
         if steps_left is not None and steps >= steps_left:
@@ -193,17 +183,16 @@ def _train_line(state: TrainState, batches: int, totals: list[float], elapsed: f
 
 
 @torch.no_grad()
-def evaluate(state: TrainState, loader: Any) -> dict[str, float]:
-    """Loss and top-1/top-5 over all ranks; padding (``real`` False) is not counted."""
+def evaluate(state: TrainState, loader: BatchLoader) -> dict[str, float]:
+    """Loss and top-1/top-5 over all ranks; padding is not counted."""
     state.model.eval()
     device = state.device
     sums = torch.zeros(4, device=device)
     loss_fn = nn.CrossEntropyLoss(reduction="none")
-    for batch in loader:
-        images = as_model_input(batch.images, state.channels_last)
-        real = batch.real.to(device, non_blocking=True)
+    for batch in counted(loader, "the validation loader"):
+        real = (~batch.padding).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None):
-            logits = state.model(images)
+            logits = state.model(batch.images)
         losses = loss_fn(logits.float(), batch.labels) * real
         sums += torch.cat([losses.sum().view(1), topk_correct(logits, batch.labels, real), real.sum().float().view(1)])
     loss, top1, top5, count = all_reduce_sum(sums).tolist()

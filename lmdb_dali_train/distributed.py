@@ -50,13 +50,18 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return device
 
 
+def default_rendezvous() -> None:
+    """``env://`` without torchrun: this machine, port 29500, unless MASTER_ADDR/MASTER_PORT are set."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+
+
 def init_process_group(place: Placement, device: torch.device, backend: str | None, url: str) -> None:
     """Join the process group (NCCL on GPUs, gloo on CPU); a single process joins none."""
     if not place.distributed:
         return
     if url == "env://":
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
+        default_rendezvous()
     device_arg: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}  # CUDA only: binds NCCL to it
     dist.init_process_group(
         backend or ("nccl" if device.type == "cuda" else "gloo"),

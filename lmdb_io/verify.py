@@ -1,0 +1,73 @@
+"""Check every record of a database: header, checksum, label, and (optionally) that it decodes.
+
+Pillow's decode is built in; other decoders (DALI's, which decides at training time) are passed in as
+``DecodeCheck``s by the caller, so this storage package depends on no loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from .database import ImageDatabase
+from .errors import CorruptRecordError
+
+# (database, indices to check, threads) -> (index, reason) for each record the decoder rejects
+DecodeCheck = Callable[[ImageDatabase, Sequence[int], int], list[tuple[int, str]]]
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    problems: list[tuple[int, str]]  # (index, one-line reason), sorted by index; an index may appear twice
+    checked: str  # what was checked, for the summary line: "checksums and labels and decoding with Pillow"
+
+    @property
+    def bad_records(self) -> int:
+        return len({index for index, _ in self.problems})
+
+
+def check_record(db: ImageDatabase, index: int, decode: bool) -> str | None:
+    """The first problem of record ``index`` (checksum, label, Pillow decode), or None."""
+    try:
+        payload, label = db.read(index, verify=True)
+    except CorruptRecordError as exc:
+        return str(exc)
+    if label != int(db.targets[index]):
+        return f"record {db.key(index).decode()}: label {label} differs from __targets__ ({int(db.targets[index])})"
+    if decode:
+        from .dataset import decode_rgb
+
+        try:
+            decode_rgb(payload)
+        except Exception as exc:  # any decoder failure is a finding, not a crash
+            return f"record {db.key(index).decode()}: does not decode with Pillow: {exc}"
+    return None
+
+
+def verify_database(
+    db: ImageDatabase,
+    *,
+    decode: bool = False,
+    workers: int = 1,
+    progress: bool = True,
+    decode_checks: Sequence[tuple[str, DecodeCheck]] = (),
+) -> VerifyResult:
+    """Check every record; with ``decode``, decode with Pillow and then with each named ``decode_checks``."""
+    problems: list[tuple[int, str]] = []
+    with (
+        ThreadPoolExecutor(max(1, workers)) as pool,
+        tqdm(total=len(db), unit="img", desc="verify", disable=not progress, mininterval=0.5) as bar,
+    ):
+        for index, problem in enumerate(pool.map(lambda i: check_record(db, i, decode), range(len(db)), chunksize=64)):
+            if problem:
+                problems.append((index, problem))
+            bar.update(1)
+    checked = "checksums and labels" + (" and decoding with Pillow" if decode else "")
+    if decode:
+        for name, check in decode_checks:
+            problems += check(db, range(len(db)), max(1, workers))
+            checked += f" and {name}"
+    return VerifyResult(sorted(problems), checked)

@@ -1,0 +1,80 @@
+"""Fault injection for the subprocess tests, from the test side: the product carries no test hooks.
+
+A test puts this folder first on a child process's PYTHONPATH (``conftest.fault_env``), and Python
+imports this module at start-up. Each ``FAULT_*`` variable set patches one point of the product:
+
+- ``FAULT_EXIT_AFTER_COMMITS=N``: the converter's process exits hard (``os._exit(86)``, no cleanup, as
+  kill -9 would) right after its N-th write transaction.
+- ``FAULT_SIGTERM_AT_STEP=STEP`` or ``RANK:STEP``: the training process (of that global rank) sends
+  itself SIGTERM after global step STEP.
+- ``FAULT_LOADER_DELAY_S=SECONDS``: every training loader sleeps this long before each batch.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _exit_after_commits(commits: int) -> None:
+    from lmdb_io import writer
+
+    put_all = writer.Writer.put_all
+    done = 0
+
+    def counted(self: writer.Writer, *args: object, **kwargs: object) -> None:
+        nonlocal done
+        put_all(self, *args, **kwargs)
+        done += 1
+        if done >= commits:
+            os._exit(86)
+
+    writer.Writer.put_all = counted
+
+
+def _sigterm_at_step(spec: str) -> None:
+    import signal
+
+    from lmdb_dali_train import engine
+
+    target_rank, _, step = spec.rpartition(":")
+    if target_rank and int(target_rank) != int(os.environ.get("RANK", "0")):
+        return
+    train_step = engine.train_step
+
+    def signalling(state: engine.TrainState, batch: object) -> object:
+        result = train_step(state, batch)
+        if state.global_step == int(step):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    engine.train_step = signalling
+
+
+def _loader_delay(seconds: float) -> None:
+    import time
+
+    from lmdb_dali_train import main
+
+    make_loader = main.make_loader
+
+    class Delayed:
+        def __init__(self, loader: object) -> None:
+            self.loader = loader
+
+        def __len__(self) -> int:
+            return len(self.loader)
+
+        def __iter__(self) -> object:
+            for batch in self.loader:
+                time.sleep(seconds)
+                yield batch
+
+    main.make_loader = lambda *args, **kwargs: Delayed(make_loader(*args, **kwargs))
+
+
+if os.environ.get("FAULT_EXIT_AFTER_COMMITS"):
+    _exit_after_commits(int(os.environ["FAULT_EXIT_AFTER_COMMITS"]))
+if os.environ.get("FAULT_SIGTERM_AT_STEP"):
+    _sigterm_at_step(os.environ["FAULT_SIGTERM_AT_STEP"])
+if os.environ.get("FAULT_LOADER_DELAY_S"):
+    _loader_delay(float(os.environ["FAULT_LOADER_DELAY_S"]))

@@ -1,1 +1,0 @@
-"""The DDP trainer behind train.py: config, placement, loaders, engine, checkpoints, logs."""
