@@ -26,16 +26,20 @@ class ImageFolderLMDB(Dataset):
     construction, never from hard-coded sizes. The object pickles as its path and settings; each
     process (DataLoader workers under fork or spawn included) reads through its own shared LMDB
     Environment. ``samples`` lists (relative source path, label), like ImageFolder's (path, label).
+
+    Differences from ImageFolder: ``root`` is the database directory; there is no ``loader`` (records are
+    decoded with Pillow to RGB, as ImageFolder's default loader does) and no ``is_valid_file`` (the
+    converter chose the files); ``verify=False`` skips the per-read checksum.
     """
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        root: str | os.PathLike,
         transform: Callable | None = None,
         target_transform: Callable | None = None,
         verify: bool = True,
     ) -> None:
-        self.root = os.fspath(path)
+        self.root = os.fspath(root)
         self.transform = transform
         self.target_transform = target_transform
         self.db = ImageDatabase(self.root, verify=verify)

@@ -90,10 +90,10 @@ def make_dali_loader(
     batch_size: int,
     *,
     train: bool,
+    device_id: int | None = None,
     rank: int = 0,
     world_size: int = 1,
     seed: int = 0,
-    device_id: int | None = None,
     crop: int = 224,
     val_resize: int = 256,
     first_epoch: int = 0,
@@ -110,17 +110,7 @@ def make_dali_loader(
     """
     options.setdefault("py_workers", 4 if device_id is not None else 0)
     db = ImageDatabase(path, verify=verify)
-    plan = RankPlan(
-        len(db),
-        batch_size,
-        rank=rank,
-        world_size=world_size,
-        seed=seed,
-        shuffle=train,
-        drop_last=train,
-        first_epoch=first_epoch,
-        skip=skip,
-    )
+    plan = RankPlan.for_split(len(db), batch_size, train, rank, world_size, seed, first_epoch, skip)
     source = LMDBSource(db, plan)
     opts = PipelineOptions(batch_size=batch_size, device_id=device_id, seed=seed + rank, **options)
     return DALILoader(source, opts, preset_for(train, crop, val_resize))

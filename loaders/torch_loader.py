@@ -143,17 +143,7 @@ def make_torch_loader(
     ``skip``: positions of ``first_epoch``'s global order already trained on (see ``RankPlan``).
     """
     dataset = open_image_dataset(path, preset_for(train, crop, val_resize).torchvision(), lmdb)
-    plan = RankPlan(
-        len(dataset),
-        batch_size,
-        rank=rank,
-        world_size=world_size,
-        seed=seed,
-        shuffle=train,
-        drop_last=train,
-        first_epoch=first_epoch,
-        skip=skip,
-    )
+    plan = RankPlan.for_split(len(dataset), batch_size, train, rank, world_size, seed, first_epoch, skip)
     return TorchLoader(
         dataset,
         plan,

@@ -104,6 +104,38 @@ def test_interrupt_or_full_disk_then_resume(
     )
     assert report.reused == committed and report.stored == len(generated.train.stored)
     assert all_entries(out) == all_entries(train_db)
+    straight = converter.convert(converter.ConvertOptions(dataset=str(train_dir), output=str(tmp_path / "straight")))
+    assert report.skipped == straight.skipped and report.transcoded == straight.transcoded  # the report survives
+
+
+def test_progress_stays_small_and_logs_each_file_once(
+    train_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One commit per file: ``__progress__`` keeps a constant size (counts only), and every skipped or
+    transcoded file is written once, in the commit that handled it, never again (no quadratic rewrite)."""
+    from lmdb_io import converter, schema, writer
+
+    progress_sizes: list[int] = []
+    logged: list[dict] = []
+    real_put_all = writer.Writer.put_all
+
+    def recording_put_all(self, puts, deletes=()):
+        for key, value in puts:
+            if key == schema.PROGRESS_KEY:
+                progress_sizes.append(len(value))
+            elif key.startswith(schema.PROGRESS_LOG_PREFIX):
+                entries = json.loads(value)
+                logged.extend(entries["skipped"] + entries["transcoded"])
+        return real_put_all(self, puts, deletes)
+
+    monkeypatch.setattr(writer.Writer, "put_all", recording_put_all)
+    report = converter.convert(
+        converter.ConvertOptions(dataset=str(train_dir), output=str(tmp_path / "db"), commit_every=1, progress=False)
+    )
+    assert len(progress_sizes) == report.scanned and len(report.skipped) + len(report.transcoded) >= 5
+    assert max(progress_sizes) - min(progress_sizes) < 40  # only the digits of the counts grow
+    assert sorted(map(str, logged)) == sorted(map(str, report.skipped + report.transcoded))  # each once
+    assert not [k for k in all_entries(tmp_path / "db") if k.startswith(b"__progress")]  # gone when complete
 
 
 def test_resume_refuses_a_changed_dataset(
