@@ -103,3 +103,28 @@ def test_a_loader_must_yield_what_it_announced(announced: int, yielded: int) -> 
     with pytest.raises(LoaderLengthError, match=f"announced {announced} batches"):
         list(counted(_Announcing(announced, yielded)))
     assert len(list(counted(_Announcing(yielded, yielded)))) == yielded
+
+
+def _layout_rows() -> list[tuple[str, str]]:
+    """(path cell, what cell) of the README's first Layout table."""
+    text = (REPO / "README.md").read_text()
+    table = text.split("## Layout", 1)[1].split("\n\n")[1]
+    rows = [line.split("|")[1:3] for line in table.splitlines()[2:]]
+    return [(path.strip(), what.strip()) for path, what in rows]
+
+
+def test_readme_layout_matches_the_tree() -> None:
+    """Every path the Layout table names exists, every module it names exists in its package, and every
+    top-level package or script of the checkout has a row."""
+    rows = _layout_rows()
+    named = {p.strip("`/ ") for path, _ in rows for p in path.split(",")}
+    assert all((REPO / p).exists() for p in named), sorted(p for p in named if not (REPO / p).exists())
+    for path, what in rows:
+        folder = REPO / path.strip("`/ ").split(",")[0]
+        if folder.is_dir():
+            modules = {m for m in what.replace("(", " ").replace(",", " ").split() if m.strip("`").endswith(".py")}
+            missing = [m for m in modules if not (folder / m.strip("`")).exists()]
+            assert not missing, (path, missing)
+    top = {p.name for p in REPO.iterdir() if not p.name.startswith(".")}
+    packages = {n for n in top if (REPO / n / "__init__.py").exists()} | {n for n in top if n.endswith(".py")}
+    assert packages <= named, packages - named
