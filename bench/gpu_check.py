@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from subprocess import STDOUT
 from typing import Any
 
 import psutil
@@ -109,11 +110,10 @@ def probe(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
             missing["dali"] = "DALI sees no CUDA device (driver too old for this DALI wheel?)"
     except Exception as e:
         missing.setdefault("dali", f"DALI or loaders.dali_loader not importable ({describe(e)})")
-    proc = subprocess.run(
-        [sys.executable, "-c", "import pytest"], cwd=data.REPO, env=tests_env(args.cpu), capture_output=True, text=True
-    )
+    env = tests_env(args.cpu)
+    proc = subprocess.run([sys.executable, "-c", "import pytest"], cwd=data.REPO, env=env, capture_output=True)
     if proc.returncode:
-        missing["pytest"] = f"pytest not installed ({one_line(proc.stderr) or f'exit {proc.returncode}'})"
+        missing["pytest"] = f"pytest not installed ({one_line(proc.stderr.decode()) or f'exit {proc.returncode}'})"
     if args.tests_budget == 0:
         missing["tests"] = "--tests-budget 0"
     return info, missing
@@ -134,14 +134,14 @@ def junit_cases(path: Path) -> list[dict[str, str]]:
             if child.tag == "skipped":
                 xfail = child.get("type") == "pytest.xfail"
                 outcome, message = ("xfailed" if xfail else "skipped"), child.get("message", "")
-        cases.append(
-            {"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome, "message": one_line(message)}
-        )
+        test = f"{case.get('classname')}::{case.get('name')}"
+        cases.append({"test": test, "outcome": outcome, "message": one_line(message)})
     return cases
 
 
-def run_gpu_tests(args: argparse.Namespace, work: Path, timeout: float) -> dict[str, Any]:
-    """The tier in its own process group (killed whole at ``timeout``); its counts, or ``RowFailed``."""
+def run_gpu_tests(args: argparse.Namespace, work: Path, left: float) -> dict[str, Any]:
+    """The tier in its own process group (killed whole at its timeout); its counts, or ``RowFailed``."""
+    timeout = min(left, args.tests_budget)
     args.out.mkdir(parents=True, exist_ok=True)
     output, junit = args.out / "gpu_tests.txt", args.out / "gpu_tests.xml"
     junit.unlink(missing_ok=True)
@@ -149,9 +149,8 @@ def run_gpu_tests(args: argparse.Namespace, work: Path, timeout: float) -> dict[
     cmd += [f"--junitxml={junit}", f"--basetemp={work / 'pytest'}"]
     started, code = time.monotonic(), None
     with open(output, "wb") as sink:
-        proc = subprocess.Popen(
-            cmd, cwd=data.REPO, env=tests_env(args.cpu), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        env = tests_env(args.cpu)
+        proc = subprocess.Popen(cmd, cwd=data.REPO, env=env, stdout=sink, stderr=STDOUT, start_new_session=True)
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -164,9 +163,7 @@ def run_gpu_tests(args: argparse.Namespace, work: Path, timeout: float) -> dict[
         begun = re.findall(r"^(\S+::\S+) ", text, re.M)
         running = begun[-1] if len(begun) > len(finished) else "start-up or teardown"
         detail["tests"] = [{"test": t, "outcome": o} for t, o in finished]
-        raise RowFailed(
-            f"timed out after {timeout:.0f} s (--tests-budget) in {running}; {len(finished)} finished", detail
-        )
+        raise RowFailed(f"timed out after {timeout:.0f} s (--tests-budget) in {running}; {len(finished)} done", detail)
     detail["tests"] = cases = junit_cases(junit) if junit.is_file() else []
     counts = Counter(c["outcome"] for c in cases)
     found = f"{', '.join(f'{counts[o]} {o}' for o in OUTCOMES if counts[o]) or 'no tests'} in {seconds:.0f} s"
@@ -201,10 +198,8 @@ class Data:
 
 def dali_options(args: argparse.Namespace, workers: int, load: float) -> dict[str, Any]:
     """``PipelineOptions`` as train.py sets them for these flags (fp16 NHWC output on a GPU)."""
-    device = None if args.cpu else 0
-    return dict(device_id=device, num_threads=args.dali_threads, py_workers=workers, hw_decoder_load=load) | dict(
-        fp16_output=not args.cpu, channels_last=True
-    )
+    opts = dict(device_id=None if args.cpu else 0, num_threads=args.dali_threads, py_workers=workers)
+    return opts | dict(hw_decoder_load=load, fp16_output=not args.cpu, channels_last=True)
 
 
 def contender(args: argparse.Namespace, d: Data, key: str) -> Contender:
@@ -242,16 +237,8 @@ def time_loader(args: argparse.Namespace, d: Data, key: str, left: float) -> dic
     import torch
 
     sync = None if args.cpu else torch.cuda.synchronize
-    c = contender(args, d, key)
-    rounds = run_rounds(
-        [c],
-        args.runs,
-        args.batch,
-        args.warmup_batches,
-        plan_indices(d.length, args.batch),
-        cores=len(os.sched_getaffinity(0)),
-        sync=sync,
-    )
+    c, order, cores = contender(args, d, key), plan_indices(d.length, args.batch), len(os.sched_getaffinity(0))
+    rounds = run_rounds([c], args.runs, args.batch, args.warmup_batches, order, cores=cores, sync=sync)
     return {"rate": rounds.median_rate(key), "result": rounds.spread(key), **rounds.raw()}
 
 
@@ -312,95 +299,39 @@ def time_training(args: argparse.Namespace, d: Data, arch: str, variant: str, le
 
 def plan(args: argparse.Namespace, d: Data) -> list[Check]:
     """The test tier; DALI per load x workers, memory per load, torch; training per arch x variant."""
-    cpu, decode = args.cpu, "CPU decode (--cpu)" if args.cpu else "mixed decode"
-    least = {k: 1.0 if cpu else v for k, v in MIN_SECONDS.items()}
-    hidden = " with CUDA hidden (`CUDA_VISIBLE_DEVICES=`, --cpu)" if cpu else ""
-    tests = Row("gpu test tier", f"`python -m pytest -m gpu {GPU_TESTS}`{hidden}")
-    checks = [
-        Check(
-            "tests",
-            "tests",
-            tests,
-            ("torch", "pytest", "tests"),
-            least["tests"],
-            lambda left: run_gpu_tests(args, d.work, min(left, args.tests_budget)),
-        )
-    ]
-    loader_needs = ("torch", "gpu", "lmdb", "dali", "db")
+    cpu, decode, checks = args.cpu, "CPU decode (--cpu)" if args.cpu else "mixed decode", []
+
+    def add(kind: str, key: str, what: str, how: str, needs: tuple[str, ...], measure: Callable | None = None) -> None:
+        least = 0.0 if kind == "derived" else 1.0 if cpu else MIN_SECONDS[kind]
+        measure = measure or partial(time_loader, args, d, key)
+        checks.append(Check(kind, key, Row(what, how), needs, least, measure))
+
+    hidden = " with CUDA hidden (`CUDA_VISIBLE_DEVICES=`, --cpu)" * cpu
+    tier, tests = partial(run_gpu_tests, args, d.work), f"`python -m pytest -m gpu {GPU_TESTS}`{hidden}"
+    add("tests", "tests", "gpu test tier", tests, ("torch", "pytest", "tests"), tier)
+    needs, dali_opts = ("torch", "gpu", "lmdb", "dali", "db"), lambda w, load: dali_options(args, w, load).items()
     for load in args.hw_loads:
         for w in args.py_workers:
-            opts = ", ".join(
-                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in dali_options(args, w, load).items()
-            )
-            row = Row(
-                f"DALI pipeline alone, py_workers {w}, hw_decoder_load {load:g}",
-                f"`make_dali_loader({opts})`, {decode}",
-            )
-            checks.append(
-                Check(
-                    "loader",
-                    f"dali-w{w}-hw{load:g}",
-                    row,
-                    loader_needs,
-                    least["loader"],
-                    partial(time_loader, args, d, f"dali-w{w}-hw{load:g}"),
-                )
-            )
-        row = Row(
-            f"DALI pipeline alone, in-memory source, hw_decoder_load {load:g}",
-            f"`DALILoader(MemorySource)`, same graph, py_workers=0, {decode}",
-        )
-        checks.append(
-            Check(
-                "loader",
-                f"memory-hw{load:g}",
-                row,
-                (*loader_needs, "memory"),
-                least["loader"],
-                partial(time_loader, args, d, f"memory-hw{load:g}"),
-            )
-        )
-    row = Row(
-        "LMDB source cost vs memory: best LMDB setting",
-        "time per image: best `dali` row / `memory` row at its load - 1",
-    )
-    checks.append(Check("derived", "cost", row, (), 0.0, lambda left: {}))
-    device = "cpu" if cpu else "cuda:0"
+            opts = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in dali_opts(w, load))
+            what = f"DALI pipeline alone, py_workers {w}, hw_decoder_load {load:g}"
+            add("loader", f"dali-w{w}-hw{load:g}", what, f"`make_dali_loader({opts})`, {decode}", needs)
+        what = f"DALI pipeline alone, in-memory source, hw_decoder_load {load:g}"
+        how = f"`DALILoader(MemorySource)`, same graph, py_workers=0, {decode}"
+        add("loader", f"memory-hw{load:g}", what, how, (*needs, "memory"))
+    how = "time per image: best `dali` row / `memory` row at its load - 1"
+    add("derived", "cost", "LMDB source cost vs memory: best LMDB setting", how, (), lambda left: {})
+    device, pinned = ("cpu", "") if cpu else ("cuda:0", "pinned ")
     how = f"`make_torch_loader(workers={args.torch_workers}, device={device}, channels_last=True)`: PIL decode, "
-    how += f"RandomResizedCrop, flip, ToTensor, Normalize, {'' if cpu else 'pinned '}copy to the device"
-    row = Row(f"torchvision DataLoader alone, {args.torch_workers} workers", how)
-    checks.append(
-        Check(
-            "loader",
-            "torch",
-            row,
-            ("torch", "gpu", "torchvision", "lmdb", "db"),
-            least["loader"],
-            partial(time_loader, args, d, "torch"),
-        )
-    )
+    how += f"RandomResizedCrop, flip, ToTensor, Normalize, {pinned}copy to the device"
+    what = f"torchvision DataLoader alone, {args.torch_workers} workers"
+    add("loader", "torch", what, how, ("torch", "gpu", "torchvision", "lmdb", "db"))
     labels = {"synthetic": "synthetic", "dali": "DALI loader", "torch": "torchvision loader"}
-    for arch in args.archs:
-        for variant in ("synthetic", "dali", "torch"):
-            needs = (
-                ("torch", "gpu", "torchvision", "lmdb", arch)
-                + (() if variant == "synthetic" else ("db",))
-                + (("dali",) if variant == "dali" else ())
-            )
-            row = Row(
-                f"training {arch}, {labels[variant]}",
-                "`train.py " + " ".join(train_flags(args, arch, variant, Path("DB"))) + "`",
-            )
-            checks.append(
-                Check(
-                    "train",
-                    f"{arch}-{variant}",
-                    row,
-                    needs,
-                    least["train"],
-                    partial(time_training, args, d, arch, variant),
-                )
-            )
+    for arch, variant in ((a, v) for a in args.archs for v in labels):
+        extra = {"synthetic": (), "dali": ("db", "dali"), "torch": ("db",)}[variant]
+        needs = ("torch", "gpu", "torchvision", "lmdb", arch, *extra)
+        how = "`train.py " + " ".join(train_flags(args, arch, variant, Path("DB"))) + "`"
+        measure = partial(time_training, args, d, arch, variant)
+        add("train", f"{arch}-{variant}", f"training {arch}, {labels[variant]}", how, needs, measure)
     return checks
 
 
@@ -524,67 +455,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--print-freq 10). --cpu: --images 64 --batch 8 --crop 64 --steps 4 --print-freq 2 --archs resnet18 "
         "--py-workers 0,1 --warmup-batches 2 --tests-budget 120 --budget 600, device cpu.",
     )
-    p.add_argument("--data", type=Path, metavar="DIR", help="JPEG folder (DIR/<class>/<image>); default: generated")
-    p.add_argument("--work", type=Path, metavar="DIR", help="JPEGs, the LMDB and train.py runs (default: a temp dir)")
-    p.add_argument(
-        "--out",
-        type=Path,
-        metavar="DIR",
-        default=Path(os.environ.get("OUT") or data.REPO / "bench" / "results"),
-        help="folder for gpu_check.json and the test tier's output (default: $OUT if set, else bench/results)",
-    )
-    p.add_argument("--cpu", action="store_true", help="dry run on the CPU with tiny sizes (DALI CPU operators)")
-    p.add_argument("--quick", action="store_true", help="half the images and steps")
-    p.add_argument("--images", type=int, help="JPEGs in the LMDB (loader-only epoch = images / batch batches)")
-    p.add_argument("--steps", type=int, help="train.py --max-steps for each training row")
-    p.add_argument("--print-freq", type=int, help="train.py --print-freq (the first window is warm-up)")
-    p.add_argument("--batch", type=int, help="batch size (default 256)")
-    p.add_argument("--crop", type=int, help="crop size (default 224)")
-    p.add_argument(
-        "--archs",
-        type=lambda t: [s.strip() for s in t.split(",") if s.strip()],
-        help="models for the training rows (default resnet50,resnet18)",
-    )
-    p.add_argument(
-        "--hw-loads",
-        type=_list(float, 0, 1),
-        default=[0.65, 1.0],
-        metavar="X,X",
-        help="hw_decoder_load values of the DALI loader-only rows (default 0.65,1.0)",
-    )
-    p.add_argument("--hw-decoder-load", type=float, default=0.65, help="train.py --hw-decoder-load (default 0.65)")
-    p.add_argument(
-        "--py-workers",
-        type=_list(int, 0, 256),
-        metavar="N,N",
-        help="DALI source processes of the loader-only rows (default 0,4,8; train.py keeps its own -j)",
-    )
-    p.add_argument(
-        "--dali-threads",
-        type=int,
-        default=min(8, cores),
-        help=f"DALI CPU threads (default min(8, cores) = {min(8, cores)})",
-    )
-    p.add_argument(
-        "--torch-workers",
-        type=int,
-        default=cores,
-        help=f"DataLoader workers, loader-only and train.py -j (default {cores})",
-    )
-    p.add_argument("--runs", type=int, default=1, help="loader-only epochs per row, median reported (default 1)")
-    p.add_argument("--warmup-batches", type=int, help="untimed loader-only batches per epoch (default 5)")
-    p.add_argument(
-        "--budget",
-        type=float,
-        help="seconds for the whole run, test tier included; rows that would not fit are not run",
-    )
-    p.add_argument(
-        "--tests-budget", type=float, help=f"seconds for the gpu test tier ({GPU_TESTS}, run first; 0: not run)"
-    )
+    a = p.add_argument
+    a("--data", type=Path, metavar="DIR", help="JPEG folder (DIR/<class>/<image>); default: generated")
+    a("--work", type=Path, metavar="DIR", help="JPEGs, the LMDB and train.py runs (default: a temp dir)")
+    out = Path(os.environ.get("OUT") or data.REPO / "bench" / "results")
+    a("--out", type=Path, default=out, help="for gpu_check.json and the tier's output ($OUT, else bench/results)")
+    a("--cpu", action="store_true", help="dry run on the CPU with tiny sizes (DALI CPU operators)")
+    a("--quick", action="store_true", help="half the images and steps")
+    a("--images", type=int, help="JPEGs in the LMDB (loader-only epoch = images / batch batches)")
+    a("--steps", type=int, help="train.py --max-steps for each training row")
+    a("--print-freq", type=int, help="train.py --print-freq (the first window is warm-up)")
+    a("--batch", type=int, help="batch size (default 256)")
+    a("--crop", type=int, help="crop size (default 224)")
+    a("--archs", type=lambda t: [s for s in t.split(",") if s], help="models of the training rows (resnet50,resnet18)")
+    a("--hw-loads", type=_list(float, 0, 1), default=[0.65, 1.0], help="hw_decoder_load of the DALI rows (0.65,1.0)")
+    a("--hw-decoder-load", type=float, default=0.65, help="train.py --hw-decoder-load (default 0.65)")
+    a("--py-workers", type=_list(int, 0, 256), help="DALI source processes of the loader rows (0,4,8)")
+    a("--dali-threads", type=int, default=min(8, cores), help=f"DALI CPU threads (min(8, cores) = {min(8, cores)})")
+    a("--torch-workers", type=int, default=cores, help=f"DataLoader workers, loader rows and train.py -j ({cores})")
+    a("--runs", type=int, default=1, help="loader-only epochs per row, median reported (default 1)")
+    a("--warmup-batches", type=int, help="untimed loader-only batches per epoch (default 5)")
+    a("--budget", type=float, help="seconds for the whole run, test tier included; rows that would not fit are not run")
+    a("--tests-budget", type=float, help=f"seconds for the gpu test tier ({GPU_TESTS}, run first; 0: not run)")
     args = p.parse_args(argv)
-    defaults: dict[str, Any] = dict(
-        images=16384, batch=256, crop=224, steps=60, print_freq=20, archs=["resnet50", "resnet18"]
-    )
+    defaults: dict[str, Any] = dict(images=16384, batch=256, crop=224, steps=60, print_freq=20)
+    defaults |= dict(archs=["resnet50", "resnet18"])
     defaults |= dict(py_workers=[0, 4, 8], warmup_batches=5, tests_budget=150.0, budget=480.0)
     if args.quick:
         defaults |= dict(images=8192, steps=30, print_freq=10)

@@ -227,31 +227,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--crop", type=int, default=224, help="train crop size (default 224)")
     p.add_argument("--cores", type=int, default=cores, help=f"DataLoader workers (default: usable cores, {cores})")
     p.add_argument("--dali-threads", type=int, help="DALI CPU threads (default: cores + 1, DALI's best here)")
-    p.add_argument(
-        "--py-workers",
-        type=parse_workers,
-        default=[1, 2],
-        metavar="N,N",
-        help="DALI parallel-source worker counts measured besides py_workers=0 (default 1,2)",
-    )
-    p.add_argument("--warmup-batches", type=int, default=2, help="untimed batches at the start of each run (default 2)")
-    p.add_argument(
-        "--max-foreign",
-        type=float,
-        default=0.10,
-        metavar="SHARE",
-        help="a run is disturbed when others take more than this share of the CPUs while timed (default 0.10)",
-    )
-    p.add_argument(
-        "--extra-runs", type=int, metavar="N", help="runs allowed to replace disturbed ones (default: --runs)"
-    )
-    p.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="before each run, wait up to this long for others to go below --max-foreign (default 60; 0: no wait)",
-    )
+    a = p.add_argument
+    a("--py-workers", type=parse_workers, default=[1, 2], metavar="N,N", help="DALI source workers besides 0 (1,2)")
+    a("--warmup-batches", type=int, default=2, help="untimed batches at the start of each run (default 2)")
+    a("--max-foreign", type=float, default=0.1, help="a run is disturbed when others take more of the CPUs (0.10)")
+    a("--extra-runs", type=int, metavar="N", help="runs allowed to replace disturbed ones (default: --runs)")
+    a("--quiet-wait", type=float, default=60.0, help="wait up to this long for quiet before each run (60; 0: no)")
     p.add_argument("-v", "--verbose", action="store_true", help="log each run's rate to stderr")
     data.add_common_flags(p)
     args = p.parse_args(argv)
