@@ -1,1 +1,1 @@
-"""Benchmarks: ``python bench/bench_lmdb.py --help``."""
+"""Benchmarks, each run as ``python -m bench.<name> --help``: convert, loaders, train, demo, all, gpu_check."""

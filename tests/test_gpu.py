@@ -1,4 +1,4 @@
-"""The gpu tier: what only a CUDA machine shows (``make test-gpu``; ``bench/gpu_check.py`` runs it first).
+"""The gpu tier: what only a CUDA machine shows (``make test-gpu``; ``python -m bench.gpu_check`` runs it first).
 
 - the DALI loader with ``device_id=0`` (mixed decoding), train and val, float16 in channels-last memory and
   float32 contiguous, checked through the ``Batch`` contract;
@@ -14,7 +14,7 @@ Time on one H100 (16 cores), estimated at 60-90 s, under the 2-minute target: st
 the generated data ~3 s, the three DALI epochs ~10 s (pipeline builds; the train one spawns its 4 source
 workers), seven ``train.py`` processes of one or two steps each, 5-10 s apiece (interpreter, torch and CUDA
 start-up, cuDNN autotuning of one shape; the ``-j 2`` DALI run starts two source workers), ~50 s, parity
-over 49 images ~3 s. ``bench/gpu_check.py`` gives the whole file 150 s before it counts as a timeout.
+over 49 images ~3 s. ``python -m bench.gpu_check`` gives the whole file 150 s before it counts as a timeout.
 """
 
 from __future__ import annotations

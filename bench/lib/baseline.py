@@ -85,11 +85,10 @@ class BaselineReader:
 
 
 def main() -> None:
-    """``python bench/baseline_pytorch_lmdb.py DATASET OUT``: run it as users ran folder2lmdb.py."""
+    """``python -m bench.lib.baseline DATASET OUT``: run it as users ran folder2lmdb.py."""
     import sys
 
-    root, out = sys.argv[1:3]
-    print(f"{folder2lmdb(root, out)} images -> {out}")
+    print(f"{folder2lmdb(sys.argv[1], sys.argv[2])} images -> {sys.argv[2]}")
 
 
 if __name__ == "__main__":

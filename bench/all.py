@@ -1,0 +1,93 @@
+"""`make bench`: every benchmark on one data set: one table, JSON, a bar chart and bench/RESULTS.md's section.
+
+Runs ``bench.convert`` (converter and reader) and ``bench.loaders`` (loaders alone) as subprocesses, then
+training through train.py (``--synthetic``, ``--loader dali --lmdb``, ``--loader torch --lmdb``, read with
+bench.lib.runlog's one warm-up rule), all on the JPEGs of ``--data`` (default: the demo's generated
+ImageFolder). Writes ``OUT/bench.json`` and ``OUT/bench.md``, and, unless ``--quick``, rewrites this
+machine kind's ``make-bench`` section of bench/RESULTS.md and its chart ``bench/results-KIND-make-bench.png``.
+
+    python -m bench.all [--data DIR] [--out bench/results] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.lib import data, machine, results, runlog
+from bench.lib.table import Table
+
+
+def suite(name: str, json_path: Path, *flags: str) -> Table:
+    """``python -m bench.NAME FLAGS --json FILE``, its table read back."""
+    subprocess.run([sys.executable, "-m", f"bench.{name}", *flags, "--json", str(json_path)], cwd=data.REPO, check=True)
+    return Table.load(json_path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.all", description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, help="a JPEG ImageFolder tree (default: the demo's generated one)")
+    p.add_argument("--out", type=Path, default=data.REPO / "bench" / "results", help="for bench.json and bench.md")
+    p.add_argument("--quick", action="store_true", help="fewer images and runs: a smoke check, RESULTS.md untouched")
+    args = p.parse_args(argv)
+    started = time.monotonic()
+    info = machine.describe()
+    gpu = "gpu" in info
+    with tempfile.TemporaryDirectory(prefix="bench_all_") as tmp:
+        work = Path(tmp)
+        source = args.data or data.demo_folder(data.REPO / "demo-data" / "images")[0]
+        quick = args.quick
+        convert = suite(
+            "convert",
+            work / "convert.json",
+            *("--source", str(source), "--images", "500" if quick else "5000", "--runs", "1" if quick else "3"),
+            *("--rss-sizes", "500,2000" if quick else "5000,20000"),
+        )
+        loaders = suite(
+            "loaders",
+            work / "loaders.json",
+            *("--source", str(source), "--images", "256" if quick else "2048", "--runs", "1" if quick else "3"),
+            *("--quiet-wait", "0" if quick else "60"),
+        )
+        db = work / "train.lmdb"
+        data.run_checked(data.convert_cmd(source, db))
+        crop, batch, steps = (224, 256, 30) if gpu else (112, 32, 30)
+        steps = 6 if quick else steps
+        model = ["-a", "resnet18", "-b", str(batch), "--crop-size", str(crop), "--max-steps", str(steps)]
+        model += ["--print-freq", str(max(1, steps // 3)), "--epochs", "1000"]
+        model += ["--amp", "bf16", "--channels-last"] if gpu else []
+        variants = {"synthetic": ["--synthetic"], "dali": ["--loader", "dali"], "torch": ["--loader", "torch"]}
+        train = []
+        for name, flags in variants.items():
+            flags = flags + ([] if name == "synthetic" else ["--lmdb", "--train", str(db)]) + model
+            train.append(runlog.train_row(f"train: resnet18, {name}", flags, work / f"train-{name}"))
+            train[-1].how = train[-1].how.replace(str(db), "DB")
+        runlog.ratios_to_synthetic(train)
+    title = f"make bench on {source.name}: {info['cpu']}, {info['cores_usable']} cores, {info.get('gpu', 'no GPU')}"
+    header = "\n".join(
+        [
+            machine.line(info),
+            f"Data: the JPEGs of {source}. Converter and reader: {convert.header.splitlines()[-1]}",
+            f"Loaders: {loaders.header.splitlines()[-1]}",
+            f"Training: resnet18, batch {batch}, crop {crop}, {steps} steps per run; {runlog.RULE}",
+        ]
+    )
+    table = Table(title, header, convert.rows + loaders.rows + train, {"machine": info, "data": str(source)})
+    table.headings = {"result": "images/s (reads/s)"}
+    table.report(args.out / "bench.json")
+    (args.out / "bench.md").write_text(table.markdown() + "\n")
+    if not quick:
+        command = "make bench" + (f" DATA={args.data}" if args.data else "")
+        png = results.publish(table, machine.kind(info), "make-bench", command, time.monotonic() - started)
+        print(f"rewrote the {machine.kind(info)} make-bench section of {results.RESULTS} and {png}")
+    print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'} ({time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

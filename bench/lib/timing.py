@@ -1,0 +1,254 @@
+"""Timing: rounds that interleave contenders, each on a fresh loader, warm-up batches untimed, medians;
+the CPU that this process tree and everybody else used meanwhile, and a process tree's peak RSS (psutil)."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence, Sized
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from .data import REPO
+
+POLL_SECONDS = 0.02
+# A fresh wrapper whose only child is the measured command, so RUSAGE_CHILDREN's ru_maxrss is that command's.
+RUSAGE_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "sys.exit(rc)\n"
+)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _tree(pid: int | None = None) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def cpu_snapshot() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process tree), both cumulative; the tree
+    counts its reaped children too (children_user/system), so a worker that exits keeps counting."""
+    t = psutil.cpu_times()
+    busy = sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
+    own = 0.0
+    for proc in _tree():
+        try:
+            c = proc.cpu_times()
+            own += c.user + c.system + c.children_user + c.children_system
+        except psutil.Error:  # gone meanwhile
+            pass
+    return busy, own
+
+
+def descendants_rss(pid: int) -> int:
+    total = 0
+    for proc in _tree(pid)[1:]:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def peak_rss(cmd: Sequence[str]) -> tuple[int, int]:
+    """Run ``cmd`` under a fresh wrapper; returns (peak summed RSS of its process tree, polled every 20 ms;
+    the wrapper's RUSAGE_CHILDREN ru_maxrss), in bytes."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUSAGE_WRAPPER, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO
+    )
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, descendants_rss(proc.pid))
+        time.sleep(POLL_SECONDS)
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err.decode()[-2000:]}")
+    return peak, int(out.split()[-1]) * 1024
+
+
+@dataclass
+class EpochTiming:
+    """One epoch after its warm-up batches: images, seconds, CPU seconds of this process tree and of the
+    others (or the host, as steal) meanwhile, and the dataset indices delivered."""
+
+    batches: int
+    images: int
+    seconds: float
+    own_cpu: float
+    foreign_cpu: float
+    indices: list[int]
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
+
+    def foreign_share(self, cores: int) -> float:
+        return max(self.foreign_cpu, 0.0) / (self.seconds * cores)
+
+    def summary(self, cores: int) -> dict[str, float]:
+        return {"timed_images": self.images, "seconds": self.seconds, "images_per_s": self.rate} | {
+            "cores_used": self.own_cpu / self.seconds,
+            "others_cpu_share": self.foreign_share(cores),
+        }
+
+
+def time_epoch(loader: Iterable[Any], batch_size: int, warmup: int, sync: Callable[[], None] | None) -> EpochTiming:
+    """One epoch; the clock starts on receiving batch ``warmup`` (1-based) and stops on the last, each time
+    after ``sync()`` where given. With a loader length only those two batches sync and snapshot the CPU."""
+    if warmup < 1:
+        raise ValueError("warmup must be at least 1 batch (the clock starts on receiving one)")
+    started = last = None
+    cpu_start = cpu_last = (0.0, 0.0)
+    batches = images = 0
+    total = len(loader) if isinstance(loader, Sized) else None
+    indices: list[int] = []
+    for batch in loader:
+        batches += 1
+        if len(batch.labels) != batch_size:
+            raise SystemExit(f"batch {batches} holds {len(batch.labels)} samples, not {batch_size}")
+        indices += batch.indices.tolist()
+        images += batch_size if batches > warmup else 0
+        if batches == warmup or batches == total or (total is None and batches > warmup):
+            if sync is not None:
+                sync()
+            last, cpu_last = time.perf_counter(), cpu_snapshot()
+            if batches == warmup:
+                started, cpu_start = last, cpu_last
+    if started is None or last is None or images == 0:
+        raise SystemExit(f"an epoch of {batches} batches leaves none to time after {warmup} warm-up batches")
+    if total is not None and batches != total:
+        raise SystemExit(f"the loader announced {total} batches and delivered {batches}")
+    own = cpu_last[1] - cpu_start[1]
+    return EpochTiming(batches, images, last - started, own, cpu_last[0] - cpu_start[0] - own, indices)
+
+
+def wait_for_quiet(cores: int, max_foreign: float, timeout: float, interval: float = 1.0) -> float:
+    """Sleep until others take at most ``max_foreign`` of the CPUs over ``interval``, or ``timeout`` passes;
+    returns their share over the last interval."""
+    deadline = time.monotonic() + timeout
+    while True:
+        before = cpu_snapshot()
+        time.sleep(interval)
+        after = cpu_snapshot()
+        share = max((after[0] - before[0]) - (after[1] - before[1]), 0.0) / (interval * cores)
+        if share <= max_foreign or time.monotonic() >= deadline:
+            return share
+
+
+@dataclass
+class Contender:
+    """One loader configuration: ``make(seed)`` builds a fresh loader."""
+
+    key: str
+    what: str
+    how: str
+    make: Callable[[int], Iterable[Any]]
+
+
+@dataclass
+class Rounds:
+    """Every round run (``timings[key][round]``), which rounds count, and the rule that chose them."""
+
+    timings: dict[str, list[EpochTiming]]
+    used: list[int]
+    disturbed: list[int]
+    max_foreign: float
+    cores: int
+
+    def rates(self, key: str) -> list[float]:
+        return [self.timings[key][r].rate for r in self.used]
+
+    def median_rate(self, key: str) -> float:
+        return statistics.median(self.rates(key))
+
+    def median_ratio(self, num: str, den: str) -> float:
+        """Median over the counted rounds of the per-round rate ratio (both ran minutes apart at most)."""
+        return statistics.median(self.timings[num][r].rate / self.timings[den][r].rate for r in self.used)
+
+    def spread(self, key: str) -> str:
+        """``median (min-max)`` images/s, or the one figure of a single round."""
+        rates = self.rates(key)
+        median = statistics.median(rates)
+        return f"{median:,.0f}" if len(rates) == 1 else f"{median:,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
+
+    def interference(self) -> str:
+        """How much of the CPUs other processes took during the counted epochs, and the disturbed rounds."""
+        share = [t.foreign_share(self.cores) for ts in self.timings.values() for t in ts]
+        used = [self.timings[k][r].foreign_share(self.cores) for k in self.timings for r in self.used]
+        note = f"Others took {statistics.median(used):.0%} of the CPUs (median; max {max(used):.0%}) while timed"
+        if self.disturbed:
+            counted = (
+                "COUNTED: too few quiet rounds, unreliable" if set(self.disturbed) & set(self.used) else "left out"
+            )
+            note += f"; {len(self.disturbed)} disturbed round(s) (> {self.max_foreign:.0%}, up to {max(share):.0%})"
+            note += f" {counted}"
+        return note + "."
+
+    def raw(self) -> dict[str, Any]:
+        return {
+            "rounds_used": self.used,
+            "rounds_disturbed": self.disturbed,
+            "runs": {k: [t.summary(self.cores) for t in ts] for k, ts in self.timings.items()},
+        }
+
+
+def run_rounds(
+    contenders: Sequence[Contender],
+    runs: int,
+    batch_size: int,
+    warmup: int,
+    expected: Callable[[int], list[int]],
+    *,
+    cores: int,
+    max_foreign: float = 1.0,
+    extra_runs: int = 0,
+    quiet_wait: float = 0.0,
+    sync: Callable[[], None] | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> Rounds:
+    """Rounds of one timed epoch per contender, each on a loader built afresh (seed = round) and deleted
+    before the next starts. A round where others took more than ``max_foreign`` of the CPUs during any
+    timed epoch is disturbed; up to ``extra_runs`` more rounds replace disturbed ones, each first waiting up
+    to ``quiet_wait`` s for quiet. The first ``runs`` quiet rounds count, else every round. Every epoch must
+    deliver ``expected(seed)``, the plan's indices, so all contenders do the same work."""
+    timings: dict[str, list[EpochTiming]] = {c.key: [] for c in contenders}
+    clean: list[int] = []
+    disturbed: list[int] = []
+    for run in range(runs + extra_runs):
+        if len(clean) == runs:
+            break
+        if quiet_wait > 0:
+            log(f"round {run + 1}: others take {wait_for_quiet(cores, max_foreign, quiet_wait):.0%} of the CPUs")
+        worst = 0.0
+        for c in contenders:
+            loader = c.make(run)
+            timing = time_epoch(loader, batch_size, warmup, sync)
+            del loader
+            gc.collect()
+            if timing.indices != expected(run):
+                raise SystemExit(f"{c.key}: round {run} delivered other samples than the epoch plan")
+            timings[c.key].append(timing)
+            worst = max(worst, timing.foreign_share(cores))
+            log(f"round {run + 1} {c.key}: {timing.rate:,.1f} img/s, others {timing.foreign_share(cores):.0%}")
+        (clean if worst <= max_foreign else disturbed).append(run)
+    used = clean if len(clean) == runs else sorted(clean + disturbed)
+    return Rounds(timings, used, disturbed, max_foreign, cores)
+
+
+def plan_indices(length: int, batch: int) -> Callable[[int], list[int]]:
+    """The train plan's epoch-0 indices for seed ``s``: what every contender's first epoch must deliver."""
+    from loaders.plan import RankPlan
+
+    return lambda seed: RankPlan(length, batch, seed=seed).for_epoch(0).indices.tolist()
