@@ -164,7 +164,7 @@ def _undocumented(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def test_every_option_has_help() -> None:
-    """Every flag of convert.py and of ``python -m lmdb_io info|verify`` says what it does in --help."""
+    """Every flag of convert.py and of ``lmdb-io info|verify`` says what it does in --help."""
     convert = convert_parser()
     assert len(_options(convert)) >= 12  # the parser was really inspected
     assert _undocumented(convert) == []
