@@ -189,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument(
         "--dist-backend", choices=("nccl", "gloo"), default=None, help="default: nccl on GPUs, gloo on CPU"
     )
+    dist.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a rank waits for the others at start-up and in any collective before failing (600)",
+    )
     return p
 
 
@@ -208,9 +215,19 @@ def validate(args: argparse.Namespace, cuda: bool) -> None:
             )
         if path and not args.lmdb and is_database(path):
             raise ConfigError(f"{flag} {path} is an LMDB database: add --lmdb")
-    for name in ("batch_size", "epochs", "crop_size", "val_resize", "print_freq"):
+    for name in ("batch_size", "epochs", "crop_size", "val_resize", "print_freq", "lr", "dist_timeout"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    for flag, value, low, high in (
+        ("--momentum", args.momentum, 0.0, 1.0),
+        ("--label-smoothing", args.label_smoothing, 0.0, 1.0),
+    ):
+        if not low <= value < high:
+            raise ConfigError(f"{flag} must be in [{low:g}, {high:g}), not {value:g}")
+    if args.wd < 0 or args.warmup_epochs < 0:
+        raise ConfigError(
+            f"--wd and --warmup-epochs must not be negative (--wd {args.wd:g}, --warmup-epochs {args.warmup_epochs:g})"
+        )
     if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
         raise ConfigError(f"--resume {args.resume}: no such checkpoint")
     if args.max_steps is not None and args.max_steps <= 0:
@@ -222,8 +239,6 @@ def validate(args: argparse.Namespace, cuda: bool) -> None:
             raise ConfigError("--amp fp16 needs CUDA (this run is on the CPU); use --amp bf16 or off")
         if args.dist_backend == "nccl":
             raise ConfigError("--dist-backend nccl needs CUDA (this run is on the CPU); use gloo")
-    if args.device == "cuda" and not cuda:
-        raise ConfigError("--device cuda: no CUDA device is available")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

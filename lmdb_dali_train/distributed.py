@@ -1,9 +1,10 @@
 """Process placement: global rank (for data shards), local rank (for the device), world size.
 
-Sources, in order: torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), SLURM's (SLURM_PROCID,
-SLURM_NTASKS, SLURM_LOCALID) when a job step runs one task per process, and the arguments of a
-``--multiprocessing-distributed`` spawn. Shards always follow the global rank: the local rank only
-picks the GPU, so two nodes never read the same shard.
+Sources, in order: torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), SLURM's inside an ``srun``
+step (SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID: a batch script's own SLURM_NTASKS describes the
+allocation, not processes that exist), and the arguments of a ``--multiprocessing-distributed`` spawn.
+Shards always follow the global rank: the local rank only picks the GPU, so two nodes never read the
+same shard.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from .config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -37,38 +40,72 @@ def placement_from_env(env: Mapping[str, str] | None = None) -> Placement:
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
         return Placement(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
-        return Placement(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
+    if int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        return Placement(int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", 0)))
     return Placement(0, 1, 0)
 
 
+def slurm_tasks_without_step(env: Mapping[str, str] | None = None) -> int | None:
+    """SLURM_NTASKS when this process runs in a multi-task allocation but outside an ``srun`` step (a bare
+    ``python train.py`` in an ``sbatch -n 8`` script): it is one process, not rank 0 of that many."""
+    env = os.environ if env is None else env
+    tasks = int(env.get("SLURM_NTASKS", "1"))
+    return tasks if tasks > 1 and "SLURM_STEP_NUM_TASKS" not in env and "RANK" not in env else None
+
+
+def spans_nodes(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the launcher's world covers more than this node (torchrun's or SLURM's variables)."""
+    env = os.environ if env is None else env
+    if "LOCAL_WORLD_SIZE" in env and "WORLD_SIZE" in env:
+        return int(env["WORLD_SIZE"]) > int(env["LOCAL_WORLD_SIZE"])
+    return int(env.get("SLURM_STEP_NUM_NODES", "1")) > 1
+
+
 def pick_device(requested: str, local_rank: int) -> torch.device:
+    """The CPU, or this local rank's own GPU: two ranks never share one."""
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    device = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+    if not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise ConfigError(
+            f"local rank {local_rank} but only {count} GPUs are visible on this node: ranks would share a GPU; "
+            f"start at most {count} processes per node (or make more GPUs visible)"
+        )
+    device = torch.device("cuda", local_rank)
     torch.cuda.set_device(device)
     return device
 
 
-def default_rendezvous() -> None:
-    """``env://`` without torchrun: this machine, port 29500, unless MASTER_ADDR/MASTER_PORT are set."""
+def default_rendezvous(multi_node: bool) -> None:
+    """``env://`` without torchrun: this machine, port 29500, unless MASTER_ADDR/MASTER_PORT are set. A
+    world spanning nodes must be told where rank 0 is: guessing 127.0.0.1 would wait for peers forever."""
+    if multi_node and "MASTER_ADDR" not in os.environ:
+        raise ConfigError(
+            "the processes span several nodes: set MASTER_ADDR (and MASTER_PORT) to the address of the rank-0 "
+            "node, or pass --dist-url tcp://HOST:PORT"
+        )
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
 
 
-def init_process_group(place: Placement, device: torch.device, backend: str | None, url: str) -> None:
-    """Join the process group (NCCL on GPUs, gloo on CPU); a single process joins none."""
+def init_process_group(
+    place: Placement, device: torch.device, backend: str | None, url: str, timeout_s: float = 600.0
+) -> None:
+    """Join the process group (NCCL on GPUs, gloo on CPU); a single process joins none. ``timeout_s``
+    bounds every collective, the start-up rendezvous included."""
     if not place.distributed:
         return
     if url == "env://":
-        default_rendezvous()
+        default_rendezvous(multi_node=spans_nodes())
     device_arg: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}  # CUDA only: binds NCCL to it
     dist.init_process_group(
         backend or ("nccl" if device.type == "cuda" else "gloo"),
         init_method=url,
         rank=place.rank,
         world_size=place.world_size,
-        timeout=timedelta(minutes=30),
+        timeout=timedelta(seconds=timeout_s),
         **device_arg,
     )
 

@@ -27,6 +27,7 @@ from .distributed import (
     pick_device,
     placement_from_env,
     shutdown,
+    slurm_tasks_without_step,
 )
 from .engine import KeyLog, StopSignal, TrainState, evaluate, train_epoch
 from .progname import prog_name
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace, place: Placement) -> int:
     val_info = describe_dataset(args.val, args.lmdb) if args.val else None
     if train_info is not None:
         check_class_maps(train_info, val_info, args.train, args.val)
-    init_process_group(place, device, args.dist_backend, args.dist_url)
+    init_process_group(place, device, args.dist_backend, args.dist_url, args.dist_timeout)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input shapes: let cuDNN pick kernels
     log = RunLog(args.output_dir, enabled=place.is_main)
@@ -326,11 +327,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.multiprocessing_distributed:
         procs = args.procs_per_node or (torch.cuda.device_count() if args.device != "cpu" else 0) or 1
-        if args.dist_url == "env://":
-            default_rendezvous()  # before the spawn, so every child sees the same address
+        try:
+            if args.dist_url == "env://":
+                default_rendezvous(multi_node=args.world_size > 1)  # before the spawn: every child sees it
+        except ConfigError as exc:
+            print(f"{prog_name('train.py')}: error: {exc}", file=sys.stderr, flush=True)
+            return EXIT_CONFIG
         try:
             torch.multiprocessing.spawn(_spawned, args=(args, procs), nprocs=procs, join=True)
         except torch.multiprocessing.ProcessExitedException as exc:
             return exc.exit_code or 1
         return 0
+    tasks = slurm_tasks_without_step()
+    if tasks:
+        warn(f"SLURM_NTASKS={tasks} but this process is not in an srun step: one process (srun starts {tasks})")
     return _guarded(args, placement_from_env())

@@ -71,12 +71,19 @@ class ImageDatabase:
             raise NotADatabaseError(
                 f"{self.path}: schema version {version}, this lmdb_io reads version {schema.SCHEMA_VERSION}"
             )
+        _check_meta(self.path, meta)
+        if not length_raw.isdigit():
+            raise NotADatabaseError(f"{self.path}: __len__ is not a number ({length_raw[:20]!r})")
         length = int(length_raw)
+        if length == 0:
+            raise NotADatabaseError(f"{self.path}: the database holds no images")
         width = int(meta["key_width"])
         if len(keys_blob) != max(length * (width + 1) - 1, 0):
             raise NotADatabaseError(f"{self.path}: __keys__ does not hold {length} keys of width {width}")
         import numpy as np  # here, not at module level: convert.py starts faster without it
 
+        if len(targets_raw) % 8:
+            raise NotADatabaseError(f"{self.path}: __targets__ holds {len(targets_raw)} bytes, not 8-byte labels")
         targets = np.frombuffer(targets_raw, dtype="<i8")
         if len(targets) != length:
             raise NotADatabaseError(f"{self.path}: __targets__ holds {len(targets)} labels, __len__ says {length}")
@@ -124,7 +131,13 @@ class ImageDatabase:
             with shared_env(self.path).begin() as txn:
                 paths_raw = txn.get(schema.PATHS_KEY)
             assert paths_raw is not None  # in FINAL_KEYS, checked when the database was opened
-            self._paths = json.loads(paths_raw)
+            try:
+                paths = json.loads(paths_raw)
+            except ValueError:
+                raise NotADatabaseError(f"{self.path}: __paths__ is not JSON") from None
+            if not isinstance(paths, list) or len(paths) != self.length:
+                raise NotADatabaseError(f"{self.path}: __paths__ is not a list of {self.length} paths")
+            self._paths = paths
         return self._paths
 
     # -- records -------------------------------------------------------------------------------------
@@ -160,6 +173,18 @@ class ImageDatabase:
 
     def file_bytes(self) -> int:
         return os.path.getsize(data_file(self.path))
+
+
+_META_FIELDS = {"classes": list, "class_to_idx": dict, "key_width": int, "counts": dict}
+
+
+def _check_meta(path: str, meta: dict[str, Any]) -> None:
+    """The ``__meta__`` fields readers rely on are there, with the right types (one line if not)."""
+    for name, kind in _META_FIELDS.items():
+        if not isinstance(meta.get(name), kind):
+            raise NotADatabaseError(f"{path}: __meta__ is malformed ({name!r} is missing or not a {kind.__name__})")
+    if not all(isinstance(c, str) for c in meta["classes"]) or not meta["classes"]:
+        raise NotADatabaseError(f"{path}: __meta__ is malformed ('classes' is not a list of class names)")
 
 
 def open_database(path: str | os.PathLike, verify: bool = True) -> ImageDatabase:

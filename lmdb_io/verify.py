@@ -56,6 +56,7 @@ def verify_database(
     decode_checks: Sequence[tuple[str, DecodeCheck]] = (),
 ) -> VerifyResult:
     """Check every record; with ``decode``, decode with Pillow and then with each named ``decode_checks``."""
+    db.paths()  # the index entry that names images in messages: refuses a malformed __paths__ in one line
     problems: list[tuple[int, str]] = []
     with (
         ThreadPoolExecutor(max(1, workers)) as pool,

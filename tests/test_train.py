@@ -379,7 +379,7 @@ def test_placement_from_torchrun_slurm_and_nothing() -> None:
 
     torchrun = placement_from_env({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"})
     assert (torchrun.rank, torchrun.world_size, torchrun.local_rank) == (5, 8, 1)
-    slurm = placement_from_env({"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1"})
+    slurm = placement_from_env({"SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "4", "SLURM_LOCALID": "1"})
     assert (slurm.rank, slurm.world_size, slurm.local_rank) == (3, 4, 1)
     assert placement_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).world_size == 1
     single = placement_from_env({})
