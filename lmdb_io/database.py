@@ -80,6 +80,16 @@ class ImageDatabase:
         targets = np.frombuffer(targets_raw, dtype="<i8")
         if len(targets) != length:
             raise NotADatabaseError(f"{self.path}: __targets__ holds {len(targets)} labels, __len__ says {length}")
+        classes = len(meta.get("classes") or ())
+        bad = np.flatnonzero((targets < 0) | (targets >= classes))
+        if len(bad):  # -1 would crash mid-epoch, -100 (PyTorch's ignore index) silently train on nothing
+            first = int(bad[0])
+            start = first * (width + 1)
+            key = keys_blob[start : start + width].decode(errors="replace")
+            raise NotADatabaseError(
+                f"{self.path}: __targets__[{first}] (record {key}) holds label {int(targets[first])}, outside "
+                f"0..{classes - 1} for {classes} classes ({len(bad)} of {length} labels out of range)"
+            )
         self.meta: dict[str, Any] = meta
         self.length = length
         self.key_width = width
