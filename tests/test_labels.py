@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, lmdb_io_cli
 
-from lmdb_io import ImageFolderLMDB, NotADatabaseError, open_database
+from lmdb_io import CorruptRecordError, ImageFolderLMDB, NotADatabaseError, open_database
 from lmdb_io.env import close_shared_env
 from lmdb_io.record import decode_record, encode_record
 from lmdb_io.schema import TARGETS_KEY
@@ -62,5 +62,51 @@ def test_out_of_range_labels_are_refused_at_open(val_db: Path, tmp_path: Path, b
         with pytest.raises(NotADatabaseError):
             ImageFolderLMDB(path)
         assert_one_line_error(lmdb_io_cli("verify", str(path), "-q"), key, f"label {label}", f"{classes} classes")
+    finally:
+        close_shared_env(str(path))
+
+
+def test_a_flipped_bit_in_a_record_label_is_an_error_naming_the_key(val_db: Path, tmp_path: Path) -> None:
+    """One flipped bit in the header's label field (not covered by the checksum): the read raises instead of
+    returning a label that disagrees with ``__targets__``, with or without the checksum check."""
+    shutil.copytree(val_db, tmp_path / "flip.lmdb")
+    path = tmp_path / "flip.lmdb"
+    db = open_database(path)
+    key, label, total = db.key(INDEX), int(db.targets[INDEX]), len(db)
+    close_shared_env(str(path))
+    env = lmdb.open(str(path), map_size=0)
+    with env.begin(write=True) as txn:
+        value = bytearray(txn.get(key))
+        value[8] ^= 0x04  # bit 2 of the label's low byte (the label is the int64 at offset 8 of the header)
+        txn.put(key, bytes(value))
+    env.close()
+    try:
+        db = open_database(path)  # __targets__ itself is fine: the database opens
+        flipped = label ^ 0x04
+        for verify in (True, False):
+            with pytest.raises(CorruptRecordError) as raised:
+                db.read(INDEX, verify=verify)
+            message = str(raised.value)
+            assert key.decode() in message and f"label {flipped}" in message and f"({label})" in message, message
+        with pytest.raises(CorruptRecordError, match=key.decode()):
+            ImageFolderLMDB(path)[INDEX]
+        assert db.read(INDEX + 1)[1] == db.targets[INDEX + 1]  # the other records read as before
+        result = lmdb_io_cli("verify", str(path), "-q")
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert key.decode() in result.stdout and "__targets__" in result.stdout and f"1 of {total}" in result.stdout
+    finally:
+        close_shared_env(str(path))
+
+
+def test_a_record_label_out_of_range_disagrees_with_targets(val_db: Path, tmp_path: Path) -> None:
+    """A record whose header says 7 while ``__targets__`` holds its true label: the database opens (the
+    index is in range), the read of that record fails and verify names it."""
+    path, key, _ = _crafted(val_db, tmp_path / "record7.lmdb", 7, None)
+    try:
+        db = open_database(path)
+        with pytest.raises(CorruptRecordError, match=f"{key}.*label 7"):
+            db.read(INDEX)
+        result = lmdb_io_cli("verify", str(path), "-q")
+        assert result.returncode == 1 and key in result.stdout and "label 7" in result.stdout, result.stdout
     finally:
         close_shared_env(str(path))
