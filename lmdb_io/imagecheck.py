@@ -116,8 +116,11 @@ def _walk_jpeg_header(data: Buffer) -> tuple[JpegInfo, int]:
             raise StructureError("file ends inside a marker (truncated header)")
         marker = data[i]
         i += 1
-        if marker in _STANDALONE:
-            continue
+        if marker in _STANDALONE:  # TEM or RSTn before the scan: DALI's decoder refuses the file
+            kind = "TEM" if marker == 0x01 else "RST"
+            raise StructureError(
+                f"{kind} marker FF{marker:02X} at byte {i - 2} in the header, before the start of scan"
+            )
         if marker == 0xD8:
             raise StructureError("second start-of-image marker inside the header")
         if marker == 0xD9:

@@ -150,11 +150,6 @@ def test_accepted_cases_decode_with_dali() -> None:
     assert [tuple(images.at(i).shape) for i in range(len(payloads))] == [(HEIGHT, WIDTH, 3)] * len(payloads)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: a TEM (FF01) marker in the header passes the cheap checks and is stored untouched, "
-    "yet neither Pillow nor DALI's decoder accepts it",
-)
 def test_tem_marker_in_the_header_is_not_stored_untouched() -> None:
     data = _build(SEGMENTS, SCAN, {1: b"\xff\x01"})
     assert _verdict(data, verify_decode=True).action == Action.SKIP  # Pillow cannot open it
@@ -162,11 +157,6 @@ def test_tem_marker_in_the_header_is_not_stored_untouched() -> None:
     assert verdict.action == Action.SKIP and "Pillow" in verdict.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: an RSTn marker in the header passes the cheap checks and is stored untouched, yet DALI's "
-    "decoder refuses it (Pillow decodes it: it should be transcoded)",
-)
 def test_rst_marker_in_the_header_is_transcoded() -> None:
     data = _build(SEGMENTS, SCAN, {SOF_INDEX: b"\xff\xd0", SOF_INDEX + 1: b"\xff\xd7"})
     assert _verdict(data, verify_decode=True).action != Action.SKIP  # Pillow decodes it
