@@ -118,7 +118,7 @@ def test_verify_decode_cli_lists_every_over_cap_record(
     assert f"{len(BOMBS)} of {n} records failed" in result.stdout, result.stdout
     for key in keys:
         lines = [line for line in result.stdout.splitlines() if key in line]
-        assert lines and all("too large" in line for line in lines), result.stdout
+        assert len(lines) == 1 and "too large" in lines[0], result.stdout  # Pillow's and DALI's finding, once
     assert pillow_never_decodes_a_bomb == []
 
 
