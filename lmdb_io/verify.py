@@ -82,4 +82,4 @@ def verify_database(
         for name, check in decode_checks:
             problems += check(db, range(len(db)), max(1, workers))
             checked += f" and {name}"
-    return VerifyResult(sorted(problems), checked)
+    return VerifyResult(sorted(set(problems)), checked)  # a "too large" found by two checks is listed once
