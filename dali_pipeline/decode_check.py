@@ -6,6 +6,10 @@ of the next check), and a decoder that crashes on a record must be a finding, no
 ``verify``. The child decodes records in batches; a batch that fails is checked again one record at a
 time, and after any failure the child is replaced by a fresh one, so every bad record is named and no
 pipeline runs in a process where one has failed.
+
+Memory stays bounded: the parent reads each record's size from its header first (``lmdb_io.imagecheck``),
+reports a record too large to decode without sending it, and closes a batch before its pixels would
+exceed ``BATCH_PIXELS``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import numpy as np
 from nvidia.dali import fn, pipeline_def, types  # here, so a missing DALI is an ImportError at once
 
 from lmdb_io.database import ImageDatabase
+from lmdb_io.errors import LmdbIoError
+from lmdb_io.imagecheck import PIXEL_CAP, image_size, size_problem, sniff_format
 
 from .compat import no_exif_rotation
 
@@ -27,6 +33,10 @@ if TYPE_CHECKING:
 
 # The child's answer to one batch: None if every record decoded, else the DALI error's first line.
 Answer = str | None
+
+# Pixels per batch handed to DALI (read at each call): one record at the cap, or many smaller ones; about
+# 0.5 GB of decoded RGB. A record whose size cannot be read from its header counts as a full batch.
+BATCH_PIXELS = PIXEL_CAP
 
 
 def _reason(exc: RuntimeError) -> str:
@@ -106,10 +116,16 @@ class _Crashed(Exception):
 
 
 def undecodable_records(
-    db: ImageDatabase, indices: Iterable[int], batch_size: int = 64, num_threads: int = 2
+    db: ImageDatabase, indices: Iterable[int], num_threads: int = 2, *, batch_size: int = 64
 ) -> list[tuple[int, str]]:
-    """(index, reason) for each record among ``indices`` that DALI's CPU decoder rejects or crashes on."""
+    """(index, reason) for each record among ``indices`` that DALI's CPU decoder rejects or crashes on, or
+    that is too large to decode (reported from its header, never decoded), sorted by index.
+
+    A ``lmdb_io.verify.DecodeCheck``. Records that cannot be read (checksum, label) are left to the record
+    checks that report them, and not sent to DALI.
+    """
     bad: list[tuple[int, str]] = []
+    budget = BATCH_PIXELS
     worker: _Worker | None = None
 
     def ask(chunk: Sequence[int]) -> Answer:
@@ -135,15 +151,27 @@ def undecodable_records(
                 bad.append((i, f"record {db.key(i).decode()}: does not decode with DALI's CPU decoder ({reason})"))
 
     chunk: list[int] = []
+    chunk_pixels = 0
     try:
         for index in indices:
-            chunk.append(index)
-            if len(chunk) == batch_size:
+            try:
+                payload = db.read(index)[0]
+            except LmdbIoError:
+                continue  # a record check's finding, not the decoder's
+            size = image_size(payload)
+            problem = None if size is None else size_problem(size, sniff_format(payload))
+            if problem:
+                bad.append((index, f"record {db.key(index).decode()}: {problem}; not decoded"))
+                continue
+            pixels = budget if size is None else size[0] * size[1]
+            if chunk and (len(chunk) == batch_size or chunk_pixels + pixels > budget):
                 check(chunk)
-                chunk = []
+                chunk, chunk_pixels = [], 0
+            chunk.append(index)
+            chunk_pixels += pixels
         if chunk:
             check(chunk)
     finally:
         if worker is not None:
             worker.close()
-    return bad
+    return sorted(bad)

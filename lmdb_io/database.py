@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import schema
 from .env import data_file, shared_env
-from .errors import IncompleteDatabaseError, NotADatabaseError
+from .errors import CorruptRecordError, IncompleteDatabaseError, NotADatabaseError
 from .record import ImageFormat, decode_record
 
 if TYPE_CHECKING:
@@ -87,6 +87,16 @@ class ImageDatabase:
         targets = np.frombuffer(targets_raw, dtype="<i8")
         if len(targets) != length:
             raise NotADatabaseError(f"{self.path}: __targets__ holds {len(targets)} labels, __len__ says {length}")
+        classes = len(meta.get("classes") or ())
+        bad = np.flatnonzero((targets < 0) | (targets >= classes))
+        if len(bad):  # -1 would crash mid-epoch, -100 (PyTorch's ignore index) silently train on nothing
+            first = int(bad[0])
+            start = first * (width + 1)
+            key = keys_blob[start : start + width].decode(errors="replace")
+            raise NotADatabaseError(
+                f"{self.path}: __targets__[{first}] (record {key}) holds label {int(targets[first])}, outside "
+                f"0..{classes - 1} for {classes} classes ({len(bad)} of {length} labels out of range)"
+            )
         self.meta: dict[str, Any] = meta
         self.length = length
         self.key_width = width
@@ -147,7 +157,8 @@ class ImageDatabase:
         The view points into the memory map itself, no copy: it is valid while this database object
         lives in this process and thread; decode or copy it before dropping the object.
         ``np.frombuffer(view, np.uint8)`` wraps it without a copy. The checksum is verified unless
-        ``verify`` (default: the database's setting) is False.
+        ``verify`` (default: the database's setting) is False; the label is always checked against
+        ``__targets__`` (``CorruptRecordError`` naming the key when they differ).
         """
         payload, label, _ = self.read_record(index, verify)
         return payload, label
@@ -169,7 +180,15 @@ class ImageDatabase:
         value = self._txn().get(key)
         if value is None:
             raise NotADatabaseError(f"{self.path}: record {key.decode()} listed in __keys__ is missing")
-        return decode_record(value, key, self.verify if verify is None else verify)
+        payload, label, image_format = decode_record(value, key, self.verify if verify is None else verify)
+        # the header's label is outside the checksum: it must agree with __targets__, whose range was
+        # checked at open (one array lookup, so done with or without ``verify``)
+        if label != self.targets[index]:
+            raise CorruptRecordError(
+                f"record {key.decode()!r}: label {label} in its header differs from __targets__ "
+                f"({int(self.targets[index])}), the record header is corrupt"
+            )
+        return payload, label, image_format
 
     def file_bytes(self) -> int:
         return os.path.getsize(data_file(self.path))

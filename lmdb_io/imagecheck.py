@@ -4,7 +4,9 @@ Default checks are cheap and structural: the format is sniffed from magic bytes 
 and a JPEG's markers are walked up to the start of scan, then its tail is searched for the end-of-image
 marker, which catches most truncated files. Only files that fail those checks, or that are not plain
 8-bit Huffman JPEGs with 1 or 3 components (what GPU decoders take), are decoded with Pillow: those that
-decode are transcoded to an RGB JPEG, those that don't are skipped with the reason.
+decode are transcoded to an RGB JPEG, those that don't are skipped with the reason. A frame too large
+to decode (``too_large``: a JPEG side over ``JPEG_MAX_SIDE``, or more than ``PIXEL_CAP`` pixels), read
+from the header before any decode, is skipped with the reason whatever the options.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ if TYPE_CHECKING:
 TRANSCODE_QUALITY = 95
 # An end-of-image marker this close to the end counts: some writers pad or append a few bytes.
 EOI_SEARCH_BYTES = 1024
+
+# Pillow's default ``MAX_IMAGE_PIXELS`` (1024**3 // 4 // 3) doubled: above it ``Image.open`` raises
+# DecompressionBombError, and DALI's decoders would allocate the whole frame (3 bytes a pixel: 537 MB here).
+PIXEL_CAP = 2 * (1024 * 1024 * 1024 // 4 // 3)  # 178,956,970 pixels
+JPEG_MAX_SIDE = 65500  # libjpeg's JPEG_MAX_DIMENSION: Pillow and DALI refuse a JPEG with a longer side
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _PLAIN_SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman
@@ -85,6 +92,14 @@ class JpegInfo:
 
 def parse_jpeg(data: Buffer) -> JpegInfo:
     """Walk a JPEG's marker segments up to the start of scan; raise StructureError on any defect."""
+    frame, scan_start = _walk_jpeg_header(data)
+    if bytes(data[max(scan_start, len(data) - EOI_SEARCH_BYTES) :]).rfind(b"\xff\xd9") < 0:
+        raise StructureError("no JPEG end-of-image marker (truncated file)")
+    return frame
+
+
+def _walk_jpeg_header(data: Buffer) -> tuple[JpegInfo, int]:
+    """The frame header and where the scan data starts; StructureError on any defect of the header."""
     n = len(data)
     if data[:2] != b"\xff\xd8":
         raise StructureError("no JPEG start-of-image marker")
@@ -101,8 +116,11 @@ def parse_jpeg(data: Buffer) -> JpegInfo:
             raise StructureError("file ends inside a marker (truncated header)")
         marker = data[i]
         i += 1
-        if marker in _STANDALONE:
-            continue
+        if marker in _STANDALONE:  # TEM or RSTn before the scan: DALI's decoder refuses the file
+            kind = "TEM" if marker == 0x01 else "RST"
+            raise StructureError(
+                f"{kind} marker FF{marker:02X} at byte {i - 2} in the header, before the start of scan"
+            )
         if marker == 0xD8:
             raise StructureError("second start-of-image marker inside the header")
         if marker == 0xD9:
@@ -130,9 +148,61 @@ def parse_jpeg(data: Buffer) -> JpegInfo:
             scan_start = i + seg_len
             break
         i += seg_len
-    if bytes(data[max(scan_start, n - EOI_SEARCH_BYTES) :]).rfind(b"\xff\xd9") < 0:
-        raise StructureError("no JPEG end-of-image marker (truncated file)")
-    return frame
+    return frame, scan_start
+
+
+def image_size(data: Buffer) -> tuple[int, int] | None:
+    """(width, height) read from the image's header without decoding it, or None if no parser finds one.
+
+    A JPEG's comes from its frame header (a walk of the markers, microseconds); any other format's (and a
+    JPEG whose header walk fails) from Pillow's parser for the format, called without ``Image.open``'s
+    decompression-bomb check so that a huge size is returned, not raised. No pixel data is read.
+    """
+    if sniff_format(data) == ImageFormat.JPEG:
+        try:
+            frame, _ = _walk_jpeg_header(data)
+            return frame.width, frame.height
+        except StructureError:
+            pass  # Pillow's parser may still find the frame
+    from PIL import Image
+
+    Image.init()
+    prefix = bytes(data[:16])
+    for name in Image.ID:
+        factory, accept = Image.OPEN[name]
+        accepted = not accept or accept(prefix)
+        if not accepted or isinstance(accepted, str):  # a str: Pillow would only warn about the format
+            continue
+        try:
+            image = factory(io.BytesIO(data), "")
+        except Exception:  # not this format, or a broken header: try the next parser
+            continue
+        with image:
+            width, height = image.size
+        return width, height
+    return None
+
+
+def size_problem(size: tuple[int, int], image_format: ImageFormat) -> str | None:
+    """Why an image of ``size`` in ``image_format`` is too large to decode, or None."""
+    width, height = size
+    if image_format == ImageFormat.JPEG and max(width, height) > JPEG_MAX_SIDE:
+        return (
+            f"too large: {width}x{height} px, a JPEG side over {JPEG_MAX_SIDE} px (neither Pillow nor DALI decodes it)"
+        )
+    if width * height > PIXEL_CAP:
+        return (
+            f"too large: {width}x{height} px = {width * height} pixels, over the cap of {PIXEL_CAP} "
+            f"(Pillow's decompression-bomb limit)"
+        )
+    return None
+
+
+def too_large(data: Buffer) -> str | None:
+    """Why ``data`` is too large to decode, from its header alone (``image_size``), or None when it fits or
+    no size can be read (then decoding decides). Costs no decode: check before handing bytes to a decoder."""
+    size = image_size(data)
+    return None if size is None else size_problem(size, sniff_format(data))
 
 
 def _decode(data: Buffer) -> Image.Image:
@@ -159,6 +229,9 @@ def _describe_error(exc: Exception) -> str:
 
 def _salvage(data: Buffer, why: str) -> Verdict:
     """A file that failed the cheap checks: keep it if Pillow decodes it fully, else skip it."""
+    problem = too_large(data)
+    if problem:
+        return Verdict(Action.SKIP, None, ImageFormat.UNKNOWN, f"{why}; {problem}")
     try:
         image = _decode(data)
         return Verdict(Action.STORE_TRANSCODED, _transcode(image), ImageFormat.JPEG, f"{why}; decodes, transcoded")
@@ -176,6 +249,9 @@ def inspect_image(data: Buffer, verify_decode: bool = False, keep_format: bool =
             info = parse_jpeg(data)
         except StructureError as exc:
             return _salvage(data, str(exc))
+        problem = size_problem((info.width, info.height), fmt)
+        if problem:
+            return Verdict(Action.SKIP, None, fmt, problem)
         if info.gpu_friendly:
             if verify_decode:
                 try:
@@ -197,6 +273,9 @@ def inspect_image(data: Buffer, verify_decode: bool = False, keep_format: bool =
 
 def _keep(data: Buffer, fmt: ImageFormat, verify: bool, why: str) -> Verdict:
     """--keep-format: store as it is once Pillow can at least parse (or, with verify, decode) it."""
+    problem = too_large(data)
+    if problem:
+        return Verdict(Action.SKIP, None, fmt, f"{why}; {problem}")
     try:
         if verify:
             _decode(data)

@@ -291,3 +291,21 @@ def chroma_stress_jpegs(count: int = 8, size: int = 256, seed: int = 0) -> list[
         pixels = np.where(pattern[..., None], a, b).astype(np.uint8)
         out.append(_encode(Image.fromarray(pixels, "RGB"), "JPEG", quality=95, subsampling=2))
     return out
+
+
+def huge_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A valid, small (a few dozen KB) black 1-bit PNG whose header claims ``width`` x ``height`` pixels: a
+    decompression bomb (20000 x 20000 decodes to 1.2 GB of RGB), built without ever holding its pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the row's bits, all black
+    packer = zlib.compressobj(9)
+    rows_per_piece = max(1, (1 << 20) // len(row))
+    idat = b"".join(packer.compress(row * min(rows_per_piece, height - y)) for y in range(0, height, rows_per_piece))
+    idat += packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from datagen import huge_png
 from PIL import Image
 
 from lmdb_io.imagecheck import (
@@ -149,11 +150,6 @@ def test_accepted_cases_decode_with_dali() -> None:
     assert [tuple(images.at(i).shape) for i in range(len(payloads))] == [(HEIGHT, WIDTH, 3)] * len(payloads)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: a TEM (FF01) marker in the header passes the cheap checks and is stored untouched, "
-    "yet neither Pillow nor DALI's decoder accepts it",
-)
 def test_tem_marker_in_the_header_is_not_stored_untouched() -> None:
     data = _build(SEGMENTS, SCAN, {1: b"\xff\x01"})
     assert _verdict(data, verify_decode=True).action == Action.SKIP  # Pillow cannot open it
@@ -161,16 +157,75 @@ def test_tem_marker_in_the_header_is_not_stored_untouched() -> None:
     assert verdict.action == Action.SKIP and "Pillow" in verdict.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: an RSTn marker in the header passes the cheap checks and is stored untouched, yet DALI's "
-    "decoder refuses it (Pillow decodes it: it should be transcoded)",
-)
 def test_rst_marker_in_the_header_is_transcoded() -> None:
     data = _build(SEGMENTS, SCAN, {SOF_INDEX: b"\xff\xd0", SOF_INDEX + 1: b"\xff\xd7"})
     assert _verdict(data, verify_decode=True).action != Action.SKIP  # Pillow decodes it
     verdict = _verdict(data)
     assert verdict.action == Action.STORE_TRANSCODED
+
+
+# -- too large: skipped with the reason, before any decode ------------------------------------------
+
+# Pillow raises DecompressionBombError above twice its MAX_IMAGE_PIXELS (and DALI's decoders would allocate
+# the frame), libjpeg refuses a JPEG side over 65500 px
+PILLOW_ERROR_PIXELS = 2 * int(Image.MAX_IMAGE_PIXELS or 0)
+
+
+def _sized_jpeg(width: int, height: int, marker: int = SOF0, precision: int = 8) -> bytes:
+    """The base JPEG with a frame header claiming ``width`` x ``height`` (the scan stays the small one)."""
+    body = bytes([precision]) + height.to_bytes(2, "big") + width.to_bytes(2, "big") + SOF_BODY[5:]
+    return _with_sof(body, marker)
+
+
+TOO_LARGE: dict[str, tuple[Callable[[], bytes], tuple[str, ...]]] = {
+    "JPEG 65535x65535": (lambda: _sized_jpeg(65535, 65535), ("65535x65535", "65500")),
+    "JPEG 65501 px wide": (lambda: _sized_jpeg(65501, HEIGHT), (f"65501x{HEIGHT}", "65500")),
+    "JPEG 65501 px high": (lambda: _sized_jpeg(WIDTH, 65501), (f"{WIDTH}x65501", "65500")),
+    "JPEG over the pixel cap": (lambda: _sized_jpeg(20000, 10000), ("20000x10000", str(PILLOW_ERROR_PIXELS))),
+    "12-bit JPEG 65535x65535 (would be transcoded)": (
+        lambda: _sized_jpeg(65535, 65535, SOF1, 12),
+        ("65535x65535", "65500"),
+    ),
+    "PNG 20000x20000": (huge_png, ("20000x20000", str(PILLOW_ERROR_PIXELS))),
+}
+
+
+@pytest.fixture
+def no_decode(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every full decode (the converter's and Pillow's own), which then fails."""
+    from PIL import ImageFile
+
+    from lmdb_io import imagecheck
+
+    decoded: list[str] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        decoded.append(repr(args)[:80])
+        raise RuntimeError("decoded")
+
+    monkeypatch.setattr(imagecheck, "_decode", refuse)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+    return decoded
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"verify_decode": True}, {"keep_format": True}], ids=["default", "verify", "keep"]
+)
+@pytest.mark.parametrize("case", TOO_LARGE)
+def test_too_large_is_skipped_before_decoding(case: str, options: dict[str, bool], no_decode: list[str]) -> None:
+    make, fragments = TOO_LARGE[case]
+    verdict = _verdict(make(), **options)
+    assert verdict.action == Action.SKIP and verdict.payload is None, verdict
+    for fragment in ("too large", *fragments):
+        assert fragment in verdict.reason, verdict.reason
+    assert no_decode == []
+
+
+@pytest.mark.parametrize("size", [(65500, HEIGHT), (WIDTH, 65500), (13000, 13000)])
+def test_largest_accepted_jpeg_frames_are_stored(size: tuple[int, int], no_decode: list[str]) -> None:
+    """At the limits (a side of 65500 px; fewer pixels than Pillow refuses) the cheap checks still pass."""
+    data = _sized_jpeg(*size)
+    assert _verdict(data) == Verdict(Action.STORE_ORIGINAL, data, ImageFormat.JPEG, "")
 
 
 # -- refused by the cheap checks, then salvaged by Pillow or skipped --------------------------------
