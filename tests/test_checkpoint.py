@@ -141,3 +141,92 @@ def test_rng_state_round_trips(tmp_path: Path) -> None:
     finally:
         torch.set_rng_state(torch_before)
         np.random.set_state(numpy_before)
+
+
+# -- integrity: a digest written with each checkpoint, verified on load (issue 10) ---------------------
+
+
+def _scribble(path: str, count: int = 1000) -> None:
+    """``count`` random bytes written into the middle of the file, as a bad disk or a stray write would."""
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.seek(size // 3)
+        f.write(np.random.default_rng(0).integers(0, 256, count, dtype=np.uint8).tobytes())
+    assert os.path.getsize(path) == max(size, size // 3 + count)
+
+
+def _truncate(path: str) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+@pytest.mark.parametrize("damage", [_scribble, _truncate])
+def test_damaged_checkpoint_is_refused_in_one_line(tmp_path: Path, damage) -> None:
+    path = checkpoint.save(str(tmp_path), {**_state(3), "big": torch.arange(100_000, dtype=torch.float32)})
+    damage(path)
+    with pytest.raises(ConfigError) as caught:
+        checkpoint.load(path)
+    message = str(caught.value)
+    assert "\n" not in message and path in message and "corrupt" in message, message
+
+
+def test_a_raw_torch_file_has_no_digest(tmp_path: Path) -> None:
+    """A file written by another program (or truncated before its digest) is not taken on trust."""
+    torch.save({"format_version": checkpoint.FORMAT_VERSION, **_state(3)}, tmp_path / "checkpoint-step3.pt")
+    with pytest.raises(ConfigError, match="checkpoint-step3.pt: .*no integrity digest"):
+        checkpoint.load(str(tmp_path / "checkpoint-step3.pt"))
+
+
+def test_resume_auto_falls_back_to_the_newest_intact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lmdb_dali_train.config import parse_args
+    from lmdb_dali_train.main import _resume_path
+
+    out = str(tmp_path)
+    first = checkpoint.save(out, _state(10))
+    second = checkpoint.save(out, _state(20))
+    _scribble(second)
+    args = parse_args(["--synthetic", "--resume", "auto", "--output-dir", out])
+    assert _resume_path(args) == first
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "warning" in lines[0], lines
+    assert os.path.basename(second) in lines[0] and os.path.basename(first) in lines[0], lines[0]
+    _truncate(first)
+    with pytest.raises(ConfigError, match="no intact checkpoint"):
+        _resume_path(args)
+
+
+def test_named_corrupt_checkpoint_is_a_one_line_refusal(tmp_path: Path) -> None:
+    from conftest import assert_one_line_error, run_main
+
+    from lmdb_dali_train.main import main as train_main
+
+    path = checkpoint.save(str(tmp_path), _state(10))
+    _scribble(path)
+    args = ["--synthetic", "--device", "cpu", "-a", "resnet18", "-b", "2", "--output-dir", str(tmp_path / "o")]
+    result = run_main(train_main, *args, "--resume", path, "--max-steps", "1")
+    assert_one_line_error(result, path, "corrupt")
+
+
+def _corrupting_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every write to a checkpoint's temporary file lands with one byte flipped (a silent disk fault)."""
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if ".pt.tmp-" in os.readlink(f"/proc/self/fd/{fd}") and len(data) > 100:
+            data = bytearray(data)
+            data[len(data) // 2] ^= 0xFF
+        return real_write(fd, bytes(data))
+
+    monkeypatch.setattr(os, "write", write)
+
+
+def test_a_save_that_does_not_verify_rotates_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = str(tmp_path)
+    kept = [checkpoint.save(out, _state(step)) for step in (1, 2)]
+    _corrupting_writes(monkeypatch)
+    with pytest.raises(ConfigError, match="corrupt"):
+        checkpoint.save(out, _state(3))
+    monkeypatch.undo()
+    assert checkpoint.all_checkpoints(out) == kept  # the last intact ones stay; the bad one is gone
+    assert [checkpoint.load(p)["global_step"] for p in kept] == [1, 2]
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in kept)
