@@ -74,9 +74,23 @@ def _args_dict(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _resume_path(args: argparse.Namespace) -> str | None:
+    """The checkpoint to resume from: --resume PATH as given (verified when loaded), or with --resume auto the
+    newest one in --output-dir whose digest holds (one warning line for any newer one skipped)."""
     if not args.resume:
         return None
-    return checkpoint.latest(args.output_dir) if args.resume == "auto" else args.resume
+    if args.resume != "auto":
+        return str(args.resume)
+    path, skipped = checkpoint.latest_intact(args.output_dir)
+    if path is None and skipped:
+        newest, why = skipped[0]
+        raise ConfigError(
+            f"--resume auto: no intact checkpoint in {args.output_dir} ({len(skipped)} corrupt; newest "
+            f"{os.path.basename(newest)}: {why})"
+        )
+    if skipped:
+        names = ", ".join(os.path.basename(p) for p, _ in skipped)
+        warn(f"--resume auto: skipping corrupt {names} ({skipped[0][1]}); resuming from {os.path.basename(str(path))}")
+    return path
 
 
 def _restore(state: TrainState, path: str, train_info: DatasetInfo | None, force: bool, log: RunLog) -> None:

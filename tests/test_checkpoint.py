@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import pickle
 from pathlib import Path
@@ -48,9 +49,9 @@ def test_rotation_is_by_step_not_by_save_order(tmp_path: Path) -> None:
 def test_numeric_not_lexical_order(tmp_path: Path) -> None:
     """Names without zero padding (older runs, hand copies, steps past 9 digits) still sort by number."""
     for step in (9, 10, 100):
-        torch.save(
-            {"format_version": checkpoint.FORMAT_VERSION, **_state(step)}, tmp_path / f"checkpoint-step{step}.pt"
-        )
+        saved = checkpoint.save(str(tmp_path / "scratch"), _state(step))
+        os.rename(saved, tmp_path / f"checkpoint-step{step}.pt")
+    os.rmdir(tmp_path / "scratch")
     assert sorted(p.name for p in tmp_path.iterdir())[-1] == "checkpoint-step9.pt"  # lexical: 9 last
     assert _steps(checkpoint.all_checkpoints(str(tmp_path))) == [9, 10, 100]
     assert checkpoint.latest(str(tmp_path)) == str(tmp_path / "checkpoint-step100.pt")
@@ -60,10 +61,13 @@ def test_numeric_not_lexical_order(tmp_path: Path) -> None:
 
 def test_load_refuses_another_format(tmp_path: Path) -> None:
     """A file from an older trainer, or any other torch file, is a one-line error naming it, not a KeyError."""
-    for name, content in (("old.pt", {"format_version": 1, "global_step": 3}), ("other.pt", {"weights": 1})):
-        torch.save(content, tmp_path / name)
-        with pytest.raises(ConfigError, match=f"{name}: checkpoint format version"):
+    for name, content in (("old.pt", {"format_version": 2, "global_step": 3}), ("other.pt", {"weights": 1})):
+        torch.save(content, tmp_path / name)  # no digest: neither was written by this trainer version
+        with pytest.raises(ConfigError, match=f"{name}: corrupt checkpoint: no integrity digest"):
             checkpoint.load(str(tmp_path / name))
+    older = checkpoint.save(str(tmp_path), {"global_step": 3, "format_version": 1})  # digested, but version 1
+    with pytest.raises(ConfigError, match=f"{os.path.basename(older)}: checkpoint format version 1"):
+        checkpoint.load(older)
 
 
 def test_latest_of_nothing(tmp_path: Path) -> None:
@@ -79,8 +83,8 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert os.listdir(out) == [os.path.basename(first)]  # no temp file left
     real_save = torch.save
 
-    def torn_save(obj: object, f: str) -> None:  # the disk fills half way through the write
-        Path(f).write_bytes(b"PK\x03\x04 half a zip")
+    def torn_save(obj: object, f: io.BytesIO) -> None:  # the serialisation fails half way through
+        f.write(b"PK\x03\x04 half a zip")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", torn_save)
@@ -121,10 +125,9 @@ def test_round_trip_under_weights_only(tmp_path: Path) -> None:
 
 def test_load_refuses_arbitrary_objects(tmp_path: Path) -> None:
     """load() uses weights_only: a pickled object that is not plain data is refused, never executed."""
-    path = tmp_path / "checkpoint-step000000001.pt"
-    torch.save({"global_step": 1, "args": argparse.Namespace(lr=0.1)}, path)
+    path = checkpoint.save(str(tmp_path), {"global_step": 1, "args": argparse.Namespace(lr=0.1)})  # digest holds
     with pytest.raises(pickle.UnpicklingError):
-        checkpoint.load(str(path))
+        checkpoint.load(path)
 
 
 def test_rng_state_round_trips(tmp_path: Path) -> None:
