@@ -262,6 +262,21 @@ def test_resume_on_another_database_is_refused(trained: Path, val_db: Path, tmp_
 
 
 @pytest.mark.slow
+def test_non_finite_loss_stops_without_saving(trained: Path, train_db: Path, tmp_path: Path) -> None:
+    """A NaN loss at global step 4 (of a run resumed at step 2, asked for 4 more steps): one line naming the
+    step, a non-zero exit, and no checkpoint written after it, so the last good one is still the newest."""
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy2(trained, out / trained.name)
+    proc = _train(train_db, out, "torch", "--resume", "auto", "--max-steps", "4", env=fault_env(nan_loss_at_step="4"))
+    assert proc.returncode not in (0, None), (proc.stdout[-2000:], proc.stderr[-2000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "not finite" in lines[0] and "step 4" in lines[0], lines[0]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [trained.name]
+
+
+@pytest.mark.slow
 def test_evaluate_runs_validation_only(trained: Path, val_db: Path, train_db: Path, tmp_path: Path) -> None:
     """--evaluate --resume CKPT: one val event over every validation image, no training step, no checkpoint;
     the same weights give the same metrics again."""
