@@ -28,11 +28,12 @@ from .distributed import (
     placement_from_env,
     shutdown,
 )
-from .engine import KeyLog, StopSignal, TrainState, evaluate, train_epoch
+from .engine import KeyLog, NonFiniteLossError, StopSignal, TrainState, check_finite, evaluate, train_epoch
 from .progname import prog_name
 from .runlog import RunLog, warn
 
 EXIT_CONFIG = 2
+EXIT_DIVERGED = 3  # the loss became NaN or infinite
 
 
 def resolve_amp(args: argparse.Namespace, device: torch.device) -> torch.dtype | None:
@@ -116,6 +117,7 @@ def _restore(state: TrainState, path: str, train_info: DatasetInfo | None, force
 
 
 def _save(state: TrainState, args: argparse.Namespace, train_info: DatasetInfo | None, place: Placement) -> None:
+    check_finite(state)  # NaN weights are never saved (nor rotate a good checkpoint away)
     if place.is_main:
         path = checkpoint.save(
             args.output_dir,
@@ -332,6 +334,10 @@ def _guarded(args: argparse.Namespace, place: Placement) -> int:
     except ConfigError as exc:
         print(f"{prog_name('train.py')}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
+    except NonFiniteLossError as exc:
+        if place.is_main:
+            print(f"{prog_name('train.py')}: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_DIVERGED
     finally:
         shutdown()
 
