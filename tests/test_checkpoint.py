@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import os
 import pickle
@@ -233,3 +234,77 @@ def test_a_save_that_does_not_verify_rotates_nothing(tmp_path: Path, monkeypatch
     assert checkpoint.all_checkpoints(out) == kept  # the last intact ones stay; the bad one is gone
     assert [checkpoint.load(p)["global_step"] for p in kept] == [1, 2]
     assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in kept)
+
+
+# -- disk full, stale temporary files, durability (issue 10) -------------------------------------------
+
+
+def _disk_fills(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes to a checkpoint's temporary file: the first half of the first write lands, then ENOSPC."""
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if ".pt.tmp-" in os.readlink(f"/proc/self/fd/{fd}"):
+            if os.fstat(fd).st_size == 0:
+                return real_write(fd, bytes(data)[: max(1, len(data) // 2)])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+
+def test_disk_full_is_one_line_naming_the_directory_and_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+    first = checkpoint.save(str(out), _state(5))
+    size = os.path.getsize(first)
+    _disk_fills(monkeypatch)
+    for _ in range(2):  # and again: a failed save leaves nothing behind that makes the next one fail
+        with pytest.raises(ConfigError) as caught:
+            checkpoint.save(str(out), _state(6))
+        message = str(caught.value)
+        assert "\n" not in message and str(out) in message and "no space left" in message.lower(), message
+        assert f"{size:,} bytes" in message, message  # the checkpoint's size: what the disk must hold
+        assert os.listdir(out) == [os.path.basename(first)], "the temporary file was left behind"
+    monkeypatch.undo()  # space freed: the next save works
+    second = checkpoint.save(str(out), _state(6))
+    assert checkpoint.load(second)["global_step"] == 6 and checkpoint.load(first)["global_step"] == 5
+
+
+def test_stale_temporary_files_are_cleaned_at_the_start_of_a_run(tmp_path: Path) -> None:
+    from conftest import run_main
+
+    from lmdb_dali_train.main import main as train_main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [out / "checkpoint-step000000100.pt.tmp-123", out / "checkpoint-step7.pt.tmp-99999"]
+    for path in stale:
+        path.write_bytes(b"a torn write" * 1000)
+    (out / "notes.tmp-1").write_text("not ours")
+    args = ["--synthetic", "--device", "cpu", "-a", "resnet18", "-b", "2", "--crop-size", "32", "--max-steps", "1"]
+    result = run_main(train_main, *args, "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert not any(p.exists() for p in stale) and (out / "notes.tmp-1").exists()
+    assert [checkpoint.load(p)["global_step"] for p in checkpoint.all_checkpoints(str(out))] == [1]
+
+
+def test_save_is_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file's data is fsynced before the rename, and its directory after it (so the rename is on disk)."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = checkpoint.save(str(tmp_path), _state(4))
+    monkeypatch.undo()
+    where = events.index(("replace", path))
+    assert any(kind == "fsync" and ".pt.tmp-" in target for kind, target in events[:where]), events
+    assert ("fsync", str(tmp_path)) in events[where + 1 :], events
