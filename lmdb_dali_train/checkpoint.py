@@ -3,7 +3,9 @@
 A checkpoint holds only tensors, numbers, strings, lists and dicts: model, optimizer, scheduler and
 grad-scaler state, the position (epoch, batches done in it, global step), the arguments as a dict,
 RNG states as tensors, and the identity of the training database, so a resume on other data is caught.
-It is written to a temporary file and renamed, so a crash mid-write never leaves a torn checkpoint.
+It is written to a temporary file, fsynced, and renamed (then the directory is fsynced), so a crash or a
+power cut mid-write never leaves a torn checkpoint under a checkpoint's name; a full disk is one line with
+the size needed, and the temporary file is removed (``clean_stale_temps`` removes those of killed runs).
 
 Integrity: each checkpoint carries the SHA-256 of its own bytes in the zip archive's comment (the last
 bytes of the file: ``lmdb-dali-train sha256 <64 hex digits>``), taken over everything before the
@@ -17,11 +19,13 @@ newest checkpoint that verifies, with the ones skipped and why.
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import io
 import os
 import re
+import shutil
 import struct
 from typing import Any
 
@@ -100,14 +104,59 @@ def _decode(path: str, data: bytes) -> bytes:
     return data
 
 
+class CheckpointWriteError(ConfigError):
+    """A checkpoint could not be written (disk full, permissions): one line naming the directory."""
+
+
 def _write(path: str, data: bytes) -> None:
+    """All of ``data`` into a new file at ``path``, fsynced before it is closed."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened, as on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_error(output_dir: str, name: str, size: int, exc: OSError) -> CheckpointWriteError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = f"{shutil.disk_usage(output_dir).free:,} bytes free"
+        except OSError:
+            free = "free space unknown"
+        return CheckpointWriteError(
+            f"cannot save {name} in {output_dir}: no space left on the device (the checkpoint needs "
+            f"{size:,} bytes, {free}); free space or point --output-dir elsewhere, then --resume auto"
+        )
+    return CheckpointWriteError(f"cannot save {name} in {output_dir}: {exc.strerror or exc}")
+
+
+def clean_stale_temps(output_dir: str) -> list[str]:
+    """Remove the temporary files (``*.pt.tmp-PID``) of saves that never finished; returns their paths.
+
+    Call it at the start of a run, before any save of this run, from one process."""
+    stale = [p for p in glob.glob(os.path.join(glob.escape(output_dir), "checkpoint-step*.pt.tmp-*")) if _is_temp(p)]
+    for path in stale:
+        os.remove(path)
+    return stale
+
+
+def _is_temp(path: str) -> bool:
+    return re.search(r"checkpoint-step\d+\.pt\.tmp-\d+$", path) is not None
 
 
 def save(output_dir: str, state: dict[str, Any]) -> str:
@@ -115,13 +164,19 @@ def save(output_dir: str, state: dict[str, Any]) -> str:
 
     The new file is read back and verified before older checkpoints are rotated away: a write that does
     not verify is removed and raises ``CorruptCheckpointError``, leaving the older checkpoints in place.
+    Durable: the file is fsynced before the rename and its directory after it. A write that fails (disk
+    full) removes its temporary file and raises ``CheckpointWriteError``, one line with the size needed.
     """
     os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, _NAME.format(state["global_step"]))
+    name = _NAME.format(state["global_step"])
+    path = os.path.join(output_dir, name)
     tmp = f"{path}.tmp-{os.getpid()}"
     data = _encode(state)
     try:
-        _write(tmp, data)
+        try:
+            _write(tmp, data)
+        except OSError as exc:
+            raise _write_error(output_dir, name, len(data), exc) from exc
         with open(tmp, "rb") as f:
             _decode(path, f.read())
     except BaseException:
@@ -129,6 +184,7 @@ def save(output_dir: str, state: dict[str, Any]) -> str:
             os.remove(tmp)
         raise
     os.replace(tmp, path)
+    _fsync_dir(output_dir)
     for old in all_checkpoints(output_dir)[:-KEEP]:
         if old != path:
             os.remove(old)

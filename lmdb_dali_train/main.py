@@ -21,7 +21,7 @@ from .config import ConfigError, parse_args, validate
 from .data import DatasetInfo, check_class_maps, describe_dataset, make_loader, require_dali
 from .distributed import (
     Placement,
-    barrier,
+    all_reduce_max,
     default_rendezvous,
     init_process_group,
     pick_device,
@@ -117,7 +117,24 @@ def _restore(state: TrainState, path: str, train_info: DatasetInfo | None, force
 
 
 def _save(state: TrainState, args: argparse.Namespace, train_info: DatasetInfo | None, place: Placement) -> None:
+    """Rank 0 writes the checkpoint; every rank learns whether it failed (no rank left waiting at a barrier)."""
     check_finite(state)  # NaN weights are never saved (nor rotate a good checkpoint away)
+    failure: ConfigError | None = None
+    if place.is_main:
+        try:
+            _write_checkpoint(state, args, train_info, place)
+        except ConfigError as exc:  # disk full, or the written file did not verify
+            failure = exc
+    failed = all_reduce_max(torch.tensor([1.0 if failure else 0.0], device=state.device)).item() > 0
+    if failure is not None:
+        raise failure
+    if failed:
+        raise ConfigError("rank 0 could not save the checkpoint (its error is in rank 0's output)")
+
+
+def _write_checkpoint(
+    state: TrainState, args: argparse.Namespace, train_info: DatasetInfo | None, place: Placement
+) -> None:
     if place.is_main:
         path = checkpoint.save(
             args.output_dir,
@@ -137,7 +154,6 @@ def _save(state: TrainState, args: argparse.Namespace, train_info: DatasetInfo |
             },
         )
         print(f"saved {path}", flush=True)
-    barrier()
 
 
 def build_state(
@@ -197,6 +213,9 @@ def run(args: argparse.Namespace, place: Placement) -> int:
     torch.manual_seed(args.seed)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input shapes: let cuDNN pick kernels
     log = RunLog(args.output_dir, enabled=place.is_main)
+    if place.is_main and not args.evaluate:
+        for stale in checkpoint.clean_stale_temps(args.output_dir):
+            log.info(f"removed {stale}: the temporary file of a save that never finished")
     num_classes = len(train_info.classes) if train_info else (len(val_info.classes) if val_info else 1000)
 
     length = train_info.length if train_info else (val_info.length if val_info else 0)
