@@ -308,3 +308,49 @@ def test_save_is_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     where = events.index(("replace", path))
     assert any(kind == "fsync" and ".pt.tmp-" in target for kind, target in events[:where]), events
     assert ("fsync", str(tmp_path)) in events[where + 1 :], events
+
+
+# -- resume on an accelerator: the checkpoint is loaded to the CPU (issue 10) --------------------------
+
+
+def test_restore_onto_another_device_loads_the_checkpoint_to_the_cpu(tmp_path: Path) -> None:
+    """On a GPU, ``map_location=<cuda device>`` made the saved RNG state a CUDA tensor, which
+    ``torch.set_rng_state`` refuses (TypeError). The CPU reproduction: a state on the ``meta`` device, a
+    non-CPU device every CPU build of torch has; the model and optimizer state still land on the device."""
+    from lmdb_dali_train.config import parse_args
+    from lmdb_dali_train.distributed import Placement
+    from lmdb_dali_train.main import _restore, build_state
+    from lmdb_dali_train.runlog import RunLog
+
+    args = parse_args(["--synthetic", "-a", "resnet18", "--epochs", "1", "-b", "2", "--output-dir", str(tmp_path)])
+    place = Placement(0, 1, 0)
+    trained = build_state(args, place, torch.device("cpu"), None, num_classes=2, steps_per_epoch=10)
+    before = torch.get_rng_state()
+    try:
+        torch.manual_seed(5)
+        saved_rng = checkpoint.rng_state()
+        path = checkpoint.save(
+            str(tmp_path),
+            {
+                "model": trained.module.state_dict(),
+                "optimizer": trained.optimizer.state_dict(),
+                "scheduler": trained.scheduler.state_dict(),
+                "scaler": {},
+                "epoch": 0,
+                "step_in_epoch": 3,
+                "epoch_position": 6,
+                "global_step": 3,
+                "world_size": 1,
+                "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool))},
+                "rng": saved_rng,
+                "dataset": None,
+            },
+        )
+        torch.manual_seed(99)
+        on_device = build_state(args, place, torch.device("meta"), None, num_classes=2, steps_per_epoch=10)
+        _restore(on_device, path, None, False, RunLog(str(tmp_path), enabled=False))
+        assert torch.equal(torch.get_rng_state(), saved_rng["torch"])
+        assert (on_device.epoch, on_device.global_step, on_device.epoch_position) == (0, 3, 6)
+        assert next(on_device.module.parameters()).device.type == "meta"
+    finally:
+        torch.set_rng_state(before)
