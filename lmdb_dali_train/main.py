@@ -95,7 +95,8 @@ def _resume_path(args: argparse.Namespace) -> str | None:
 
 
 def _restore(state: TrainState, path: str, train_info: DatasetInfo | None, force: bool, log: RunLog) -> None:
-    saved = checkpoint.load(path, map_location=state.device)  # raises ConfigError on a foreign format
+    # to the CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest onto the device
+    saved = checkpoint.load(path, map_location="cpu")  # ConfigError on a foreign format or a bad digest
     if train_info is not None and saved.get("dataset") != train_info.identity:
         if not force:
             raise ConfigError(
