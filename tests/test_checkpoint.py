@@ -340,6 +340,7 @@ def test_restore_onto_another_device_loads_the_checkpoint_to_the_cpu(tmp_path: P
                 "step_in_epoch": 3,
                 "epoch_position": 6,
                 "global_step": 3,
+                "samples_seen": 6,
                 "world_size": 1,
                 "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool))},
                 "rng": saved_rng,
