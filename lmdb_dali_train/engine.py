@@ -8,6 +8,7 @@ the model waits for data.
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -61,6 +62,36 @@ class TrainState:
     step_in_epoch: int = 0  # optimizer steps already done in ``epoch``
     epoch_position: int = 0  # samples of ``epoch``'s global order consumed by all ranks (RankPlan's skip)
     global_step: int = 0
+    first_nonfinite: torch.Tensor | None = None  # on the device: the first global step with a NaN/inf loss, else inf
+
+
+class NonFiniteLossError(Exception):
+    """The training loss became NaN or infinite: the weights are spoiled, so the run stops without saving."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(
+            f"the training loss is not finite (NaN or inf) at global step {step}; stopped without saving a "
+            f"checkpoint (the newest one saved before is kept): lower --lr or check the data"
+        )
+        self.step = step
+
+
+def note_loss(state: TrainState, loss: torch.Tensor) -> None:
+    """Remember the first global step whose loss is not finite, on the device (no host sync)."""
+    if state.first_nonfinite is None:
+        state.first_nonfinite = torch.full((1,), math.inf, dtype=torch.float64, device=state.device)
+    here = torch.where(torch.isfinite(loss.detach()).all(), math.inf, float(state.global_step))
+    state.first_nonfinite = torch.minimum(state.first_nonfinite, here.to(torch.float64).view(1))
+
+
+def check_finite(state: TrainState) -> None:
+    """NonFiniteLossError on every rank if any rank saw a non-finite loss (a collective: all ranks call it)."""
+    seen = state.first_nonfinite
+    if seen is None:
+        seen = torch.full((1,), math.inf, dtype=torch.float64, device=state.device)
+    first = -all_reduce_max(-seen.clone()).item()
+    if math.isfinite(first):
+        raise NonFiniteLossError(int(first))
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -138,6 +169,7 @@ def train_epoch(
         if batch is None:
             return "done", steps
         loss, logits = train_step(state, batch)
+        note_loss(state, loss)
         with torch.no_grad():
             n = batch.labels.numel()
             samples += n
@@ -148,6 +180,7 @@ def train_epoch(
             key_log.write(state.epoch, state.global_step, batch.indices, batch.padding)
         if state.step_in_epoch % print_freq == 0 or state.step_in_epoch == batches_in_epoch:
             elapsed = time.perf_counter() - window_start
+            check_finite(state)
             totals = all_reduce_sum(torch.cat([window, torch.tensor([float(samples)], device=device)])).tolist()
             log.record(
                 "train",

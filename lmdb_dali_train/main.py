@@ -21,7 +21,7 @@ from .config import ConfigError, parse_args, validate
 from .data import DatasetInfo, check_class_maps, describe_dataset, make_loader, require_dali
 from .distributed import (
     Placement,
-    barrier,
+    all_reduce_max,
     default_rendezvous,
     init_process_group,
     pick_device,
@@ -29,11 +29,12 @@ from .distributed import (
     shutdown,
     slurm_tasks_without_step,
 )
-from .engine import KeyLog, StopSignal, TrainState, evaluate, train_epoch
+from .engine import KeyLog, NonFiniteLossError, StopSignal, TrainState, check_finite, evaluate, train_epoch
 from .progname import prog_name
 from .runlog import RunLog, warn
 
 EXIT_CONFIG = 2
+EXIT_DIVERGED = 3  # the loss became NaN or infinite
 
 
 def resolve_amp(args: argparse.Namespace, device: torch.device) -> torch.dtype | None:
@@ -58,10 +59,13 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
-def lr_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Linear warm-up from 0, then cosine decay to 0, as a multiplier of the base learning rate."""
+def lr_schedule(total_steps: float, warmup_steps: float) -> Callable[[float], float]:
+    """Linear warm-up from 0, then cosine decay to 0, as a multiplier of the base learning rate.
 
-    def factor(step: int) -> float:
+    ``step`` counts optimizer steps of one global batch; ``SamplesLR`` calls it with samples seen over the
+    current global batch (a fraction after a resume on another one)."""
+
+    def factor(step: float) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
@@ -70,18 +74,94 @@ def lr_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
+class SamplesLR(torch.optim.lr_scheduler.LRScheduler):
+    """``lr_schedule`` by samples seen, not optimizer steps: each ``step()`` adds one global batch.
+
+    Lengths are in samples (``total_samples``, ``warmup_samples``); the factor for the next step is
+    ``lr_schedule(total / G, warmup / G)(seen / G)`` for the global batch ``G``, which on a run that keeps its
+    batch is the step schedule exactly. A resume on another global batch (``resume_at``) keeps the samples
+    seen, so the schedule continues where the data is, and the base lr is the one scaled to the new batch.
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, total_samples: int, warmup_samples: int, global_batch: int
+    ) -> None:
+        self.total_samples, self.warmup_samples, self.global_batch = total_samples, warmup_samples, global_batch
+        self.samples_seen = 0
+        super().__init__(optimizer)
+
+    def factor(self, samples_seen: int) -> float:
+        g = self.global_batch
+        return lr_schedule(self.total_samples / g, self.warmup_samples / g)(samples_seen / g)
+
+    def get_lr(self) -> list[float | torch.Tensor]:
+        return [base * self.factor(self.samples_seen) for base in self.base_lrs]
+
+    def step(self, epoch: int | None = None) -> None:
+        if self.last_epoch >= 0:  # not the initial call from __init__: one more global batch was trained
+            self.samples_seen += self.global_batch
+        super().step(epoch)
+
+    def resume_at(self, samples_seen: int, global_step: int) -> None:
+        """Continue after ``samples_seen`` samples: the optimizer's lr (and initial_lr, both overwritten by its
+        loaded state) become this run's base lr times the factor there."""
+        self.samples_seen, self.last_epoch = samples_seen, global_step
+        lrs = self.get_lr()
+        for group, base, lr in zip(self.optimizer.param_groups, self.base_lrs, lrs, strict=True):
+            group["initial_lr"], group["lr"] = base, lr
+        self._last_lr = lrs
+
+
+def _schedule(state: TrainState) -> SamplesLR:
+    assert isinstance(state.scheduler, SamplesLR)  # build_state makes it
+    return state.scheduler
+
+
 def _args_dict(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool)) or v is None}
 
 
 def _resume_path(args: argparse.Namespace) -> str | None:
+    """The checkpoint to resume from: --resume PATH as given (verified when loaded), or with --resume auto the
+    newest one in --output-dir whose digest holds (one warning line for any newer one skipped)."""
     if not args.resume:
         return None
-    return checkpoint.latest(args.output_dir) if args.resume == "auto" else args.resume
+    if args.resume != "auto":
+        return str(args.resume)
+    path, skipped = checkpoint.latest_intact(args.output_dir)
+    if path is None and skipped:
+        newest, why = skipped[0]
+        raise ConfigError(
+            f"--resume auto: no intact checkpoint in {args.output_dir} ({len(skipped)} corrupt; newest "
+            f"{os.path.basename(newest)}: {why})"
+        )
+    if skipped:
+        names = ", ".join(os.path.basename(p) for p, _ in skipped)
+        warn(f"--resume auto: skipping corrupt {names} ({skipped[0][1]}); resuming from {os.path.basename(str(path))}")
+    return path
 
 
-def _restore(state: TrainState, path: str, train_info: DatasetInfo | None, force: bool, log: RunLog) -> None:
-    saved = checkpoint.load(path, map_location=state.device)  # raises ConfigError on a foreign format
+def _restore(
+    state: TrainState,
+    path: str,
+    train_info: DatasetInfo | None,
+    force: bool,
+    log: RunLog,
+    *,
+    arch: str | None = None,
+    world_size: int = 1,
+) -> None:
+    """Load ``path`` into ``state``; on another world size or batch size the position (samples of the epoch
+    consumed) carries over, the lr is rescaled to this run's global batch and its schedule continues by
+    samples seen. ConfigError for another dataset (unless ``force``), another ``arch``, a bad checkpoint."""
+    # to the CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest onto the device
+    saved = checkpoint.load(path, map_location="cpu")  # ConfigError on a foreign format or a bad digest
+    saved_args = saved.get("args") or {}
+    if arch is not None and saved_args.get("arch", arch) != arch:
+        raise ConfigError(
+            f"--resume {path}: the checkpoint holds a {saved_args['arch']} model, not --arch {arch} "
+            f"(resume with -a {saved_args['arch']}, or start a new --output-dir)"
+        )
     if train_info is not None and saved.get("dataset") != train_info.identity:
         if not force:
             raise ConfigError(
@@ -91,18 +171,46 @@ def _restore(state: TrainState, path: str, train_info: DatasetInfo | None, force
         warn(f"resuming {path} on a different dataset (--force-resume)")
     state.module.load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
-    state.scheduler.load_state_dict(saved["scheduler"])
     if state.scaler is not None and saved.get("scaler"):
         state.scaler.load_state_dict(saved["scaler"])
     state.epoch, state.step_in_epoch, state.global_step = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
     state.epoch_position = saved["epoch_position"]
     checkpoint.restore_rng(saved["rng"])
+    schedule = _schedule(state)
+    lr_before = saved["optimizer"]["param_groups"][0]["lr"]
+    schedule.resume_at(saved["samples_seen"], state.global_step)
+    lr_after = state.optimizer.param_groups[0]["lr"]
+    batch = schedule.global_batch // world_size
+    saved_world, saved_batch = saved.get("world_size"), saved_args.get("batch_size")
+    if saved_world and saved_batch and saved_world * saved_batch != schedule.global_batch:
+        lr_note = f"lr scaled from {lr_before:.6g} to {lr_after:.6g} (saved on {saved_world} ranks x {saved_batch})"
+    else:
+        lr_note = f"lr {lr_after:.6g} (same global batch)"
     log.info(
-        f"resumed from {path}: epoch {state.epoch}, step {state.step_in_epoch} of it, global step {state.global_step}"
+        f"resumed from {path}, global step {state.global_step}: at sample {state.epoch_position} of epoch "
+        f"{state.epoch} on {world_size} ranks x {batch} ({schedule.samples_seen} samples seen): {lr_note}"
     )
 
 
 def _save(state: TrainState, args: argparse.Namespace, train_info: DatasetInfo | None, place: Placement) -> None:
+    """Rank 0 writes the checkpoint; every rank learns whether it failed (no rank left waiting at a barrier)."""
+    check_finite(state)  # NaN weights are never saved (nor rotate a good checkpoint away)
+    failure: ConfigError | None = None
+    if place.is_main:
+        try:
+            _write_checkpoint(state, args, train_info, place)
+        except ConfigError as exc:  # disk full, or the written file did not verify
+            failure = exc
+    failed = all_reduce_max(torch.tensor([1.0 if failure else 0.0], device=state.device)).item() > 0
+    if failure is not None:
+        raise failure
+    if failed:
+        raise ConfigError("rank 0 could not save the checkpoint (its error is in rank 0's output)")
+
+
+def _write_checkpoint(
+    state: TrainState, args: argparse.Namespace, train_info: DatasetInfo | None, place: Placement
+) -> None:
     if place.is_main:
         path = checkpoint.save(
             args.output_dir,
@@ -115,6 +223,7 @@ def _save(state: TrainState, args: argparse.Namespace, train_info: DatasetInfo |
                 "step_in_epoch": state.step_in_epoch,
                 "epoch_position": state.epoch_position,
                 "global_step": state.global_step,
+                "samples_seen": _schedule(state).samples_seen,
                 "world_size": place.world_size,
                 "args": _args_dict(args),
                 "rng": checkpoint.rng_state(),
@@ -122,7 +231,6 @@ def _save(state: TrainState, args: argparse.Namespace, train_info: DatasetInfo |
             },
         )
         print(f"saved {path}", flush=True)
-    barrier()
 
 
 def build_state(
@@ -151,8 +259,12 @@ def build_state(
         momentum=args.momentum,
         weight_decay=args.wd,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_schedule(args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch))
+    global_batch = args.batch_size * place.world_size
+    scheduler = SamplesLR(
+        optimizer,
+        total_samples=args.epochs * steps_per_epoch * global_batch,
+        warmup_samples=int(args.warmup_epochs * steps_per_epoch) * global_batch,
+        global_batch=global_batch,
     )
     return TrainState(
         model=model,
@@ -182,6 +294,9 @@ def run(args: argparse.Namespace, place: Placement) -> int:
     torch.manual_seed(args.seed)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input shapes: let cuDNN pick kernels
     log = RunLog(args.output_dir, enabled=place.is_main)
+    if place.is_main and not args.evaluate:
+        for stale in checkpoint.clean_stale_temps(args.output_dir):
+            log.info(f"removed {stale}: the temporary file of a save that never finished")
     num_classes = len(train_info.classes) if train_info else (len(val_info.classes) if val_info else 1000)
 
     length = train_info.length if train_info else (val_info.length if val_info else 0)
@@ -196,7 +311,7 @@ def run(args: argparse.Namespace, place: Placement) -> int:
     global_batch = args.batch_size * place.world_size
     resume_from = _resume_path(args)
     if resume_from:
-        _restore(state, resume_from, train_info, args.force_resume, log)
+        _restore(state, resume_from, train_info, args.force_resume, log, arch=args.arch, world_size=place.world_size)
     elif args.resume == "auto":
         log.info(f"--resume auto: no checkpoint in {args.output_dir}, starting fresh")
     log.record(
@@ -319,6 +434,10 @@ def _guarded(args: argparse.Namespace, place: Placement) -> int:
     except ConfigError as exc:
         print(f"{prog_name('train.py')}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
+    except NonFiniteLossError as exc:
+        if place.is_main:
+            print(f"{prog_name('train.py')}: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_DIVERGED
     finally:
         shutdown()
 

@@ -3,7 +3,7 @@
 - the DALI loader with ``device_id=0`` (mixed decoding), train and val, float16 in channels-last memory and
   float32 contiguous, checked through the ``Batch`` contract;
 - one ``train.py`` step with each loader under AMP bf16 and fp16 (grad scaler), a checkpoint written;
-- checkpoint save and ``--resume`` / ``--evaluate --resume`` on the GPU (xfail: issue 10);
+- checkpoint save and ``--resume`` / ``--evaluate --resume`` on the GPU (the checkpoint is loaded to the CPU);
 - val parity of the GPU decoder against torchvision, chroma stress images included (xfail: issue 11).
 
 Every test is marked ``gpu``: without CUDA the conftest skips it with one line. The helpers take the device
@@ -49,13 +49,6 @@ MAX_MEAN_ABS_DIFF = 3.0  # val parity: per image, uint8 levels (tests/test_loade
 STRESS_DIR = "chroma-stress"
 SUBPROCESS_TIMEOUT = 300.0
 
-ISSUE_10 = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 10: the checkpoint is loaded with map_location=<cuda device>, so the saved CPU RNG state "
-    "arrives as a CUDA tensor and torch.set_rng_state raises TypeError",
-)
-ISSUE_10_SIGNATURE = "RNG state must be a torch.ByteTensor"  # the TypeError's message
 ISSUE_11 = pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
@@ -273,16 +266,9 @@ def train_two_steps(db: Path, out: Path, device: torch.device | str) -> Path:
     return out
 
 
-def only_known_defect(proc: subprocess.CompletedProcess[str], signature: str) -> None:
-    """A run that fails for another reason than the known defect is a failure, not the expected one."""
-    if proc.returncode != 0 and signature not in proc.stderr:
-        pytest.fail(f"failed, and not with the known defect ({signature!r}):\n{tail(proc)}")
-
-
 def resume_auto(db: Path, out: Path, device: torch.device | str) -> None:
     """``--resume auto --max-steps 1`` after two steps: continues at global step 3, checkpoint at 3."""
     proc = run_train(*small_run(device, out), *resume_flags(db), "--resume", "auto", "--max-steps", "1")
-    only_known_defect(proc, ISSUE_10_SIGNATURE)
     assert proc.returncode == 0, tail(proc)
     assert "global step 2" in proc.stdout and "resumed from" in proc.stdout, proc.stdout
     train = [e for e in events(out) if e["event"] == "train"]
@@ -295,7 +281,6 @@ def evaluate_resumed(db: Path, val: Path, ckpt: Path, out: Path, device: torch.d
     """``--evaluate --resume CKPT --val VAL``: exit 0, one val event counting every val image, no checkpoint."""
     flags = [*resume_flags(db), "--val", val, "--evaluate", "--resume", ckpt]
     proc = run_train(*small_run(device, out), *flags)
-    only_known_defect(proc, ISSUE_10_SIGNATURE)
     assert proc.returncode == 0, tail(proc)
     val_events = [e for e in events(out) if e["event"] == "val"]
     assert len(val_events) == 1, val_events
@@ -308,19 +293,17 @@ def evaluate_resumed(db: Path, val: Path, ckpt: Path, out: Path, device: torch.d
 
 @pytest.fixture(scope="module")
 def two_step_run(train_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run of two steps on the GPU, its checkpoint at step 2 (training itself must work: not xfail)."""
+    """A run of two steps on the GPU, its checkpoint at step 2."""
     return train_two_steps(train_db, tmp_path_factory.mktemp("gpu-resume") / "run", "cuda")
 
 
 @pytest.mark.slow
-@ISSUE_10
 def test_resume_auto_on_gpu_continues_at_step_3(two_step_run: Path, train_db: Path, tmp_path: Path) -> None:
     out = shutil.copytree(two_step_run, tmp_path / "run")
     resume_auto(train_db, out, "cuda")
 
 
 @pytest.mark.slow
-@ISSUE_10
 def test_evaluate_resume_on_gpu(two_step_run: Path, train_db: Path, val_db: Path, tmp_path: Path) -> None:
     evaluate_resumed(train_db, val_db, two_step_run / "checkpoint-step000000002.pt", tmp_path / "eval", "cuda")
 

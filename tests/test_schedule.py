@@ -109,3 +109,59 @@ def test_lr_scales_with_the_global_batch(process_group: None) -> None:
     assert state.optimizer.param_groups[0]["initial_lr"] == pytest.approx(0.1 * 32 * 4 / 256)
     assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * lr_schedule(20, 5)(0))
     assert state.module.fc.out_features == 2
+
+
+# -- the schedule continues by samples seen across a resume on another global batch (issue 10) ------
+
+
+def _checkpoint_after(tmp_path, steps: int, *flags: str) -> tuple[str, float]:
+    """A run of ``steps`` steps with ``flags``, saved as _save does; the checkpoint's path and the schedule's
+    factor for the next step (its learning rate over the base one)."""
+    from lmdb_dali_train.main import _save
+
+    args = _args(*flags, "--output-dir", str(tmp_path))
+    state = build_state(args, Placement(0, 1, 0), torch.device("cpu"), None, num_classes=2, steps_per_epoch=10)
+    _lrs(state, steps)
+    state.global_step = state.step_in_epoch = steps
+    state.epoch_position = steps * args.batch_size
+    _save(state, args, None, Placement(0, 1, 0))
+    group = state.optimizer.param_groups[0]
+    return str(tmp_path / f"checkpoint-step{steps:09d}.pt"), group["lr"] / group["initial_lr"]
+
+
+@pytest.mark.parametrize("steps", [3, 7])  # in the warm-up (5 steps of batch 32), and in the decay
+def test_resume_on_another_batch_continues_the_schedule_by_samples(tmp_path, steps: int) -> None:
+    """Batch 32 for ``steps`` steps, resumed with batch 16: the base learning rate is rescaled to the new
+    global batch (0.1 * 16 / 256), and the schedule continues from the samples seen (32 * steps), advancing by
+    16 samples a step: samples, not optimizer steps. In the decay that is the factor the first run had
+    reached; in the warm-up the ramp counts the samples seen once the step is done (+16 here, not +32)."""
+    from lmdb_dali_train.main import _restore
+    from lmdb_dali_train.runlog import RunLog
+
+    path, factor = _checkpoint_after(tmp_path, steps, "-b", "32", "--lr", "0.1")
+    args = _args("-b", "16", "--lr", "0.1")  # 2 epochs of 20 steps of 16 = 640 samples, as 20 of 32 were
+    state = build_state(args, Placement(0, 1, 0), torch.device("cpu"), None, num_classes=2, steps_per_epoch=20)
+    _restore(state, path, None, False, RunLog(str(tmp_path), enabled=False))
+    base = 0.1 * 16 / 256
+    assert state.optimizer.param_groups[0]["initial_lr"] == pytest.approx(base)
+    by_samples = lr_schedule(total_steps=640 / 16, warmup_steps=160 / 16)  # in steps of the new batch
+    seen = 32 * steps
+    if seen >= 160:  # past the warm-up
+        assert state.optimizer.param_groups[0]["lr"] == pytest.approx(base * factor)
+    else:
+        assert factor == pytest.approx((seen + 32) / 160)
+        assert state.optimizer.param_groups[0]["lr"] == pytest.approx(base * (seen + 16) / 160)
+    assert _lrs(state, 30) == pytest.approx([base * by_samples((seen + 16 * k) / 16) for k in range(30)])
+
+
+def test_resume_with_another_arch_is_a_one_line_refusal(tmp_path) -> None:
+    from conftest import assert_one_line_error, run_main
+
+    from lmdb_dali_train.main import main as train_main
+
+    out = str(tmp_path / "run")
+    common = ["--synthetic", "--device", "cpu", "-b", "2", "--crop-size", "32", "--output-dir", out]
+    first = run_main(train_main, *common, "-a", "resnet18", "--max-steps", "1")
+    assert first.returncode == 0, first.stderr
+    refused = run_main(train_main, *common, "-a", "resnet34", "--resume", "auto", "--max-steps", "1")
+    assert_one_line_error(refused, "resnet18", "--arch resnet34")

@@ -238,6 +238,42 @@ def test_sigterm_then_resume_equals_straight_run(train_db: Path, tmp_path: Path,
         assert any(not torch.equal(after_epoch[n], final[n]) for n in final if final[n].is_floating_point())
 
 
+@pytest.mark.slow
+def test_resume_on_another_world_and_batch_trains_each_sample_once(train_db: Path, tmp_path: Path) -> None:
+    """2 ranks of batch 4 stopped after 5 steps (40 positions of the epoch's global order), resumed on 1 rank
+    with another batch: across both runs every sample of the epoch is trained exactly once, the resume says
+    where it is and how the lr was rescaled, and the logged lr follows the schedule by samples seen."""
+    from lmdb_dali_train.main import lr_schedule
+
+    length, first_steps, first_global = len(open_database(train_db)), 5, 8
+    consumed = first_steps * first_global
+    batch = whole_epoch_batch(length - consumed, 1)
+    assert (length - consumed) % batch == 0 and batch != first_global
+    out = tmp_path / "run"
+    common = ["--warmup-epochs", "0.25"]
+    _ok(_torchrun(*_epoch_args(train_db, out, 4, "torch"), *common, "--max-steps", str(first_steps)))
+    resumed = _run(
+        [sys.executable, "train.py", *_epoch_args(train_db, out, batch, "torch"), *common]
+        + ["--resume", "auto", "--print-freq", "1"]
+    )
+    _ok(resumed)
+    assert f"at sample {consumed} of epoch 0 on 1 ranks x {batch}" in resumed.stdout, resumed.stdout
+    assert "lr scaled from" in resumed.stdout, resumed.stdout
+
+    rows = [row for rows in _key_logs(out).values() for row in rows]
+    trained_keys = [k for _, _, k in rows]
+    assert len(trained_keys) == length and set(trained_keys) == {k.decode() for k in open_database(train_db).keys()}
+
+    steps = RankPlan(length, batch).num_batches(0)  # the resumed configuration's epoch: its schedule's length
+    schedule = lr_schedule(steps, int(0.25 * steps))  # in steps of the new global batch
+    base = 0.1 * batch / 256
+    logged = [(e["step"], e["lr"]) for e in _events(out, "train") if e["step"] > first_steps]
+    assert [s for s, _ in logged] == list(range(first_steps + 1, first_steps + 1 + (length - consumed) // batch))
+    for step, lr in logged:  # the lr for the next step, after (step - 5) steps of the resumed run
+        seen = consumed + (step - first_steps) * batch
+        assert lr == pytest.approx(base * schedule(seen / batch)), (step, lr)
+
+
 @pytest.fixture(scope="module")
 def trained(train_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint after 2 training steps on the generated training database (torch loader)."""
@@ -259,6 +295,21 @@ def test_resume_on_another_database_is_refused(trained: Path, val_db: Path, tmp_
     forced = _train(val_db, out, "torch", "--resume", "auto", "--max-steps", "1", "--force-resume")
     _ok(forced)
     assert "different dataset (--force-resume)" in forced.stderr
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_without_saving(trained: Path, train_db: Path, tmp_path: Path) -> None:
+    """A NaN loss at global step 4 (of a run resumed at step 2, asked for 4 more steps): one line naming the
+    step, a non-zero exit, and no checkpoint written after it, so the last good one is still the newest."""
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy2(trained, out / trained.name)
+    proc = _train(train_db, out, "torch", "--resume", "auto", "--max-steps", "4", env=fault_env(nan_loss_at_step="4"))
+    assert proc.returncode not in (0, None), (proc.stdout[-2000:], proc.stderr[-2000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "not finite" in lines[0] and "step 4" in lines[0], lines[0]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [trained.name]
 
 
 @pytest.mark.slow

@@ -8,6 +8,8 @@ imports this module at start-up. Each ``FAULT_*`` variable set patches one point
 - ``FAULT_SIGTERM_AT_STEP=STEP`` or ``RANK:STEP``: the training process (of that global rank) sends
   itself SIGTERM after global step STEP.
 - ``FAULT_LOADER_DELAY_S=SECONDS``: every training loader sleeps this long before each batch.
+- ``FAULT_NAN_LOSS_AT_STEP=STEP``: the training loss of global step STEP (counted from 1) is NaN: the
+  criterion's output times NaN, so the backward pass spreads NaN into the weights as a real divergence would.
 """
 
 from __future__ import annotations
@@ -72,9 +74,33 @@ def _loader_delay(seconds: float) -> None:
     main.make_loader = lambda *args, **kwargs: Delayed(make_loader(*args, **kwargs))
 
 
+def _nan_loss_at_step(step: int) -> None:
+    import torch
+
+    from lmdb_dali_train import main
+
+    build_state = main.build_state
+
+    def with_nan_loss(*args: object, **kwargs: object) -> object:
+        state = build_state(*args, **kwargs)
+        criterion = state.criterion
+
+        class NaNAtStep(torch.nn.Module):
+            def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+                loss = criterion(logits, labels)
+                return loss * float("nan") if state.global_step + 1 == step else loss
+
+        state.criterion = NaNAtStep()
+        return state
+
+    main.build_state = with_nan_loss
+
+
 if os.environ.get("FAULT_EXIT_AFTER_COMMITS"):
     _exit_after_commits(int(os.environ["FAULT_EXIT_AFTER_COMMITS"]))
 if os.environ.get("FAULT_SIGTERM_AT_STEP"):
     _sigterm_at_step(os.environ["FAULT_SIGTERM_AT_STEP"])
 if os.environ.get("FAULT_LOADER_DELAY_S"):
     _loader_delay(float(os.environ["FAULT_LOADER_DELAY_S"]))
+if os.environ.get("FAULT_NAN_LOSS_AT_STEP"):
+    _nan_loss_at_step(int(os.environ["FAULT_NAN_LOSS_AT_STEP"]))
