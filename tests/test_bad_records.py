@@ -12,7 +12,10 @@ rank's plan, the same way every run, and report them; train.py must finish and l
 from __future__ import annotations
 
 import io
+import os
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import convert, needs_dali
+from conftest import REPO, assert_one_line_error, convert, needs_dali, repo_pythonpath, run_main
 from PIL import Image
 
 from lmdb_io import open_database
@@ -186,3 +189,66 @@ def test_validation_counts_each_good_sample_once(bad_records_db: Path, kind: str
     assert indices == expected_indices(list(range(len(db))), set(BAD))
     counted = [i for i, pad in zip(indices, padding, strict=True) if not pad]
     assert counted == [i for i in range(len(db)) if i not in BAD]
+
+
+# -- train.py ----------------------------------------------------------------------------------------
+
+SMALL = ["-a", "resnet18", "--crop-size", "32", "--val-resize", "36", "--device", "cpu", "--print-freq", "2"]
+EXIT_BAD_RECORDS = 3  # train.py --help: more bad records than --max-bad-records
+
+
+def _train(db: Path, out: Path, loader: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """One epoch of ``db`` in batches of 4 (torch: two DataLoader workers, so reports cross processes)."""
+    cmd = [sys.executable, "train.py", "--loader", loader, "--lmdb", "--train", str(db), "--epochs", "1"]
+    cmd += ["-b", str(BATCH), "--output-dir", str(out), "-j", "2" if loader == "torch" else "0", *SMALL, *extra]
+    env = {**os.environ, "PYTHONPATH": repo_pythonpath(), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
+
+
+def _tsv(out: Path) -> list[dict[str, str]]:
+    header, *rows = (out / "bad-records.tsv").read_text(encoding="utf-8").splitlines()
+    return [dict(zip(header.split("\t"), row.split("\t"), strict=True)) for row in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loader", KINDS)
+def test_train_goes_on_and_lists_bad_records(bad_records_db: Path, tmp_path: Path, loader: str) -> None:
+    db = open_database(bad_records_db)
+    proc = _train(bad_records_db, tmp_path, loader)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert "all epochs done" in proc.stdout and "Traceback" not in proc.stderr
+    rows = _tsv(tmp_path)
+    assert sorted(row["key"] for row in rows) == sorted(db.key(i).decode() for i in BAD)
+    for index, what in BAD.items():
+        row = next(r for r in rows if r["key"] == db.key(index).decode())
+        assert row["path"] == db.paths()[index] and what in row["reason"], row
+        named = [line for line in proc.stdout.splitlines() if row["key"] in line and row["path"] in line]
+        assert len(named) == 1, proc.stdout  # the log names it once, by key and source path
+    steps = RankPlan(len(db), BATCH).num_batches(0)
+    assert f"step {steps}/{steps}" in proc.stdout  # every step ran
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loader", KINDS)
+def test_more_bad_records_than_allowed_stops_with_a_checkpoint(
+    bad_records_db: Path, tmp_path: Path, loader: str
+) -> None:
+    from lmdb_dali_train import checkpoint
+
+    proc = _train(bad_records_db, tmp_path, loader, "--max-bad-records", "1")
+    assert proc.returncode == EXIT_BAD_RECORDS, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr
+    said = [line for line in proc.stdout.splitlines() if "--max-bad-records 1" in line]
+    assert len(said) == 1 and "bad-records.tsv" in said[0], proc.stdout
+    assert checkpoint.latest(str(tmp_path)) is not None
+    assert len(_tsv(tmp_path)) >= 2
+
+
+def test_max_bad_records_flag() -> None:
+    from lmdb_dali_train.main import main as train_main
+
+    help_text = " ".join(run_main(train_main, "--help").stdout.split())
+    assert "--max-bad-records" in help_text and f"exit code {EXIT_BAD_RECORDS}" in help_text
+    assert "bad-records.tsv" in help_text
+    result = run_main(train_main, "--synthetic", "--device", "cpu", "--max-bad-records", "-1")
+    assert_one_line_error(result, "--max-bad-records")
