@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from lmdb_io.database import ImageDatabase
-from loaders.plan import RankPlan
+from lmdb_io.trainable import BadRecordError, read_checked
+from loaders.plan import EpochOrder, RankPlan, no_good_sample, replacement_positions
 
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -27,6 +28,11 @@ class PlanSource:
     ``sample_info.idx_in_epoch`` is mapped through the plan of epoch ``first_epoch + sample_info.epoch_idx``:
     the order the torch loader follows too. ``StopIteration`` at the end of the plan ends DALI's epoch;
     every rank's plan has the same number of whole batches. Subclasses say where the bytes come from.
+
+    A bad record (checksum, header, too many pixels by its image header, or listed in ``bad`` by the
+    loader after DALI failed to decode it) is replaced by the next good sample of the epoch's order and
+    delivered as padding (``loaders.bad_records``); the loader sees the replacement in the indices.
+    ``restart_at`` makes a rebuilt pipeline's first epoch start at a given epoch and position.
     """
 
     def __init__(self, plan: RankPlan) -> None:
@@ -36,23 +42,55 @@ class PlanSource:
                 f"per rank; lower the batch size"
             )
         self.plan = plan
+        self.bad: set[int] = set()  # records found undecodable: replaced like those that fail the checks
+        self.start_epoch, self.start_position = plan.first_epoch, 0
 
     def read(self, index: int) -> tuple[Any, int]:
         """(encoded bytes as a buffer, label) of dataset sample ``index``."""
         raise NotImplementedError
 
+    def describe(self, index: int) -> tuple[str, str]:
+        """(key, source path) naming sample ``index`` in reports."""
+        return str(index), ""
+
+    def problem(self, index: int) -> str | None:
+        """Why record ``index`` is bad by the checks made before decoding, or None."""
+        try:
+            read_checked(self.read, index)
+        except BadRecordError as exc:
+            return str(exc)
+        return None
+
+    def choose(self, order: EpochOrder, position: int) -> tuple[int, Any, int]:
+        """(position of the sample delivered for ``position``, its bytes, its label): itself if good,
+        else the next good one of ``order``."""
+        for candidate in replacement_positions(position, len(order)):
+            index = int(order.indices[candidate])
+            if index in self.bad:
+                continue
+            try:
+                payload, label = read_checked(self.read, index)
+            except BadRecordError:
+                continue
+            return candidate, payload, label
+        raise no_good_sample(len(order))
+
+    def restart_at(self, epoch: int, position: int) -> None:
+        """The next pipeline built on this source starts at ``position`` of ``epoch``'s order."""
+        self.start_epoch, self.start_position = epoch, position
+
     def __call__(self, sample_info: Any) -> Sample:
-        order = self.plan.for_epoch(self.plan.first_epoch + sample_info.epoch_idx)
-        i = sample_info.idx_in_epoch
+        first = sample_info.epoch_idx == 0
+        order = self.plan.for_epoch(self.start_epoch + sample_info.epoch_idx)
+        i = sample_info.idx_in_epoch + (self.start_position if first else 0)
         if i >= len(order):
             raise StopIteration
-        index = int(order.indices[i])
-        payload, label = self.read(index)
+        chosen, payload, label = self.choose(order, i)
         return (
             np.frombuffer(payload, dtype=np.uint8),
             np.array(label, dtype=np.int64),
-            np.array(index, dtype=np.int64),
-            np.array(order.padding[i], dtype=np.uint8),
+            np.array(order.indices[chosen], dtype=np.int64),
+            np.array(order.padding[i] or chosen != i, dtype=np.uint8),
         )
 
 
@@ -67,6 +105,9 @@ class LMDBSource(PlanSource):
 
     def read(self, index: int) -> tuple[memoryview, int]:
         return self.db.read(index)
+
+    def describe(self, index: int) -> tuple[str, str]:
+        return self.db.key(index).decode(), self.db.paths()[index]
 
 
 class MemorySource(PlanSource):

@@ -11,6 +11,8 @@ from lmdb_io import __version__, is_database
 
 from .progname import prog_name
 
+EXIT_BAD_RECORDS = 3  # the run stopped: more bad records than --max-bad-records
+
 
 class ConfigError(Exception):
     """A bad flag or path: reported as one line, exit code 2."""
@@ -167,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--force-resume", action="store_true", help="resume even if the checkpoint was trained on a different database"
     )
     run.add_argument("--evaluate", action="store_true", help="only evaluate on --val (weights from --resume)")
+    run.add_argument(
+        "--max-bad-records",
+        type=int,
+        default=10,
+        metavar="N",
+        help="a bad record (fails its checksum, claims too many pixels in its image header, or does not "
+        "decode) is replaced by another sample of the rank's plan, named in the log and in "
+        "OUTPUT_DIR/bad-records.tsv, and the run goes on; more than N distinct ones in a run stop it with "
+        f"a checkpoint and exit code {EXIT_BAD_RECORDS} (default 10)",
+    )
 
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     dist = p.add_argument_group("distributed (torchrun's environment is used when present)")
@@ -232,6 +244,8 @@ def validate(args: argparse.Namespace, cuda: bool) -> None:
         raise ConfigError(f"--resume {args.resume}: no such checkpoint")
     if args.max_steps is not None and args.max_steps <= 0:
         raise ConfigError("--max-steps must be positive")
+    if args.max_bad_records < 0:
+        raise ConfigError("--max-bad-records must be 0 or more")
     if not 0.0 <= args.hw_decoder_load <= 1.0:
         raise ConfigError("--hw-decoder-load must be between 0 and 1")
     if not cuda:

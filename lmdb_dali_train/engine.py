@@ -21,6 +21,7 @@ from torch import nn
 
 from loaders.batch import Batch, BatchLoader, counted
 
+from .bad_records import BadRecordLog
 from .distributed import all_reduce_max, all_reduce_sum
 from .runlog import RunLog
 
@@ -151,10 +152,12 @@ def train_epoch(
     stop: StopSignal,
     steps_left: int | None,
     key_log: KeyLog | None = None,
+    bad: BadRecordLog | None = None,
 ) -> tuple[str, int]:
     """Run the rest of ``state.epoch``: the loader's ``len()`` batches, which it must yield exactly.
 
-    Returns (why it ended: done, stopped or max_steps; steps run).
+    Returns (why it ended: done, stopped, max_steps or bad_records; steps run). More bad records than
+    allowed on the epoch's last batch let the epoch end as done: the caller checks ``bad.exceeded``.
     """
     state.model.train()
     device = state.device
@@ -198,6 +201,11 @@ def train_epoch(
             )
             window.zero_()
             window_start, waited, samples = time.perf_counter(), 0.0, 0
+        if bad is not None:  # every rank agrees at the same steps, the epoch's last included
+            last = state.step_in_epoch == batches_in_epoch
+            bad.collect(loader, state.epoch, state.global_step)
+            if (last or bad.due(steps, STOP_CHECK_EVERY)) and bad.agree() and not last:
+                return "bad_records", steps
         if state.step_in_epoch == batches_in_epoch:
             continue  # the last batch: finish the epoch (the loader's end is its "done")
         if steps % STOP_CHECK_EVERY == 0 and stop.agreed(device):

@@ -17,7 +17,8 @@ from loaders.batch import BatchLoader
 from loaders.plan import RankPlan
 
 from . import checkpoint
-from .config import ConfigError, parse_args, validate
+from .bad_records import BadRecordLog
+from .config import EXIT_BAD_RECORDS, ConfigError, parse_args, validate
 from .data import DatasetInfo, check_class_maps, describe_dataset, make_loader, require_dali
 from .distributed import (
     Placement,
@@ -338,13 +339,16 @@ def run(args: argparse.Namespace, place: Placement) -> int:
         )
 
     val_loader = loader_for(args.val, False) if args.val else None
+    bad = BadRecordLog(args.output_dir, args.max_bad_records, place.rank, place.is_main, device, log)
     if args.evaluate:
         assert val_loader is not None  # validate() requires --val with --evaluate
         metrics = evaluate(state, val_loader)
+        bad.collect(val_loader, state.epoch, state.global_step)
+        bad.agree()  # lists them; evaluation itself is complete
         log.record("val", _val_line(state.epoch, metrics), epoch=state.epoch, **metrics)
         log.close()
         return 0
-    return _fit(args, place, state, train_info, loader_for, val_loader, log)
+    return _fit(args, place, state, train_info, loader_for, val_loader, log, bad)
 
 
 def _val_line(epoch: int, m: dict[str, float]) -> str:
@@ -359,6 +363,7 @@ def _fit(
     loader_for: Callable[..., BatchLoader],
     val_loader: BatchLoader | None,
     log: RunLog,
+    bad: BadRecordLog,
 ) -> int:
     if state.step_in_epoch and args.loader == "dali" and not args.lmdb and not args.synthetic:
         warn("DALI's file reader cannot resume mid-epoch: the interrupted epoch restarts from its beginning")
@@ -382,6 +387,7 @@ def _fit(
                 stop=stop,
                 steps_left=left,
                 key_log=key_log,
+                bad=bad,
             )
             steps_run += steps
             if outcome == "done":  # the loader ran out: the epoch is complete
@@ -389,8 +395,12 @@ def _fit(
                 if val_loader is not None:
                     metrics = evaluate(state, val_loader)
                     log.record("val", _val_line(state.epoch - 1, metrics), epoch=state.epoch - 1, **metrics)
+                    bad.collect(val_loader, state.epoch - 1, state.global_step)
+                too_many_bad = bad.agree()  # every rank, at each epoch end
                 if state.epoch < args.epochs:
-                    if args.max_steps is not None and steps_run >= args.max_steps:
+                    if too_many_bad:
+                        outcome = "bad_records"
+                    elif args.max_steps is not None and steps_run >= args.max_steps:
                         outcome = "max_steps"
                     elif stop.agreed(state.device):
                         outcome = "stopped"
@@ -406,6 +416,8 @@ def _fit(
         "stopped": "stopped by a signal",
         "max_steps": f"--max-steps {args.max_steps} reached",
         "done": "all epochs done",
+        "bad_records": f"stopped: {len(bad.known)} bad records, more than --max-bad-records {args.max_bad_records} "
+        f"(listed in {bad.path})",
     }[outcome]
     log.record(
         "end",
@@ -418,7 +430,7 @@ def _fit(
         global_step=state.global_step,
     )
     log.close()
-    return 0
+    return EXIT_BAD_RECORDS if outcome == "bad_records" else 0
 
 
 def _spawned(local_rank: int, args: argparse.Namespace, procs: int) -> None:

@@ -3,6 +3,7 @@ through a ``dali_pipeline`` graph, into ``Batch``es of torch tensors."""
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -16,18 +17,25 @@ from dali_pipeline.pipelines import (
 )
 from dali_pipeline.source import LMDBSource, PlanSource
 from lmdb_io.database import ImageDatabase
+from lmdb_io.trainable import reason
 
+from .bad_records import BadRecord
 from .batch import Batch
-from .plan import RankPlan
+from .plan import EpochOrder, RankPlan
 from .presets import Preset, TrainPreset, preset_for
 
 
+def _to_batch(out: dict[str, Any], channels_last: bool) -> Batch:
+    """One DALIGenericIterator output as a ``Batch``: images NCHW-shaped whatever the memory layout (a
+    channels-last pipeline's NHWC output becomes an NCHW view in channels-last memory)."""
+    images = out["images"].permute(0, 3, 1, 2) if channels_last else out["images"]
+    return Batch(images, out["labels"].view(-1), out["indices"].view(-1), out["padding"].view(-1).bool())
+
+
 def _batches(iterator: Iterable, channels_last: bool) -> Iterator[Batch]:
-    """DALIGenericIterator outputs (one pipeline) as ``Batch``: images NCHW-shaped whatever the memory
-    layout (a channels-last pipeline's NHWC output becomes an NCHW view in channels-last memory)."""
+    """DALIGenericIterator outputs (one pipeline) as ``Batch``es."""
     for (out,) in iterator:
-        images = out["images"].permute(0, 3, 1, 2) if channels_last else out["images"]
-        yield Batch(images, out["labels"].view(-1), out["indices"].view(-1), out["padding"].view(-1).bool())
+        yield _to_batch(out, channels_last)
 
 
 class DALILoader:
@@ -35,13 +43,24 @@ class DALILoader:
 
     ``len()`` is the number of batches in the coming epoch (equal on every rank). Iterating again runs
     the next epoch: the source sees DALI's epoch index and follows the next epoch's plan.
+
+    Bad records never end an epoch. The source replaces those it can tell before decoding (checksum,
+    header, pixel cap). A record DALI fails to decode invalidates the pipeline: the loader then
+    decode-checks, in a child process, the samples in flight (the batches the pipeline may have been
+    working on), marks the culprits bad in the source, rebuilds the pipeline and goes on at the same
+    position, the culprits now replaced. ``bad_records`` names every bad record met (index -> BadRecord).
     """
 
     def __init__(self, source: PlanSource, opts: PipelineOptions, preset: Preset) -> None:
+        self.source, self.opts, self.preset = source, opts, preset
+        self.bad_records: dict[int, BadRecord] = {}
+        self._build()
+        self._epoch = source.plan.first_epoch
+
+    def _build(self) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        self.source, self.opts = source, opts
-        self.pipeline = build_pipeline(source, opts, preset)
+        self.pipeline = build_pipeline(self.source, self.opts, self.preset)
         self._iterator = DALIGenericIterator(
             self.pipeline,
             list(OUTPUT_NAMES),
@@ -49,14 +68,79 @@ class DALILoader:
             last_batch_policy=LastBatchPolicy.DROP,
             prepare_first_batch=False,
         )
-        self._epoch = source.plan.first_epoch
 
     def __len__(self) -> int:
         return self.source.plan.num_batches(self._epoch)
 
     def __iter__(self) -> Iterator[Batch]:
+        epoch = self._epoch
         self._epoch += 1
-        return _batches(self._iterator, self.opts.channels_last)
+        return self._run(epoch)
+
+    def _run(self, epoch: int) -> Iterator[Batch]:
+        order = self.source.plan.for_epoch(epoch)
+        position = 0  # the next position of this rank's epoch order to deliver
+        while True:
+            try:
+                (out,) = next(self._iterator)
+            except StopIteration:
+                return
+            except RuntimeError as exc:  # DALI: "Critical error in pipeline", the pipeline is now invalid
+                self._recover(exc, epoch, order, position)
+                continue
+            batch = _to_batch(out, self.opts.channels_last)
+            self._note_replacements(order, position, batch.indices.tolist())
+            position += len(batch.indices)
+            yield batch
+
+    def _note_replacements(self, order: EpochOrder, position: int, delivered: list[int]) -> None:
+        """Name the records the source replaced (before decoding) in the batch at ``position``."""
+        for planned, got in zip(order.indices[position : position + len(delivered)].tolist(), delivered, strict=True):
+            if planned != got and planned not in self.bad_records:
+                why = self.source.problem(planned) or "replaced by the source"
+                self.bad_records[planned] = BadRecord(planned, *self.source.describe(planned), why)
+
+    def _recover(self, error: RuntimeError, epoch: int, order: EpochOrder, position: int) -> None:
+        """After a pipeline error: find undecodable records among the samples in flight, mark them bad,
+        rebuild the pipeline at ``position`` of ``epoch``. An error with no culprit there is raised."""
+        in_flight = range(position, min(len(order), position + (self.opts.prefetch + 2) * self.opts.batch_size))
+        found = self._undecodable(order, in_flight)
+        if not found:
+            raise error
+        for index, why in found:
+            self.bad_records[index] = BadRecord(index, *self.source.describe(index), why)
+        self._discard_pipeline()
+        self.source.restart_at(epoch, position)
+        self._build()
+
+    def _undecodable(self, order: EpochOrder, positions: range) -> list[tuple[int, str]]:
+        """(index, reason) of the records DALI's CPU decoder rejects among those the source delivers at
+        ``positions``; each one found is marked bad in the source, and the replacements are checked too."""
+        if not isinstance(self.source, LMDBSource):
+            return []
+        from dali_pipeline.decode_check import undecodable_records
+
+        found: list[tuple[int, str]] = []
+        checked: set[int] = set()
+        while True:
+            delivered = {int(order.indices[self.source.choose(order, p)[0]]) for p in positions}
+            todo = sorted(delivered - checked)
+            if not todo:
+                return found
+            checked.update(todo)
+            bad = [(i, reason(why)) for i, why in undecodable_records(self.source.db, todo)]
+            if not bad:
+                return found
+            found += bad
+            self.source.bad.update(i for i, _ in bad)
+
+    def _discard_pipeline(self) -> None:
+        """Drop the failed pipeline (its threads and Python workers stop) before a new one is built."""
+        pipeline = self.pipeline
+        del self._iterator, self.pipeline
+        pipeline._shutdown()
+        del pipeline
+        gc.collect()
 
 
 class DALIFolderLoader:

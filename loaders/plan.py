@@ -12,6 +12,7 @@ A resume skips a prefix of the epoch's *global* order (``skip`` positions): afte
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -126,3 +127,19 @@ class RankPlan:
         self._cache.clear()
         self._cache[epoch] = result
         return result
+
+
+class NoGoodSample(RuntimeError):
+    """Every sample of a rank's epoch order is a bad record: nothing can replace one."""
+
+
+def replacement_positions(position: int, length: int) -> Iterator[int]:
+    """Where a loader looks for the sample it delivers at ``position`` of an epoch order of ``length``:
+    the position itself, then, if its record is bad, the next ones, wrapping around to the start (a
+    loader that finds every one bad raises ``no_good_sample``)."""
+    for k in range(length):
+        yield (position + k) % length
+
+
+def no_good_sample(length: int) -> NoGoodSample:
+    return NoGoodSample(f"all {length} samples of this rank's epoch are bad records: nothing to train on")

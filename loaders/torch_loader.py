@@ -3,6 +3,7 @@
 Its sampler follows the same ``RankPlan`` the DALI source follows, so both loaders deliver the same
 samples in the same order each epoch. Augmentation is seeded per sample from (seed, epoch, index): a
 sample gets the same crop whichever worker reads it, so a resumed run reproduces an uninterrupted one.
+A bad record is replaced by the next good sample of the rank's order and reported (``loaders.bad_records``).
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.datasets import ImageFolder
 
 from lmdb_io import ImageFolderLMDB, is_database
+from lmdb_io.dataset import decode_rgb
+from lmdb_io.trainable import BadRecordError, read_checked, reason
 
+from .bad_records import BadRecord
 from .batch import Batch
-from .plan import RankPlan
+from .plan import RankPlan, no_good_sample, replacement_positions
 from .presets import preset_for
 
 _CPU = torch.device("cpu")
@@ -34,7 +38,8 @@ def open_image_dataset(
 
 
 class PlanSampler(Sampler):
-    """Yields ``(index, padding, epoch)`` in the plan's order; call ``set_epoch`` before each epoch."""
+    """Yields ``(index, padding, epoch, position)`` in the plan's order (``position``: in this rank's epoch
+    order, where a bad record's replacement is looked for); call ``set_epoch`` before each epoch."""
 
     def __init__(self, plan: RankPlan) -> None:
         self.plan = plan
@@ -46,29 +51,77 @@ class PlanSampler(Sampler):
     def __len__(self) -> int:
         return len(self.plan.for_epoch(self.epoch))
 
-    def __iter__(self) -> Iterator[tuple[int, bool, int]]:
+    def __iter__(self) -> Iterator[tuple[int, bool, int, int]]:
         order = self.plan.for_epoch(self.epoch)
-        return zip(order.indices.tolist(), order.padding.tolist(), [self.epoch] * len(order), strict=True)
+        n = len(order)
+        return zip(order.indices.tolist(), order.padding.tolist(), [self.epoch] * n, range(n), strict=True)
+
+
+# A sample: image, label, dataset index, padding, and the bad records (index, reason) it replaced
+Item = tuple[Any, int, int, bool, list[tuple[int, str]]]
 
 
 class _SeededItems(Dataset):
-    """Wraps an image dataset: item ``(index, padding, epoch)`` -> (image, label, index, padding)."""
+    """Wraps an image dataset: item ``(index, padding, epoch, position)`` -> (image, label, index, padding,
+    bad records met).
 
-    def __init__(self, dataset: ImageFolderLMDB | ImageFolder, seed: int) -> None:
-        self.dataset, self.seed = dataset, seed
+    A record that fails its checksum, claims too many pixels in its header, or does not decode is replaced
+    by the next good sample of the rank's epoch order (``loaders.bad_records``); the replacement is marked
+    as padding and the bad records met are handed back with it, since workers run in other processes.
+    ``known_bad`` (set by the loader before each epoch) skips records already found bad.
+    """
+
+    def __init__(self, dataset: ImageFolderLMDB | ImageFolder, plan: RankPlan) -> None:
+        self.dataset, self.plan, self.seed = dataset, plan, plan.seed
+        self.known_bad: frozenset[int] = frozenset()
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: tuple[int, bool, int]) -> tuple[Any, int, int, bool]:
-        index, padding, epoch = item
+    def _load(self, index: int) -> tuple[Any, int]:
+        """The transformed sample; ``BadRecordError`` if the record is bad (the transform is not guarded)."""
+        dataset = self.dataset
+        if isinstance(dataset, ImageFolderLMDB):  # checksum and the header's pixel count before decoding
+            payload, label = read_checked(dataset.db.read, index)
+        else:
+            path, label = dataset.samples[index]
+        try:
+            image = decode_rgb(payload) if isinstance(dataset, ImageFolderLMDB) else dataset.loader(path)
+        except Exception as exc:  # Pillow raises many types for broken files
+            raise BadRecordError(f"does not decode with Pillow ({reason(exc)})") from None
+        if dataset.transform is not None:
+            image = dataset.transform(image)
+        if dataset.target_transform is not None:
+            label = dataset.target_transform(label)
+        return image, label
+
+    def __getitem__(self, item: tuple[int, bool, int, int]) -> Item:
+        index, padding, epoch, position = item
+        order = self.plan.for_epoch(epoch)
+        bad: list[tuple[int, str]] = []
         # Seeded per sample, in a forked CPU RNG, so the caller's global RNG (workers=0) is left as it was.
         # Only the CPU generator (torchvision's transforms draw from it): torch.manual_seed also seeds every
-        # CUDA device and other backends, ~130 us per sample against ~1 us here.
+        # CUDA device and other backends, ~130 us per sample against ~1 us here. A replacement is seeded as
+        # the sample it replaces.
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
-            image, label = self.dataset[index]
-        return image, label, index, padding
+            for candidate in replacement_positions(position, len(order)):
+                chosen = index if candidate == position else int(order.indices[candidate])
+                if chosen in self.known_bad:
+                    continue
+                torch.default_generator.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+                try:
+                    image, label = self._load(chosen)
+                except BadRecordError as exc:
+                    bad.append((chosen, str(exc)))
+                    continue
+                return image, label, chosen, padding or candidate != position, bad
+        raise no_good_sample(len(order))
+
+
+def _collate(samples: list[Item]) -> tuple[Any, ...]:
+    """The default collation of (image, label, index, padding), plus the bad records met, as a list."""
+    images, labels, indices, padding = default_collate([s[:4] for s in samples])
+    return images, labels, indices, padding, [record for s in samples for record in s[4]]
 
 
 class TorchLoader:
@@ -89,13 +142,16 @@ class TorchLoader:
             raise ValueError(f"the plan is for {plan.length} samples, the dataset holds {len(dataset)}")
         self.plan, self.device, self.channels_last = plan, device, channels_last
         self.sampler = PlanSampler(plan)
+        self.items = _SeededItems(dataset, plan)
+        self.bad_records: dict[int, BadRecord] = {}  # found so far, in the order they were met
         self.loader = DataLoader(
-            _SeededItems(dataset, plan.seed),
+            self.items,
             batch_size=plan.batch_size,
             sampler=self.sampler,
             num_workers=workers,
             pin_memory=device.type == "cuda",
             drop_last=False,
+            collate_fn=_collate,
             persistent_workers=False,
             multiprocessing_context=multiprocessing_context if workers else None,
             # DataLoader draws each epoch's worker base seed from this, not from the global RNG
@@ -111,13 +167,26 @@ class TorchLoader:
         self.sampler.set_epoch(self._epoch)
         self._epoch += 1
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        for images, labels, indices, padding in self.loader:
+        self.items.known_bad = frozenset(self.bad_records)  # workers start with this epoch's iterator
+        for images, labels, indices, padding, bad in self.loader:
+            for index, why in bad:
+                if index not in self.bad_records:
+                    self.bad_records[index] = BadRecord(index, *self._describe(index), why)
             yield Batch(
                 images.to(self.device, non_blocking=True, memory_format=memory_format),
                 labels.to(self.device, non_blocking=True),
                 indices,
                 padding,
             )
+
+    def _describe(self, index: int) -> tuple[str, str]:
+        """(key, source path) of sample ``index``: the LMDB key and the path relative to the dataset root
+        for a database, the path relative to the tree and the file for an ImageFolder."""
+        dataset = self.items.dataset
+        if isinstance(dataset, ImageFolderLMDB):
+            return dataset.db.key(index).decode(), dataset.db.paths()[index]
+        path = dataset.samples[index][0]
+        return os.path.relpath(path, dataset.root), path
 
 
 def make_torch_loader(

@@ -1,0 +1,101 @@
+"""Bad records met while training: named by key and source path in the log and in
+``OUTPUT_DIR/bad-records.tsv``, and counted against ``--max-bad-records`` the same way on every rank.
+
+The loaders replace each bad record by another sample of the rank's plan and name it in their
+``bad_records`` (``loaders.bad_records``); ``collect`` takes the new ones after each batch. ``agree`` is a
+collective: every rank calls it at the same points (every ``STOP_CHECK_EVERY`` steps under DDP, every
+step in one process, and at each epoch end), the ranks share what they met since, and rank 0 logs and
+lists the records no rank had met before. The count is of distinct records (by key) in this run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from loaders.bad_records import BadRecord, bad_records_of
+
+from .distributed import all_reduce_sum
+from .runlog import RunLog
+
+TSV_NAME = "bad-records.tsv"
+TSV_COLUMNS = ("key", "path", "reason", "epoch", "step", "rank")
+
+# (record, epoch, global step, global rank) of one meeting
+Met = tuple[BadRecord, int, int, int]
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _field(value: object) -> str:
+    return " ".join(str(value).split())  # no tab or newline inside a TSV field
+
+
+class BadRecordLog:
+    def __init__(self, output_dir: str, limit: int, rank: int, main: bool, device: torch.device, log: RunLog) -> None:
+        self.path = os.path.join(output_dir, TSV_NAME)
+        self.limit, self.rank, self.main, self.device, self.log = limit, rank, main, device, log
+        self.known: dict[str, BadRecord] = {}  # every rank's, by key, as agreed
+        self._pending: list[Met] = []  # met on this rank since the last agree()
+        self._taken: dict[int, int] = {}  # id(loader) -> how many of its bad_records were collected
+
+    @property
+    def exceeded(self) -> bool:
+        return len(self.known) > self.limit
+
+    def due(self, steps: int, every: int) -> bool:
+        """Whether ``agree`` runs after ``steps`` steps: every step in one process (no collective to pay
+        for), every ``every`` steps under DDP."""
+        return not _distributed() or steps % every == 0
+
+    def collect(self, loader: Any, epoch: int, step: int) -> None:
+        """Take the bad records ``loader`` met since the last call (found while reading for ``step``)."""
+        records = list(bad_records_of(loader).values())
+        taken = self._taken.get(id(loader), 0)
+        self._pending += [(record, epoch, step, self.rank) for record in records[taken:]]
+        self._taken[id(loader)] = len(records)
+
+    def agree(self) -> bool:
+        """Share the records every rank met since the last call; rank 0 logs and lists the new ones.
+        Returns whether there are more than the limit (the same answer on every rank)."""
+        pending, self._pending = self._pending, []
+        met: list[Met] = pending
+        if _distributed():
+            count = all_reduce_sum(torch.tensor([float(len(pending))], device=self.device))
+            if count.item() > 0:
+                parts: list[list[Met] | None] = [None] * dist.get_world_size()
+                dist.all_gather_object(parts, pending)
+                met = [m for part in parts if part for m in part]
+        new = [m for m in met if m[0].key not in self.known]
+        for record, epoch, step, rank in new:
+            if record.key in self.known:  # met by two ranks in the same window
+                continue
+            self.known[record.key] = record
+            if self.main:
+                self._report(record, epoch, step, rank)
+        return self.exceeded
+
+    def _report(self, record: BadRecord, epoch: int, step: int, rank: int) -> None:
+        fresh = not os.path.exists(self.path)
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as tsv:
+            if fresh:
+                tsv.write("\t".join(TSV_COLUMNS) + "\n")
+            row = (record.key, record.path, record.reason, epoch, step, rank)
+            tsv.write("\t".join(_field(v) for v in row) + "\n")
+        self.log.record(
+            "bad_record",
+            f"bad record {record.key} ({record.path}): {record.reason}; replaced by another sample of rank "
+            f"{rank}'s plan (epoch {epoch}, step {step}; bad records so far: {len(self.known)})",
+            key=record.key,
+            path=record.path,
+            reason=record.reason,
+            epoch=epoch,
+            step=step,
+            rank=rank,
+        )

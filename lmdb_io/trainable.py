@@ -1,0 +1,41 @@
+"""Whether a record can be handed to a decoder: the checks a training loader makes on each read.
+
+A record is bad when it fails its checksum or header check, or when its image header claims more pixels
+than ``pixelcap`` allows (checked before anything decodes it); a loader that then fails to decode it finds
+it bad too. Loaders replace bad records instead of stopping the run (``loaders.bad_records``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .errors import CorruptRecordError, LmdbIoError, NotADatabaseError
+from .pixelcap import oversize
+
+
+class BadRecordError(LmdbIoError):
+    """A record that cannot be trained on; the message is the reason, without the key."""
+
+
+def reason(error: BaseException | str) -> str:
+    """An error's first line, without a leading ``record 'KEY': `` (reports give the key its own column)."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else type(error).__name__
+    if text.startswith("record ") and ": " in text:
+        text = text.split(": ", 1)[1]
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", text)[:300]  # the same text every run
+
+
+def read_checked(read: Callable[[int], tuple[Any, int]], index: int) -> tuple[Any, int]:
+    """``read(index)``'s (encoded bytes, label), or ``BadRecordError`` if the record fails its checksum or
+    header check or its image header claims too many pixels."""
+    try:
+        payload, label = read(index)
+    except (CorruptRecordError, NotADatabaseError) as exc:
+        raise BadRecordError(reason(exc)) from None
+    too_large = oversize(payload)
+    if too_large is not None:
+        raise BadRecordError(too_large)
+    return payload, label
