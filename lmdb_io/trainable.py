@@ -1,7 +1,8 @@
 """Whether a record can be handed to a decoder: the checks a training loader makes on each read.
 
 A record is bad when it fails its checksum or header check, or when its image header claims more pixels
-than ``pixelcap`` allows (checked before anything decodes it); a loader that then fails to decode it finds
+than ``imagecheck.PIXEL_CAP`` allows or a side longer than a JPEG decoder takes (``imagecheck.too_large``,
+checked before anything decodes it); a loader that then fails to decode it finds
 it bad too. Loaders replace bad records instead of stopping the run (``loaders.bad_records``).
 """
 
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import CorruptRecordError, LmdbIoError, NotADatabaseError
-from .pixelcap import oversize
+from .imagecheck import too_large
 
 
 class BadRecordError(LmdbIoError):
@@ -35,7 +36,7 @@ def read_checked(read: Callable[[int], tuple[Any, int]], index: int) -> tuple[An
         payload, label = read(index)
     except (CorruptRecordError, NotADatabaseError) as exc:
         raise BadRecordError(reason(exc)) from None
-    too_large = oversize(payload)
-    if too_large is not None:
-        raise BadRecordError(too_large)
+    problem = too_large(payload)
+    if problem is not None:
+        raise BadRecordError(problem)
     return payload, label

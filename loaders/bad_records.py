@@ -1,7 +1,7 @@
 """Bad records at training time, as the loaders report them to the trainer.
 
 A record is bad when it fails its checksum or header check, when its image header claims more pixels
-than ``lmdb_io.pixelcap`` allows (``lmdb_io.trainable``), or when it does not decode. A loader never lets
+than ``lmdb_io.imagecheck`` allows (``lmdb_io.trainable``), or when it does not decode. A loader never lets
 one stop the run: the sample at that position of the rank's epoch order is replaced by the next good
 sample of the same order (``loaders.plan.replacement_positions``), so every rank still delivers the same
 number of batches, the same way in every run; the replacement is marked as padding (a repeat evaluation

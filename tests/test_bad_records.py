@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import subprocess
 import sys
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, assert_one_line_error, convert, needs_dali, repo_pythonpath, run_main
+from datagen import huge_png
 from PIL import Image
 
 from lmdb_io import open_database
@@ -31,7 +30,7 @@ from loaders.plan import RankPlan
 
 KINDS = [pytest.param("dali", marks=needs_dali), "torch"]
 HUGE, FLIPPED, GARBAGE, FLIPPED_AFTER_GARBAGE = 3, 7, 20, 21
-BAD = {HUGE: "pixels", FLIPPED: "checksum", GARBAGE: "decode", FLIPPED_AFTER_GARBAGE: "checksum"}
+BAD = {HUGE: "too large", FLIPPED: "checksum", GARBAGE: "decode", FLIPPED_AFTER_GARBAGE: "checksum"}
 PER_CLASS = 16
 BATCH = 4
 
@@ -52,12 +51,6 @@ def claiming(data: bytes, width: int, height: int) -> bytes:
         i += 2 + int.from_bytes(out[i + 2 : i + 4], "big")
     out[i + 5 : i + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
     return bytes(out)
-
-
-def _png_header(width: int, height: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +125,7 @@ def _epoch(loader) -> tuple[int, list[int], list[int], list[bool]]:
 
 
 def test_image_size_is_read_from_the_header() -> None:
-    from lmdb_io.pixelcap import PIXEL_CAP, image_size, oversize
+    from lmdb_io.imagecheck import PIXEL_CAP, image_size, too_large as oversize
 
     for fmt in ("JPEG", "PNG", "GIF", "BMP", "WEBP"):
         out = io.BytesIO()
@@ -141,8 +134,8 @@ def test_image_size_is_read_from_the_header() -> None:
         assert oversize(out.getvalue()) is None
     assert image_size(claiming(_jpeg(8, 8, 0), 65535, 65535)) == (65535, 65535)
     assert "65535x65535" in (oversize(claiming(_jpeg(8, 8, 0), 65535, 65535)) or "")
-    assert image_size(_png_header(20000, 20000)) == (20000, 20000) and 20000 * 20000 > PIXEL_CAP
-    assert oversize(_png_header(20000, 20000)) is not None
+    assert image_size(huge_png()) == (20000, 20000) and 20000 * 20000 > PIXEL_CAP
+    assert oversize(huge_png()) is not None
     assert oversize(claiming(_jpeg(8, 8, 0), 65501, 2)) is not None  # a JPEG side beyond decoders' 65500
     assert image_size(b"\xff\xd8\xff\xe0garbage") is None and oversize(b"garbage") is None
 
