@@ -5,11 +5,12 @@ an unwritable report, and files too large to read whole."""
 from __future__ import annotations
 
 import os
-import shutil
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import assert_one_line_error, convert, lmdb_io_cli
+from conftest import all_entries, assert_one_line_error, convert, lmdb_io_cli
 
 from lmdb_io import NotADatabaseError, open_database
 from lmdb_io.env import close_shared_env
@@ -41,3 +42,46 @@ def test_truncated_database_is_refused_at_open(truncated_db: tuple[Path, int, in
     out, left, full = truncated_db
     with pytest.raises(NotADatabaseError, match=f"data.mdb is truncated \\({left} of {full} bytes\\)"):
         open_database(out)
+
+
+# -- two converters on one output -------------------------------------------------------------------
+
+
+def test_second_converter_on_the_same_output_is_refused(
+    train_dir: Path, train_db: Path, val_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conversion paused before its first commit holds OUT: a second one (--overwrite) refuses in one line,
+    and the first then finishes a database of its own dataset only."""
+    from lmdb_io import converter
+    from lmdb_io.writer import Writer
+
+    out = tmp_path / "db"
+    paused, release = threading.Event(), threading.Event()
+    original_put_all = Writer.put_all
+
+    def put_all(self: Writer, puts: list[tuple[bytes, Any]], deletes: tuple[bytes, ...] = ()) -> None:
+        if threading.current_thread().name == "first-converter":
+            paused.set()
+            release.wait(60)
+        original_put_all(self, puts, deletes)
+
+    monkeypatch.setattr(Writer, "put_all", put_all)
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            converter.convert(converter.ConvertOptions(dataset=str(train_dir), output=str(out), progress=False))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=first, name="first-converter")
+    thread.start()
+    try:
+        assert paused.wait(60), "the first conversion never reached its first commit"
+        second = convert(val_dir, out, "--overwrite", check=False)
+    finally:
+        release.set()
+        thread.join(120)
+    assert_one_line_error(second, str(out), "another conversion")
+    assert not errors, errors
+    assert all_entries(out) == all_entries(train_db)  # the first conversion's dataset, nothing else
