@@ -12,6 +12,7 @@ final transaction: a database without them is incomplete.
 from __future__ import annotations
 
 import array
+import fcntl
 import json
 import os
 import sys
@@ -33,6 +34,7 @@ from .sources import SourceList, read_file_list, scan_image_folder
 from .writer import Writer, tune_malloc
 
 _LMDB_FILES = {DATA_FILE, "lock.mdb"}
+LOCK_FILE = ".convert.lock"  # in OUT while a conversion runs; see OutputLock
 _COUNTS = ("scanned", "stored_original", "stored_transcoded", "bytes_in", "bytes_out")
 
 
@@ -97,14 +99,62 @@ def _inside(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
 
 
-def _prepare_output(opts: ConvertOptions) -> None:
-    """Refuse outputs that would clobber something; create the directory; check it is writable."""
+class OutputLock:
+    """An exclusive ``flock`` on ``OUT/.convert.lock`` held for a whole conversion, so that a second
+    converter on the same output refuses instead of interleaving its records and index with ours.
+
+    The lock file holds the holder's pid (for the refusal message) and is removed when the lock is
+    released; a file left by a killed converter is not locked by anyone and is simply taken over.
+    """
+
+    def __init__(self, out: str, shown: str) -> None:
+        self.path = os.path.join(out, LOCK_FILE)
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise ConvertError(f"cannot write to output {shown}: {exc.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                os.close(fd)
+                raise ConvertError(
+                    f"output {shown} is being written by another conversion"
+                    + (f" (pid {holder})" if holder.isdigit() else "")
+                    + "; wait for it to finish or choose another output"
+                ) from None
+            except OSError as exc:
+                os.close(fd)
+                raise ConvertError(f"cannot lock output {shown}: {exc.strerror}") from None
+            try:
+                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)  # its holder removed it between our open and our lock: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        try:
+            os.remove(self.path)  # while still locked: nobody can have locked a newer file yet
+        except OSError:
+            pass
+        os.close(self._fd)
+
+
+def _prepare_output(opts: ConvertOptions) -> OutputLock:
+    """Refuse outputs that would clobber something; create the directory and lock it (which also proves
+    it is writable); only then clear it for --overwrite. The caller releases the lock."""
     out = os.path.realpath(opts.output)
     if os.path.isdir(opts.dataset) and _inside(out, os.path.realpath(opts.dataset)):
         raise ConvertError(f"output {opts.output} is inside the dataset {opts.dataset}: choose another place")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConvertError(f"output {opts.output} exists and is not a directory")
-    entries = set(os.listdir(out)) if os.path.isdir(out) else set()
+    entries = set(os.listdir(out)) - {LOCK_FILE} if os.path.isdir(out) else set()
     if entries and not opts.resume:
         if not opts.overwrite:
             raise ConvertError(
@@ -116,19 +166,22 @@ def _prepare_output(opts: ConvertOptions) -> None:
             raise ConvertError(
                 f"refusing to --overwrite {opts.output}: it holds files that are not an LMDB ({foreign[0]})"
             )
-        close_shared_env(out)
-        for name in entries:
-            os.remove(os.path.join(out, name))
     if entries and opts.resume and DATA_FILE not in entries:
         raise ConvertError(f"cannot --resume in {opts.output}: it holds no LMDB (data.mdb)")
     try:
         os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, ".write-test")
-        with open(probe, "wb"):
-            pass
-        os.remove(probe)
     except OSError as exc:
         raise ConvertError(f"cannot write to output {opts.output}: {exc.strerror}") from None
+    lock = OutputLock(out, opts.output)
+    if entries and not opts.resume:
+        try:
+            close_shared_env(out)
+            for name in entries:
+                os.remove(os.path.join(out, name))
+        except BaseException:
+            lock.release()
+            raise
+    return lock
 
 
 # -- reading and checking files ---------------------------------------------------------------------
@@ -186,7 +239,16 @@ def convert(opts: ConvertOptions) -> ConvertReport:
     started = time.perf_counter()
     tune_malloc()
     source = load_source(opts)
-    _prepare_output(opts)
+    lock = _prepare_output(opts)
+    try:
+        report = _convert_locked(opts, source)
+    finally:
+        lock.release()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _convert_locked(opts: ConvertOptions, source: SourceList) -> ConvertReport:
     out = opts.output
     fingerprint = source.fingerprint(_options_fingerprint(opts))
     width = schema.key_width(len(source.items))
@@ -222,7 +284,6 @@ def convert(opts: ConvertOptions) -> ConvertReport:
         _finish(writer, source, width, opts, report)
     finally:
         writer.close()
-    report.seconds = time.perf_counter() - started
     return report
 
 
