@@ -85,3 +85,17 @@ def test_second_converter_on_the_same_output_is_refused(
     assert_one_line_error(second, str(out), "another conversion")
     assert not errors, errors
     assert all_entries(out) == all_entries(train_db)  # the first conversion's dataset, nothing else
+
+
+# -- --resume on a complete database of another dataset --------------------------------------------
+
+
+def test_resume_of_a_complete_database_refuses_another_dataset(train_dir: Path, val_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "db"
+    convert(val_dir, out)
+    before = all_entries(out)
+    assert_one_line_error(convert(train_dir, out, "--resume", check=False), str(out), "differ", "--overwrite")
+    assert_one_line_error(convert(val_dir, out, "--resume", "--keep-format", check=False), "differ")
+    assert all_entries(out) == before
+    assert "reused" in convert(val_dir, out, "--resume").stdout  # the same dataset: nothing to redo
+    assert all_entries(out) == before
