@@ -259,10 +259,17 @@ def _convert_locked(opts: ConvertOptions, source: SourceList) -> ConvertReport:
         report = ConvertReport(output=out)
         progress = _load_progress(env, out) if opts.resume else None
         if opts.resume and progress is None and env.stat()["entries"]:
-            with env.begin() as txn:  # complete already: nothing to redo
+            with env.begin() as txn:  # complete already: nothing to redo if it is this job's database
                 meta_raw = txn.get(schema.META_KEY)
                 assert meta_raw is not None  # _load_progress refused entries without __meta__
-                counts = json.loads(meta_raw)["counts"]
+                meta = json.loads(meta_raw)
+            if meta.get("fingerprint") != fingerprint:
+                why = "differ from" if "fingerprint" in meta else "cannot be checked against (no fingerprint in)"
+                raise ConvertError(
+                    f"cannot --resume {out}: the dataset's file list, classes or options {why} the complete "
+                    f"database there; use --overwrite to rebuild it"
+                )
+            counts = meta["counts"]
             report.scanned, report.reused = counts["scanned"], counts["images"]
             report.stored_original = counts["stored_original"]
             report.stored_transcoded = counts["stored_transcoded"]
@@ -281,7 +288,7 @@ def _convert_locked(opts: ConvertOptions, source: SourceList) -> ConvertReport:
             report.reused = report.stored
             start, commits = counts["scanned"], counts["commits"]
         _convert_items(writer, source, start, commits, width, fingerprint, opts, report)
-        _finish(writer, source, width, opts, report)
+        _finish(writer, source, width, fingerprint, opts, report)
     finally:
         writer.close()
     return report
@@ -383,8 +390,13 @@ def _convert_items(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _finish(writer: Writer, source: SourceList, width: int, opts: ConvertOptions, report: ConvertReport) -> None:
-    """The final transaction: index entries and ``__meta__`` in, ``__progress__`` and its log out."""
+def _finish(
+    writer: Writer, source: SourceList, width: int, fingerprint: str, opts: ConvertOptions, report: ConvertReport
+) -> None:
+    """The final transaction: index entries and ``__meta__`` in, ``__progress__`` and its log out.
+
+    ``__meta__`` keeps the job's fingerprint (a digest of relative paths, labels, classes and options:
+    no times, no absolute paths), so --resume on a complete database checks it is the same job."""
     skipped = {entry["path"] for entry in report.skipped}
     stored = [(rel, label) for rel, label in source.items if rel not in skipped]
     n = len(stored)
@@ -417,6 +429,7 @@ def _finish(writer: Writer, source: SourceList, width: int, opts: ConvertOptions
         },
         "payload_bytes": report.bytes_out,
         "options": _options_fingerprint(opts),
+        "fingerprint": fingerprint,
     }
     puts = [
         (schema.KEYS_KEY, b"\n".join(schema.make_key(i, width) for i in range(n))),
