@@ -4,13 +4,16 @@ an unwritable report, and files too large to read whole."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import all_entries, assert_one_line_error, convert, lmdb_io_cli
+from datagen import ORIGINAL, GeneratedDataset
 
 from lmdb_io import NotADatabaseError, open_database
 from lmdb_io.env import close_shared_env
@@ -99,3 +102,67 @@ def test_resume_of_a_complete_database_refuses_another_dataset(train_dir: Path, 
     assert all_entries(out) == before
     assert "reused" in convert(val_dir, out, "--resume").stdout  # the same dataset: nothing to redo
     assert all_entries(out) == before
+
+
+# -- directory symlink loops and unreadable folders -------------------------------------------------
+
+
+@pytest.fixture
+def small_tree(generated: GeneratedDataset, tmp_path: Path) -> Path:
+    """data/ants/a.jpg and data/bees/b.jpg."""
+    root = tmp_path / "data"
+    for name, f in zip(("ants/a.jpg", "bees/b.jpg"), generated.val.outcome(ORIGINAL)[:2], strict=True):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(generated.val.root / f.rel, root / name)
+    return root
+
+
+def _convert_with_report(root: Path, tmp_path: Path, *extra: str) -> tuple[Path, dict]:
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    convert(root, out, "--report", str(report), *extra)
+    return out, json.loads(report.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize(
+    ("link", "target"),
+    [("bees/up", ".."), ("ants/more-bees", "../bees")],
+    ids=["loop-to-the-root", "class-folder-again"],
+)
+def test_directory_seen_twice_is_visited_once_and_reported(
+    small_tree: Path, tmp_path: Path, link: str, target: str
+) -> None:
+    """bees/up -> .. loops (bees/up/bees/up/...); ants/more-bees -> ../bees would label bees' images ants."""
+    (small_tree / link).symlink_to(target)
+    out, report = _convert_with_report(small_tree, tmp_path)
+    db = open_database(out)
+    assert db.paths() == ["ants/a.jpg", "bees/b.jpg"]
+    assert db.targets.tolist() == [0, 1]
+    assert [e["path"] for e in report["skipped"]] == [link], report["skipped"]
+    assert "already visited" in report["skipped"][0]["reason"]
+
+
+def test_unreadable_class_folder_is_reported(small_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulated (tests may run as root, where chmod 000 denies nothing): listing bees/ fails."""
+    real_scandir = os.scandir
+    denied = small_tree / "bees"
+
+    def scandir(path: Any = ".") -> Any:
+        if os.fspath(path) == str(denied):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    out, report = _convert_with_report(small_tree, tmp_path)
+    assert open_database(out).paths() == ["ants/a.jpg"]
+    assert [(e["path"], "Permission denied" in e["reason"]) for e in report["skipped"]] == [("bees", True)]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod 000 does not deny root (simulated above)")
+def test_unreadable_class_folder_is_reported_chmod(small_tree: Path, tmp_path: Path) -> None:
+    (small_tree / "bees").chmod(0)
+    try:
+        out, report = _convert_with_report(small_tree, tmp_path)
+    finally:
+        (small_tree / "bees").chmod(0o755)
+    assert open_database(out).paths() == ["ants/a.jpg"]
+    assert [e["path"] for e in report["skipped"]] == ["bees"]
