@@ -244,6 +244,7 @@ def convert(opts: ConvertOptions) -> ConvertReport:
         report = _convert_locked(opts, source)
     finally:
         lock.release()
+    report.skipped = source.skipped + report.skipped  # directories the scan could not or would not list
     report.seconds = time.perf_counter() - started
     return report
 
