@@ -106,3 +106,27 @@ def test_bom_before_the_header_row(data: Path, tmp_path: Path) -> None:
 def test_path_escaping_the_dataset_is_refused(data: Path, tmp_path: Path, escape: str) -> None:
     assert (data / escape).resolve().is_file()  # the file exists, outside the dataset
     _refused(data, tmp_path, f"ants/a.jpg,ants\n{escape},ants\n", "row 2", escape)
+
+
+def test_duplicate_path_is_refused(data: Path, tmp_path: Path) -> None:
+    """The same file twice (here under two classes, and once spelled with ./) would be stored twice."""
+    _refused(data, tmp_path, "ants/a.jpg,ants\nbees/b.jpg,bees\n./ants/a.jpg,bees\n", "row 3", "row 1", "twice")
+
+
+def test_extra_columns_are_refused(data: Path, tmp_path: Path) -> None:
+    _refused(data, tmp_path, "ants/a.jpg,ants\nbees/b.jpg,bees,3\n", "row 2", "3 columns")
+
+
+def test_empty_class_name_is_refused(data: Path, tmp_path: Path) -> None:
+    _refused(data, tmp_path, "ants/a.jpg,ants\nbees/b.jpg, \n", "row 2", "empty class name")
+
+
+def test_non_utf8_list_is_refused(data: Path, tmp_path: Path) -> None:
+    listing = _listing(tmp_path, "ants/a.jpg,ants\nbees/b.jpg,abeilles-\xe9t\xe9\n", encoding="latin-1")
+    result = convert(data, tmp_path / "out", "--file-list", str(listing), check=False)
+    assert_one_line_error(result, str(listing), "not UTF-8", "line 2")
+
+
+def test_row_numbers_are_the_files_line_numbers(data: Path, tmp_path: Path) -> None:
+    """A header and comment lines are skipped, but errors still name the line an editor shows."""
+    _refused(data, tmp_path, "path,class\n# made by hand\n\nants/a.jpg,ants\nbees/b.jpg\n", "row 5", "two columns")
