@@ -9,10 +9,14 @@ extension: the converter tells images from other files by their bytes. Hidden fi
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import json
 import os
+import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .errors import ConvertError
@@ -151,28 +155,68 @@ def scan_image_folder(root: str, classes_from: list[str] | None = None) -> Sourc
     return SourceList(root=root, classes=classes, items=items, skipped=skipped)
 
 
+def _decode_list(csv_path: str, data: bytes) -> str:
+    """The CSV's text: UTF-8, with or without a byte order mark (Excel writes one)."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConvertError(
+            f"{csv_path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+
+
+def _list_rows(text: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number where the row starts, cells) for each row that is not blank or a ``#`` comment."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    last = 0
+    for row in reader:
+        lineno, last = last + 1, reader.line_num
+        if not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        yield lineno, row
+
+
 def read_file_list(root: str, csv_path: str, classes_from: list[str] | None = None) -> SourceList:
     """Read ``relative path,class name`` rows (ImageNet's flat val folder with its labels, say).
 
-    A first row naming columns (``path,class``) is skipped. Items are ordered as ImageFolder would
-    order them: by class, then by path.
+    A first row naming columns (``path,class``) is skipped, as are blank lines and ``#`` comments.
+    Paths are normalised (``./a/../b.jpg`` is ``b.jpg``) and must stay inside ``root``; a path listed
+    twice, a third column, an empty class name or text that is not UTF-8 is refused, naming the line.
+    Items are ordered as ImageFolder would order them: by class, then by path.
     """
     _check_root(root)
     try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+        with open(csv_path, "rb") as f:
+            data = f.read()
     except OSError as exc:
         raise ConvertError(f"cannot read --file-list {csv_path}: {exc.strerror}") from None
-    if rows and rows[0][0].strip().lower() in _CSV_HEADERS and not os.path.exists(os.path.join(root, rows[0][0])):
-        rows = rows[1:]
     pairs: list[tuple[str, str]] = []
-    for lineno, row in enumerate(rows, 1):
+    first_seen: dict[str, int] = {}
+    for n, (lineno, row) in enumerate(_list_rows(_decode_list(csv_path, data))):
+        if n == 0 and row[0].strip().lower() in _CSV_HEADERS and not os.path.exists(os.path.join(root, row[0])):
+            continue  # a header row
+        where = f"{csv_path}: row {lineno}"
         if len(row) < 2:
-            raise ConvertError(f"{csv_path}: row {lineno} needs two columns (relative path, class name): {row!r}")
-        rel = row[0].strip().replace(os.sep, "/")
-        if os.path.isabs(rel) or rel.startswith("../"):
-            raise ConvertError(f"{csv_path}: row {lineno}: {rel!r} must be relative to {root}")
-        pairs.append((rel, row[1].strip()))
+            raise ConvertError(f"{where} needs two columns (relative path, class name): {row!r}")
+        if len(row) > 2:
+            raise ConvertError(f"{where} has {len(row)} columns, expected two (relative path, class name): {row!r}")
+        rel, class_name = row[0].strip().replace(os.sep, "/"), row[1].strip()
+        if not rel:
+            raise ConvertError(f"{where}: empty path")
+        if not class_name:
+            raise ConvertError(f"{where}: empty class name for {rel!r}")
+        if os.path.isabs(rel):
+            raise ConvertError(f"{where}: {rel!r} must be relative to {root}")
+        norm = posixpath.normpath(rel)
+        if norm in (".", "..") or norm.startswith("../"):
+            raise ConvertError(f"{where}: {rel!r} is outside {root} (paths must stay inside --dataset)")
+        if norm in first_seen:
+            raise ConvertError(f"{where}: {rel!r} is listed twice (first on row {first_seen[norm]})")
+        first_seen[norm] = lineno
+        pairs.append((norm, class_name))
     if not pairs:
         raise ConvertError(f"--file-list {csv_path} lists no files")
     classes = _class_map(sorted({c for _, c in pairs}), classes_from, csv_path)
