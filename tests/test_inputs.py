@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 from conftest import all_entries, assert_one_line_error, convert, lmdb_io_cli
 from datagen import ORIGINAL, GeneratedDataset
@@ -166,3 +167,52 @@ def test_unreadable_class_folder_is_reported_chmod(small_tree: Path, tmp_path: P
         (small_tree / "bees").chmod(0o755)
     assert open_database(out).paths() == ["ants/a.jpg"]
     assert [e["path"] for e in report["skipped"]] == ["bees"]
+
+
+# -- file names that are not UTF-8, and the report ------------------------------------------------
+
+
+def test_non_utf8_file_names_round_trip(small_tree: Path, tmp_path: Path) -> None:
+    """Linux names are bytes: b"caf\\xe9.jpg" (Latin-1) must reach __paths__, the report, samples and
+    verify's messages unchanged, and the report must be written (no .tmp left behind)."""
+    from lmdb_io import ImageFolderLMDB
+
+    bees = os.fsencode(small_tree / "bees")
+    image_name, other_name = b"caf\xe9.jpg", b"notes-\xff.txt"
+    shutil.copy(small_tree / "bees" / "b.jpg", bees + b"/" + image_name)
+    with open(bees + b"/" + other_name, "wb") as f:
+        f.write(b"not an image")
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    result = convert(small_tree, out, "--report", str(report))
+    assert "notes-\\xff.txt" in result.stdout  # printable, whatever the terminal's encoding
+    assert sorted(os.listdir(tmp_path)) == ["data", "out", "report.json"]
+    skipped = json.loads(report.read_bytes())["skipped"]
+    assert [os.fsencode(entry["path"]) for entry in skipped] == [b"bees/" + other_name]
+    db = open_database(out)
+    paths = [os.fsencode(p) for p in db.paths()]
+    assert paths == [b"ants/a.jpg", b"bees/b.jpg", b"bees/" + image_name]
+    index = paths.index(b"bees/" + image_name)
+    assert bytes(db.read(index)[0]) == (small_tree / "bees" / "b.jpg").read_bytes()
+    samples = ImageFolderLMDB(out).samples
+    assert [(os.fsencode(p), label) for p, label in samples] == [(p, t) for p, t in zip(paths, [0, 1, 1], strict=True)]
+    key = db.key(index)
+    del db, samples
+    close_shared_env(str(out))
+    env = lmdb.open(str(out))
+    with env.begin(write=True) as txn:
+        record = bytearray(txn.get(key))
+        record[-1] ^= 0xFF
+        txn.put(key, bytes(record))
+    env.close()
+    verify = lmdb_io_cli("verify", str(out), "-q")
+    assert verify.returncode == 1, (verify.stdout, verify.stderr)
+    assert "bees/caf\\xe9.jpg" in verify.stdout
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "a-directory"])
+def test_unwritable_report_is_refused_before_converting(val_dir: Path, tmp_path: Path, where: str) -> None:
+    (tmp_path / "a-directory").mkdir()
+    report = tmp_path / "missing" / "report.json" if where == "missing-folder" else tmp_path / "a-directory"
+    out = tmp_path / "out"
+    assert_one_line_error(convert(val_dir, out, "--report", str(report), check=False), "--report", str(report))
+    assert not out.exists()
