@@ -12,6 +12,7 @@ final transaction: a database without them is incomplete.
 from __future__ import annotations
 
 import array
+import contextlib
 import fcntl
 import json
 import os
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import lmdb
 from tqdm import tqdm
 
-from . import __version__, schema
+from . import __version__, pathtext, schema
 from .database import open_database
 from .env import DATA_FILE, close_shared_env
 from .errors import ConvertError, ConvertInterrupted
@@ -438,7 +439,7 @@ def _finish(
         (schema.TARGETS_KEY, targets.tobytes()),
         (
             schema.PATHS_KEY,
-            json.dumps([rel for rel, _ in stored], ensure_ascii=False).encode("utf-8", "surrogateescape"),
+            pathtext.json_bytes([rel for rel, _ in stored]),
         ),
         (schema.META_KEY, json.dumps(meta, sort_keys=True).encode()),
     ]
@@ -449,13 +450,31 @@ def _finish(
     writer.put_all(puts, deletes=tuple(progress_keys))
 
 
+def check_report_path(path: str) -> None:
+    """Refuse a --report path that cannot be written, before converting (not after the database is done)."""
+    if os.path.isdir(path):
+        raise ConvertError(f"cannot write --report {path}: it is a directory")
+    probe = f"{path}.tmp"
+    try:
+        with open(probe, "w", encoding="utf-8"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise ConvertError(f"cannot write --report {path}: {exc.strerror}") from None
+
+
 def write_report(report: ConvertReport, path: str) -> None:
-    """Atomically write the JSON report (temp file + rename)."""
+    """Atomically write the JSON report (temp file + rename); paths as ``pathtext`` writes them."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report.to_json(), f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(pathtext.json_dumps(report.to_json(), indent=2))
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise ConvertError(f"cannot write --report {path}: {exc.strerror} (the database is complete)") from None
 
 
-__all__ = ["ConvertOptions", "ConvertReport", "convert", "write_report"]
+__all__ = ["ConvertOptions", "ConvertReport", "check_report_path", "convert", "write_report"]

@@ -10,7 +10,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from . import schema
+from . import pathtext, schema
 from .env import data_file, shared_env
 from .errors import IncompleteDatabaseError, NotADatabaseError
 from .record import ImageFormat, decode_record
@@ -124,7 +124,7 @@ class ImageDatabase:
             with shared_env(self.path).begin() as txn:
                 paths_raw = txn.get(schema.PATHS_KEY)
             assert paths_raw is not None  # in FINAL_KEYS, checked when the database was opened
-            self._paths = json.loads(paths_raw)
+            self._paths = pathtext.json_loads(paths_raw)  # non-UTF-8 names come back as os gave them
         return self._paths
 
     # -- records -------------------------------------------------------------------------------------
