@@ -4,6 +4,7 @@ an unwritable report, and files too large to read whole."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -216,3 +217,86 @@ def test_unwritable_report_is_refused_before_converting(val_dir: Path, tmp_path:
     out = tmp_path / "out"
     assert_one_line_error(convert(val_dir, out, "--report", str(report), check=False), "--report", str(report))
     assert not out.exists()
+
+
+# -- files too large to read whole, and short reads -------------------------------------------------
+
+
+class _RecordedFile:
+    """A file opened by lmdb_io.prepare, recording each read's requested size: a request over ``refuse``
+    bytes fails (so no test ever reads gigabytes) and each read returns at most ``chunk`` bytes (short
+    reads, as from a network file system)."""
+
+    def __init__(self, f: Any, requests: list[int], refuse: int, chunk: int) -> None:
+        self._f, self._requests, self._refuse, self._chunk = f, requests, refuse, chunk
+
+    def _ask(self, n: int) -> int:
+        self._requests.append(n)
+        if n > self._refuse:
+            raise OSError(errno.EIO, f"test: a read of {n} bytes")
+        return min(n, self._chunk)
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        return self._f.readinto(view[: self._ask(len(view))])
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(self._ask(n if n is not None and n >= 0 else 1 << 62))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def __enter__(self) -> _RecordedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+
+def _record_reads(monkeypatch: pytest.MonkeyPatch, refuse: int, chunk: int) -> dict[str, list[int]]:
+    from lmdb_io import prepare
+
+    requests: dict[str, list[int]] = {}
+
+    def recorded_open(path: Any, *args: Any, **kwargs: Any) -> _RecordedFile:
+        f = open(path, *args, **kwargs)  # closed by _RecordedFile.__exit__
+        return _RecordedFile(f, requests.setdefault(os.path.basename(os.fspath(path)), []), refuse, chunk)
+
+    monkeypatch.setattr(prepare, "open", recorded_open, raising=False)
+    return requests
+
+
+def test_huge_files_are_skipped_without_reading_them_whole(
+    small_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3 GiB sparse files: one that is no image (zeros) and one whose first bytes say JPEG."""
+    huge = 3 << 30
+    with open(small_tree / "bees" / "huge.bin", "wb") as f:
+        f.truncate(huge)
+    with open(small_tree / "bees" / "huge.jpg", "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")
+        f.truncate(huge)
+    requests = _record_reads(monkeypatch, refuse=1 << 20, chunk=1 << 62)
+    out, report = _convert_with_report(small_tree, tmp_path)
+    assert open_database(out).paths() == ["ants/a.jpg", "bees/b.jpg"]
+    reasons = {entry["path"]: entry["reason"] for entry in report["skipped"]}
+    assert "not a known image format" in reasons.pop("bees/huge.bin")
+    assert "larger than the 2 GiB cap" in reasons.pop("bees/huge.jpg")
+    assert not reasons
+    for name in ("huge.bin", "huge.jpg"):
+        assert sum(requests[name]) <= 1 << 20, (name, requests[name])
+    assert report["bytes_in"] == 2 * huge + sum(
+        p.stat().st_size for p in small_tree.rglob("*.jpg") if p.stat().st_size < huge
+    )
+
+
+def test_short_reads_are_continued_to_the_end_of_the_file(
+    small_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requests = _record_reads(monkeypatch, refuse=1 << 40, chunk=1000)
+    out, report = _convert_with_report(small_tree, tmp_path)
+    assert len(requests["a.jpg"]) > 2  # read in pieces
+    db = open_database(out)
+    assert report["skipped"] == [] and report["transcoded"] == []
+    for index, rel in enumerate(db.paths()):
+        assert bytes(db.read(index)[0]) == (small_tree / rel).read_bytes(), rel
