@@ -92,6 +92,22 @@ def test_second_converter_on_the_same_output_is_refused(
     assert all_entries(out) == all_entries(train_db)  # the first conversion's dataset, nothing else
 
 
+def test_lock_file_left_by_a_killed_converter_bothers_nobody(val_dir: Path, train_dir: Path, tmp_path: Path) -> None:
+    """kill -9 leaves OUT/.convert.lock behind, unlocked: readers, --overwrite and a fresh run ignore it."""
+    from lmdb_io.converter import LOCK_FILE
+
+    out = tmp_path / "db"
+    out.mkdir()
+    (out / LOCK_FILE).write_text("999999\n")
+    convert(val_dir, out)  # an output holding only a stale lock file counts as empty
+    assert sorted(os.listdir(out)) == ["data.mdb", "lock.mdb"]  # the lock file is gone with the lock
+    (out / LOCK_FILE).write_text("999999\n")
+    assert lmdb_io_cli("verify", str(out), "-q").returncode == 0
+    close_shared_env(str(out))
+    convert(train_dir, out, "--overwrite")
+    assert sorted(os.listdir(out)) == ["data.mdb", "lock.mdb"]
+
+
 # -- --resume on a complete database of another dataset --------------------------------------------
 
 
