@@ -120,7 +120,8 @@ def convert_parser() -> argparse.ArgumentParser:
 
 
 def convert_main(argv: Sequence[str] | None = None) -> int:
-    from lmdb_io.converter import ConvertOptions, convert, write_report
+    from lmdb_io.converter import ConvertOptions, check_report_path, convert, write_report
+    from lmdb_io.pathtext import printable
 
     parser = convert_parser()
     args = parser.parse_args(argv)
@@ -142,12 +143,14 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
             commit_every=args.commit_every,
             progress=not args.quiet,
         )
+        if args.report:
+            check_report_path(args.report)
         report = convert(opts)
         if args.report:
             write_report(report, args.report)
         print(report.summary())
         for entry in report.skipped[:20]:
-            print(f"  skipped {entry['path']}: {entry['reason']}")
+            print(f"  skipped {printable(entry['path'])}: {printable(entry['reason'])}")
         if len(report.skipped) > 20:
             print(f"  ... and {len(report.skipped) - 20} more" + (f" (see {args.report})" if args.report else ""))
         return 0
@@ -205,6 +208,7 @@ def _dali_decode_check() -> tuple[str, DecodeCheck] | str:
 
 def _verify(path: str, decode: bool, workers: int, quiet: bool) -> int:
     from lmdb_io import open_database
+    from lmdb_io.pathtext import printable
     from lmdb_io.verify import verify_database
 
     db = open_database(path)
@@ -216,7 +220,7 @@ def _verify(path: str, decode: bool, workers: int, quiet: bool) -> int:
     if result.problems:
         paths = db.paths()
         for index, problem in result.problems:
-            print(f"  {problem} [{paths[index]}]")
+            print(f"  {problem} [{printable(paths[index])}]")
         print(f"{path}: {result.bad_records} of {len(db)} records failed ({checked})")
         return EXIT_BAD_RECORDS
     print(f"{path}: all {len(db)} records OK ({checked})")

@@ -12,6 +12,8 @@ final transaction: a database without them is incomplete.
 from __future__ import annotations
 
 import array
+import contextlib
+import fcntl
 import json
 import os
 import sys
@@ -22,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import lmdb
 from tqdm import tqdm
 
-from . import __version__, schema
+from . import __version__, pathtext, schema
 from .database import open_database
 from .env import DATA_FILE, close_shared_env
 from .errors import ConvertError, ConvertInterrupted
@@ -33,6 +35,7 @@ from .sources import SourceList, read_file_list, scan_image_folder
 from .writer import Writer, tune_malloc
 
 _LMDB_FILES = {DATA_FILE, "lock.mdb"}
+LOCK_FILE = ".convert.lock"  # in OUT while a conversion runs; see OutputLock
 _COUNTS = ("scanned", "stored_original", "stored_transcoded", "bytes_in", "bytes_out")
 
 
@@ -97,14 +100,62 @@ def _inside(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
 
 
-def _prepare_output(opts: ConvertOptions) -> None:
-    """Refuse outputs that would clobber something; create the directory; check it is writable."""
+class OutputLock:
+    """An exclusive ``flock`` on ``OUT/.convert.lock`` held for a whole conversion, so that a second
+    converter on the same output refuses instead of interleaving its records and index with ours.
+
+    The lock file holds the holder's pid (for the refusal message) and is removed when the lock is
+    released; a file left by a killed converter is not locked by anyone and is simply taken over.
+    """
+
+    def __init__(self, out: str, shown: str) -> None:
+        self.path = os.path.join(out, LOCK_FILE)
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise ConvertError(f"cannot write to output {shown}: {exc.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                os.close(fd)
+                raise ConvertError(
+                    f"output {shown} is being written by another conversion"
+                    + (f" (pid {holder})" if holder.isdigit() else "")
+                    + "; wait for it to finish or choose another output"
+                ) from None
+            except OSError as exc:
+                os.close(fd)
+                raise ConvertError(f"cannot lock output {shown}: {exc.strerror}") from None
+            try:
+                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)  # its holder removed it between our open and our lock: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        try:
+            os.remove(self.path)  # while still locked: nobody can have locked a newer file yet
+        except OSError:
+            pass
+        os.close(self._fd)
+
+
+def _prepare_output(opts: ConvertOptions) -> OutputLock:
+    """Refuse outputs that would clobber something; create the directory and lock it (which also proves
+    it is writable); only then clear it for --overwrite. The caller releases the lock."""
     out = os.path.realpath(opts.output)
     if os.path.isdir(opts.dataset) and _inside(out, os.path.realpath(opts.dataset)):
         raise ConvertError(f"output {opts.output} is inside the dataset {opts.dataset}: choose another place")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConvertError(f"output {opts.output} exists and is not a directory")
-    entries = set(os.listdir(out)) if os.path.isdir(out) else set()
+    entries = set(os.listdir(out)) - {LOCK_FILE} if os.path.isdir(out) else set()
     if entries and not opts.resume:
         if not opts.overwrite:
             raise ConvertError(
@@ -116,19 +167,22 @@ def _prepare_output(opts: ConvertOptions) -> None:
             raise ConvertError(
                 f"refusing to --overwrite {opts.output}: it holds files that are not an LMDB ({foreign[0]})"
             )
-        close_shared_env(out)
-        for name in entries:
-            os.remove(os.path.join(out, name))
     if entries and opts.resume and DATA_FILE not in entries:
         raise ConvertError(f"cannot --resume in {opts.output}: it holds no LMDB (data.mdb)")
     try:
         os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, ".write-test")
-        with open(probe, "wb"):
-            pass
-        os.remove(probe)
     except OSError as exc:
         raise ConvertError(f"cannot write to output {opts.output}: {exc.strerror}") from None
+    lock = OutputLock(out, opts.output)
+    if entries and not opts.resume:
+        try:
+            close_shared_env(out)
+            for name in entries:
+                os.remove(os.path.join(out, name))
+        except BaseException:
+            lock.release()
+            raise
+    return lock
 
 
 # -- reading and checking files ---------------------------------------------------------------------
@@ -186,7 +240,17 @@ def convert(opts: ConvertOptions) -> ConvertReport:
     started = time.perf_counter()
     tune_malloc()
     source = load_source(opts)
-    _prepare_output(opts)
+    lock = _prepare_output(opts)
+    try:
+        report = _convert_locked(opts, source)
+    finally:
+        lock.release()
+    report.skipped = source.skipped + report.skipped  # directories the scan could not or would not list
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _convert_locked(opts: ConvertOptions, source: SourceList) -> ConvertReport:
     out = opts.output
     fingerprint = source.fingerprint(_options_fingerprint(opts))
     width = schema.key_width(len(source.items))
@@ -197,10 +261,17 @@ def convert(opts: ConvertOptions) -> ConvertReport:
         report = ConvertReport(output=out)
         progress = _load_progress(env, out) if opts.resume else None
         if opts.resume and progress is None and env.stat()["entries"]:
-            with env.begin() as txn:  # complete already: nothing to redo
+            with env.begin() as txn:  # complete already: nothing to redo if it is this job's database
                 meta_raw = txn.get(schema.META_KEY)
                 assert meta_raw is not None  # _load_progress refused entries without __meta__
-                counts = json.loads(meta_raw)["counts"]
+                meta = json.loads(meta_raw)
+            if meta.get("fingerprint") != fingerprint:
+                why = "differ from" if "fingerprint" in meta else "cannot be checked against (no fingerprint in)"
+                raise ConvertError(
+                    f"cannot --resume {out}: the dataset's file list, classes or options {why} the complete "
+                    f"database there; use --overwrite to rebuild it"
+                )
+            counts = meta["counts"]
             report.scanned, report.reused = counts["scanned"], counts["images"]
             report.stored_original = counts["stored_original"]
             report.stored_transcoded = counts["stored_transcoded"]
@@ -219,10 +290,9 @@ def convert(opts: ConvertOptions) -> ConvertReport:
             report.reused = report.stored
             start, commits = counts["scanned"], counts["commits"]
         _convert_items(writer, source, start, commits, width, fingerprint, opts, report)
-        _finish(writer, source, width, opts, report)
+        _finish(writer, source, width, fingerprint, opts, report)
     finally:
         writer.close()
-    report.seconds = time.perf_counter() - started
     return report
 
 
@@ -322,8 +392,13 @@ def _convert_items(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _finish(writer: Writer, source: SourceList, width: int, opts: ConvertOptions, report: ConvertReport) -> None:
-    """The final transaction: index entries and ``__meta__`` in, ``__progress__`` and its log out."""
+def _finish(
+    writer: Writer, source: SourceList, width: int, fingerprint: str, opts: ConvertOptions, report: ConvertReport
+) -> None:
+    """The final transaction: index entries and ``__meta__`` in, ``__progress__`` and its log out.
+
+    ``__meta__`` keeps the job's fingerprint (a digest of relative paths, labels, classes and options:
+    no times, no absolute paths), so --resume on a complete database checks it is the same job."""
     skipped = {entry["path"] for entry in report.skipped}
     stored = [(rel, label) for rel, label in source.items if rel not in skipped]
     n = len(stored)
@@ -356,6 +431,7 @@ def _finish(writer: Writer, source: SourceList, width: int, opts: ConvertOptions
         },
         "payload_bytes": report.bytes_out,
         "options": _options_fingerprint(opts),
+        "fingerprint": fingerprint,
     }
     puts = [
         (schema.KEYS_KEY, b"\n".join(schema.make_key(i, width) for i in range(n))),
@@ -363,7 +439,7 @@ def _finish(writer: Writer, source: SourceList, width: int, opts: ConvertOptions
         (schema.TARGETS_KEY, targets.tobytes()),
         (
             schema.PATHS_KEY,
-            json.dumps([rel for rel, _ in stored], ensure_ascii=False).encode("utf-8", "surrogateescape"),
+            pathtext.json_bytes([rel for rel, _ in stored]),
         ),
         (schema.META_KEY, json.dumps(meta, sort_keys=True).encode()),
     ]
@@ -374,13 +450,31 @@ def _finish(writer: Writer, source: SourceList, width: int, opts: ConvertOptions
     writer.put_all(puts, deletes=tuple(progress_keys))
 
 
+def check_report_path(path: str) -> None:
+    """Refuse a --report path that cannot be written, before converting (not after the database is done)."""
+    if os.path.isdir(path):
+        raise ConvertError(f"cannot write --report {path}: it is a directory")
+    probe = f"{path}.tmp"
+    try:
+        with open(probe, "w", encoding="utf-8"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise ConvertError(f"cannot write --report {path}: {exc.strerror}") from None
+
+
 def write_report(report: ConvertReport, path: str) -> None:
-    """Atomically write the JSON report (temp file + rename)."""
+    """Atomically write the JSON report (temp file + rename); paths as ``pathtext`` writes them."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report.to_json(), f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(pathtext.json_dumps(report.to_json(), indent=2))
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise ConvertError(f"cannot write --report {path}: {exc.strerror} (the database is complete)") from None
 
 
-__all__ = ["ConvertOptions", "ConvertReport", "convert", "write_report"]
+__all__ = ["ConvertOptions", "ConvertReport", "check_report_path", "convert", "write_report"]

@@ -10,7 +10,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from . import schema
+from . import pathtext, schema
 from .env import data_file, shared_env
 from .errors import CorruptRecordError, IncompleteDatabaseError, NotADatabaseError
 from .record import ImageFormat, decode_record
@@ -142,7 +142,7 @@ class ImageDatabase:
                 paths_raw = txn.get(schema.PATHS_KEY)
             assert paths_raw is not None  # in FINAL_KEYS, checked when the database was opened
             try:
-                paths = json.loads(paths_raw)
+                paths = pathtext.json_loads(paths_raw)  # non-UTF-8 names come back as os gave them
             except ValueError:
                 raise NotADatabaseError(f"{self.path}: __paths__ is not JSON") from None
             if not isinstance(paths, list) or len(paths) != self.length:

@@ -41,9 +41,24 @@ def _open_readonly(path: str) -> lmdb.Environment:
     if not is_database(path):
         raise NotADatabaseError(f"{path}: not an LMDB database (no data.mdb in it)")
     try:
-        return lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False, map_size=0, subdir=True)
+        env = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False, map_size=0, subdir=True)
     except lmdb.Error as exc:
         raise NotADatabaseError(f"{path}: not a readable LMDB database ({exc})") from None
+    try:
+        _check_size(path, env)
+    except BaseException:
+        env.close()
+        raise
+    return env
+
+
+def _check_size(path: str, env: lmdb.Environment) -> None:
+    """Refuse a data.mdb shorter than its last used page: reading past the end of a memory-mapped file
+    kills the process with SIGBUS. Both numbers come from the meta pages, at the start of the file."""
+    expected = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    actual = os.path.getsize(data_file(path))
+    if actual < expected:
+        raise NotADatabaseError(f"{path}: {DATA_FILE} is truncated ({actual} of {expected} bytes)")
 
 
 def shared_env(path: str) -> lmdb.Environment:

@@ -2,19 +2,21 @@
 
 File I/O and Pillow release the GIL, so threads overlap them; results come back in order, so the
 database is the same whatever the worker count. Each file is read straight into a buffer that leaves
-room for the record header, so a stored JPEG is never copied.
+room for the record header, so a stored JPEG is never copied. Its first bytes are read first: a file
+that is no image, or one over ``MAX_FILE_BYTES``, is skipped without being read whole.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .imagecheck import Action, inspect_image
-from .record import HEADER_SIZE, encode_record, write_header
+from .imagecheck import Action, inspect_image, sniff_format
+from .record import HEADER_SIZE, ImageFormat, encode_record, write_header
 from .sources import SourceList
 
 
@@ -28,22 +30,83 @@ class Prepared:
     bytes_in: int
 
 
-def _read_file(path: str) -> bytearray:
-    """The file's bytes after HEADER_SIZE free bytes, read straight into place (no copy)."""
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        buf = bytearray(HEADER_SIZE + size)
-        got = f.readinto(memoryview(buf)[HEADER_SIZE:])
-        if got < size:  # shrank while we read it
-            del buf[HEADER_SIZE + got :]
-        else:
-            buf += f.read()  # grew while we read it
+MAX_FILE_BYTES = 2 << 30  # larger files are skipped unread (a record is one LMDB value, read whole)
+SNIFF_BYTES = 64  # read first, to tell a file that is no image from one worth reading whole
+_GROW_CHUNK = 1 << 16  # reads past the size fstat gave, for a file that grew while we read it
+_UNIDENTIFIED = "not a known image format by its magic bytes; Pillow: cannot identify image file"
+
+
+def _read_up_to(f: io.FileIO, n: int) -> bytes:
+    """Up to ``n`` bytes: fewer only at the end of the file (a read may return less than asked)."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        part = f.read(n - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def _no_image(f: io.FileIO, head: bytes) -> bool:
+    """Whether the file is no image, judged from its first bytes: no magic bytes we know, and Pillow
+    (which reads only headers to identify a file) cannot identify it either. Anything else is read
+    whole and judged by ``inspect_image``."""
+    if not head or sniff_format(head) != ImageFormat.UNKNOWN:
+        return False
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        f.seek(0)
+        Image.open(f)
+    except UnidentifiedImageError:
+        return True
+    except Exception:  # identified but odd: the full check says what is wrong with it
+        return False
+    return False
+
+
+def _read_rest(f: io.FileIO, head: bytes, size: int) -> bytearray | None:
+    """The whole file after HEADER_SIZE free bytes, read straight into place (no copy), reads repeated
+    until the end of the file; None if it grew past MAX_FILE_BYTES while we read it."""
+    buf = bytearray(HEADER_SIZE + max(size, len(head)))
+    buf[HEADER_SIZE : HEADER_SIZE + len(head)] = head
+    got = len(head)
+    f.seek(got)
+    with memoryview(buf) as view:
+        while got < size:
+            n = f.readinto(view[HEADER_SIZE + got :])
+            if not n:
+                break
+            got += n
+    if got < size:  # shrank while we read it
+        del buf[HEADER_SIZE + got :]
+        return buf
+    while more := f.read(_GROW_CHUNK):  # grew while we read it
+        if got + len(more) > MAX_FILE_BYTES:
+            return None
+        buf += more
+        got += len(more)
     return buf
+
+
+def _too_large(size: int) -> str:
+    return f"larger than the {MAX_FILE_BYTES >> 30} GiB cap ({size} bytes)"
 
 
 def _prepare(path: str, label: int, verify_decode: bool, keep_format: bool) -> Prepared:
     try:
-        buf = _read_file(path)
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            head = _read_up_to(f, SNIFF_BYTES)
+            if _no_image(f, head):
+                return Prepared(Action.SKIP, _UNIDENTIFIED, None, size)
+            if size > MAX_FILE_BYTES:
+                return Prepared(Action.SKIP, _too_large(size), None, size)
+            buf = _read_rest(f, head, size)
+            if buf is None:
+                return Prepared(Action.SKIP, _too_large(os.fstat(f.fileno()).st_size), None, size)
     except OSError as exc:
         return Prepared(Action.SKIP, f"cannot read: {exc.strerror}", None, 0)
     n = len(buf) - HEADER_SIZE

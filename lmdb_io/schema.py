@@ -8,8 +8,10 @@ with entries a reader needs so that nothing has to be hard-coded or scanned:
     __keys__       every image key in index order, joined by b"\\n" (ASCII)
     __len__        the number of images, ASCII decimal
     __targets__    every label in index order, int64 little endian
-    __paths__      every image's path relative to the dataset root, JSON list (for messages and logs)
-    __meta__       JSON: format, schema version, classes, class_to_idx, counts, tool version
+    __paths__      every image's path relative to the dataset root, JSON list (for messages and logs);
+                   bytes of a name that are not UTF-8 as \\udcXX escapes (see pathtext.py)
+    __meta__       JSON: format, schema version, classes, class_to_idx, counts, tool version, and the
+                   fingerprint of the job (relative paths, labels, classes, options) checked by --resume
     __progress__   present only while a conversion is unfinished: JSON counts and the job's fingerprint
     __progress_log__<n>  likewise: JSON of the files skipped or transcoded in commit n (for the report)
 

@@ -89,7 +89,6 @@ def test_classes_from_numbers_file_list_classes(data: Path, train_db: Path, tmp_
     assert db.targets.tolist() == [train.class_to_idx["ants"], train.class_to_idx["bees"]]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10: a UTF-8 BOM hides the header row, which becomes a phantom class")
 def test_bom_before_the_header_row(data: Path, tmp_path: Path) -> None:
     listing = _listing(tmp_path, "path,class\nants/a.jpg,ants\nbees/b.jpg,bees\n", encoding="utf-8-sig")
     assert listing.read_bytes().startswith(b"\xef\xbb\xbf")
@@ -101,8 +100,31 @@ def test_bom_before_the_header_row(data: Path, tmp_path: Path) -> None:
     assert db.meta["counts"]["scanned"] == 2 and db.meta["counts"]["skipped"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10: a path that climbs out through a class folder escapes --dataset")
 @pytest.mark.parametrize("escape", ["ants/../../val/x.jpg", "./../val/x.jpg"])
 def test_path_escaping_the_dataset_is_refused(data: Path, tmp_path: Path, escape: str) -> None:
     assert (data / escape).resolve().is_file()  # the file exists, outside the dataset
     _refused(data, tmp_path, f"ants/a.jpg,ants\n{escape},ants\n", "row 2", escape)
+
+
+def test_duplicate_path_is_refused(data: Path, tmp_path: Path) -> None:
+    """The same file twice (here under two classes, and once spelled with ./) would be stored twice."""
+    _refused(data, tmp_path, "ants/a.jpg,ants\nbees/b.jpg,bees\n./ants/a.jpg,bees\n", "row 3", "row 1", "twice")
+
+
+def test_extra_columns_are_refused(data: Path, tmp_path: Path) -> None:
+    _refused(data, tmp_path, "ants/a.jpg,ants\nbees/b.jpg,bees,3\n", "row 2", "3 columns")
+
+
+def test_empty_class_name_is_refused(data: Path, tmp_path: Path) -> None:
+    _refused(data, tmp_path, "ants/a.jpg,ants\nbees/b.jpg, \n", "row 2", "empty class name")
+
+
+def test_non_utf8_list_is_refused(data: Path, tmp_path: Path) -> None:
+    listing = _listing(tmp_path, "ants/a.jpg,ants\nbees/b.jpg,abeilles-\xe9t\xe9\n", encoding="latin-1")
+    result = convert(data, tmp_path / "out", "--file-list", str(listing), check=False)
+    assert_one_line_error(result, str(listing), "not UTF-8", "line 2")
+
+
+def test_row_numbers_are_the_files_line_numbers(data: Path, tmp_path: Path) -> None:
+    """A header and comment lines are skipped, but errors still name the line an editor shows."""
+    _refused(data, tmp_path, "path,class\n# made by hand\n\nants/a.jpg,ants\nbees/b.jpg\n", "row 5", "two columns")
