@@ -313,7 +313,9 @@ def test_save_is_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 # -- resume on an accelerator: the checkpoint is loaded to the CPU (issue 10) --------------------------
 
 
-@pytest.mark.filterwarnings("ignore:.*to a meta parameter in the current model:UserWarning")  # the meta model stands in for a GPU
+@pytest.mark.filterwarnings(
+    "ignore:.*to a meta parameter in the current model:UserWarning"
+)  # the meta model stands in for a GPU
 def test_restore_onto_another_device_loads_the_checkpoint_to_the_cpu(tmp_path: Path) -> None:
     """On a GPU, ``map_location=<cuda device>`` made the saved RNG state a CUDA tensor, which
     ``torch.set_rng_state`` refuses (TypeError). The CPU reproduction: a state on the ``meta`` device, a
