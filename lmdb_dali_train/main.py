@@ -286,6 +286,8 @@ def _fit(
         stop.restore()
         if key_log is not None:
             key_log.close()
+        for loader in (train_loader, val_loader):
+            _close_loader(loader)
     why = {
         "stopped": "stopped by a signal",
         "max_steps": f"--max-steps {args.max_steps} reached",
@@ -303,6 +305,13 @@ def _fit(
     )
     log.close()
     return 0
+
+
+def _close_loader(loader: BatchLoader | None) -> None:
+    """Shut a loader's worker processes down (they ignore the signals that stop the run)."""
+    close = getattr(loader, "close", None)
+    if close is not None:
+        close()
 
 
 def _spawned(local_rank: int, args: argparse.Namespace, procs: int) -> None:

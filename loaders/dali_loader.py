@@ -3,8 +3,10 @@ through a ``dali_pipeline`` graph, into ``Batch``es of torch tensors."""
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
 from dali_pipeline.pipelines import (
@@ -22,12 +24,28 @@ from .plan import RankPlan
 from .presets import Preset, TrainPreset, preset_for
 
 
-def _batches(iterator: Iterable, channels_last: bool) -> Iterator[Batch]:
+def _batches(iterator: Iterable, channels_last: bool) -> Generator[Batch, None, None]:
     """DALIGenericIterator outputs (one pipeline) as ``Batch``: images NCHW-shaped whatever the memory
     layout (a channels-last pipeline's NHWC output becomes an NCHW view in channels-last memory)."""
     for (out,) in iterator:
         images = out["images"].permute(0, 3, 1, 2) if channels_last else out["images"]
         yield Batch(images, out["labels"].view(-1), out["indices"].view(-1), out["padding"].view(-1).bool())
+
+
+def _shut_down(loader: DALILoader | DALIFolderLoader) -> None:
+    """End the epoch in progress and drop the loader's iterator and pipeline: with the pipeline's last
+    reference gone, DALI stops its threads and closes its worker pool (asking the workers to exit, then
+    terminating them). The loader cannot be iterated again."""
+    current = loader.__dict__.pop("_current", None)
+    if current is not None:
+        current.close()
+    loader.__dict__.pop("_iterator", None)
+    pipeline = loader.__dict__.pop("pipeline", None)
+    if pipeline is not None:
+        alive = weakref.ref(pipeline)
+        del pipeline
+        if alive() is not None:  # held in a reference cycle
+            gc.collect()
 
 
 class DALILoader:
@@ -56,7 +74,12 @@ class DALILoader:
 
     def __iter__(self) -> Iterator[Batch]:
         self._epoch += 1
-        return _batches(self._iterator, self.opts.channels_last)
+        self._current = _batches(self._iterator, self.opts.channels_last)
+        return self._current
+
+    def close(self) -> None:
+        """Shut the pipeline down, its Python workers with it (they ignore signals to the process group)."""
+        _shut_down(self)
 
 
 class DALIFolderLoader:
@@ -82,7 +105,12 @@ class DALIFolderLoader:
         return len(self._iterator)
 
     def __iter__(self) -> Iterator[Batch]:
-        return _batches(self._iterator, self.opts.channels_last)
+        self._current = _batches(self._iterator, self.opts.channels_last)
+        return self._current
+
+    def close(self) -> None:
+        """Shut the pipeline down."""
+        _shut_down(self)
 
 
 def make_dali_loader(

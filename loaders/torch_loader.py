@@ -7,8 +7,9 @@ sample gets the same crop whichever worker reads it, so a resumed run reproduces
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from lmdb_io import ImageFolderLMDB, is_database
 from .batch import Batch
 from .plan import RankPlan
 from .presets import preset_for
+from .workers import ignore_stop_signals, stop_signals_blocked
 
 _CPU = torch.device("cpu")
 
@@ -98,20 +100,40 @@ class TorchLoader:
             drop_last=False,
             persistent_workers=False,
             multiprocessing_context=multiprocessing_context if workers else None,
+            worker_init_fn=ignore_stop_signals,  # SIGINT/SIGTERM to the process group are the trainer's
             # DataLoader draws each epoch's worker base seed from this, not from the global RNG
             generator=torch.Generator().manual_seed(plan.seed),
         )
         self._epoch = plan.first_epoch
+        method = (
+            multiprocessing_context
+            or multiprocessing.get_start_method(allow_none=True)
+            or multiprocessing.get_all_start_methods()[0]  # the default
+        )
+        self._spawns = workers > 0 and method != "fork"
+        self._current: Generator[Batch, None, None] | None = None
 
     def __len__(self) -> int:
         """Batches in the coming epoch."""
         return self.plan.num_batches(self._epoch)
 
     def __iter__(self) -> Iterator[Batch]:
+        self._current = self._batches()
+        return self._current
+
+    def close(self) -> None:
+        """End the epoch in progress: its worker processes are shut down."""
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+
+    def _batches(self) -> Generator[Batch, None, None]:
         self.sampler.set_epoch(self._epoch)
         self._epoch += 1
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        for images, labels, indices, padding in self.loader:
+        with stop_signals_blocked(spawn=self._spawns):  # the workers are born ignoring them (loaders.workers)
+            batches = iter(self.loader)
+        for images, labels, indices, padding in batches:
             yield Batch(
                 images.to(self.device, non_blocking=True, memory_format=memory_format),
                 labels.to(self.device, non_blocking=True),
