@@ -225,6 +225,7 @@ def run(args: argparse.Namespace, place: Placement) -> int:
     if args.evaluate:
         assert val_loader is not None  # validate() requires --val with --evaluate
         metrics = evaluate(state, val_loader)
+        assert metrics is not None  # only a StopSignal ends it early
         log.record("val", _val_line(state.epoch, metrics), epoch=state.epoch, **metrics)
         log.close()
         return 0
@@ -233,6 +234,23 @@ def run(args: argparse.Namespace, place: Placement) -> int:
 
 def _val_line(epoch: int, m: dict[str, float]) -> str:
     return f"val epoch {epoch}: loss {m['loss']:.4f} top1 {m['top1']:.2f} top5 {m['top5']:.2f} ({m['count']} images)"
+
+
+def _validate(state: TrainState, val_loader: BatchLoader | None, stop: StopSignal, log: RunLog) -> str:
+    """At the end of an epoch (already counted in ``state``): "stopped" if a stop is agreed before or
+    during validation, else "done" (with the metrics logged). An interrupted validation gives no metrics
+    and is not redone by a resumed run, which goes on with the next epoch (``--evaluate --resume CKPT``
+    measures that checkpoint)."""
+    if stop.agreed():
+        return "stopped"
+    if val_loader is None:
+        return "done"
+    metrics = evaluate(state, val_loader, stop)
+    if metrics is None:
+        log.info(f"validation of epoch {state.epoch - 1} interrupted by the stop: no metrics")
+        return "stopped"
+    log.record("val", _val_line(state.epoch - 1, metrics), epoch=state.epoch - 1, **metrics)
+    return "done"
 
 
 def _fit(
@@ -270,13 +288,11 @@ def _fit(
             steps_run += steps
             if outcome == "done":  # the loader ran out: the epoch is complete
                 state.epoch, state.step_in_epoch, state.epoch_position = state.epoch + 1, 0, 0
-                if val_loader is not None:
-                    metrics = evaluate(state, val_loader)
-                    log.record("val", _val_line(state.epoch - 1, metrics), epoch=state.epoch - 1, **metrics)
-                if state.epoch < args.epochs:
+                outcome = _validate(state, val_loader, stop, log)
+                if outcome == "done" and state.epoch < args.epochs:
                     if args.max_steps is not None and steps_run >= args.max_steps:
                         outcome = "max_steps"
-                    elif stop.agreed(state.device):
+                    elif stop.agreed():
                         outcome = "stopped"
             if outcome != "done" or state.epoch >= args.epochs:
                 break
