@@ -9,6 +9,7 @@ batch. Runs under torchrun go through a ``sh`` wrapper that writes each rank's e
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from test_train import SMALL, _env, _events
 
 from lmdb_io import open_database
 from loaders.plan import RankPlan
+from loaders.workers import ignore_stop_signals, stop_signals_blocked
 
 RUN_TIMEOUT = 150  # a run that does not end by then is stuck (they take well under a minute)
 # the loaders with their worker processes: the torch loader's default -j, DALI's Python workers
@@ -101,6 +103,37 @@ def _assert_stopped(out: Path, output: str) -> dict:
     assert saved["global_step"] == end["global_step"]
     assert output.count("saved ") == 1
     return saved
+
+
+# -- loader workers ------------------------------------------------------------------------------------
+
+
+def _worker(ready: multiprocessing.synchronize.Event, go: multiprocessing.synchronize.Event) -> None:
+    ignore_stop_signals()
+    ready.set()
+    go.wait(60)
+
+
+def test_a_loader_worker_drops_signals_from_others_and_obeys_its_parent() -> None:
+    fork = multiprocessing.get_context("fork")
+    ready, go = fork.Event(), fork.Event()
+    with stop_signals_blocked():  # as the loaders start their workers
+        worker = fork.Process(target=_worker, args=(ready, go), daemon=True)
+        worker.start()
+    assert ready.wait(60)
+    for name in ("INT", "TERM"):  # from another process, as torchrun, SLURM or a terminal send them
+        subprocess.run(["kill", f"-{name}", str(worker.pid)], check=True)
+    go.set()
+    worker.join(60)
+    assert worker.exitcode == 0
+
+    worker = fork.Process(target=_worker, args=(ready, fork.Event()), daemon=True)
+    ready.clear()
+    worker.start()
+    assert ready.wait(60)
+    worker.terminate()  # the loader shutting its worker down: SIGTERM from the parent
+    worker.join(60)
+    assert worker.exitcode == 128 + signal.SIGTERM
 
 
 # -- a signal to the whole process group, loader workers included ----------------------------------
