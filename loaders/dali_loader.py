@@ -35,17 +35,16 @@ def _batches(iterator: Iterable, channels_last: bool) -> Generator[Batch, None, 
 def _shut_down(loader: DALILoader | DALIFolderLoader) -> None:
     """End the epoch in progress and drop the loader's iterator and pipeline: with the pipeline's last
     reference gone, DALI stops its threads and closes its worker pool (asking the workers to exit, then
-    terminating them). The loader cannot be iterated again."""
-    current = loader.__dict__.pop("_current", None)
-    if current is not None:
-        current.close()
-    loader.__dict__.pop("_iterator", None)
-    pipeline = loader.__dict__.pop("pipeline", None)
-    if pipeline is not None:
-        alive = weakref.ref(pipeline)
-        del pipeline
-        if alive() is not None:  # held in a reference cycle
-            gc.collect()
+    terminating them). The loader cannot be iterated again; a second call does nothing."""
+    if loader._current is not None:
+        loader._current.close()
+        loader._current = None
+    if not hasattr(loader, "pipeline"):
+        return
+    alive = weakref.ref(loader.pipeline)
+    del loader._iterator, loader.pipeline
+    if alive() is not None:  # held in a reference cycle
+        gc.collect()
 
 
 class DALILoader:
@@ -68,6 +67,7 @@ class DALILoader:
             prepare_first_batch=False,
         )
         self._epoch = source.plan.first_epoch
+        self._current: Generator[Batch, None, None] | None = None
 
     def __len__(self) -> int:
         return self.source.plan.num_batches(self._epoch)
@@ -100,6 +100,7 @@ class DALIFolderLoader:
             last_batch_policy=LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL,
             prepare_first_batch=False,
         )
+        self._current: Generator[Batch, None, None] | None = None
 
     def __len__(self) -> int:
         return len(self._iterator)
