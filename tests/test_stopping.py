@@ -136,6 +136,28 @@ def test_a_loader_worker_drops_signals_from_others_and_obeys_its_parent() -> Non
     assert worker.exitcode == 128 + signal.SIGTERM
 
 
+@pytest.mark.parametrize("loader", [pytest.param("dali", marks=needs_dali), "torch"])
+def test_closing_a_loader_mid_epoch_ends_its_worker_processes(train_db: Path, loader: str) -> None:
+    before = set(multiprocessing.active_children())
+    if loader == "dali":
+        from loaders.dali_loader import make_dali_loader
+
+        made = make_dali_loader(train_db, 8, train=True, crop=32, py_workers=2, num_threads=1)
+    else:
+        from loaders.torch_loader import make_torch_loader
+
+        made = make_torch_loader(train_db, 8, train=True, crop=32, workers=2)
+    batches = iter(made)
+    next(batches)
+    workers = set(multiprocessing.active_children()) - before
+    assert len(workers) == 2
+    made.close()
+    made.close()  # a second close does nothing
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0, 0]  # asked to exit, not terminated
+
+
 # -- a signal to the whole process group, loader workers included ----------------------------------
 
 
