@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,7 @@ def _group_is_gone(pgid: int) -> bool:
             os.killpg(pgid, 0)
         except ProcessLookupError:
             return True
-        subprocess.run(["sleep", "0.1"], check=True)
+        time.sleep(0.1)
     return False
 
 
