@@ -27,8 +27,9 @@ from .runlog import RunLog
 class StopSignal:
     """Records SIGTERM/SIGINT; ``agreed()`` is True on every rank once any rank got one.
 
-    Every rank must call ``agreed()`` at the same points: after every training step, at each epoch's end
-    and before each validation batch. It all-reduces one number on the host, over gloo (a gloo group of
+    Installed when a run starts, so a signal at any time stops it. Every rank must call ``agreed()`` at
+    the same points: before training, after every step, at each epoch's end and before each validation
+    batch. It all-reduces one number on the host, over gloo (a gloo group of
     its own when the run's backend is another, NCCL on GPUs), so asking at every step adds no device
     synchronisation. A stop is agreed at the first such point after the signal, on every rank.
     """
@@ -36,9 +37,7 @@ class StopSignal:
     def __init__(self) -> None:
         self.requested = False
         self._group: dist.ProcessGroup | None = None
-        if dist.is_available() and dist.is_initialized() and dist.get_backend() != "gloo":
-            group = dist.new_group(backend="gloo")  # collective: every rank creates its StopSignal
-            self._group = group if isinstance(group, dist.ProcessGroup) else None  # every rank is a member
+        self._asked = False
         self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -47,6 +46,11 @@ class StopSignal:
     def agreed(self) -> bool:
         if not (dist.is_available() and dist.is_initialized()):
             return self.requested  # one process: no collective
+        if not self._asked:  # the first call, the same on every rank: a host group if the run's is not one
+            self._asked = True
+            if dist.get_backend() != "gloo":
+                group = dist.new_group(backend="gloo")
+                self._group = group if isinstance(group, dist.ProcessGroup) else None  # every rank is a member
         flag = torch.tensor([1.0 if self.requested else 0.0])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
         return bool(flag.item() > 0)

@@ -165,8 +165,8 @@ def build_state(
     )
 
 
-def run(args: argparse.Namespace, place: Placement) -> int:
-    """One process's whole job; returns the exit code."""
+def run(args: argparse.Namespace, place: Placement, stop: StopSignal) -> int:
+    """One process's whole job; returns the exit code. ``stop``: installed by the caller at the start."""
     device = pick_device(args.device, place.local_rank)
     validate(args, cuda=device.type == "cuda")
     check_arch(args.arch)  # before any data is read: a typo fails at once
@@ -224,12 +224,15 @@ def run(args: argparse.Namespace, place: Placement) -> int:
     val_loader = loader_for(args.val, False) if args.val else None
     if args.evaluate:
         assert val_loader is not None  # validate() requires --val with --evaluate
-        metrics = evaluate(state, val_loader)
-        assert metrics is not None  # only a StopSignal ends it early
-        log.record("val", _val_line(state.epoch, metrics), epoch=state.epoch, **metrics)
+        metrics = evaluate(state, val_loader, stop)
+        if metrics is None:
+            log.info("evaluation stopped by a signal: no metrics")
+        else:
+            log.record("val", _val_line(state.epoch, metrics), epoch=state.epoch, **metrics)
         log.close()
+        _close_loader(val_loader)
         return 0
-    return _fit(args, place, state, train_info, loader_for, val_loader, log)
+    return _fit(args, place, state, train_info, loader_for, val_loader, log, stop)
 
 
 def _val_line(epoch: int, m: dict[str, float]) -> str:
@@ -261,6 +264,7 @@ def _fit(
     loader_for: Callable[..., BatchLoader],
     val_loader: BatchLoader | None,
     log: RunLog,
+    stop: StopSignal,
 ) -> int:
     if state.step_in_epoch and args.loader == "dali" and not args.lmdb and not args.synthetic:
         warn("DALI's file reader cannot resume mid-epoch: the interrupted epoch restarts from its beginning")
@@ -270,10 +274,10 @@ def _fit(
     if args.log_keys and train_info is not None:
         os.makedirs(args.output_dir, exist_ok=True)
         key_log = KeyLog(os.path.join(args.output_dir, f"keys-rank{place.rank}.tsv"), train_info.key_of)
-    stop = StopSignal()
-    steps_run, outcome = 0, "done"
+    steps_run = 0
+    outcome = "stopped" if stop.agreed() else "done"  # a signal while the run was starting
     try:
-        while state.epoch < args.epochs:
+        while outcome == "done" and state.epoch < args.epochs:
             left = None if args.max_steps is None else args.max_steps - steps_run
             outcome, steps = train_epoch(
                 state,
@@ -299,7 +303,6 @@ def _fit(
             _save(state, args, train_info, place)  # each completed epoch
         _save(state, args, train_info, place)
     finally:
-        stop.restore()
         if key_log is not None:
             key_log.close()
         for loader in (train_loader, val_loader):
@@ -338,12 +341,14 @@ def _spawned(local_rank: int, args: argparse.Namespace, procs: int) -> None:
 
 
 def _guarded(args: argparse.Namespace, place: Placement) -> int:
+    stop = StopSignal()  # from the start: a SIGTERM/SIGINT while the run starts stops it before training
     try:
-        return run(args, place)
+        return run(args, place, stop)
     except ConfigError as exc:
         print(f"{prog_name('train.py')}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
     finally:
+        stop.restore()
         shutdown()
 
 
