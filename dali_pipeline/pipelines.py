@@ -18,7 +18,9 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
 from loaders.presets import Preset, TrainPreset, ValPreset
+from loaders.workers import stop_signals_blocked
 
+from . import workers
 from .compat import no_exif_rotation, supported
 from .val_geometry import resize_and_center_crop
 
@@ -152,14 +154,17 @@ def _pipeline_args(opts: PipelineOptions) -> dict[str, Any]:
         prefetch_queue_depth=opts.prefetch,
         py_num_workers=max(1, opts.py_workers),
         py_start_method="spawn",
+        py_callback_pickler=workers,  # workers leave SIGINT/SIGTERM to the trainer
     )
 
 
 def build_pipeline(source: Callable, opts: PipelineOptions, preset: Preset) -> Pipeline:
     """A built pipeline over a per-sample source. Python workers start with spawn: DALI cannot fork
-    them once CUDA is initialised, and building a GPU pipeline initialises it."""
+    them once CUDA is initialised, and building a GPU pipeline initialises it. They start in ``build``,
+    with SIGINT/SIGTERM blocked (``loaders.workers``): a signal to the process group is the trainer's."""
     pipe = _source_pipeline(source, opts, preset, **_pipeline_args(opts))
-    pipe.build()
+    with stop_signals_blocked(spawn=opts.py_workers > 0):
+        pipe.build()
     return pipe
 
 

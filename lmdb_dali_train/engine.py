@@ -25,24 +25,39 @@ from .bad_records import BadRecordLog
 from .distributed import all_reduce_max, all_reduce_sum
 from .runlog import RunLog
 
-STOP_CHECK_EVERY = 5  # steps between the all-reduces that agree on a stop request
+BAD_RECORDS_SHARED_EVERY = 5  # steps between the all-gathers that share bad records under DDP
 
 
 class StopSignal:
-    """Records SIGTERM/SIGINT; ``agreed()`` is True on every rank once any rank got one."""
+    """Records SIGTERM/SIGINT; ``agreed()`` is True on every rank once any rank got one.
+
+    Installed when a run starts, so a signal at any time stops it. Every rank must call ``agreed()`` at
+    the same points: before training, after every step, at each epoch's end and before each validation
+    batch. It all-reduces one number on the host, over gloo (a gloo group of
+    its own when the run's backend is another, NCCL on GPUs), so asking at every step adds no device
+    synchronisation. A stop is agreed at the first such point after the signal, on every rank.
+    """
 
     def __init__(self) -> None:
         self.requested = False
+        self._group: dist.ProcessGroup | None = None
+        self._asked = False
         self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
 
-    def agreed(self, device: torch.device) -> bool:
+    def agreed(self) -> bool:
         if not (dist.is_available() and dist.is_initialized()):
-            return self.requested  # one process: no collective, no host sync
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
-        return bool(all_reduce_max(flag).item() > 0)
+            return self.requested  # one process: no collective
+        if not self._asked:  # the first call, the same on every rank: a host group if the run's is not one
+            self._asked = True
+            if dist.get_backend() != "gloo":
+                group = dist.new_group(backend="gloo")
+                self._group = group if isinstance(group, dist.ProcessGroup) else None  # every rank is a member
+        flag = torch.tensor([1.0 if self.requested else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        return bool(flag.item() > 0)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -204,11 +219,11 @@ def train_epoch(
         if bad is not None:  # every rank agrees at the same steps, the epoch's last included
             last = state.step_in_epoch == batches_in_epoch
             bad.collect(loader, state.epoch, state.global_step)
-            if (last or bad.due(steps, STOP_CHECK_EVERY)) and bad.agree() and not last:
+            if (last or bad.due(steps, BAD_RECORDS_SHARED_EVERY)) and bad.agree() and not last:
                 return "bad_records", steps
         if state.step_in_epoch == batches_in_epoch:
-            continue  # the last batch: finish the epoch (the loader's end is its "done")
-        if steps % STOP_CHECK_EVERY == 0 and stop.agreed(device):
+            continue  # the last batch: finish the epoch (the loader's end is its "done"; the caller asks then)
+        if stop.agreed():
             return "stopped", steps
         if steps_left is not None and steps >= steps_left:
             return "max_steps", steps
@@ -224,13 +239,16 @@ def _train_line(state: TrainState, batches: int, totals: list[float], elapsed: f
 
 
 @torch.no_grad()
-def evaluate(state: TrainState, loader: BatchLoader) -> dict[str, float]:
-    """Loss and top-1/top-5 over all ranks; padding is not counted."""
+def evaluate(state: TrainState, loader: BatchLoader, stop: StopSignal | None = None) -> dict[str, float] | None:
+    """Loss and top-1/top-5 over all ranks; padding is not counted. With ``stop``: None once a stop is
+    agreed (asked before each batch), and no metrics over part of the set."""
     state.model.eval()
     device = state.device
     sums = torch.zeros(4, device=device)
     loss_fn = nn.CrossEntropyLoss(reduction="none")
     for batch in counted(loader, "the validation loader"):
+        if stop is not None and stop.agreed():
+            return None
         real = (~batch.padding).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None):
             logits = state.model(batch.images)

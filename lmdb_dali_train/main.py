@@ -279,8 +279,8 @@ def build_state(
     )
 
 
-def run(args: argparse.Namespace, place: Placement) -> int:
-    """One process's whole job; returns the exit code."""
+def run(args: argparse.Namespace, place: Placement, stop: StopSignal) -> int:
+    """One process's whole job; returns the exit code. ``stop``: installed by the caller at the start."""
     device = pick_device(args.device, place.local_rank)
     validate(args, cuda=device.type == "cuda")
     check_arch(args.arch)  # before any data is read: a typo fails at once
@@ -342,17 +342,41 @@ def run(args: argparse.Namespace, place: Placement) -> int:
     bad = BadRecordLog(args.output_dir, args.max_bad_records, place.rank, place.is_main, device, log)
     if args.evaluate:
         assert val_loader is not None  # validate() requires --val with --evaluate
-        metrics = evaluate(state, val_loader)
+        metrics = evaluate(state, val_loader, stop)
         bad.collect(val_loader, state.epoch, state.global_step)
         bad.agree()  # lists them; evaluation itself is complete
-        log.record("val", _val_line(state.epoch, metrics), epoch=state.epoch, **metrics)
+        if metrics is None:
+            log.info("evaluation stopped by a signal: no metrics")
+        else:
+            log.record("val", _val_line(state.epoch, metrics), epoch=state.epoch, **metrics)
         log.close()
+        _close_loader(val_loader)
         return 0
-    return _fit(args, place, state, train_info, loader_for, val_loader, log, bad)
+    return _fit(args, place, state, train_info, loader_for, val_loader, log, bad, stop)
 
 
 def _val_line(epoch: int, m: dict[str, float]) -> str:
     return f"val epoch {epoch}: loss {m['loss']:.4f} top1 {m['top1']:.2f} top5 {m['top5']:.2f} ({m['count']} images)"
+
+
+def _validate(
+    state: TrainState, val_loader: BatchLoader | None, stop: StopSignal, log: RunLog, bad: BadRecordLog
+) -> str:
+    """At the end of an epoch (already counted in ``state``): "stopped" if a stop is agreed before or
+    during validation, else "done" (with the metrics logged). An interrupted validation gives no metrics
+    and is not redone by a resumed run, which goes on with the next epoch (``--evaluate --resume CKPT``
+    measures that checkpoint)."""
+    if stop.agreed():
+        return "stopped"
+    if val_loader is None:
+        return "done"
+    metrics = evaluate(state, val_loader, stop)
+    bad.collect(val_loader, state.epoch - 1, state.global_step)
+    if metrics is None:
+        log.info(f"validation of epoch {state.epoch - 1} interrupted by the stop: no metrics")
+        return "stopped"
+    log.record("val", _val_line(state.epoch - 1, metrics), epoch=state.epoch - 1, **metrics)
+    return "done"
 
 
 def _fit(
@@ -364,6 +388,7 @@ def _fit(
     val_loader: BatchLoader | None,
     log: RunLog,
     bad: BadRecordLog,
+    stop: StopSignal,
 ) -> int:
     if state.step_in_epoch and args.loader == "dali" and not args.lmdb and not args.synthetic:
         warn("DALI's file reader cannot resume mid-epoch: the interrupted epoch restarts from its beginning")
@@ -373,10 +398,10 @@ def _fit(
     if args.log_keys and train_info is not None:
         os.makedirs(args.output_dir, exist_ok=True)
         key_log = KeyLog(os.path.join(args.output_dir, f"keys-rank{place.rank}.tsv"), train_info.key_of)
-    stop = StopSignal()
-    steps_run, outcome = 0, "done"
+    steps_run = 0
+    outcome = "stopped" if stop.agreed() else "done"  # a signal while the run was starting
     try:
-        while state.epoch < args.epochs:
+        while outcome == "done" and state.epoch < args.epochs:
             left = None if args.max_steps is None else args.max_steps - steps_run
             outcome, steps = train_epoch(
                 state,
@@ -392,26 +417,24 @@ def _fit(
             steps_run += steps
             if outcome == "done":  # the loader ran out: the epoch is complete
                 state.epoch, state.step_in_epoch, state.epoch_position = state.epoch + 1, 0, 0
-                if val_loader is not None:
-                    metrics = evaluate(state, val_loader)
-                    log.record("val", _val_line(state.epoch - 1, metrics), epoch=state.epoch - 1, **metrics)
-                    bad.collect(val_loader, state.epoch - 1, state.global_step)
+                outcome = _validate(state, val_loader, stop, log, bad)
                 too_many_bad = bad.agree()  # every rank, at each epoch end
-                if state.epoch < args.epochs:
+                if outcome == "done" and state.epoch < args.epochs:
                     if too_many_bad:
                         outcome = "bad_records"
                     elif args.max_steps is not None and steps_run >= args.max_steps:
                         outcome = "max_steps"
-                    elif stop.agreed(state.device):
+                    elif stop.agreed():
                         outcome = "stopped"
             if outcome != "done" or state.epoch >= args.epochs:
                 break
             _save(state, args, train_info, place)  # each completed epoch
         _save(state, args, train_info, place)
     finally:
-        stop.restore()
         if key_log is not None:
             key_log.close()
+        for loader in (train_loader, val_loader):
+            _close_loader(loader)
     why = {
         "stopped": "stopped by a signal",
         "max_steps": f"--max-steps {args.max_steps} reached",
@@ -433,6 +456,13 @@ def _fit(
     return EXIT_BAD_RECORDS if outcome == "bad_records" else 0
 
 
+def _close_loader(loader: BatchLoader | None) -> None:
+    """Shut a loader's worker processes down (they ignore the signals that stop the run)."""
+    close = getattr(loader, "close", None)
+    if close is not None:
+        close()
+
+
 def _spawned(local_rank: int, args: argparse.Namespace, procs: int) -> None:
     place = Placement(rank=args.rank * procs + local_rank, world_size=args.world_size * procs, local_rank=local_rank)
     code = _guarded(args, place)
@@ -441,8 +471,9 @@ def _spawned(local_rank: int, args: argparse.Namespace, procs: int) -> None:
 
 
 def _guarded(args: argparse.Namespace, place: Placement) -> int:
+    stop = StopSignal()  # from the start: a SIGTERM/SIGINT while the run starts stops it before training
     try:
-        return run(args, place)
+        return run(args, place, stop)
     except ConfigError as exc:
         print(f"{prog_name('train.py')}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
@@ -451,6 +482,7 @@ def _guarded(args: argparse.Namespace, place: Placement) -> int:
             print(f"{prog_name('train.py')}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_DIVERGED
     finally:
+        stop.restore()
         shutdown()
 
 

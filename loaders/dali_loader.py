@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
 from dali_pipeline.pipelines import (
@@ -32,10 +33,25 @@ def _to_batch(out: dict[str, Any], channels_last: bool) -> Batch:
     return Batch(images, out["labels"].view(-1), out["indices"].view(-1), out["padding"].view(-1).bool())
 
 
-def _batches(iterator: Iterable, channels_last: bool) -> Iterator[Batch]:
+def _batches(iterator: Iterable, channels_last: bool) -> Generator[Batch, None, None]:
     """DALIGenericIterator outputs (one pipeline) as ``Batch``es."""
     for (out,) in iterator:
         yield _to_batch(out, channels_last)
+
+
+def _shut_down(loader: DALILoader | DALIFolderLoader) -> None:
+    """End the epoch in progress and drop the loader's iterator and pipeline: with the pipeline's last
+    reference gone, DALI stops its threads and closes its worker pool (asking the workers to exit, then
+    terminating them). The loader cannot be iterated again; a second call does nothing."""
+    if loader._current is not None:
+        loader._current.close()
+        loader._current = None
+    if not hasattr(loader, "pipeline"):
+        return
+    alive = weakref.ref(loader.pipeline)
+    del loader._iterator, loader.pipeline
+    if alive() is not None:  # held in a reference cycle
+        gc.collect()
 
 
 class DALILoader:
@@ -56,6 +72,7 @@ class DALILoader:
         self.bad_records: dict[int, BadRecord] = {}
         self._build()
         self._epoch = source.plan.first_epoch
+        self._current: Generator[Batch, None, None] | None = None
 
     def _build(self) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -75,9 +92,14 @@ class DALILoader:
     def __iter__(self) -> Iterator[Batch]:
         epoch = self._epoch
         self._epoch += 1
-        return self._run(epoch)
+        self._current = self._run(epoch)
+        return self._current
 
-    def _run(self, epoch: int) -> Iterator[Batch]:
+    def close(self) -> None:
+        """Shut the pipeline down, its Python workers with it (they ignore signals to the process group)."""
+        _shut_down(self)
+
+    def _run(self, epoch: int) -> Generator[Batch, None, None]:
         order = self.source.plan.for_epoch(epoch)
         position = 0  # the next position of this rank's epoch order to deliver
         while True:
@@ -161,12 +183,18 @@ class DALIFolderLoader:
             last_batch_policy=LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL,
             prepare_first_batch=False,
         )
+        self._current: Generator[Batch, None, None] | None = None
 
     def __len__(self) -> int:
         return len(self._iterator)
 
     def __iter__(self) -> Iterator[Batch]:
-        return _batches(self._iterator, self.opts.channels_last)
+        self._current = _batches(self._iterator, self.opts.channels_last)
+        return self._current
+
+    def close(self) -> None:
+        """Shut the pipeline down."""
+        _shut_down(self)
 
 
 def make_dali_loader(

@@ -8,8 +8,9 @@ A bad record is replaced by the next good sample of the rank's order and reporte
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from .bad_records import BadRecord
 from .batch import Batch
 from .plan import RankPlan, no_good_sample, replacement_positions
 from .presets import preset_for
+from .workers import ignore_stop_signals, stop_signals_blocked
 
 _CPU = torch.device("cpu")
 
@@ -154,21 +156,41 @@ class TorchLoader:
             collate_fn=_collate,
             persistent_workers=False,
             multiprocessing_context=multiprocessing_context if workers else None,
+            worker_init_fn=ignore_stop_signals,  # SIGINT/SIGTERM to the process group are the trainer's
             # DataLoader draws each epoch's worker base seed from this, not from the global RNG
             generator=torch.Generator().manual_seed(plan.seed),
         )
         self._epoch = plan.first_epoch
+        method = (
+            multiprocessing_context
+            or multiprocessing.get_start_method(allow_none=True)
+            or multiprocessing.get_all_start_methods()[0]  # the default
+        )
+        self._spawns = workers > 0 and method != "fork"
+        self._current: Generator[Batch, None, None] | None = None
 
     def __len__(self) -> int:
         """Batches in the coming epoch."""
         return self.plan.num_batches(self._epoch)
 
     def __iter__(self) -> Iterator[Batch]:
+        self._current = self._batches()
+        return self._current
+
+    def close(self) -> None:
+        """End the epoch in progress: its worker processes are shut down."""
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+
+    def _batches(self) -> Generator[Batch, None, None]:
         self.sampler.set_epoch(self._epoch)
         self._epoch += 1
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.items.known_bad = frozenset(self.bad_records)  # workers start with this epoch's iterator
-        for images, labels, indices, padding, bad in self.loader:
+        with stop_signals_blocked(spawn=self._spawns):  # the workers are born ignoring them (loaders.workers)
+            batches = iter(self.loader)
+        for images, labels, indices, padding, bad in batches:
             for index, why in bad:
                 if index not in self.bad_records:
                     self.bad_records[index] = BadRecord(index, *self._describe(index), why)

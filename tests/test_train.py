@@ -31,7 +31,6 @@ from conftest import (
 )
 
 from lmdb_dali_train.config import build_parser
-from lmdb_dali_train.engine import STOP_CHECK_EVERY
 from lmdb_dali_train.main import main as train_main
 from lmdb_io import open_database
 from loaders.plan import RankPlan
@@ -214,7 +213,7 @@ def _params(path: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("loader", ["torch", pytest.param("dali", marks=needs_dali)])
 def test_sigterm_then_resume_equals_straight_run(train_db: Path, tmp_path: Path, loader: str) -> None:
     per_epoch = RankPlan(len(open_database(train_db)), 8).num_batches(0)
-    assert per_epoch > STOP_CHECK_EVERY  # so the agreed stop lands mid-epoch
+    assert per_epoch > 4  # so the stop, agreed at the next step, lands mid-epoch
     total = per_epoch + 4  # the run crosses an epoch boundary
     straight = tmp_path / "straight"
     _ok(_train(train_db, straight, loader, "--max-steps", str(total)))

@@ -7,6 +7,12 @@ imports this module at start-up. Each ``FAULT_*`` variable set patches one point
   kill -9 would) right after its N-th write transaction.
 - ``FAULT_SIGTERM_AT_STEP=STEP`` or ``RANK:STEP``: the training process (of that global rank) sends
   itself SIGTERM after global step STEP.
+- ``FAULT_SIGNAL_AT_STEP=RANK:STEP:TARGET``: the training process of global rank RANK sends SIGTERM to
+  TARGET after global step STEP: ``self``; ``group``, its whole process group (as a terminal's Ctrl-C
+  or SLURM signal a job, loader workers included); ``torchrun``, the process whose id is in
+  ``FAULT_TORCHRUN_PID`` (torchrun forwards it to every rank's process group).
+- ``FAULT_SIGNAL_IN_VAL=RANK:BATCH:TARGET``: the same from inside validation, once the validation
+  loader of rank RANK has handed over BATCH batches.
 - ``FAULT_LOADER_DELAY_S=SECONDS``: every training loader sleeps this long before each batch.
 - ``FAULT_NAN_LOSS_AT_STEP=STEP``: the training loss of global step STEP (counted from 1) is NaN: the
   criterion's output times NaN, so the backward pass spreads NaN into the weights as a real divergence would.
@@ -52,6 +58,72 @@ def _sigterm_at_step(spec: str) -> None:
     engine.train_step = signalling
 
 
+def _send_sigterm(target: str) -> None:
+    import signal
+
+    if target == "group":  # from another process, as a terminal or SLURM would (a rank signals no one)
+        import subprocess
+
+        subprocess.run(["kill", "-TERM", "--", f"-{os.getpgrp()}"], check=False)
+    elif target == "torchrun":
+        os.kill(int(os.environ["FAULT_TORCHRUN_PID"]), signal.SIGTERM)
+    else:
+        assert target == "self", target
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _this_rank(rank: str) -> bool:
+    return int(rank) == int(os.environ.get("RANK", "0"))
+
+
+def _signal_at_step(spec: str) -> None:
+    from lmdb_dali_train import engine
+
+    rank, step, target = spec.split(":")
+    if not _this_rank(rank):
+        return
+    train_step = engine.train_step
+
+    def signalling(state: engine.TrainState, batch: object) -> object:
+        result = train_step(state, batch)
+        if state.global_step == int(step):
+            _send_sigterm(target)
+        return result
+
+    engine.train_step = signalling
+
+
+def _signal_in_val(spec: str) -> None:
+    from lmdb_dali_train import main
+
+    rank, batches, target = spec.split(":")
+    if not _this_rank(rank):
+        return
+    make_loader = main.make_loader
+
+    class Signalling:
+        def __init__(self, loader: object) -> None:
+            self.loader = loader
+
+        def __len__(self) -> int:
+            return len(self.loader)
+
+        def close(self) -> None:
+            getattr(self.loader, "close", lambda: None)()
+
+        def __iter__(self) -> object:
+            for i, batch in enumerate(self.loader, 1):
+                yield batch
+                if i == int(batches):
+                    _send_sigterm(target)
+
+    def signalling(*args: object, **kwargs: object) -> object:
+        loader = make_loader(*args, **kwargs)
+        return loader if args[2] else Signalling(loader)  # make_loader(args, path, train, ...)
+
+    main.make_loader = signalling
+
+
 def _loader_delay(seconds: float) -> None:
     import time
 
@@ -65,6 +137,9 @@ def _loader_delay(seconds: float) -> None:
 
         def __len__(self) -> int:
             return len(self.loader)
+
+        def close(self) -> None:
+            getattr(self.loader, "close", lambda: None)()
 
         def __iter__(self) -> object:
             for batch in self.loader:
@@ -100,6 +175,10 @@ if os.environ.get("FAULT_EXIT_AFTER_COMMITS"):
     _exit_after_commits(int(os.environ["FAULT_EXIT_AFTER_COMMITS"]))
 if os.environ.get("FAULT_SIGTERM_AT_STEP"):
     _sigterm_at_step(os.environ["FAULT_SIGTERM_AT_STEP"])
+if os.environ.get("FAULT_SIGNAL_AT_STEP"):
+    _signal_at_step(os.environ["FAULT_SIGNAL_AT_STEP"])
+if os.environ.get("FAULT_SIGNAL_IN_VAL"):
+    _signal_in_val(os.environ["FAULT_SIGNAL_IN_VAL"])
 if os.environ.get("FAULT_LOADER_DELAY_S"):
     _loader_delay(float(os.environ["FAULT_LOADER_DELAY_S"]))
 if os.environ.get("FAULT_NAN_LOSS_AT_STEP"):
