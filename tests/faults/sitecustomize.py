@@ -21,6 +21,7 @@ imports this module at start-up. Each ``FAULT_*`` variable set patches one point
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 
 def _exit_after_commits(commits: int) -> None:
@@ -93,6 +94,24 @@ def _signal_at_step(spec: str) -> None:
     engine.train_step = signalling
 
 
+class _Wrapped:
+    """A training loader that calls ``after(i)`` once its i-th batch (from 1) has been handed over."""
+
+    def __init__(self, loader: object, after: Callable[[int], None]) -> None:
+        self.loader, self.after = loader, after
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def close(self) -> None:
+        getattr(self.loader, "close", lambda: None)()
+
+    def __iter__(self) -> object:
+        for i, batch in enumerate(self.loader, 1):
+            yield batch
+            self.after(i)
+
+
 def _signal_in_val(spec: str) -> None:
     from lmdb_dali_train import main
 
@@ -101,25 +120,13 @@ def _signal_in_val(spec: str) -> None:
         return
     make_loader = main.make_loader
 
-    class Signalling:
-        def __init__(self, loader: object) -> None:
-            self.loader = loader
-
-        def __len__(self) -> int:
-            return len(self.loader)
-
-        def close(self) -> None:
-            getattr(self.loader, "close", lambda: None)()
-
-        def __iter__(self) -> object:
-            for i, batch in enumerate(self.loader, 1):
-                yield batch
-                if i == int(batches):
-                    _send_sigterm(target)
+    def after(i: int) -> None:
+        if i == int(batches):
+            _send_sigterm(target)
 
     def signalling(*args: object, **kwargs: object) -> object:
         loader = make_loader(*args, **kwargs)
-        return loader if args[2] else Signalling(loader)  # make_loader(args, path, train, ...)
+        return loader if args[2] else _Wrapped(loader, after)  # make_loader(args, path, train, ...)
 
     main.make_loader = signalling
 
@@ -130,23 +137,7 @@ def _loader_delay(seconds: float) -> None:
     from lmdb_dali_train import main
 
     make_loader = main.make_loader
-
-    class Delayed:
-        def __init__(self, loader: object) -> None:
-            self.loader = loader
-
-        def __len__(self) -> int:
-            return len(self.loader)
-
-        def close(self) -> None:
-            getattr(self.loader, "close", lambda: None)()
-
-        def __iter__(self) -> object:
-            for batch in self.loader:
-                time.sleep(seconds)
-                yield batch
-
-    main.make_loader = lambda *args, **kwargs: Delayed(make_loader(*args, **kwargs))
+    main.make_loader = lambda *args, **kwargs: _Wrapped(make_loader(*args, **kwargs), lambda i: time.sleep(seconds))
 
 
 def _nan_loss_at_step(step: int) -> None:
