@@ -8,6 +8,7 @@ padding paths run. DALI tests are skipped (one line why) where DALI is not insta
 from __future__ import annotations
 
 import contextlib
+import gc
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,3 +324,30 @@ def test_verify_decode_names_a_record_dali_cannot_decode(val_db: Path, tmp_path:
     result = lmdb_io_cli("verify", str(broken), "--decode", "-q")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "DALI's CPU decoder" in result.stdout and f"1 of {n}" in result.stdout, result.stdout
+
+
+@needs_dali
+def test_forked_workers_leave_the_parents_dali_pipelines_alone(val_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DALI pipeline the parent holds in a reference cycle (a user's, or a loader dropped mid-epoch) waits
+    for the garbage collector. A DataLoader worker forked meanwhile must not finalise it: DALI's shutdown in
+    a process without the pipeline's threads crashes (SIGSEGV, seen in a full run of this suite). The
+    worker collects garbage at once here, so that the test does not depend on when the collector runs."""
+    from loaders import torch_loader
+    from loaders.dali_loader import make_dali_loader
+
+    dali = make_dali_loader(val_db, 4, train=False, crop=32, val_resize=40)
+    next(iter(dali))
+    dali.cycle = dali  # only the garbage collector can free it now
+    del dali
+    initialise = torch_loader.ignore_stop_signals
+
+    def collect_then_initialise(worker: int) -> None:
+        gc.collect()
+        initialise(worker)
+
+    monkeypatch.setattr(torch_loader, "ignore_stop_signals", collect_then_initialise)
+    loader = make_torch_loader(
+        val_db, 8, train=False, crop=32, val_resize=40, workers=2, multiprocessing_context="fork"
+    )
+    assert sum(1 for _ in loader) == len(loader)
+    gc.collect()  # the parent finalises it, safely
