@@ -43,9 +43,10 @@ def _shut_down(loader: DALILoader | DALIFolderLoader) -> None:
     """End the epoch in progress and drop the loader's iterator and pipeline: with the pipeline's last
     reference gone, DALI stops its threads and closes its worker pool (asking the workers to exit, then
     terminating them). The loader cannot be iterated again; a second call does nothing."""
-    if loader._current is not None:
-        loader._current.close()
-        loader._current = None
+    current = loader._current() if loader._current is not None else None
+    if current is not None:
+        current.close()
+    loader._current = None
     if not hasattr(loader, "pipeline"):
         return
     alive = weakref.ref(loader.pipeline)
@@ -72,7 +73,10 @@ class DALILoader:
         self.bad_records: dict[int, BadRecord] = {}
         self._build()
         self._epoch = source.plan.first_epoch
-        self._current: Generator[Batch, None, None] | None = None
+        # the epoch in progress, weakly: ``_run``'s generator holds the loader, and a cycle would leave the
+        # pipeline to the garbage collector, which may run in a forked child (a DataLoader worker), where
+        # finalising a DALI pipeline crashes
+        self._current: weakref.ref[Generator[Batch, None, None]] | None = None
 
     def _build(self) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -92,8 +96,9 @@ class DALILoader:
     def __iter__(self) -> Iterator[Batch]:
         epoch = self._epoch
         self._epoch += 1
-        self._current = self._run(epoch)
-        return self._current
+        current = self._run(epoch)
+        self._current = weakref.ref(current)
+        return current
 
     def close(self) -> None:
         """Shut the pipeline down, its Python workers with it (they ignore signals to the process group)."""
@@ -183,14 +188,15 @@ class DALIFolderLoader:
             last_batch_policy=LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL,
             prepare_first_batch=False,
         )
-        self._current: Generator[Batch, None, None] | None = None
+        self._current: weakref.ref[Generator[Batch, None, None]] | None = None
 
     def __len__(self) -> int:
         return len(self._iterator)
 
     def __iter__(self) -> Iterator[Batch]:
-        self._current = _batches(self._iterator, self.opts.channels_last)
-        return self._current
+        current = _batches(self._iterator, self.opts.channels_last)
+        self._current = weakref.ref(current)
+        return current
 
     def close(self) -> None:
         """Shut the pipeline down."""

@@ -25,7 +25,7 @@ from .bad_records import BadRecord
 from .batch import Batch
 from .plan import RankPlan, no_good_sample, replacement_positions
 from .presets import preset_for
-from .workers import ignore_stop_signals, stop_signals_blocked
+from .workers import ignore_stop_signals, parent_garbage_frozen, stop_signals_blocked
 
 _CPU = torch.device("cpu")
 
@@ -188,7 +188,8 @@ class TorchLoader:
         self._epoch += 1
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.items.known_bad = frozenset(self.bad_records)  # workers start with this epoch's iterator
-        with stop_signals_blocked(spawn=self._spawns):  # the workers are born ignoring them (loaders.workers)
+        # the workers are born ignoring stop signals, and (forked) without the parent's garbage: loaders.workers
+        with stop_signals_blocked(spawn=self._spawns), parent_garbage_frozen():
             batches = iter(self.loader)
         for images, labels, indices, padding, bad in batches:
             for index, why in bad:
