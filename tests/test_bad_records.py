@@ -134,6 +134,10 @@ def test_image_size_is_read_from_the_header() -> None:
         assert oversize(out.getvalue()) is None
     assert image_size(claiming(_jpeg(8, 8, 0), 65535, 65535)) == (65535, 65535)
     assert "65535x65535" in (oversize(claiming(_jpeg(8, 8, 0), 65535, 65535)) or "")
+    photo = io.BytesIO()
+    Image.new("RGB", (37, 21)).save(photo, format="JPEG")
+    assert oversize(np.frombuffer(photo.getvalue(), np.uint8)) is None  # a MemorySource hands numpy arrays
+    assert oversize(np.frombuffer(claiming(photo.getvalue(), 65535, 65535), np.uint8)) is not None
     assert image_size(huge_png()) == (20000, 20000) and 20000 * 20000 > PIXEL_CAP
     assert oversize(huge_png()) is not None
     assert oversize(claiming(_jpeg(8, 8, 0), 65501, 2)) is not None  # a JPEG side beyond decoders' 65500
