@@ -201,6 +201,7 @@ def size_problem(size: tuple[int, int], image_format: ImageFormat) -> str | None
 def too_large(data: Buffer) -> str | None:
     """Why ``data`` is too large to decode, from its header alone (``image_size``), or None when it fits or
     no size can be read (then decoding decides). Costs no decode: check before handing bytes to a decoder."""
+    data = memoryview(data)  # any buffer: a DALI source's numpy array too (its slices do not compare to bytes)
     size = image_size(data)
     return None if size is None else size_problem(size, sniff_format(data))
 
