@@ -100,7 +100,7 @@ def convert_parser() -> argparse.ArgumentParser:
         "--max-size",
         type=int,
         metavar="S",
-        help="store images whose longer side is over S px downscaled to S (aspect ratio kept, Lanczos), as "
+        help="store images whose longer side is over S px downscaled to S (aspect ratio kept, area averaging), as "
         "RGB JPEG at --quality or 95; smaller ones keep their bytes. Like FFCV's max_resolution: "
         f"smaller images decode faster (default: untouched bytes; S: {MIN_MAX_SIZE} to {MAX_MAX_SIZE})",
     )

@@ -13,12 +13,15 @@ stores each file's bytes untouched).
   the same settings, in one step. ``--keep-format`` keeps an image's bytes only while it needs no
   re-encode, so it goes with ``max_size`` alone (see ``check``).
 
-The downscale is high quality and still cheap: a JPEG is first decoded at a reduced DCT scale (``draft``)
-to no less than ``REDUCING_GAP`` times the target, then reduced with a box filter and finished with
-Lanczos (``Image.resize``'s ``reducing_gap``): Pillow's ``thumbnail`` recipe. EXIF orientation is ignored
-(not applied, not kept), as ImageFolder's loader and this project's DALI decoders ignore it; colour profiles
-are dropped as transcodes drop them. The work runs in the converter's worker threads: Pillow releases the
-GIL while it decodes, resizes and encodes.
+The downscale is area averaging, as FFCV's (OpenCV's ``INTER_AREA``): Pillow's ``BOX`` filter, which for
+any factor averages each output pixel's footprint exactly, anti-aliased. A JPEG over ``DRAFT_GAP`` times
+the target is first decoded at a reduced DCT scale (``draft``, itself an averaging), no smaller than that.
+Measured on hymenoptera (500x375 JPEGs to 256 px, one thread): 2.6 ms an image against 4.9 ms with
+Lanczos, the same stored bytes within 0.3%; the decode (1.7 ms) is most of what is left.
+
+EXIF orientation is ignored (not applied, not kept), as ImageFolder's loader and this project's DALI decoders
+ignore it; colour profiles are dropped as transcodes drop them. The work runs in the converter's worker
+threads: Pillow releases the GIL while it decodes, resizes and encodes.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
 DEFAULT_QUALITY = 95  # transcodes, and re-encodes without --quality (Pillow advises against more)
 MIN_MAX_SIZE = 16
 MAX_MAX_SIZE = 65500  # libjpeg's longest side: a cap above it changes nothing
-REDUCING_GAP = 3.0  # Pillow: at 3 and above the result is indistinguishable from a full Lanczos resize
+DRAFT_GAP = 2  # a JPEG is DCT-decoded at no less than this many times the target size
 
 
 @dataclass(frozen=True)
@@ -90,12 +93,12 @@ class Reencode:
 
         target = self.target(image.size)
         if target != image.size:
-            # a JPEG not yet decoded is decoded at a reduced DCT scale, still REDUCING_GAP x the target
-            image.draft(None, (int(target[0] * REDUCING_GAP), int(target[1] * REDUCING_GAP)))
+            # a JPEG not yet decoded is decoded at a reduced DCT scale, still DRAFT_GAP x the target
+            image.draft(None, (target[0] * DRAFT_GAP, target[1] * DRAFT_GAP))
         if image.mode != "RGB":
             image = image.convert("RGB")  # alpha dropped, as ImageFolder's convert('RGB') drops it
         if target != image.size:
-            image = image.resize(target, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
+            image = image.resize(target, Image.Resampling.BOX)
         out = io.BytesIO()
         image.save(out, format="JPEG", quality=self.jpeg_quality)
         return out.getvalue()
