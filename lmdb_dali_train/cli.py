@@ -109,7 +109,7 @@ def convert_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="Q",
         help="re-encode every image as an RGB JPEG at quality Q (1-100; FFCV's default is 90): fewer bytes to "
-        "decode, lossy (default: untouched bytes; files transcoded anyway use 95)",
+        "decode, lossy (default: originals' bytes untouched, transcodes at 95)",
     )
     group = p.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true", help="replace an existing database in OUT")
