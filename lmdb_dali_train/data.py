@@ -83,7 +83,8 @@ def default_threads(world_size: int) -> int:
 
 def image_dtype(args: argparse.Namespace, device: torch.device) -> torch.dtype:
     """The dtype of the images a loader hands over: half precision under AMP on a GPU (what the first
-    layer would cast to anyway), float32 otherwise. DALI has no bfloat16, so it hands float16 under bf16."""
+    layer would cast to anyway), float32 otherwise. DALI has no bfloat16, so it hands float16 under bf16;
+    the torch loader normalises on the device straight into this dtype."""
     if device.type != "cuda" or args.amp not in ("bf16", "fp16"):
         return torch.float32
     return torch.bfloat16 if args.amp == "bf16" else torch.float16
@@ -136,6 +137,7 @@ def make_loader(
             args.batch_size,
             workers=workers,
             device=device,
+            dtype=image_dtype(args, device),
             channels_last=args.channels_last,
             lmdb=args.lmdb,
             **common,

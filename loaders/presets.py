@@ -2,8 +2,10 @@
 
 ``TrainPreset`` is torchvision's RandomResizedCrop (area 0.08-1, aspect 3/4-4/3, 10 attempts), a random
 horizontal flip and ImageNet normalisation; ``ValPreset`` resizes the shorter side and center crops.
-``.torchvision()`` gives the torchvision transform; the DALI graphs in ``dali_pipeline.pipelines`` read
-the same fields, so a change here changes both loaders.
+``.torchvision()`` gives the torchvision transform up to uint8 CHW pixels (what the DataLoader workers
+ship); the normalisation with the preset's mean and std happens on the device (``loaders.normalize``).
+The DALI graphs in ``dali_pipeline.pipelines`` read the same fields, so a change here changes both
+loaders. With progressive resizing the training crop is ``loaders.resolution``'s size of the epoch.
 """
 
 from __future__ import annotations
@@ -26,15 +28,14 @@ class TrainPreset:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def torchvision(self) -> Callable[[Any], Any]:
-        """PIL image -> normalised CHW float tensor (torchvision seeds its draws from torch's CPU RNG)."""
+        """PIL image -> uint8 CHW tensor (torchvision seeds its draws from torch's CPU RNG)."""
         from torchvision import transforms
 
         return transforms.Compose(
             [
                 transforms.RandomResizedCrop(self.crop, scale=self.area, ratio=self.aspect_ratio),
                 transforms.RandomHorizontalFlip(self.flip_probability),
-                transforms.ToTensor(),
-                transforms.Normalize(self.mean, self.std),
+                transforms.PILToTensor(),
             ]
         )
 
@@ -47,15 +48,11 @@ class ValPreset:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def torchvision(self) -> Callable[[Any], Any]:
+        """PIL image -> uint8 CHW tensor."""
         from torchvision import transforms
 
         return transforms.Compose(
-            [
-                transforms.Resize(self.resize),
-                transforms.CenterCrop(self.crop),
-                transforms.ToTensor(),
-                transforms.Normalize(self.mean, self.std),
-            ]
+            [transforms.Resize(self.resize), transforms.CenterCrop(self.crop), transforms.PILToTensor()]
         )
 
 

@@ -4,6 +4,11 @@ Its sampler follows the same ``RankPlan`` the DALI source follows, so both loade
 samples in the same order each epoch. Augmentation is seeded per sample from (seed, epoch, index): a
 sample gets the same crop whichever worker reads it, so a resumed run reproduces an uninterrupted one.
 A bad record is replaced by the next good sample of the rank's order and reported (``loaders.bad_records``).
+
+The workers are persistent (started by the first epoch, kept until ``close``) and ship uint8 crops; the
+loader normalises each batch on the training device (``loaders.normalize``). Each item carries its epoch,
+so the workers crop at that epoch's size (progressive resizing, ``loaders.resolution``) without being
+restarted.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -23,8 +29,10 @@ from lmdb_io.trainable import BadRecordError, read_checked, reason
 
 from .bad_records import BadRecord
 from .batch import Batch
+from .normalize import DeviceNormalizer
 from .plan import RankPlan, no_good_sample, replacement_positions
-from .presets import preset_for
+from .presets import Preset, TrainPreset, preset_for
+from .resolution import ResolutionSchedule
 from .workers import ignore_stop_signals, parent_garbage_frozen, stop_signals_blocked
 
 _CPU = torch.device("cpu")
@@ -64,23 +72,42 @@ Item = tuple[Any, int, int, bool, list[tuple[int, str]]]
 
 
 class _SeededItems(Dataset):
-    """Wraps an image dataset: item ``(index, padding, epoch, position)`` -> (image, label, index, padding,
-    bad records met).
+    """Wraps an image dataset: item ``(index, padding, epoch, position)`` -> (uint8 CHW image, label, index,
+    padding, bad records met), cropped by ``preset`` at the epoch's size.
 
     A record that fails its checksum, claims too many pixels in its header, or does not decode is replaced
     by the next good sample of the rank's epoch order (``loaders.bad_records``); the replacement is marked
     as padding and the bad records met are handed back with it, since workers run in other processes.
-    ``known_bad`` (set by the loader before each epoch) skips records already found bad.
+    ``known_bad`` skips records already found bad: those this process met, and those the loader had found
+    when the process started (persistent workers never see the loader's later findings, only their own).
     """
 
-    def __init__(self, dataset: ImageFolderLMDB | ImageFolder, plan: RankPlan) -> None:
+    def __init__(
+        self,
+        dataset: ImageFolderLMDB | ImageFolder,
+        plan: RankPlan,
+        preset: Preset,
+        resolution: ResolutionSchedule | None = None,
+    ) -> None:
         self.dataset, self.plan, self.seed = dataset, plan, plan.seed
-        self.known_bad: frozenset[int] = frozenset()
+        self.preset, self.resolution = preset, resolution
+        self.known_bad: set[int] = set()
+        self._transforms: dict[int, Callable[[Any], Any]] = {}  # by crop size
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _load(self, index: int) -> tuple[Any, int]:
+    def crop_for(self, epoch: int) -> int:
+        """The crop size of ``epoch``: the schedule's, else the preset's."""
+        return self.preset.crop if self.resolution is None else self.resolution.for_epoch(epoch)
+
+    def _transform(self, epoch: int) -> Callable[[Any], Any]:
+        size = self.crop_for(epoch)
+        if size not in self._transforms:
+            self._transforms[size] = replace(self.preset, crop=size).torchvision()
+        return self._transforms[size]
+
+    def _load(self, index: int, transform: Callable[[Any], Any]) -> tuple[Any, int]:
         """The transformed sample; ``BadRecordError`` if the record is bad (the transform is not guarded)."""
         dataset = self.dataset
         if isinstance(dataset, ImageFolderLMDB):  # checksum and the header's pixel count before decoding
@@ -91,8 +118,7 @@ class _SeededItems(Dataset):
             image = decode_rgb(payload) if isinstance(dataset, ImageFolderLMDB) else dataset.loader(path)
         except Exception as exc:  # Pillow raises many types for broken files
             raise BadRecordError(f"does not decode with Pillow ({reason(exc)})") from None
-        if dataset.transform is not None:
-            image = dataset.transform(image)
+        image = transform(image)
         if dataset.target_transform is not None:
             label = dataset.target_transform(label)
         return image, label
@@ -100,6 +126,7 @@ class _SeededItems(Dataset):
     def __getitem__(self, item: tuple[int, bool, int, int]) -> Item:
         index, padding, epoch, position = item
         order = self.plan.for_epoch(epoch)
+        transform = self._transform(epoch)
         bad: list[tuple[int, str]] = []
         # Seeded per sample, in a forked CPU RNG, so the caller's global RNG (workers=0) is left as it was.
         # Only the CPU generator (torchvision's transforms draw from it): torch.manual_seed also seeds every
@@ -112,9 +139,10 @@ class _SeededItems(Dataset):
                     continue
                 torch.default_generator.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
                 try:
-                    image, label = self._load(chosen)
+                    image, label = self._load(chosen, transform)
                 except BadRecordError as exc:
                     bad.append((chosen, str(exc)))
+                    self.known_bad.add(chosen)
                     continue
                 return image, label, chosen, padding or candidate != position, bad
         raise no_good_sample(len(order))
@@ -127,24 +155,36 @@ def _collate(samples: list[Item]) -> tuple[Any, ...]:
 
 
 class TorchLoader:
-    """A DataLoader over one rank's plan that yields ``Batch`` on the training device; each ``iter()``
-    runs the next epoch."""
+    """A DataLoader over one rank's plan that yields ``Batch`` on the training device (images normalised
+    there, in ``dtype`` and channels-last memory when asked); each ``iter()`` runs the next epoch.
+
+    ``dataset`` comes without a transform: ``preset`` is applied, at ``resolution``'s size of each epoch
+    when given (training only).
+    """
 
     def __init__(
         self,
         dataset: ImageFolderLMDB | ImageFolder,
         plan: RankPlan,
+        preset: Preset,
         *,
         workers: int,
         device: torch.device,
+        dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
+        resolution: ResolutionSchedule | None = None,
         multiprocessing_context: str | None = None,
     ) -> None:
         if len(dataset) != plan.length:
             raise ValueError(f"the plan is for {plan.length} samples, the dataset holds {len(dataset)}")
-        self.plan, self.device, self.channels_last = plan, device, channels_last
+        if dataset.transform is not None:
+            raise ValueError("the dataset has a transform of its own; the loader applies the preset's")
+        if resolution is not None and not isinstance(preset, TrainPreset):
+            raise ValueError("a resolution schedule is for training; validation keeps its preset's size")
+        self.plan, self.device = plan, device
+        self.normalize = DeviceNormalizer(preset.mean, preset.std, device, dtype=dtype, channels_last=channels_last)
         self.sampler = PlanSampler(plan)
-        self.items = _SeededItems(dataset, plan)
+        self.items = _SeededItems(dataset, plan, preset, resolution)
         self.bad_records: dict[int, BadRecord] = {}  # found so far, in the order they were met
         self.loader = DataLoader(
             self.items,
@@ -154,7 +194,7 @@ class TorchLoader:
             pin_memory=device.type == "cuda",
             drop_last=False,
             collate_fn=_collate,
-            persistent_workers=False,
+            persistent_workers=workers > 0,  # started by the first epoch, shut down by close()
             multiprocessing_context=multiprocessing_context if workers else None,
             worker_init_fn=ignore_stop_signals,  # SIGINT/SIGTERM to the process group are the trainer's
             # DataLoader draws each epoch's worker base seed from this, not from the global RNG
@@ -177,17 +217,24 @@ class TorchLoader:
         self._current = self._batches()
         return self._current
 
+    def crop_for(self, epoch: int) -> int:
+        """The crop size the loader delivers in ``epoch``."""
+        return self.items.crop_for(epoch)
+
     def close(self) -> None:
-        """End the epoch in progress: its worker processes are shut down."""
+        """End the epoch in progress and shut the worker processes down (a later ``iter()`` starts new ones)."""
         if self._current is not None:
             self._current.close()
             self._current = None
+        workers, self.loader._iterator = self.loader._iterator, None  # the persistent workers' iterator
+        shut_down = getattr(workers, "_shutdown_workers", None)
+        if shut_down is not None:
+            shut_down()
 
     def _batches(self) -> Generator[Batch, None, None]:
         self.sampler.set_epoch(self._epoch)
         self._epoch += 1
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.items.known_bad = frozenset(self.bad_records)  # workers start with this epoch's iterator
+        self.items.known_bad.update(self.bad_records)  # workers started now begin with these
         # the workers are born ignoring stop signals, and (forked) without the parent's garbage: loaders.workers
         with stop_signals_blocked(spawn=self._spawns), parent_garbage_frozen():
             batches = iter(self.loader)
@@ -195,12 +242,7 @@ class TorchLoader:
             for index, why in bad:
                 if index not in self.bad_records:
                     self.bad_records[index] = BadRecord(index, *self._describe(index), why)
-            yield Batch(
-                images.to(self.device, non_blocking=True, memory_format=memory_format),
-                labels.to(self.device, non_blocking=True),
-                indices,
-                padding,
-            )
+            yield Batch(self.normalize(images), labels.to(self.device, non_blocking=True), indices, padding)
 
     def _describe(self, index: int) -> tuple[str, str]:
         """(key, source path) of sample ``index``: the LMDB key and the path relative to the dataset root
@@ -222,8 +264,10 @@ def make_torch_loader(
     seed: int = 0,
     workers: int = 2,
     device: torch.device = _CPU,
+    dtype: torch.dtype = torch.float32,
     crop: int = 224,
     val_resize: int = 256,
+    resolution: ResolutionSchedule | None = None,
     channels_last: bool = False,
     first_epoch: int = 0,
     skip: int = 0,
@@ -233,14 +277,18 @@ def make_torch_loader(
     """The torchvision loader for one rank: train drops the shard's remainder, val pads and masks.
 
     ``skip``: positions of ``first_epoch``'s global order already trained on (see ``RankPlan``).
+    ``resolution``: progressive resizing (training only); without it every epoch crops ``crop``.
     """
-    dataset = open_image_dataset(path, preset_for(train, crop, val_resize).torchvision(), lmdb)
+    dataset = open_image_dataset(path, None, lmdb)
     plan = RankPlan.for_split(len(dataset), batch_size, train, rank, world_size, seed, first_epoch, skip)
     return TorchLoader(
         dataset,
         plan,
+        preset_for(train, crop, val_resize),
         workers=workers,
         device=device,
+        dtype=dtype,
         channels_last=channels_last,
+        resolution=resolution,
         multiprocessing_context=multiprocessing_context,
     )

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
+import multiprocessing
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,6 +141,55 @@ def test_dali_batch_contract(train_db: Path, val_db: Path, channels_last: bool, 
     ours, theirs = pixels.transpose(0, 1).reshape(3, -1), to_pixels(reference.images).transpose(0, 1).reshape(3, -1)
     torch.testing.assert_close(ours.mean(dim=1), theirs.mean(dim=1), rtol=0, atol=0.25)  # measured: < 0.01
     torch.testing.assert_close(ours.std(dim=1), theirs.std(dim=1), rtol=0, atol=0.25)
+
+
+@pytest.mark.parametrize("channels_last, dtype", [(False, torch.float32), (True, torch.bfloat16)])
+def test_torch_batch_contract(val_db: Path, channels_last: bool, dtype: torch.dtype) -> None:
+    """The workers ship uint8 crops; the loader hands NCHW-shaped images in the dtype and memory format
+    asked for, normalised with the ImageNet constants: ToTensor then Normalize of those very pixels."""
+    from torchvision.transforms import Normalize
+
+    loader = make_torch_loader(val_db, 8, train=False, crop=32, val_resize=40, channels_last=channels_last, dtype=dtype)
+    batch = next(iter(loader))
+    assert batch.images.shape == (8, 3, 32, 32) and batch.images.dtype == dtype
+    assert batch.images.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    shipped = [loader.items[(i, False, 0, p)][0] for p, i in enumerate(batch.indices.tolist())]
+    assert all(image.dtype == torch.uint8 and image.shape == (3, 32, 32) for image in shipped)
+    expected = Normalize(IMAGENET_MEAN, IMAGENET_STD)(torch.stack(shipped).float() / 255)
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5  # bfloat16 keeps 8 significant bits: |x| < 2.7
+    torch.testing.assert_close(batch.images.float(), expected, rtol=0, atol=tolerance)
+
+
+def test_device_normalizer_takes_uint8_batches_only() -> None:
+    from loaders.normalize import DeviceNormalizer
+
+    normalize = DeviceNormalizer(IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"))
+    with pytest.raises(ValueError, match="uint8 NCHW"):
+        normalize(torch.zeros(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="floating-point"):
+        DeviceNormalizer(IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"), dtype=torch.uint8)
+
+
+def test_torch_workers_persist_across_epochs_and_ignore_group_signals(train_db: Path) -> None:
+    """The workers the first epoch starts serve every later one (no re-fork per epoch), drop a SIGINT or
+    SIGTERM sent to them as to the process group, and exit when the loader is closed."""
+    before = set(multiprocessing.active_children())
+    loader = make_torch_loader(train_db, 8, train=True, crop=32, workers=2, seed=1)
+    first = _epoch_indices(loader)[1]
+    workers = set(multiprocessing.active_children()) - before
+    assert len(workers) == 2
+    for worker, name in itertools.product(workers, ("INT", "TERM")):  # from another process, as torchrun sends
+        subprocess.run(["kill", f"-{name}", str(worker.pid)], check=True)
+    second = _epoch_indices(loader)[1]
+    assert set(multiprocessing.active_children()) - before == workers and all(w.is_alive() for w in workers)
+    n = len(open_database(train_db))
+    assert [first, second] == [RankPlan(n, 8, seed=1).for_epoch(e).indices.tolist() for e in (0, 1)]
+    loader.close()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert _epoch_indices(loader)[1] == RankPlan(n, 8, seed=1).for_epoch(2).indices.tolist()  # new workers
+    loader.close()
 
 
 # -- sharding and epochs -----------------------------------------------------------------------------
