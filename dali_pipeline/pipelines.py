@@ -49,9 +49,12 @@ class PipelineOptions:
 
 
 def _read(source: Callable, opts: PipelineOptions) -> list:
+    """The source's outputs: OUTPUT_NAMES' four, then the crop size of each sample's epoch if the source
+    follows a resolution schedule (``PlanSource.num_outputs``)."""
     parallel = opts.py_workers > 0
     extra: dict[str, Any] = {"prefetch_queue_depth": opts.prefetch} if parallel else {}
-    return fn.external_source(source=source, num_outputs=len(OUTPUT_NAMES), batch=False, parallel=parallel, **extra)
+    outputs = getattr(source, "num_outputs", len(OUTPUT_NAMES))
+    return fn.external_source(source=source, num_outputs=outputs, batch=False, parallel=parallel, **extra)
 
 
 def _decoder_args(schema: str, opts: PipelineOptions) -> dict[str, Any]:
@@ -84,8 +87,12 @@ def _outputs(images: Any, labels: Any, indices: Any, padding: Any, opts: Pipelin
     return images, (labels.gpu() if opts.on_gpu else labels), indices, padding
 
 
-def train_graph(encoded: Any, preset: TrainPreset, opts: PipelineOptions) -> Any:
-    """Decode with a random-resized crop, resize to the crop size, random flip, normalize."""
+def train_graph(encoded: Any, preset: TrainPreset, opts: PipelineOptions, size: Any = None) -> Any:
+    """Decode with a random-resized crop, resize to the crop size, random flip, normalize.
+
+    ``size``: per-sample crop sizes (a DataNode: progressive resizing, ``loaders.resolution``) instead of
+    the preset's fixed ``crop``; resize takes them as argument inputs, so no rebuild when they change."""
+    crop = preset.crop if size is None else size
     images = fn.decoders.image_random_crop(
         encoded,
         device="mixed" if opts.on_gpu else "cpu",
@@ -94,9 +101,7 @@ def train_graph(encoded: Any, preset: TrainPreset, opts: PipelineOptions) -> Any
         num_attempts=preset.attempts,
         **_decoder_args("decoders__ImageRandomCrop", opts),
     )
-    images = fn.resize(
-        images, resize_x=preset.crop, resize_y=preset.crop, interp_type=types.INTERP_LINEAR, antialias=True
-    )
+    images = fn.resize(images, resize_x=crop, resize_y=crop, interp_type=types.INTERP_LINEAR, antialias=True)
     return _normalize(images, preset, opts, mirror=fn.random.coin_flip(probability=preset.flip_probability))
 
 
@@ -111,16 +116,18 @@ def val_graph(encoded: Any, preset: ValPreset, opts: PipelineOptions) -> Any:
     return _normalize(images, preset, opts)
 
 
-def _graph(encoded: Any, preset: Preset, opts: PipelineOptions) -> Any:
+def _graph(encoded: Any, preset: Preset, opts: PipelineOptions, size: Any = None) -> Any:
     if isinstance(preset, TrainPreset):
-        return train_graph(encoded, preset, opts)
+        return train_graph(encoded, preset, opts, size)
+    if size is not None:
+        raise ValueError("a resolution schedule is for training; validation keeps its preset's size")
     return val_graph(encoded, preset, opts)
 
 
 @pipeline_def
 def _source_pipeline(source: Callable, opts: PipelineOptions, preset: Preset) -> tuple:
-    encoded, labels, indices, padding = _read(source, opts)
-    return _outputs(_graph(encoded, preset, opts), labels, indices, padding, opts)
+    encoded, labels, indices, padding, *size = _read(source, opts)
+    return _outputs(_graph(encoded, preset, opts, *size), labels, indices, padding, opts)
 
 
 FILE_READER_NAME = "files"

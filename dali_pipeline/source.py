@@ -18,8 +18,9 @@ import numpy as np
 from lmdb_io.database import ImageDatabase
 from lmdb_io.trainable import BadRecordError, read_checked
 from loaders.plan import EpochOrder, RankPlan, no_good_sample, replacement_positions
+from loaders.resolution import ResolutionSchedule
 
-Sample = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+Sample = tuple[np.ndarray, ...]
 
 
 class PlanSource:
@@ -33,17 +34,25 @@ class PlanSource:
     loader after DALI failed to decode it) is replaced by the next good sample of the epoch's order and
     delivered as padding (``loaders.bad_records``); the loader sees the replacement in the indices.
     ``restart_at`` makes a rebuilt pipeline's first epoch start at a given epoch and position.
+
+    With a ``resolution`` schedule (progressive resizing) each sample also carries its epoch's crop size
+    (float32, a fifth output): the train graph resizes to it, so the size changes with the epoch without
+    rebuilding the pipeline.
     """
 
-    def __init__(self, plan: RankPlan) -> None:
+    def __init__(self, plan: RankPlan, resolution: ResolutionSchedule | None = None) -> None:
         if plan.num_batches(plan.first_epoch) <= 0:
             raise ValueError(
                 f"{plan.length} images over {plan.world_size} ranks give no whole batch of {plan.batch_size} "
                 f"per rank; lower the batch size"
             )
-        self.plan = plan
+        self.plan, self.resolution = plan, resolution
         self.bad: set[int] = set()  # records found undecodable: replaced like those that fail the checks
         self.start_epoch, self.start_position = plan.first_epoch, 0
+
+    @property
+    def num_outputs(self) -> int:
+        return 4 if self.resolution is None else 5
 
     def read(self, index: int) -> tuple[Any, int]:
         """(encoded bytes as a buffer, label) of dataset sample ``index``."""
@@ -81,27 +90,38 @@ class PlanSource:
 
     def __call__(self, sample_info: Any) -> Sample:
         first = sample_info.epoch_idx == 0
-        order = self.plan.for_epoch(self.start_epoch + sample_info.epoch_idx)
+        epoch = self.start_epoch + sample_info.epoch_idx
+        order = self.plan.for_epoch(epoch)
         i = sample_info.idx_in_epoch + (self.start_position if first else 0)
         if i >= len(order):
             raise StopIteration
         chosen, payload, label = self.choose(order, i)
-        return (
+        sample = (
             np.frombuffer(payload, dtype=np.uint8),
             np.array(label, dtype=np.int64),
             np.array(order.indices[chosen], dtype=np.int64),
             np.array(order.padding[i] or chosen != i, dtype=np.uint8),
         )
+        if self.resolution is None:
+            return sample
+        return (*sample, np.array(self.resolution.for_epoch(epoch), dtype=np.float32))
 
 
 class LMDBSource(PlanSource):
     """An lmdb_io database; bytes come zero-copy from the map, checksum verified."""
 
-    def __init__(self, db: ImageDatabase | str | os.PathLike, plan: RankPlan, *, verify: bool = True) -> None:
+    def __init__(
+        self,
+        db: ImageDatabase | str | os.PathLike,
+        plan: RankPlan,
+        *,
+        verify: bool = True,
+        resolution: ResolutionSchedule | None = None,
+    ) -> None:
         self.db = db if isinstance(db, ImageDatabase) else ImageDatabase(db, verify=verify)
         if len(self.db) != plan.length:
             raise ValueError(f"the plan is for {plan.length} samples, {self.db.path} holds {len(self.db)}")
-        super().__init__(plan)
+        super().__init__(plan, resolution)
 
     def read(self, index: int) -> tuple[memoryview, int]:
         return self.db.read(index)
@@ -113,11 +133,18 @@ class LMDBSource(PlanSource):
 class MemorySource(PlanSource):
     """Encoded images and labels held in this process (copied into each Python worker when parallel)."""
 
-    def __init__(self, payloads: Sequence[np.ndarray], labels: Sequence[int], plan: RankPlan) -> None:
+    def __init__(
+        self,
+        payloads: Sequence[np.ndarray],
+        labels: Sequence[int],
+        plan: RankPlan,
+        *,
+        resolution: ResolutionSchedule | None = None,
+    ) -> None:
         if len(payloads) != len(labels) or len(payloads) != plan.length:
             raise ValueError(f"{len(payloads)} images, {len(labels)} labels, a plan for {plan.length} samples")
         self.payloads, self.labels = list(payloads), list(labels)
-        super().__init__(plan)
+        super().__init__(plan, resolution)
 
     @classmethod
     def from_database(cls, path: str | os.PathLike, plan: RankPlan) -> MemorySource:

@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 
 from lmdb_io import __version__, is_database
+from loaders.resolution import ROUND_TO, ResolutionSchedule
 
 from .progname import prog_name
 
@@ -80,6 +81,39 @@ def build_parser() -> argparse.ArgumentParser:
         default=256,
         metavar="PX",
         help="validation: shorter side resized to this before the center crop (256)",
+    )
+    data.add_argument(
+        "--min-res",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="progressive resizing (FFCV's schedule): the training crop up to epoch --start-ramp "
+        f"(default --crop-size; a multiple of {ROUND_TO} when it differs from --max-res)",
+    )
+    data.add_argument(
+        "--max-res",
+        type=int,
+        default=None,
+        metavar="PX",
+        help=f"progressive resizing: the training crop from epoch --end-ramp on (default --crop-size; a multiple "
+        f"of {ROUND_TO} when it differs from --min-res)",
+    )
+    data.add_argument(
+        "--start-ramp",
+        type=int,
+        default=None,
+        metavar="EPOCH",
+        help="progressive resizing: the last epoch (counted from 0) at --min-res; needed when --min-res and "
+        "--max-res differ",
+    )
+    data.add_argument(
+        "--end-ramp",
+        type=int,
+        default=None,
+        metavar="EPOCH",
+        help=f"progressive resizing: the first epoch at --max-res; in between the crop grows linearly, rounded "
+        f"to a multiple of {ROUND_TO}. The batch size stays, validation keeps --crop-size and --val-resize, "
+        "a resumed run trains at its epoch's size. Needs --lmdb with --loader dali",
     )
     data.add_argument(
         "--log-keys",
@@ -248,11 +282,45 @@ def validate(args: argparse.Namespace, cuda: bool) -> None:
         raise ConfigError("--max-bad-records must be 0 or more")
     if not 0.0 <= args.hw_decoder_load <= 1.0:
         raise ConfigError("--hw-decoder-load must be between 0 and 1")
+    resolution_schedule(args)  # ConfigError for a schedule that cannot be
     if not cuda:
         if args.amp == "fp16":
             raise ConfigError("--amp fp16 needs CUDA (this run is on the CPU); use --amp bf16 or off")
         if args.dist_backend == "nccl":
             raise ConfigError("--dist-backend nccl needs CUDA (this run is on the CPU); use gloo")
+
+
+def resolution_schedule(args: argparse.Namespace) -> ResolutionSchedule | None:
+    """The training crop's schedule over epochs from --min-res/--max-res/--start-ramp/--end-ramp, or None
+    (every epoch at --crop-size); ConfigError naming the flag for one that cannot be."""
+    low = args.crop_size if args.min_res is None else args.min_res
+    high = args.crop_size if args.max_res is None else args.max_res
+    start, end = args.start_ramp, args.end_ramp
+    for flag, value in (("--min-res", args.min_res), ("--max-res", args.max_res)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag} must be positive")
+    if low == high:
+        if start is not None or end is not None:
+            raise ConfigError(f"--start-ramp/--end-ramp need --min-res and --max-res to differ (both are {low})")
+        return None
+    if start is None or end is None:
+        raise ConfigError(
+            f"--min-res {low} and --max-res {high} differ: progressive resizing needs --start-ramp and --end-ramp"
+        )
+    if low > high:
+        raise ConfigError(f"--min-res {low} must not exceed --max-res {high}")
+    if low % ROUND_TO or high % ROUND_TO:
+        raise ConfigError(f"--min-res {low} and --max-res {high} must be multiples of {ROUND_TO}")
+    if not 0 <= start <= end:
+        raise ConfigError(f"--start-ramp {start} and --end-ramp {end} must satisfy 0 <= start <= end")
+    if args.synthetic:
+        raise ConfigError("--min-res/--max-res (progressive resizing) do not apply to --synthetic batches")
+    if args.loader == "dali" and not args.lmdb:
+        raise ConfigError(
+            "--min-res/--max-res (progressive resizing) with --loader dali need --lmdb (DALI's file reader "
+            "path has no per-epoch source); use --lmdb or --loader torch"
+        )
+    return ResolutionSchedule(low, high, start, end)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

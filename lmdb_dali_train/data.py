@@ -15,7 +15,7 @@ import torch
 from lmdb_io import LmdbIoError
 from loaders.batch import BatchLoader
 
-from .config import ConfigError
+from .config import ConfigError, resolution_schedule
 
 DALI_INSTALL_HINT = (
     "DALI is not installed: pip install '.[cuda130]' (NVIDIA driver >= 580, or no GPU) or '.[cuda120]' "
@@ -125,6 +125,7 @@ def make_loader(
         seed=args.seed,
         crop=args.crop_size,
         val_resize=args.val_resize,
+        resolution=resolution_schedule(args) if train else None,  # progressive resizing: training only
         first_epoch=first_epoch,
         skip=skip if train else 0,
     )

@@ -18,7 +18,7 @@ from loaders.plan import RankPlan
 
 from . import checkpoint
 from .bad_records import BadRecordLog
-from .config import EXIT_BAD_RECORDS, ConfigError, parse_args, validate
+from .config import EXIT_BAD_RECORDS, ConfigError, parse_args, resolution_schedule, validate
 from .data import DatasetInfo, check_class_maps, describe_dataset, make_loader, require_dali
 from .distributed import (
     Placement,
@@ -400,9 +400,13 @@ def _fit(
         key_log = KeyLog(os.path.join(args.output_dir, f"keys-rank{place.rank}.tsv"), train_info.key_of)
     steps_run = 0
     outcome = "stopped" if stop.agreed() else "done"  # a signal while the run was starting
+    resolution = resolution_schedule(args)
     try:
         while outcome == "done" and state.epoch < args.epochs:
             left = None if args.max_steps is None else args.max_steps - steps_run
+            if resolution is not None:  # the loaders follow the same schedule, by the epoch of each sample
+                size = resolution.for_epoch(state.epoch)
+                log.record("resolution", f"epoch {state.epoch}: training crop {size} px", epoch=state.epoch, size=size)
             outcome, steps = train_epoch(
                 state,
                 train_loader,

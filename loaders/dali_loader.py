@@ -24,6 +24,7 @@ from .bad_records import BadRecord
 from .batch import Batch
 from .plan import EpochOrder, RankPlan
 from .presets import Preset, TrainPreset, preset_for
+from .resolution import ResolutionSchedule
 
 
 def _to_batch(out: dict[str, Any], channels_last: bool) -> Batch:
@@ -214,6 +215,7 @@ def make_dali_loader(
     seed: int = 0,
     crop: int = 224,
     val_resize: int = 256,
+    resolution: ResolutionSchedule | None = None,
     first_epoch: int = 0,
     skip: int = 0,
     verify: bool = True,
@@ -221,7 +223,8 @@ def make_dali_loader(
 ) -> DALILoader:
     """The DALI loader over an lmdb_io database for one rank (global ``rank``): train drops the shard's
     remainder, val pads and masks. ``skip``: positions of ``first_epoch``'s global order already trained
-    on (see ``RankPlan``).
+    on (see ``RankPlan``). ``resolution``: progressive resizing (training only); without it every epoch
+    crops ``crop``.
 
     ``options`` are ``PipelineOptions`` fields (num_threads, py_workers, hw_decoder_load, ...). On a GPU
     the source runs in Python workers unless ``py_workers=0`` is given.
@@ -229,6 +232,6 @@ def make_dali_loader(
     options.setdefault("py_workers", 4 if device_id is not None else 0)
     db = ImageDatabase(path, verify=verify)
     plan = RankPlan.for_split(len(db), batch_size, train, rank, world_size, seed, first_epoch, skip)
-    source = LMDBSource(db, plan)
+    source = LMDBSource(db, plan, resolution=resolution)
     opts = PipelineOptions(batch_size=batch_size, device_id=device_id, seed=seed + rank, **options)
     return DALILoader(source, opts, preset_for(train, crop, val_resize))

@@ -217,10 +217,6 @@ class TorchLoader:
         self._current = self._batches()
         return self._current
 
-    def crop_for(self, epoch: int) -> int:
-        """The crop size the loader delivers in ``epoch``."""
-        return self.items.crop_for(epoch)
-
     def close(self) -> None:
         """End the epoch in progress and shut the worker processes down (a later ``iter()`` starts new ones)."""
         if self._current is not None:

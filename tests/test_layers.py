@@ -46,16 +46,17 @@ def test_packages_import_only_their_layers(package: str) -> None:
 
 
 def test_dali_pipeline_uses_only_the_loader_contract() -> None:
-    """The DALI graphs and sources use the plan, the presets and the workers' signal policy (standard
-    library only), never a loader built on them."""
+    """The DALI graphs and sources use the plan, the presets, the resolution schedule and the workers'
+    signal policy (standard library only), never a loader built on them."""
     used = {name for path in (REPO / "dali_pipeline").rglob("*.py") for name in _imports(path)}
-    assert {n for n in used if n.startswith("loaders")} <= {"loaders.plan", "loaders.presets", "loaders.workers"}
+    contract = {"loaders.plan", "loaders.presets", "loaders.resolution", "loaders.workers"}
+    assert {n for n in used if n.startswith("loaders")} <= contract
 
 
 def test_source_workers_import_no_torch_and_no_pil() -> None:
     """DALI spawns Python workers that unpickle the source: they must start without torch or PIL."""
     code = (
-        "import sys, dali_pipeline.source, dali_pipeline.workers, loaders.plan, lmdb_io.database; "
+        "import sys, dali_pipeline.source, dali_pipeline.workers, loaders.plan, loaders.resolution, lmdb_io.database; "
         "print(sorted(m for m in ('torch', 'PIL', 'torchvision') if m in sys.modules))"
     )
     out = subprocess.run(
