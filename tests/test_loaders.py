@@ -192,6 +192,23 @@ def test_torch_workers_persist_across_epochs_and_ignore_group_signals(train_db: 
     loader.close()
 
 
+@pytest.mark.gpu
+def test_torch_loader_normalises_on_the_gpu_as_on_the_cpu(val_db: Path) -> None:
+    """On CUDA: uint8 batches through pinned memory (persistent workers), normalised on the GPU into
+    bfloat16 channels-last; the same values as the CPU loader's float32, to bfloat16's rounding."""
+    device = torch.device("cuda", 0)
+    kw = dict(train=False, crop=32, val_resize=40)
+    gpu = make_torch_loader(val_db, 8, workers=2, device=device, dtype=torch.bfloat16, channels_last=True, **kw)
+    try:
+        for a, b in zip(gpu, make_torch_loader(val_db, 8, workers=0, **kw), strict=True):
+            assert a.images.device == device and a.images.dtype == torch.bfloat16
+            assert a.images.is_contiguous(memory_format=torch.channels_last)
+            assert a.labels.device == device and torch.equal(a.indices, b.indices)
+            torch.testing.assert_close(a.images.float().cpu(), b.images, rtol=0, atol=2e-2)
+    finally:
+        gpu.close()
+
+
 # -- sharding and epochs -----------------------------------------------------------------------------
 
 

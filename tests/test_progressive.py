@@ -71,6 +71,25 @@ def test_each_epoch_crops_at_the_scheduled_size(train_db: Path, kind: str) -> No
     assert getattr(loader, "pipeline", None) is pipeline
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+def test_on_the_gpu_each_epoch_crops_at_the_scheduled_size(train_db: Path, kind: str) -> None:
+    """On CUDA (DALI: mixed decoding, the GPU resize taking the CPU source's sizes as argument inputs)."""
+    device = torch.device("cuda", 0)
+    place: dict = {"device_id": 0} if kind == "dali" else {"device": device}
+    loader = make_loader(kind, train_db, 2, train=True, crop=224, resolution=SCHEDULE, **place)
+    try:
+        for epoch in range(3):
+            size = SCHEDULE.for_epoch(epoch)
+            shapes = set()
+            for batch in loader:
+                assert batch.images.device == device
+                shapes.add(tuple(batch.images.shape))
+            assert shapes == {(BATCH, 3, size, size)}, (epoch, shapes)
+    finally:
+        loader.close()
+
+
 @pytest.mark.parametrize("kind, workers", [pytest.param("dali", 1, marks=needs_dali), ("torch", 2)])
 def test_resuming_mid_schedule_lands_on_the_epochs_size(train_db: Path, kind: str, workers: int) -> None:
     """Built as train.py builds it from a checkpoint taken 2 steps into epoch 1 (first_epoch=1,
