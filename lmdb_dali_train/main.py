@@ -394,13 +394,13 @@ def _fit(
         warn("DALI's file reader cannot resume mid-epoch: the interrupted epoch restarts from its beginning")
         state.step_in_epoch = state.epoch_position = 0
     train_loader = loader_for(args.train, True, state.epoch, state.epoch_position)
+    resolution = resolution_schedule(args)  # progressive resizing, logged per epoch; None: --crop-size throughout
     key_log = None
     if args.log_keys and train_info is not None:
         os.makedirs(args.output_dir, exist_ok=True)
         key_log = KeyLog(os.path.join(args.output_dir, f"keys-rank{place.rank}.tsv"), train_info.key_of)
     steps_run = 0
     outcome = "stopped" if stop.agreed() else "done"  # a signal while the run was starting
-    resolution = resolution_schedule(args)
     try:
         while outcome == "done" and state.epoch < args.epochs:
             left = None if args.max_steps is None else args.max_steps - steps_run
