@@ -192,6 +192,24 @@ def test_torch_workers_persist_across_epochs_and_ignore_group_signals(train_db: 
     loader.close()
 
 
+def test_a_torch_loader_dropped_mid_epoch_ends_its_persistent_workers(train_db: Path) -> None:
+    """Without close() and without the garbage collector: the last reference to the loader going away
+    ends its workers (no loader <-> epoch cycle keeps them waiting for a collection)."""
+    before = set(multiprocessing.active_children())
+    loader = make_torch_loader(train_db, 8, train=True, crop=32, workers=2)
+    next(iter(loader))
+    workers = set(multiprocessing.active_children()) - before
+    assert len(workers) == 2
+    gc.disable()
+    try:
+        del loader
+        for worker in workers:
+            worker.join(20)
+    finally:
+        gc.enable()
+    assert [w.exitcode for w in workers] == [0, 0]
+
+
 @pytest.mark.gpu
 def test_torch_loader_normalises_on_the_gpu_as_on_the_cpu(val_db: Path) -> None:
     """On CUDA: uint8 batches through pinned memory (persistent workers), normalised on the GPU into
