@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
 from typing import Any
@@ -207,21 +208,25 @@ class TorchLoader:
             or multiprocessing.get_all_start_methods()[0]  # the default
         )
         self._spawns = workers > 0 and method != "fork"
-        self._current: Generator[Batch, None, None] | None = None
+        # the epoch in progress, weakly: its generator holds the loader, and a cycle would keep the persistent
+        # workers alive, after the loader is dropped, until the garbage collector runs
+        self._current: weakref.ref[Generator[Batch, None, None]] | None = None
 
     def __len__(self) -> int:
         """Batches in the coming epoch."""
         return self.plan.num_batches(self._epoch)
 
     def __iter__(self) -> Iterator[Batch]:
-        self._current = self._batches()
-        return self._current
+        current = self._batches()
+        self._current = weakref.ref(current)
+        return current
 
     def close(self) -> None:
         """End the epoch in progress and shut the worker processes down (a later ``iter()`` starts new ones)."""
-        if self._current is not None:
-            self._current.close()
-            self._current = None
+        current = self._current() if self._current is not None else None
+        if current is not None:
+            current.close()
+        self._current = None
         workers, self.loader._iterator = self.loader._iterator, None  # the persistent workers' iterator
         shut_down = getattr(workers, "_shutdown_workers", None)
         if shut_down is not None:
