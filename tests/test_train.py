@@ -372,6 +372,45 @@ def test_data_wait_reads_high_for_a_slow_loader_and_low_for_synthetic(train_db: 
     assert len(waits) == 2 and max(waits) < 0.05, waits
 
 
+def _synthetic(out: Path, *flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """train.py on synthetic batches of 8 at crop 32 on the CPU (the default --print-freq, 10, unless given)."""
+    cmd = [sys.executable, "train.py", "--synthetic", "-b", "8", "-a", "resnet18", "--crop-size", "32"]
+    return _run([*cmd, "--device", "cpu", "--output-dir", str(out), *flags], env)
+
+
+def _figures(record: dict) -> tuple[float, float]:
+    rate, wait = record["images_per_s"], record["data_wait"]
+    assert rate > 0 and 0 <= wait <= 1, record
+    return rate, wait
+
+
+@pytest.mark.slow
+def test_every_stop_logs_its_last_window_and_the_run_after_its_warm_up(tmp_path: Path) -> None:
+    """--max-steps inside the first print window, a signal between print points, an error at the stop: each
+    logs the figures of its last (partial) window and of the whole run, the warm-up steps named."""
+    short = tmp_path / "short"  # 6 steps, printing every 10: the one window is the stop's
+    _ok(_synthetic(short, "--max-steps", "6"))
+    (window,) = _events(short, "train")
+    assert window["step"] == 6 and window["steps"] == 6 and _figures(window)
+    (speed,) = _events(short, "speed")
+    assert (speed["reason"], speed["steps_run"], speed["warmup_steps"], speed["steps"]) == ("max_steps", 6, 1, "2-6")
+    assert speed["images"] == 5 * 8 and _figures(speed) and speed["last_window"]["steps"] == "1-6"
+
+    signalled = tmp_path / "signalled"  # a SIGTERM after step 7, printing every 5: windows 1-5 and 6-7
+    _ok(_synthetic(signalled, "--print-freq", "5", "--epochs", "3", env=fault_env(sigterm_at_step="7")))
+    assert [(e["step"], e["steps"]) for e in _events(signalled, "train")] == [(5, 5), (7, 2)]
+    (speed,) = _events(signalled, "speed")
+    assert (speed["reason"], speed["steps_run"], speed["warmup_steps"], speed["steps"]) == ("stopped", 7, 5, "6-7")
+    assert speed["images"] == 2 * 8 and _figures(speed)
+
+    failed = tmp_path / "failed"  # a NaN loss at step 3, found at the stop's window: the run ends in an error
+    proc = _synthetic(failed, "--max-steps", "6", env=fault_env(nan_loss_at_step="3"))
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    (speed,) = _events(failed, "speed")
+    assert (speed["reason"], speed["steps_run"], speed["warmup_steps"]) == ("error", 6, 1)
+    assert _figures(speed) and speed["last_window"]["steps"] == "1-6"
+
+
 # -- flags, paths, configuration (in-process: each stops before training) -----------------------------
 
 
