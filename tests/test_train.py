@@ -30,6 +30,7 @@ from conftest import (
     run_main,
 )
 
+from bench.lib import runlog
 from lmdb_dali_train.config import build_parser
 from lmdb_dali_train.main import main as train_main
 from lmdb_io import open_database
@@ -402,6 +403,10 @@ def test_every_stop_logs_its_last_window_and_the_run_after_its_warm_up(tmp_path:
     (speed,) = _events(signalled, "speed")
     assert (speed["reason"], speed["steps_run"], speed["warmup_steps"], speed["steps"]) == ("stopped", 7, 5, "6-7")
     assert speed["images"] == 2 * 8 and _figures(speed)
+    # the benchmarks read the same record (one warm-up rule), and refuse a run with no window after the first
+    assert runlog.steady(signalled / "log.jsonl") == runlog.Steady(speed["images_per_s"], speed["data_wait"], "6-7", 5)
+    with pytest.raises(runlog.RunFailed, match="no steady state"):
+        runlog.steady(short / "log.jsonl")
 
     failed = tmp_path / "failed"  # a NaN loss at step 3, found at the stop's window: the run ends in an error
     proc = _synthetic(failed, "--max-steps", "6", env=fault_env(nan_loss_at_step="3"))
