@@ -45,9 +45,7 @@ ENTRY_POINTS = ["train.py", "python -m lmdb_dali_train", "lmdb-train"]
 @pytest.mark.slow
 @needs_dali
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_spawned_source_workers_never_import_torch(
-    entry: str, train_db: Path, val_db: Path, tmp_path: Path
-) -> None:
+def test_spawned_source_workers_never_import_torch(entry: str, train_db: Path, val_db: Path, tmp_path: Path) -> None:
     command = {
         "train.py": [str(REPO / "train.py")],
         "python -m lmdb_dali_train": ["-m", "lmdb_dali_train"],

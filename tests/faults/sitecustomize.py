@@ -20,6 +20,8 @@ imports this module at start-up. Each ``FAULT_*`` variable set patches one point
   (DALI's Python source workers) writes ``DIR/source-<pid>`` when it imports ``dali_pipeline.source`` (it
   is a source worker) and ``DIR/torch-<pid>`` when it imports ``torch`` (which it must never do), from an
   audit hook: it sees the import whoever makes it, the re-run main module included.
+- ``FAULT_GPU_ROW_HANGS=1``: a ``bench.gpu_check`` row process (``python -m bench.gpu_row``) hangs instead
+  of measuring, as a stuck DALI pipeline would.
 """
 
 from __future__ import annotations
@@ -181,6 +183,18 @@ def _witness_spawned_imports(folder: str) -> None:
     sys.addaudithook(hook)
 
 
+def _gpu_row_hangs() -> None:
+    import time
+
+    from bench import gpu_check
+
+    def hanging(*args: object, **kwargs: object) -> int:
+        time.sleep(3600)
+        return 0
+
+    gpu_check.run_row = hanging
+
+
 if os.environ.get("FAULT_EXIT_AFTER_COMMITS"):
     _exit_after_commits(int(os.environ["FAULT_EXIT_AFTER_COMMITS"]))
 if os.environ.get("FAULT_SIGTERM_AT_STEP"):
@@ -195,3 +209,5 @@ if os.environ.get("FAULT_NAN_LOSS_AT_STEP"):
     _nan_loss_at_step(int(os.environ["FAULT_NAN_LOSS_AT_STEP"]))
 if os.environ.get("FAULT_SPAWNED_IMPORTS"):
     _witness_spawned_imports(os.environ["FAULT_SPAWNED_IMPORTS"])
+if os.environ.get("FAULT_GPU_ROW_HANGS"):
+    _gpu_row_hangs()
