@@ -6,20 +6,28 @@ First the gpu test tier, ``python -m pytest -m gpu tests/test_gpu.py``, in a sub
 in ``OUT/gpu_tests.txt``). Then ``--images`` JPEGs (``--data DIR``, or generated) go into one LMDB, and on
 GPU 0 it measures:
 
-1. the DALI train pipeline alone (``make_dali_loader``, mixed decode, fp16 NHWC as train.py sets it) at
+1. the DALI train pipeline alone (``make_dali_loader``, mixed decode, float16 NHWC as train.py sets it) at
    every ``--hw-loads`` x ``--py-workers`` pair, the same graph fed the same bytes from memory
-   (``MemorySource``) at each load, and the torchvision DataLoader alone; one epoch per run, the first
-   ``--warmup-batches`` untimed, ``torch.cuda.synchronize()`` before each clock read;
+   (``MemorySource``) at each load, and the torchvision DataLoader alone (channels-last, as train.py); one
+   epoch per run, the first ``--warmup-batches`` untimed (the torchvision loader: at least its workers x
+   prefetch factor + 1, the batches its workers finish before the first is taken), ``torch.cuda.synchronize()``
+   before each clock read;
 2. training images/s and data-wait of each ``--archs`` model through train.py (``-b --amp bf16
    --channels-last``) with ``--synthetic``, ``--loader dali --lmdb`` and ``--loader torch --lmdb``, read
    with bench.lib.runlog's one warm-up rule.
+
+Every row that touches the GPU runs in a process of its own (``python -m bench.gpu_row``; train.py and the
+test tier are processes anyway) within ``--row-budget`` seconds, killed whole after it: a hung pipeline
+costs its row ("not run: timed out after N s"), never the rest, and this process never creates a CUDA
+context that would hold GPU memory through the training rows. When ``/dev/shm`` holds less than the
+torchvision loader's workers can have in flight, the table says so (DataLoader workers pass batches there).
 
 A missing GPU, DALI, lmdb or model turns the rows that need it into "not run: <reason>"; failures are rows
 too; the exit status is 0. ``--budget`` bounds the whole run: rows that would not fit are not run. ``--cpu``
 is a dry run of the same code on the CPU with tiny sizes (the test tier with CUDA hidden), which leaves
 RESULTS.md alone. Examples::
 
-    python -m bench.gpu_check                      # about 6 minutes on one H100/H200
+    python -m bench.gpu_check                      # at most 9 minutes (--budget 540) on one H100/H200
     python -m bench.gpu_check --quick --data /data/imagenet/train --out /tmp/res
     python -m bench.gpu_check --cpu --out /tmp/dry
 """
@@ -27,16 +35,20 @@ RESULTS.md alone. Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import xml.etree.ElementTree as ElementTree
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -52,6 +64,9 @@ from bench.lib.timing import Contender, plan_indices, run_rounds
 PROG = "gpu_check"
 GPU_TESTS = "tests/test_gpu.py"
 MIN_SECONDS = {"tests": 30.0, "loader": 15.0, "train": 25.0}  # budget a row needs on a GPU to be started
+PROBE_SECONDS = 120.0  # the GPU probe's child: torch and CUDA start-up
+TORCH_PREFETCH_FACTOR = 2  # DataLoader's default, which loaders.torch_loader keeps
+GIB = 1 << 30
 OUTCOMES = ("passed", "failed", "error", "xfailed", "skipped")
 PYTEST_EXIT = {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no tests collected"}
 
@@ -84,7 +99,7 @@ def tests_env(cpu: bool) -> dict[str, str]:
 def probe(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
     """Machine and versions, and for each unmet need (torch, gpu, lmdb, torchvision, ARCH, dali, pytest,
     tests) the one-line reason; never raises."""
-    info, missing = machine.describe(gpu=not args.cpu), dict[str, str]()
+    info, missing = machine.describe(gpu=False), dict[str, str]()
     for need, module in (("torch", "torch"), ("lmdb", "xxhash"), ("lmdb", "lmdb"), ("torchvision", "torchvision")):
         try:
             __import__(module)
@@ -94,19 +109,24 @@ def probe(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
         missing.update({k: missing["torch"] for k in ("gpu", "dali", "torchvision", "lmdb")})
     elif args.cpu:
         info["gpu_note"] = "none (--cpu dry run)"
-    elif "gpu" not in info:
-        missing["gpu"] = "no CUDA GPU visible to torch (torch.cuda.is_available() is False); --cpu runs the dry run"
+    else:
+        try:
+            info |= in_child({"kind": "probe"}, PROBE_SECONDS)
+        except RowFailed as e:
+            missing["gpu"] = f"the GPU probe failed ({e})"
+        if "gpu" not in info:
+            missing.setdefault(
+                "gpu", "no CUDA GPU visible to torch (torch.cuda.is_available() is False); --cpu runs the dry run"
+            )
     if "torchvision" not in missing:
         import torchvision
 
         names = set(torchvision.models.list_models(module=torchvision.models))
         missing |= {a: f"torchvision {torchvision.__version__} has no model {a}" for a in args.archs if a not in names}
     try:
-        from nvidia.dali import backend
-
         import loaders.dali_loader  # noqa: F401 (DALI and the loader layer)
 
-        if not args.cpu and "gpu" not in missing and backend.GetCUDADeviceCount() == 0:
+        if not args.cpu and "gpu" not in missing and not info.get("dali_cuda_devices"):
             missing["dali"] = "DALI sees no CUDA device (driver too old for this DALI wheel?)"
     except Exception as e:
         missing.setdefault("dali", f"DALI or loaders.dali_loader not importable ({describe(e)})")
@@ -192,7 +212,8 @@ class Data:
     work: Path
     db: Path | None = None
     length: int = 0
-    memory: Any = None  # the MemorySource of the in-memory rows, when the database fits twice in memory
+    memory: Any = None  # the MemorySource of the in-memory rows (built in their own process)
+    shm: str = ""  # a warning when /dev/shm is too small for the torchvision loader's workers
     description: str = "not built yet (the test tier runs first)"
 
 
@@ -232,26 +253,125 @@ def contender(args: argparse.Namespace, d: Data, key: str) -> Contender:
     return Contender(key, "", "", lambda seed: make_dali_loader(db, batch, train=True, seed=seed, crop=crop, **options))
 
 
-def time_loader(args: argparse.Namespace, d: Data, key: str, left: float) -> dict[str, Any]:
-    """Median images/s over ``--runs`` epochs, each on a fresh loader."""
+def torch_warmup(args: argparse.Namespace) -> int:
+    """Untimed batches of the torchvision loader row: its workers hold ``workers x prefetch_factor`` finished
+    batches before the first is taken; the clock starts after those are gone."""
+    return max(args.warmup_batches, args.torch_workers * TORCH_PREFETCH_FACTOR + 1)
+
+
+def time_loader(args: argparse.Namespace, d: Data, key: str) -> dict[str, Any]:
+    """Median images/s over ``--runs`` epochs, each on a fresh loader (in a ``bench.gpu_row`` process)."""
     import torch
 
     sync = None if args.cpu else torch.cuda.synchronize
+    warmup = torch_warmup(args) if key == "torch" else args.warmup_batches
+    if d.length // args.batch <= warmup:
+        raise RowFailed(
+            f"an epoch of {d.length // args.batch} batches leaves none after {warmup} warm-up (raise --images)"
+        )
     c, order, cores = contender(args, d, key), plan_indices(d.length, args.batch), len(os.sched_getaffinity(0))
-    rounds = run_rounds([c], args.runs, args.batch, args.warmup_batches, order, cores=cores, sync=sync)
-    return {"rate": rounds.median_rate(key), "result": rounds.spread(key), **rounds.raw()}
+    rounds = run_rounds([c], args.runs, args.batch, warmup, order, cores=cores, sync=sync)
+    return {"rate": rounds.median_rate(key), "result": rounds.spread(key), "warmup_batches": warmup, **rounds.raw()}
 
 
-def release_dali_memory() -> None:
-    """Hand DALI's and torch's cached device memory back before the training subprocesses start."""
+class RowTimedOut(Exception):
+    pass
+
+
+def in_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """``python -m bench.gpu_row`` on ``spec`` in its own process group, killed whole after ``timeout`` s
+    (``RowTimedOut``); its result, or ``RowFailed`` with its error."""
+    with tempfile_pair() as (spec_file, out_file):
+        spec_file.write_text(json.dumps(spec, default=str))
+        cmd = [sys.executable, "-m", "bench.gpu_row", str(spec_file), str(out_file)]
+        env = {**os.environ, "PYTHONPATH": tests_env(False)["PYTHONPATH"]}
+        proc = subprocess.Popen(
+            cmd, cwd=data.REPO, env=env, stdout=subprocess.PIPE, stderr=STDOUT, start_new_session=True
+        )
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise RowTimedOut(f"timed out after {timeout:.0f} s (--row-budget)") from None
+        found = json.loads(out_file.read_text()) if out_file.is_file() and out_file.stat().st_size else None
+    if found is None or "error" in found:
+        why = found["error"] if found else f"exit {proc.returncode}: {one_line(output.decode(errors='replace'))}"
+        raise RowFailed(why, {"output": output.decode(errors="replace")[-4000:]})
+    return found
+
+
+@contextlib.contextmanager
+def tempfile_pair() -> Iterator[tuple[Path, Path]]:
+    with tempfile.TemporaryDirectory(prefix="gpu_row_") as tmp:
+        yield Path(tmp) / "spec.json", Path(tmp) / "out.json"
+
+
+def loader_in_child(args: argparse.Namespace, d: Data, key: str, left: float) -> dict[str, Any]:
+    assert d.db is not None  # run_check runs the rows that need "db" only once it is built
+    spec = {"kind": "loader", "key": key, "db": str(d.db), "length": d.length, "work": str(d.work)}
+    spec["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    return in_child(spec, min(left, args.row_budget))
+
+
+def run_row(spec_path: str, out_path: str) -> int:
+    """``bench.gpu_row``'s body: one row measured in this process, its result (or error) as JSON."""
+    spec = json.loads(Path(spec_path).read_text())
     try:
-        import torch
+        if spec["kind"] == "probe":
+            found = gpu_facts()
+        else:
+            args = argparse.Namespace(**spec["args"])
+            db = Path(spec["db"])
+            d = Data(Path(spec["work"]), db, spec["length"])
+            if spec["key"].startswith("memory"):
+                from dali_pipeline.source import MemorySource
+                from loaders.plan import RankPlan
+
+                d.memory = MemorySource.from_database(db, RankPlan(d.length, args.batch))
+            found = time_loader(args, d, spec["key"])
+    except (Exception, SystemExit) as e:
+        found = {"error": e.args[0] if isinstance(e, RowFailed) else describe(e), "traceback": traceback.format_exc()}
+    Path(out_path).write_text(json.dumps(found, default=str))
+    return 0
+
+
+def gpu_facts() -> dict[str, Any]:
+    """GPU 0 as torch sees it, and how many CUDA devices DALI sees (the probe, in a child)."""
+    info = machine.describe(gpu=True)
+    try:
         from nvidia.dali import backend
 
-        backend.ReleaseUnusedMemory()
-        torch.cuda.empty_cache()
-    except Exception:  # best effort: an older DALI without ReleaseUnusedMemory, say
+        info["dali_cuda_devices"] = backend.GetCUDADeviceCount()
+    except Exception:  # DALI absent: probe() names it
         pass
+    return info
+
+
+def shm_note(args: argparse.Namespace, d: Data) -> str:
+    """A warning when ``/dev/shm`` has less room than the torchvision loader's workers can fill: each holds up
+    to ``prefetch_factor`` finished batches there. Empty when it fits or cannot be told."""
+    if d.db is None or not os.path.isdir("/dev/shm") or args.torch_workers == 0:
+        return ""
+    try:
+        import torch
+
+        from loaders.torch_loader import make_torch_loader
+
+        loader = make_torch_loader(d.db, args.batch, train=True, workers=0, crop=args.crop)
+        item = loader.items[next(iter(loader.sampler))]  # what a worker hands over for one sample
+        per_sample = sum(t.numel() * t.element_size() for t in item if isinstance(t, torch.Tensor))
+    except Exception as e:
+        return f"/dev/shm: could not size the torchvision loader's batches ({describe(e)})"
+    need = args.torch_workers * TORCH_PREFETCH_FACTOR * args.batch * per_sample
+    free = shutil.disk_usage("/dev/shm").free
+    if free >= need:
+        return ""
+    return (
+        f"/dev/shm has {free / GIB:.1f} GiB free, less than the {need / GIB:.1f} GiB the torchvision loader's "
+        f"{args.torch_workers} workers x {TORCH_PREFETCH_FACTOR} batches can hold there: its rows may fail or "
+        f"stall (docker run --shm-size, or fewer --torch-workers)"
+    )
 
 
 # -- planned rows -----------------------------------------------------------------------------------
@@ -303,7 +423,7 @@ def plan(args: argparse.Namespace, d: Data) -> list[Check]:
 
     def add(kind: str, key: str, what: str, how: str, needs: tuple[str, ...], measure: Callable | None = None) -> None:
         least = 0.0 if kind == "derived" else 1.0 if cpu else MIN_SECONDS[kind]
-        measure = measure or partial(time_loader, args, d, key)
+        measure = measure or partial(loader_in_child, args, d, key)
         checks.append(Check(kind, key, Row(what, how), needs, least, measure))
 
     hidden = " with CUDA hidden (`CUDA_VISIBLE_DEVICES=`, --cpu)" * cpu
@@ -354,6 +474,8 @@ def run_check(check: Check, missing: dict[str, str], deadline: float, budget: fl
         check.row.data_wait = f"{100 * wait:.1f} %" if wait is not None else "n/a" * (check.kind != "tests")
         check.row.how += f", steps {found['steps']}" if "steps" in found else ""
         check.detail = found
+    except RowTimedOut as e:  # a hung pipeline, say: this row only
+        check.status, check.row.result = "not run", f"not run: {e}"
     except (Exception, SystemExit) as e:
         check.status, check.row.result = "failed", f"failed: {e if isinstance(e, RowFailed) else describe(e)}"
         check.detail = getattr(e, "detail", None) or {"traceback": traceback.format_exc()}
@@ -384,7 +506,8 @@ def set_ratios(checks: Sequence[Check]) -> None:
 
 
 def setup_data(args: argparse.Namespace, missing: dict[str, str], d: Data) -> None:
-    """Build the LMDB (and the in-memory copy); on failure record why under ``missing['db']``."""
+    """Build the LMDB (the in-memory rows copy it in their own process) and size /dev/shm against the
+    torchvision loader's workers; on failure record why under ``missing['db']``."""
     work = d.work
     unmet = next((missing[n] for n in ("torch", "gpu", "lmdb") if n in missing), None)
     if unmet:
@@ -392,9 +515,6 @@ def setup_data(args: argparse.Namespace, missing: dict[str, str], d: Data) -> No
         d.description = f"none (not built: {unmet})"
         return
     try:
-        from dali_pipeline.source import MemorySource
-        from loaders.plan import RankPlan
-
         source, origin = args.data, f"JPEGs of {args.data}"
         if source is None:
             classes, per_class = (4, 8) if args.cpu else (10, 100)
@@ -402,10 +522,9 @@ def setup_data(args: argparse.Namespace, missing: dict[str, str], d: Data) -> No
             origin = f"JPEGs generated by lmdb_io.demo_images ({classes} classes)"
         prepared = data.prepare_database(source, args.images, work, "--workers", str(len(os.sched_getaffinity(0))))
         d.db, d.length, d.description = prepared.db, args.images, f"{prepared.describe()}; {origin}"
-        if prepared.db_bytes * 2 < psutil.virtual_memory().available:
-            d.memory = MemorySource.from_database(prepared.db, RankPlan(d.length, args.batch))
-        else:
+        if prepared.db_bytes * 2 >= psutil.virtual_memory().available:
             missing["memory"] = f"the database ({prepared.db_bytes / 1e6:,.0f} MB) does not fit twice in free memory"
+        d.shm = shm_note(args, d)
     except (Exception, SystemExit) as e:
         missing["db"] = f"data preparation failed ({describe(e)})"
         d.description = f"none ({missing['db']})"
@@ -417,10 +536,13 @@ def render(args: argparse.Namespace, info: dict[str, Any], d: Data, checks: Sequ
         f"{'NO GPU: --cpu dry run. ' if args.cpu else ''}{machine.line(info)}\n"
         f"Test tier (first): `python -m pytest -m gpu {GPU_TESTS}` in a subprocess, at most {args.tests_budget:.0f} s; "
         f"output in OUT/gpu_tests.txt.\nData: {d.description}.\n"
-        f"Loader-only rows: batch {args.batch}, crop {args.crop}, one train epoch per run ({args.images // args.batch} "
-        f"batches), first {args.warmup_batches} untimed, {sync}median of {args.runs} run(s), no model.\n"
-        f"Training rows: train.py with the flags shown (DB: the LMDB above); {runlog.RULE} Synthetic batches have "
-        f"1000 classes."
+        f"Loader-only rows, each in a process of its own killed after {args.row_budget:.0f} s (--row-budget): batch "
+        f"{args.batch}, crop {args.crop}, one train epoch per run ({args.images // args.batch} batches), first "
+        f"{args.warmup_batches} untimed (torchvision loader: {torch_warmup(args)}, its {args.torch_workers} workers x "
+        f"prefetch {TORCH_PREFETCH_FACTOR} + 1), {sync}median of {args.runs} run(s), no model.\n"
+        + (f"WARNING: {d.shm}.\n" if d.shm else "")
+        + f"Training rows: train.py with the flags shown (DB: the LMDB above); {runlog.RULE} Synthetic batches have "
+        "1000 classes."
     )
     title = "gpu_check: gpu test tier, DALI pipeline, torchvision loader and train.py" + " (CPU DRY RUN)" * args.cpu
     raw = {"machine": info, "params": {k: str(v) for k, v in vars(args).items()}}
@@ -450,10 +572,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench.gpu_check",
         description=__doc__.split("\n\n")[0],
-        epilog="Defaults: --images 16384 --batch 256 --crop 224 --steps 60 --print-freq 20 --archs resnet50,resnet18 "
-        "--py-workers 0,4,8 --warmup-batches 5 --tests-budget 150 --budget 480 (--quick: --images 8192 --steps 30 "
-        "--print-freq 10). --cpu: --images 64 --batch 8 --crop 64 --steps 4 --print-freq 2 --archs resnet18 "
-        "--py-workers 0,1 --warmup-batches 2 --tests-budget 120 --budget 600, device cpu.",
+        epilog="Defaults: --images 24576 --batch 256 --crop 224 --steps 60 --print-freq 20 --archs resnet50,resnet18 "
+        "--py-workers 0,4,8 --warmup-batches 5 --tests-budget 150 --row-budget 120 --budget 540 (--quick: --images "
+        "16384 --steps 30 --print-freq 10). --cpu: --images 64 --batch 8 --crop 64 --steps 4 --print-freq 2 --archs "
+        "resnet18 --py-workers 0,1 --warmup-batches 2 --tests-budget 120 --budget 600, device cpu.",
     )
     a = p.add_argument
     a("--data", type=Path, metavar="DIR", help="JPEG folder (DIR/<class>/<image>); default: generated")
@@ -474,15 +596,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     a("--dali-threads", type=int, default=min(8, cores), help=f"DALI CPU threads (min(8, cores) = {min(8, cores)})")
     a("--torch-workers", type=int, default=cores, help=f"DataLoader workers, loader rows and train.py -j ({cores})")
     a("--runs", type=int, default=1, help="loader-only epochs per row, median reported (default 1)")
-    a("--warmup-batches", type=int, help="untimed loader-only batches per epoch (default 5)")
+    a(
+        "--warmup-batches",
+        type=int,
+        help="untimed loader-only batches per epoch (default 5; the torchvision row: at least --torch-workers x 2 + 1)",
+    )
     a("--budget", type=float, help="seconds for the whole run, test tier included; rows that would not fit are not run")
     a("--tests-budget", type=float, help=f"seconds for the gpu test tier ({GPU_TESTS}, run first; 0: not run)")
+    a("--row-budget", type=float, help="seconds for each loader-only row's process, killed after (default 120)")
     args = p.parse_args(argv)
-    defaults: dict[str, Any] = dict(images=16384, batch=256, crop=224, steps=60, print_freq=20)
-    defaults |= dict(archs=["resnet50", "resnet18"])
-    defaults |= dict(py_workers=[0, 4, 8], warmup_batches=5, tests_budget=150.0, budget=480.0)
+    defaults: dict[str, Any] = dict(images=24576, batch=256, crop=224, steps=60, print_freq=20)
+    defaults |= dict(archs=["resnet50", "resnet18"], row_budget=120.0)
+    defaults |= dict(py_workers=[0, 4, 8], warmup_batches=5, tests_budget=150.0, budget=540.0)
     if args.quick:
-        defaults |= dict(images=8192, steps=30, print_freq=10)
+        defaults |= dict(images=16384, steps=30, print_freq=10)
     if args.cpu:
         defaults |= dict(images=64, batch=8, crop=64, steps=4, print_freq=2, archs=["resnet18"], py_workers=[0, 1])
         defaults |= dict(warmup_batches=2, tests_budget=120.0, budget=600.0)
@@ -495,8 +622,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--steps must be at least 2 x --print-freq: the first print window is warm-up, left out")
     if args.images // args.batch <= args.warmup_batches:
         p.error(f"--images {args.images} gives {args.images // args.batch} batches: need more than --warmup-batches")
-    if not 0 <= args.hw_decoder_load <= 1 or args.tests_budget < 0:
-        p.error("--hw-decoder-load must be in [0, 1] and --tests-budget >= 0")
+    if not 0 <= args.hw_decoder_load <= 1 or args.tests_budget < 0 or args.row_budget <= 0:
+        p.error("--hw-decoder-load must be in [0, 1], --tests-budget >= 0 and --row-budget > 0")
     if args.data is not None and not args.data.is_dir():
         p.error(f"--data {args.data}: not a directory")
     return args
@@ -514,11 +641,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         d = Data(work)
         checks = plan(args, d)
         for i, check in enumerate(checks):
-            if check.kind == "train" and checks[i - 1].kind != "train":
-                release_dali_memory()
             if i == 1:  # after the test tier, which needs no data
                 setup_data(args, missing, d)
                 log(f"data: {d.description}")
+                if d.shm:
+                    log(f"warning: {d.shm}")
             run_check(check, missing, deadline, args.budget)
             set_ratios(checks[: i + 1])
             log(f"[{i + 1}/{len(checks)}] {check.row.what}: {check.row.result} ({check.seconds:.0f} s)")

@@ -81,6 +81,14 @@ def default_threads(world_size: int) -> int:
     return min(8, per_process)
 
 
+def val_share(count: int) -> int:
+    """Threads or worker processes for a validation loader given ``count`` for training: half, at least one
+    (none stays none). Validation runs once an epoch, yet its pipeline holds its threads, workers and
+    buffers all through training, and prefetches the next validation epoch right after each evaluation,
+    competing with the training loader."""
+    return max(1, count // 2) if count > 0 else 0
+
+
 def image_dtype(args: argparse.Namespace, device: torch.device) -> torch.dtype:
     """The dtype of the images a loader hands over: half precision under AMP on a GPU (what the first
     layer would cast to anyway), float32 otherwise. DALI has no bfloat16, so it hands float16 under bf16;
@@ -118,6 +126,9 @@ def make_loader(
             image_dtype(args, device),
         )
     threads = args.dali_threads or default_threads(world_size)
+    workers = args.workers
+    if not train:
+        threads, workers = val_share(threads), None if workers is None else val_share(workers)
     common: dict[str, Any] = dict(
         train=train,
         rank=rank,
@@ -132,11 +143,10 @@ def make_loader(
     if args.loader == "torch":
         from loaders.torch_loader import make_torch_loader
 
-        workers = threads if args.workers is None else args.workers
         return make_torch_loader(
             path,
             args.batch_size,
-            workers=workers,
+            workers=threads if workers is None else workers,
             device=device,
             dtype=image_dtype(args, device),
             channels_last=args.channels_last,
@@ -153,8 +163,8 @@ def make_loader(
     if args.lmdb:
         from loaders.dali_loader import make_dali_loader
 
-        if args.workers is not None:
-            options["py_workers"] = args.workers
+        if workers is not None:
+            options["py_workers"] = workers
         return make_dali_loader(path, args.batch_size, device_id=device_id, **common, **options)
     from dali_pipeline.pipelines import PipelineOptions
     from loaders.dali_loader import DALIFolderLoader

@@ -1,9 +1,9 @@
 """The training step loop, evaluation, and a stop signal every rank agrees on.
 
 No host synchronisation inside a step except at print points: running sums stay on the device and are
-read (and all-reduced) every ``--print-freq`` steps. The data-wait fraction is the wall time spent in
-``next(loader)`` over the wall time of the window: near 0 when the loader keeps up, towards 1 when
-the model waits for data.
+read (and all-reduced) every ``--print-freq`` steps, and at a stop between them. Images/s and data-wait
+(the share of the window's time spent in ``next(loader)``: near 0 when the loader keeps up, towards 1 when
+the model waits for data) are read after the device finished the window's work: ``speed``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from loaders.batch import Batch, BatchLoader, counted
 from .bad_records import BadRecordLog
 from .distributed import all_reduce_max, all_reduce_sum
 from .runlog import RunLog
+from .speed import Speedometer
 
 BAD_RECORDS_SHARED_EVERY = 5  # steps between the all-gathers that share bad records under DDP
 
@@ -168,73 +169,118 @@ def train_epoch(
     steps_left: int | None,
     key_log: KeyLog | None = None,
     bad: BadRecordLog | None = None,
+    meter: Speedometer | None = None,
 ) -> tuple[str, int]:
     """Run the rest of ``state.epoch``: the loader's ``len()`` batches, which it must yield exactly.
 
     Returns (why it ended: done, stopped, max_steps or bad_records; steps run). More bad records than
     allowed on the epoch's last batch let the epoch end as done: the caller checks ``bad.exceeded``.
+    A window is logged at every print point and, when the loop stops between them, at the stop (every
+    rank stops at the same step). ``meter`` carries the run's figures across epochs (see ``speed``).
     """
     state.model.train()
     device = state.device
+    meter = meter or Speedometer(device, world_size)
     batches_in_epoch = state.step_in_epoch + len(loader)
-    window = torch.zeros(3, device=device)  # loss sum, top-1, top-5: stays on the device between prints
-    window_start, waited, steps, samples = time.perf_counter(), 0.0, 0, 0
+    window = torch.zeros(4, device=device)  # loss sum, top-1, top-5, samples: on the device between prints
+    steps = 0
+
+    def log_window() -> None:
+        _log_window(state, meter, window, batches_in_epoch, world_size, log)
+        window.zero_()
+
+    def ended(why: str) -> tuple[str, int]:
+        if why != "done" and meter.window_open():
+            log_window()  # the stop's partial window
+        meter.pause()
+        return why, steps
+
+    meter.resume(state.global_step)
     iterator = counted(loader, "the training loader")
     while True:
         before = time.perf_counter()
         batch = next(iterator, None)
-        waited += time.perf_counter() - before
         if batch is None:
-            return "done", steps
+            return ended("done")
+        meter.waited(time.perf_counter() - before)
         loss, logits = train_step(state, batch)
         note_loss(state, loss)
         with torch.no_grad():
             n = batch.labels.numel()
-            samples += n
-            window += torch.cat([loss.float().view(1) * n, topk_correct(logits, batch.labels)])
+            window += torch.cat(
+                [loss.float().view(1) * n, topk_correct(logits, batch.labels), window.new_full((1,), n)]
+            )
         steps += 1
+        meter.step(n, state.global_step)
         state.epoch_position += n * world_size
         if key_log is not None:
             key_log.write(state.epoch, state.global_step, batch.indices, batch.padding)
         if state.step_in_epoch % print_freq == 0 or state.step_in_epoch == batches_in_epoch:
-            elapsed = time.perf_counter() - window_start
-            check_finite(state)
-            totals = all_reduce_sum(torch.cat([window, torch.tensor([float(samples)], device=device)])).tolist()
-            log.record(
-                "train",
-                _train_line(state, batches_in_epoch, totals, elapsed, waited),
-                epoch=state.epoch,
-                step=state.global_step,
-                step_in_epoch=state.step_in_epoch,
-                loss=totals[0] / totals[3],
-                top1=100 * totals[1] / totals[3],
-                top5=100 * totals[2] / totals[3],
-                images_per_s=totals[3] / elapsed,
-                data_wait=waited / elapsed,
-                lr=state.optimizer.param_groups[0]["lr"],
-                world_size=world_size,
-            )
-            window.zero_()
-            window_start, waited, samples = time.perf_counter(), 0.0, 0
+            log_window()
         if bad is not None:  # every rank agrees at the same steps, the epoch's last included
             last = state.step_in_epoch == batches_in_epoch
             bad.collect(loader, state.epoch, state.global_step)
             if (last or bad.due(steps, BAD_RECORDS_SHARED_EVERY)) and bad.agree() and not last:
-                return "bad_records", steps
+                return ended("bad_records")
         if state.step_in_epoch == batches_in_epoch:
             continue  # the last batch: finish the epoch (the loader's end is its "done"; the caller asks then)
         if stop.agreed():
-            return "stopped", steps
+            return ended("stopped")
         if steps_left is not None and steps >= steps_left:
-            return "max_steps", steps
+            return ended("max_steps")
 
 
-def _train_line(state: TrainState, batches: int, totals: list[float], elapsed: float, waited: float) -> str:
-    loss, top1, top5, n = totals
-    return (
+def _log_window(
+    state: TrainState, meter: Speedometer, window: torch.Tensor, batches: int, world_size: int, log: RunLog
+) -> None:
+    """One "train" record: the window's metrics over all ranks (a collective), its images/s and data-wait
+    on a reading taken after the device finished the window's work (``Speedometer.close_window``)."""
+    figures = meter.close_window()
+    check_finite(state)
+    loss, top1, top5, n = all_reduce_sum(window.clone()).tolist()
+    log.record(
+        "train",
         f"epoch {state.epoch} step {state.step_in_epoch}/{batches} loss {loss / n:.4f} top1 {100 * top1 / n:.2f} "
-        f"top5 {100 * top5 / n:.2f} lr {state.optimizer.param_groups[0]['lr']:.5f} img/s {n / elapsed:.1f} "
-        f"data-wait {100 * waited / elapsed:.0f}%"
+        f"top5 {100 * top5 / n:.2f} lr {state.optimizer.param_groups[0]['lr']:.5f} img/s {figures.images_per_s:.1f} "
+        f"data-wait {100 * figures.data_wait:.0f}%",
+        epoch=state.epoch,
+        step=state.global_step,
+        step_in_epoch=state.step_in_epoch,
+        loss=loss / n,
+        top1=100 * top1 / n,
+        top5=100 * top5 / n,
+        images_per_s=figures.images_per_s,
+        data_wait=figures.data_wait,
+        steps=figures.steps,
+        lr=state.optimizer.param_groups[0]["lr"],
+        world_size=world_size,
+    )
+
+
+def log_speed(log: RunLog, meter: Speedometer, reason: str) -> None:
+    """One "speed" record at the run's end, whatever ended it (a crash included: rank-local, no collective):
+    images/s and data-wait of the whole run after its warm-up (``speed``'s rule, the steps left out named)
+    and of its last window. Nothing for a run that ran no step."""
+    if meter.steps == 0:
+        return
+    summary = meter.summary()
+    run, last, warmup = summary["run"], summary["last_window"], summary["warmup_steps"]
+    human = f"speed of the run ({reason}): " + (
+        f"{run.line()}, the first {warmup} step(s) left out as warm-up" if run else f"only its {warmup} warm-up step(s)"
+    )
+    if last is not None:
+        human += f"; last window {last.line()}"
+    figures = (
+        run.fields() if run else {"steps": None, "images": 0, "seconds": 0.0, "images_per_s": None, "data_wait": None}
+    )
+    log.record(
+        "speed",
+        human,
+        reason=reason,
+        steps_run=summary["steps_run"],
+        warmup_steps=warmup,
+        **figures,
+        last_window=last.fields() if last else None,
     )
 
 

@@ -30,9 +30,19 @@ from .distributed import (
     shutdown,
     slurm_tasks_without_step,
 )
-from .engine import KeyLog, NonFiniteLossError, StopSignal, TrainState, check_finite, evaluate, train_epoch
+from .engine import (
+    KeyLog,
+    NonFiniteLossError,
+    StopSignal,
+    TrainState,
+    check_finite,
+    evaluate,
+    log_speed,
+    train_epoch,
+)
 from .progname import prog_name
 from .runlog import RunLog, warn
+from .speed import Speedometer
 
 EXIT_CONFIG = 2
 EXIT_DIVERGED = 3  # the loss became NaN or infinite
@@ -401,6 +411,7 @@ def _fit(
         key_log = KeyLog(os.path.join(args.output_dir, f"keys-rank{place.rank}.tsv"), train_info.key_of)
     steps_run = 0
     outcome = "stopped" if stop.agreed() else "done"  # a signal while the run was starting
+    meter, finished = Speedometer(state.device, place.world_size), False
     try:
         while outcome == "done" and state.epoch < args.epochs:
             left = None if args.max_steps is None else args.max_steps - steps_run
@@ -417,6 +428,7 @@ def _fit(
                 steps_left=left,
                 key_log=key_log,
                 bad=bad,
+                meter=meter,
             )
             steps_run += steps
             if outcome == "done":  # the loader ran out: the epoch is complete
@@ -434,7 +446,9 @@ def _fit(
                 break
             _save(state, args, train_info, place)  # each completed epoch
         _save(state, args, train_info, place)
+        finished = True
     finally:
+        _log_speed(log, meter, outcome if finished else "error")
         if key_log is not None:
             key_log.close()
         for loader in (train_loader, val_loader):
@@ -458,6 +472,17 @@ def _fit(
     )
     log.close()
     return EXIT_BAD_RECORDS if outcome == "bad_records" else 0
+
+
+def _log_speed(log: RunLog, meter: Speedometer, reason: str) -> None:
+    """The run's figures, on every way out; after an error (``reason`` "error"), never an error of its own
+    (the device may be what failed): the run's error is the one that counts."""
+    try:
+        log_speed(log, meter, reason)
+    except Exception as exc:
+        if reason != "error":
+            raise
+        warn(f"the run's speed is not logged: {type(exc).__name__}: {exc}")
 
 
 def _close_loader(loader: BatchLoader | None) -> None:

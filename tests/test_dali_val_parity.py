@@ -142,3 +142,24 @@ def test_the_comparison_catches_a_naive_graph(edge_images: tuple[list[str], list
     assert {"synthetic 256x341", "synthetic 257x300", "synthetic 300x259"} <= flagged, dict(
         zip(names, diffs, strict=True)
     )
+
+
+def test_gpu_decoder_arguments_exist_in_this_dali() -> None:
+    """What the graphs ask of the mixed decoder, built without a GPU (the arguments only): train gets the
+    nvJPEG buffer sizes of DALI's ResNet-50 example, validation libjpeg's chroma upsampling on the CUDA
+    path. Every argument must be known to the installed DALI (``make test-dali-compat`` runs this on 1.34
+    too): ``compat.supported`` would drop an unknown one without a word."""
+    from dali_pipeline.pipelines import PipelineOptions, _decoder_args
+
+    gpu = PipelineOptions(batch_size=8, device_id=0)
+    train = _decoder_args("decoders__ImageRandomCrop", gpu)
+    buffers = {"device_memory_padding": 211025920, "host_memory_padding": 140544512}
+    buffers |= {"preallocate_width_hint": 5980, "preallocate_height_hint": 6430}
+    assert train.items() >= (buffers | {"hw_decoder_load": 0.65}).items(), train
+    assert "jpeg_fancy_upsampling" not in train  # off: training's augmentation needs no exact pixels
+    val = _decoder_args("decoders__Image", gpu, train=False)
+    assert val["jpeg_fancy_upsampling"] is True and val["hw_decoder_load"] == 0.0, val
+    assert not set(buffers) & set(val), val  # DALI's defaults: validation holds less
+    cpu = PipelineOptions(batch_size=8)
+    for schema in ("decoders__ImageRandomCrop", "decoders__Image"):
+        assert set(_decoder_args(schema, cpu)) <= {"output_type", "adjust_orientation"}

@@ -4,7 +4,8 @@
   float32 contiguous, checked through the ``Batch`` contract;
 - one ``train.py`` step with each loader under AMP bf16 and fp16 (grad scaler), a checkpoint written;
 - checkpoint save and ``--resume`` / ``--evaluate --resume`` on the GPU (the checkpoint is loaded to the CPU);
-- val parity of the GPU decoder against torchvision, chroma stress images included (xfail: issue 11).
+- val parity of the GPU decoder against torchvision, chroma stress images included (the val decoder
+  upsamples chroma as libjpeg does: ``jpeg_fancy_upsampling``).
 
 Every test is marked ``gpu``: without CUDA the conftest skips it with one line. The helpers take the device
 as a parameter (``torch.device("cuda", 0)`` here; ``cpu`` runs the same code on DALI's CPU operators and
@@ -48,13 +49,6 @@ NORMALISED_RANGE = (-2.2, 2.7)
 MAX_MEAN_ABS_DIFF = 3.0  # val parity: per image, uint8 levels (tests/test_loaders.py's CPU contract)
 STRESS_DIR = "chroma-stress"
 SUBPROCESS_TIMEOUT = 300.0
-
-ISSUE_11 = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 11: the mixed decoder's jpeg_fancy_upsampling is off by default, so GPU chroma upsampling "
-    "differs from libjpeg/PIL",
-)
 
 
 def _dali() -> None:
@@ -368,8 +362,9 @@ def parity_db(val_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_parity_db(val_dir, tmp_path_factory.mktemp("gpu-parity"))
 
 
-@ISSUE_11
 def test_val_parity_gpu_decoder_vs_torchvision(parity_db: Path) -> None:
+    """The GPU val pipeline (mixed decoding with ``jpeg_fancy_upsampling``, GPU resize and crop) within 3/255
+    of torchvision's PIL path, chroma stress images included."""
     _dali()
     diffs = val_parity(parity_db, CUDA0)
     assert sum(p.startswith(STRESS_DIR + "/") for p in diffs) == 8

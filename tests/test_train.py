@@ -30,6 +30,7 @@ from conftest import (
     run_main,
 )
 
+from bench.lib import runlog
 from lmdb_dali_train.config import build_parser
 from lmdb_dali_train.main import main as train_main
 from lmdb_io import open_database
@@ -350,7 +351,12 @@ def test_data_wait_reads_high_for_a_slow_loader_and_low_for_synthetic(train_db: 
     slow = tmp_path / "slow"  # a loader slowed on purpose: 0.4 s before each batch
     _ok(_train(train_db, slow, "torch", "--max-steps", "6", "--print-freq", "3", env=fault_env(loader_delay_s="0.4")))
     waits = [e["data_wait"] for e in _events(slow, "train")]
-    assert len(waits) == 2 and min(waits) > 0.5, waits
+    (speed,) = _events(slow, "speed")
+    # the first window is warm-up (the model's first steps are slow on a busy machine): the steady state reads high
+    assert len(waits) == 2 and waits[-1] > 0.5 and speed["data_wait"] > 0.5 and speed["warmup_steps"] == 3, (
+        waits,
+        speed,
+    )
     synthetic = tmp_path / "synthetic"
     _ok(
         _run(
@@ -369,7 +375,51 @@ def test_data_wait_reads_high_for_a_slow_loader_and_low_for_synthetic(train_db: 
         )
     )
     waits = [e["data_wait"] for e in _events(synthetic, "train")]
-    assert len(waits) == 2 and max(waits) < 0.05, waits
+    (speed,) = _events(synthetic, "speed")
+    assert len(waits) == 2 and max(waits) < 0.05 and speed["data_wait"] < 0.05, (waits, speed)
+
+
+def _synthetic(out: Path, *flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """train.py on synthetic batches of 8 at crop 32 on the CPU (the default --print-freq, 10, unless given)."""
+    cmd = [sys.executable, "train.py", "--synthetic", "-b", "8", "-a", "resnet18", "--crop-size", "32"]
+    return _run([*cmd, "--device", "cpu", "--output-dir", str(out), *flags], env)
+
+
+def _figures(record: dict) -> tuple[float, float]:
+    rate, wait = record["images_per_s"], record["data_wait"]
+    assert rate > 0 and 0 <= wait <= 1, record
+    return rate, wait
+
+
+@pytest.mark.slow
+def test_every_stop_logs_its_last_window_and_the_run_after_its_warm_up(tmp_path: Path) -> None:
+    """--max-steps inside the first print window, a signal between print points, an error at the stop: each
+    logs the figures of its last (partial) window and of the whole run, the warm-up steps named."""
+    short = tmp_path / "short"  # 6 steps, printing every 10: the one window is the stop's
+    _ok(_synthetic(short, "--max-steps", "6"))
+    (window,) = _events(short, "train")
+    assert window["step"] == 6 and window["steps"] == 6 and _figures(window)
+    (speed,) = _events(short, "speed")
+    assert (speed["reason"], speed["steps_run"], speed["warmup_steps"], speed["steps"]) == ("max_steps", 6, 1, "2-6")
+    assert speed["images"] == 5 * 8 and _figures(speed) and speed["last_window"]["steps"] == "1-6"
+
+    signalled = tmp_path / "signalled"  # a SIGTERM after step 7, printing every 5: windows 1-5 and 6-7
+    _ok(_synthetic(signalled, "--print-freq", "5", "--epochs", "3", env=fault_env(sigterm_at_step="7")))
+    assert [(e["step"], e["steps"]) for e in _events(signalled, "train")] == [(5, 5), (7, 2)]
+    (speed,) = _events(signalled, "speed")
+    assert (speed["reason"], speed["steps_run"], speed["warmup_steps"], speed["steps"]) == ("stopped", 7, 5, "6-7")
+    assert speed["images"] == 2 * 8 and _figures(speed)
+    # the benchmarks read the same record (one warm-up rule), and refuse a run with no window after the first
+    assert runlog.steady(signalled / "log.jsonl") == runlog.Steady(speed["images_per_s"], speed["data_wait"], "6-7", 5)
+    with pytest.raises(runlog.RunFailed, match="no steady state"):
+        runlog.steady(short / "log.jsonl")
+
+    failed = tmp_path / "failed"  # a NaN loss at step 3, found at the stop's window: the run ends in an error
+    proc = _synthetic(failed, "--max-steps", "6", env=fault_env(nan_loss_at_step="3"))
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    (speed,) = _events(failed, "speed")
+    assert (speed["reason"], speed["steps_run"], speed["warmup_steps"]) == ("error", 6, 1)
+    assert _figures(speed) and speed["last_window"]["steps"] == "1-6"
 
 
 # -- flags, paths, configuration (in-process: each stops before training) -----------------------------

@@ -1,9 +1,10 @@
 """train.py run from the benchmarks, and its ``log.jsonl`` read one way.
 
-The one warm-up rule: a run's first "train" window (start-up, first batches, cuDNN autotuning) is left
-out; the windows after it are pooled, each weighted by its duration: images/s = their images / their
-seconds, data-wait = their waited seconds / their seconds. A run with fewer than two windows has no
-steady state and is an error (raise --max-steps or lower --print-freq).
+The one warm-up rule is train.py's own (``lmdb_dali_train.speed``): its "speed" record, written at every
+stop, gives images/s and data-wait of the run after its warm-up, the first print window (start-up, first
+batches, cuDNN autotuning), the rest pooled by duration, on clock readings taken after the device finished
+its work. A benchmark run needs a steady state: a warm-up of less than a whole window (a run that ended
+within its first window) or no step after it is an error (raise --max-steps or lower --print-freq).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from typing import Any
 from .data import REPO
 from .table import Row
 
-RULE = "train.py's log.jsonl, the first train window (warm-up) left out, the rest pooled by duration."
+RULE = (
+    'train.py\'s own figures (the "speed" record of its log.jsonl): its first print window left out as warm-up, '
+    "the rest pooled by duration, the device synchronised before each clock read."
+)
 
 
 class RunFailed(Exception):
@@ -38,30 +42,25 @@ def events(log: Path, kind: str | None = None) -> list[dict[str, Any]]:
 class Steady:
     images_per_s: float
     data_wait: float
-    steps: str  # the steps counted, e.g. "21-60"
-    windows: int  # windows counted
+    steps: str  # the global steps counted, e.g. "21-60"
+    warmup_steps: int  # left out before them
 
 
 def steady(log: Path) -> Steady:
-    """Images/s and data-wait of a run after its first (warm-up) window; see the module's rule."""
-    start = events(log, "start")[0]
-    batch = start["args"]["batch_size"] * start["world_size"]
-    windows, previous = [], 0
-    for e in events(log, "train"):
-        images = (e["step"] - previous) * batch
-        seconds = images / e["images_per_s"]
-        windows.append((e["step"], images, seconds, e["data_wait"] * seconds))
-        previous = e["step"]
-    kept = windows[1:]
-    if not kept:
-        raise RunFailed(f"{len(windows)} train window(s) in {log.name}: none after the warm-up one")
-    seconds = sum(w[2] for w in kept)
-    return Steady(
-        sum(w[1] for w in kept) / seconds,
-        sum(w[3] for w in kept) / seconds,
-        f"{windows[0][0] + 1}-{kept[-1][0]}",
-        len(kept),
-    )
+    """Images/s and data-wait of a run after its warm-up window, from its "speed" record (module's rule)."""
+    logged = events(log)
+    starts = [i for i, e in enumerate(logged) if e["event"] == "start"]
+    latest = logged[starts[-1] :] if starts else logged  # the log is appended to: the last run's records
+    found = [e for e in latest if e["event"] == "speed"]
+    if not found:
+        raise RunFailed(f"no speed record in {log.name}: train.py ran no step or did not reach its end")
+    speed, windows = found[-1], [e for e in latest if e["event"] == "train"]
+    if speed["images_per_s"] is None or not windows or speed["warmup_steps"] != windows[0]["steps"]:
+        raise RunFailed(
+            f"{log.name}: {len(windows)} train window(s), {speed['steps_run']} steps: no steady state after the "
+            f"first window (raise --max-steps or lower --print-freq)"
+        )
+    return Steady(speed["images_per_s"], speed["data_wait"], speed["steps"], speed["warmup_steps"])
 
 
 def run_train(flags: list[str], out: Path, timeout: float | None = None) -> Path:

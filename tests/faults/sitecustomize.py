@@ -16,6 +16,12 @@ imports this module at start-up. Each ``FAULT_*`` variable set patches one point
 - ``FAULT_LOADER_DELAY_S=SECONDS``: every training loader sleeps this long before each batch.
 - ``FAULT_NAN_LOSS_AT_STEP=STEP``: the training loss of global step STEP (counted from 1) is NaN: the
   criterion's output times NaN, so the backward pass spreads NaN into the weights as a real divergence would.
+- ``FAULT_SPAWNED_IMPORTS=DIR``: not a fault, a witness. Every process started by multiprocessing's spawn
+  (DALI's Python source workers) writes ``DIR/source-<pid>`` when it imports ``dali_pipeline.source`` (it
+  is a source worker) and ``DIR/torch-<pid>`` when it imports ``torch`` (which it must never do), from an
+  audit hook: it sees the import whoever makes it, the re-run main module included.
+- ``FAULT_GPU_ROW_HANGS=1``: a ``bench.gpu_check`` row process (``python -m bench.gpu_row``) hangs instead
+  of measuring, as a stuck DALI pipeline would.
 """
 
 from __future__ import annotations
@@ -162,6 +168,33 @@ def _nan_loss_at_step(step: int) -> None:
     main.build_state = with_nan_loss
 
 
+def _witness_spawned_imports(folder: str) -> None:
+    import sys
+
+    if "spawn_main" not in " ".join(getattr(sys, "orig_argv", sys.argv)):
+        return  # not a spawned multiprocessing child
+    names = {"dali_pipeline.source": "source", "torch": "torch"}
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "import" and args[0] in names:
+            with open(os.path.join(folder, f"{names[args[0]]}-{os.getpid()}"), "w") as f:
+                f.write(" ".join(getattr(sys, "orig_argv", sys.argv)))
+
+    sys.addaudithook(hook)
+
+
+def _gpu_row_hangs() -> None:
+    import time
+
+    from bench import gpu_check
+
+    def hanging(*args: object, **kwargs: object) -> int:
+        time.sleep(3600)
+        return 0
+
+    gpu_check.run_row = hanging
+
+
 if os.environ.get("FAULT_EXIT_AFTER_COMMITS"):
     _exit_after_commits(int(os.environ["FAULT_EXIT_AFTER_COMMITS"]))
 if os.environ.get("FAULT_SIGTERM_AT_STEP"):
@@ -174,3 +207,7 @@ if os.environ.get("FAULT_LOADER_DELAY_S"):
     _loader_delay(float(os.environ["FAULT_LOADER_DELAY_S"]))
 if os.environ.get("FAULT_NAN_LOSS_AT_STEP"):
     _nan_loss_at_step(int(os.environ["FAULT_NAN_LOSS_AT_STEP"]))
+if os.environ.get("FAULT_SPAWNED_IMPORTS"):
+    _witness_spawned_imports(os.environ["FAULT_SPAWNED_IMPORTS"])
+if os.environ.get("FAULT_GPU_ROW_HANGS"):
+    _gpu_row_hangs()
