@@ -40,6 +40,7 @@ def _run(prog: str, body: Callable[[], int]) -> int:
 
 def convert_parser() -> argparse.ArgumentParser:
     from lmdb_io.converter import ConvertOptions
+    from lmdb_io.reencode import MAX_MAX_SIZE, MIN_MAX_SIZE
 
     default_workers = ConvertOptions.workers
     p = argparse.ArgumentParser(
@@ -93,7 +94,22 @@ def convert_parser() -> argparse.ArgumentParser:
         "--keep-format",
         action="store_true",
         help="store decodable non-JPEG images (PNG, GIF, CMYK JPEG, ...) as they are instead of "
-        "transcoding them to RGB JPEG at quality 95",
+        "transcoding them to RGB JPEG at quality 95 (with --max-size: while within the size)",
+    )
+    p.add_argument(
+        "--max-size",
+        type=int,
+        metavar="S",
+        help="store images whose longer side is over S px downscaled to S (aspect ratio kept, area averaging), as "
+        "RGB JPEG at --quality or 95; smaller ones keep their bytes. Like FFCV's max_resolution: "
+        f"smaller images decode faster (default: untouched bytes; S: {MIN_MAX_SIZE} to {MAX_MAX_SIZE})",
+    )
+    p.add_argument(
+        "--quality",
+        type=int,
+        metavar="Q",
+        help="re-encode every image as an RGB JPEG at quality Q (1-100; FFCV's default is 90): fewer bytes to "
+        "decode, lossy (default: originals' bytes untouched, transcodes at 95)",
     )
     group = p.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true", help="replace an existing database in OUT")
@@ -142,6 +158,8 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
             resume=args.resume,
             commit_every=args.commit_every,
             progress=not args.quiet,
+            max_size=args.max_size,
+            quality=args.quality,
         )
         if args.report:
             check_report_path(args.report)
@@ -166,6 +184,7 @@ def _info(path: str, as_json: bool) -> int:
 
     db = open_database(path)
     counts = db.meta["counts"]
+    reencode = db.reencode
     summary = {
         "path": path,
         "format": db.meta["format"],
@@ -175,7 +194,10 @@ def _info(path: str, as_json: bool) -> int:
         "payload_bytes": db.meta["payload_bytes"],
         "file_bytes": db.file_bytes(),
         "stored_original": counts["stored_original"],
+        "stored_reencoded": counts.get("stored_reencoded", 0),
         "stored_transcoded": counts["stored_transcoded"],
+        "max_size": reencode.max_size,
+        "quality": reencode.quality,
         "skipped_at_conversion": counts["skipped"],
         "tool_version": db.meta["tool_version"],
         "per_class": dict(zip(db.classes, counts["per_class"], strict=True)),
@@ -185,9 +207,10 @@ def _info(path: str, as_json: bool) -> int:
         return 0
     print(f"{path}: {db.meta['format']} schema v{db.meta['schema_version']} (lmdb_io {db.meta['tool_version']})")
     print(
-        f"  images   {len(db)} ({counts['stored_original']} original, {counts['stored_transcoded']} transcoded; "
-        f"{counts['skipped']} skipped at conversion)"
+        f"  images   {len(db)} ({counts['stored_original']} original, {summary['stored_reencoded']} re-encoded, "
+        f"{counts['stored_transcoded']} transcoded; {counts['skipped']} skipped at conversion)"
     )
+    print(f"  stored   {reencode.describe()}")
     print(f"  bytes    {db.meta['payload_bytes'] / 1e6:.1f} MB of images, {db.file_bytes() / 1e6:.1f} MB on disk")
     names = db.classes
     shown = ", ".join(f"{c} ({n})" for c, n in list(zip(names, counts["per_class"], strict=True))[:10])
@@ -231,7 +254,9 @@ def lmdb_io_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog_name("lmdb-io"), description="Inspect and check lmdb_io image databases.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="image count, classes, bytes and schema version of a database")
+    info = sub.add_parser(
+        "info", help="image count, classes, bytes, schema version and --max-size / --quality of a database"
+    )
     info.add_argument("db", metavar="DB", help="database directory")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     verify = sub.add_parser("verify", help="check every record's header, checksum and label")

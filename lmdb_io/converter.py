@@ -31,12 +31,20 @@ from .errors import ConvertError, ConvertInterrupted
 from .imagecheck import Action
 from .prepare import prepare_in_order
 from .record import HEADER_SIZE
+from .reencode import Reencode
 from .sources import SourceList, read_file_list, scan_image_folder
 from .writer import Writer, tune_malloc
 
 _LMDB_FILES = {DATA_FILE, "lock.mdb"}
 LOCK_FILE = ".convert.lock"  # in OUT while a conversion runs; see OutputLock
-_COUNTS = ("scanned", "stored_original", "stored_transcoded", "bytes_in", "bytes_out")
+_COUNTS = ("scanned", "stored_original", "stored_reencoded", "stored_transcoded", "bytes_in", "bytes_out")
+# the options that decide a database's content, and the flag that sets each (named when a resume differs)
+_OPTION_FLAGS = {
+    "keep_format": "--keep-format",
+    "verify_decode": "--verify-decode",
+    "max_size": "--max-size",
+    "quality": "--quality",
+}
 
 
 @dataclass
@@ -53,6 +61,12 @@ class ConvertOptions:
     commit_every: int = 1000
     commit_bytes: int = 16 << 20  # small commits keep reading and writing overlapped (measured best here)
     progress: bool = True
+    max_size: int | None = None  # store images with a longer side over this downscaled to it (reencode.py)
+    quality: int | None = None  # re-encode every image as an RGB JPEG at this quality (reencode.py)
+
+    @property
+    def reencode(self) -> Reencode:
+        return Reencode(self.max_size, self.quality)
 
 
 @dataclass
@@ -62,6 +76,7 @@ class ConvertReport:
     output: str
     scanned: int = 0
     stored_original: int = 0
+    stored_reencoded: int = 0  # originals re-encoded under --max-size / --quality (counted, not listed)
     stored_transcoded: int = 0
     skipped: list[dict] = field(default_factory=list)
     transcoded: list[dict] = field(default_factory=list)
@@ -72,7 +87,7 @@ class ConvertReport:
 
     @property
     def stored(self) -> int:
-        return self.stored_original + self.stored_transcoded
+        return self.stored_original + self.stored_reencoded + self.stored_transcoded
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -82,7 +97,7 @@ class ConvertReport:
         mbs = self.bytes_in / 1e6 / self.seconds if self.seconds and not self.reused else 0.0
         line = (
             f"{self.output}: stored {self.stored} images ({self.stored_original} original, "
-            f"{self.stored_transcoded} transcoded), skipped {len(self.skipped)}"
+            f"{self.stored_reencoded} re-encoded, {self.stored_transcoded} transcoded), skipped {len(self.skipped)}"
         )
         if self.reused:
             line += f", reused {self.reused} from the interrupted run"
@@ -220,12 +235,41 @@ def _progress_log(txn: lmdb.Transaction) -> list[tuple[bytes, bytes]]:
     return found
 
 
-def _options_fingerprint(opts: ConvertOptions) -> dict:
+def _options_record(opts: ConvertOptions) -> dict:
+    """The options that decide the content, as ``__meta__`` and ``__progress__`` record them."""
     return {
         "keep_format": opts.keep_format,
         "verify_decode": opts.verify_decode,
         "schema_version": schema.SCHEMA_VERSION,
+        **opts.reencode.to_meta(),
     }
+
+
+def _options_fingerprint(opts: ConvertOptions) -> dict:
+    """The options part of the job's fingerprint: settings left unset are left out, so a database made
+    before they existed still resumes (its fingerprint is unchanged)."""
+    return {key: value for key, value in _options_record(opts).items() if value is not None}
+
+
+def _changed_flag(recorded: object, opts: ConvertOptions, out: str, what: str) -> None:
+    """Refuse a --resume whose content options differ from the ``recorded`` ones, naming the first flag
+    that differs; no-op when they agree or were not recorded (databases from before they were)."""
+    if not isinstance(recorded, dict):
+        return
+    current = _options_record(opts)
+    for key, flag in _OPTION_FLAGS.items():
+        was, now = recorded.get(key), current[key]
+        if (was or None) != (now or None):  # False and None both mean "not given"
+            raise ConvertError(
+                f"cannot --resume {out}: {flag} differs from the {what} ({_shown(was)} there, {_shown(now)} "
+                f"now); rerun with the same {flag} or use --overwrite to rebuild"
+            )
+
+
+def _shown(value: object) -> str:
+    if value is None or value is False:
+        return "not given"
+    return "given" if value is True else str(value)
 
 
 def load_source(opts: ConvertOptions) -> SourceList:
@@ -236,7 +280,11 @@ def load_source(opts: ConvertOptions) -> SourceList:
 
 
 def convert(opts: ConvertOptions) -> ConvertReport:
-    """Run (or resume) one conversion; raises LmdbIoError subclasses with one-line messages."""
+    """Run (or resume) one conversion; raises LmdbIoError subclasses with one-line messages.
+
+    ``opts.max_size`` / ``opts.quality`` (``--max-size`` / ``--quality``) store images downscaled and/or
+    re-encoded (see ``reencode``); by default every stored file keeps its bytes."""
+    opts.reencode.check(opts.keep_format)
     started = time.perf_counter()
     tune_malloc()
     source = load_source(opts)
@@ -265,6 +313,7 @@ def _convert_locked(opts: ConvertOptions, source: SourceList) -> ConvertReport:
                 meta_raw = txn.get(schema.META_KEY)
                 assert meta_raw is not None  # _load_progress refused entries without __meta__
                 meta = json.loads(meta_raw)
+            _changed_flag(meta.get("options"), opts, out, "complete database there")
             if meta.get("fingerprint") != fingerprint:
                 why = "differ from" if "fingerprint" in meta else "cannot be checked against (no fingerprint in)"
                 raise ConvertError(
@@ -274,19 +323,21 @@ def _convert_locked(opts: ConvertOptions, source: SourceList) -> ConvertReport:
             counts = meta["counts"]
             report.scanned, report.reused = counts["scanned"], counts["images"]
             report.stored_original = counts["stored_original"]
+            report.stored_reencoded = counts.get("stored_reencoded", 0)
             report.stored_transcoded = counts["stored_transcoded"]
             report.skipped = [{"path": "?", "reason": "skipped by the earlier run"}] * counts["skipped"]
             return report
         start = commits = 0
         if progress is not None:
             counts, report.skipped, report.transcoded = progress
+            _changed_flag(counts.get("options"), opts, out, "interrupted run")
             if counts["fingerprint"] != fingerprint:
                 raise ConvertError(
                     f"cannot --resume {out}: the dataset's file list, classes or options differ from "
                     f"the interrupted run; use --overwrite to start over"
                 )
             for name in _COUNTS:
-                setattr(report, name, counts[name])
+                setattr(report, name, counts.get(name, 0))  # a count added since that run was 0 then
             report.reused = report.stored
             start, commits = counts["scanned"], counts["commits"]
         _convert_items(writer, source, start, commits, width, fingerprint, opts, report)
@@ -297,12 +348,12 @@ def _convert_locked(opts: ConvertOptions, source: SourceList) -> ConvertReport:
 
 
 def _progress_entries(
-    report: ConvertReport, fingerprint: str, commits: int, logged: tuple[int, int]
+    report: ConvertReport, fingerprint: str, options: dict, commits: int, logged: tuple[int, int]
 ) -> list[tuple[bytes, bytes]]:
     """``__progress__`` (counts: constant size) and, when this batch skipped or transcoded files, one
     ``__progress_log__`` entry holding only those: each report entry is stored once."""
     counts = {name: getattr(report, name) for name in _COUNTS}
-    state = {"fingerprint": fingerprint, "stored": report.stored, "commits": commits, **counts}
+    state = {"fingerprint": fingerprint, "options": options, "stored": report.stored, "commits": commits, **counts}
     entries = [(schema.PROGRESS_KEY, json.dumps(state).encode())]
     new_skipped, new_transcoded = report.skipped[logged[0] :], report.transcoded[logged[1] :]
     if new_skipped or new_transcoded:
@@ -325,6 +376,7 @@ def _convert_items(
     batch_bytes = 0
     since_commit = 0
     logged = (len(report.skipped), len(report.transcoded))
+    options = _options_record(opts)
     run_started = time.perf_counter()
     run_bytes = 0
 
@@ -332,7 +384,7 @@ def _convert_items(
         nonlocal batch, batch_bytes, since_commit, commits, logged
         commits += 1
         try:
-            writer.put_all(batch + _progress_entries(report, fingerprint, commits, logged))
+            writer.put_all(batch + _progress_entries(report, fingerprint, options, commits, logged))
         except lmdb.Error as exc:
             raise ConvertError(
                 f"cannot write to {opts.output}: {exc}; {report.stored - len(batch)} images are "
@@ -352,7 +404,9 @@ def _convert_items(
     )
     pool = ThreadPoolExecutor(max(1, opts.workers), thread_name_prefix="convert")
     try:
-        prepared_files = prepare_in_order(pool, source, start, opts.workers, opts.verify_decode, opts.keep_format)
+        prepared_files = prepare_in_order(
+            pool, source, start, opts.workers, opts.verify_decode, opts.keep_format, opts.reencode
+        )
         for index, prepared in prepared_files:
             rel = source.items[index][0]
             report.scanned += 1
@@ -363,6 +417,8 @@ def _convert_items(
             else:
                 if prepared.action == Action.STORE_ORIGINAL:
                     report.stored_original += 1
+                elif prepared.action == Action.STORE_REENCODED:
+                    report.stored_reencoded += 1
                 else:
                     report.stored_transcoded += 1
                     report.transcoded.append({"path": rel, "reason": prepared.reason})
@@ -426,11 +482,12 @@ def _finish(
             "per_class": per_class,
             "scanned": report.scanned,
             "stored_original": report.stored_original,
+            "stored_reencoded": report.stored_reencoded,
             "stored_transcoded": report.stored_transcoded,
             "skipped": len(report.skipped),
         },
         "payload_bytes": report.bytes_out,
-        "options": _options_fingerprint(opts),
+        "options": _options_record(opts),  # max_size, quality: None when not given (reencode.from_meta)
         "fingerprint": fingerprint,
     }
     puts = [

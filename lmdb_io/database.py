@@ -14,6 +14,7 @@ from . import pathtext, schema
 from .env import data_file, shared_env
 from .errors import CorruptRecordError, IncompleteDatabaseError, NotADatabaseError
 from .record import ImageFormat, decode_record
+from .reencode import Reencode, from_meta
 
 if TYPE_CHECKING:
     import lmdb
@@ -124,6 +125,11 @@ class ImageDatabase:
     @property
     def class_to_idx(self) -> dict[str, int]:
         return dict(self.meta["class_to_idx"])
+
+    @property
+    def reencode(self) -> Reencode:
+        """The ``--max-size`` / ``--quality`` the images were stored under (both None: untouched bytes)."""
+        return from_meta(self.meta)
 
     def key(self, index: int) -> bytes:
         """The LMDB key of image ``index`` (taken from ``__keys__``, not recomputed)."""

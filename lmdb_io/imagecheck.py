@@ -4,7 +4,8 @@ Default checks are cheap and structural: the format is sniffed from magic bytes 
 and a JPEG's markers are walked up to the start of scan, then its tail is searched for the end-of-image
 marker, which catches most truncated files. Only files that fail those checks, or that are not plain
 8-bit Huffman JPEGs with 1 or 3 components (what GPU decoders take), are decoded with Pillow: those that
-decode are transcoded to an RGB JPEG, those that don't are skipped with the reason. A frame too large
+decode are transcoded to an RGB JPEG (at quality 95, or under ``--max-size`` / ``--quality``: see
+``reencode``), those that don't are skipped with the reason. A frame too large
 to decode (``too_large``: a JPEG side over ``JPEG_MAX_SIDE``, or more than ``PIXEL_CAP`` pixels), read
 from the header before any decode, is skipped with the reason whatever the options.
 """
@@ -18,11 +19,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .record import Buffer, ImageFormat
+from .reencode import NONE, Reencode
 
 if TYPE_CHECKING:
     from PIL import Image
 
-TRANSCODE_QUALITY = 95
 # An end-of-image marker this close to the end counts: some writers pad or append a few bytes.
 EOI_SEARCH_BYTES = 1024
 
@@ -40,6 +41,7 @@ class Action(enum.Enum):
     """What the converter does with a file (the values are the words reports use)."""
 
     STORE_ORIGINAL = "original"
+    STORE_REENCODED = "reencoded"  # an original re-encoded under --max-size / --quality (see reencode.py)
     STORE_TRANSCODED = "transcoded"
     SKIP = "skipped"
 
@@ -215,33 +217,33 @@ def _decode(data: Buffer) -> Image.Image:
     return image
 
 
-def _transcode(image: Image.Image) -> bytes:
-    """RGB JPEG at quality 95; alpha is dropped, as ImageFolder's ``convert('RGB')`` does."""
-    out = io.BytesIO()
-    image.convert("RGB").save(out, format="JPEG", quality=TRANSCODE_QUALITY)
-    return out.getvalue()
-
-
-def _describe_error(exc: Exception) -> str:
+def describe_error(exc: Exception) -> str:
+    """Pillow's error as one short, reproducible line for a report."""
     text = str(exc) or type(exc).__name__
     text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", text)  # keep reports reproducible
     return text.splitlines()[0][:200]
 
 
-def _salvage(data: Buffer, why: str) -> Verdict:
-    """A file that failed the cheap checks: keep it if Pillow decodes it fully, else skip it."""
+def _salvage(data: Buffer, why: str, reencode: Reencode) -> Verdict:
+    """A file that failed the cheap checks: keep it if Pillow decodes it fully (transcoded to an RGB JPEG
+    under ``reencode``'s settings: alpha dropped, as ImageFolder's ``convert('RGB')`` drops it), else skip it."""
     problem = too_large(data)
     if problem:
         return Verdict(Action.SKIP, None, ImageFormat.UNKNOWN, f"{why}; {problem}")
     try:
-        image = _decode(data)
-        return Verdict(Action.STORE_TRANSCODED, _transcode(image), ImageFormat.JPEG, f"{why}; decodes, transcoded")
+        payload = reencode.encode(_decode(data))
+        return Verdict(Action.STORE_TRANSCODED, payload, ImageFormat.JPEG, f"{why}; decodes, transcoded")
     except Exception as exc:  # Pillow raises many types for broken files
-        return Verdict(Action.SKIP, None, ImageFormat.UNKNOWN, f"{why}; Pillow: {_describe_error(exc)}")
+        return Verdict(Action.SKIP, None, ImageFormat.UNKNOWN, f"{why}; Pillow: {describe_error(exc)}")
 
 
-def inspect_image(data: Buffer, verify_decode: bool = False, keep_format: bool = False) -> Verdict:
-    """The converter's decision for one file's bytes (any buffer; an original is returned as given)."""
+def inspect_image(
+    data: Buffer, verify_decode: bool = False, keep_format: bool = False, reencode: Reencode = NONE
+) -> Verdict:
+    """The converter's decision for one file's bytes (any buffer; an original is returned as given).
+
+    ``reencode`` sets how transcodes are written; whether an original is re-encoded is decided after
+    (``Reencode.wanted``), so an original's verdict is the same whatever the settings."""
     if not data:
         return Verdict(Action.SKIP, None, ImageFormat.UNKNOWN, "empty file (0 bytes)")
     fmt = sniff_format(data)
@@ -249,7 +251,7 @@ def inspect_image(data: Buffer, verify_decode: bool = False, keep_format: bool =
         try:
             info = parse_jpeg(data)
         except StructureError as exc:
-            return _salvage(data, str(exc))
+            return _salvage(data, str(exc), reencode)
         problem = size_problem((info.width, info.height), fmt)
         if problem:
             return Verdict(Action.SKIP, None, fmt, problem)
@@ -258,18 +260,18 @@ def inspect_image(data: Buffer, verify_decode: bool = False, keep_format: bool =
                 try:
                     _decode(data)
                 except Exception as exc:
-                    return Verdict(Action.SKIP, None, fmt, f"does not decode: {_describe_error(exc)}")
+                    return Verdict(Action.SKIP, None, fmt, f"does not decode: {describe_error(exc)}")
             return Verdict(Action.STORE_ORIGINAL, data, fmt)
         kind = {4: "CMYK/YCCK"}.get(info.components, f"{info.components}-component")
         why = f"{kind} JPEG, SOF FF{info.sof_marker:02X}, {info.precision}-bit"
         if keep_format:
             return _keep(data, fmt, verify=True, why=why)
-        return _salvage(data, why)
+        return _salvage(data, why, reencode)
     if fmt == ImageFormat.UNKNOWN:
-        return _salvage(data, "not a known image format by its magic bytes")
+        return _salvage(data, "not a known image format by its magic bytes", reencode)
     if keep_format:
         return _keep(data, fmt, verify=verify_decode, why=fmt.name)
-    return _salvage(data, f"{fmt.name} image")
+    return _salvage(data, f"{fmt.name} image", reencode)
 
 
 def _keep(data: Buffer, fmt: ImageFormat, verify: bool, why: str) -> Verdict:
@@ -285,5 +287,5 @@ def _keep(data: Buffer, fmt: ImageFormat, verify: bool, why: str) -> Verdict:
 
             Image.open(io.BytesIO(data))
     except Exception as exc:
-        return Verdict(Action.SKIP, None, fmt, f"{why}; Pillow: {_describe_error(exc)}")
+        return Verdict(Action.SKIP, None, fmt, f"{why}; Pillow: {describe_error(exc)}")
     return Verdict(Action.STORE_ORIGINAL, data, fmt, f"{why}, stored as it is (--keep-format)")

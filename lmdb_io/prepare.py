@@ -3,7 +3,8 @@
 File I/O and Pillow release the GIL, so threads overlap them; results come back in order, so the
 database is the same whatever the worker count. Each file is read straight into a buffer that leaves
 room for the record header, so a stored JPEG is never copied. Its first bytes are read first: a file
-that is no image, or one over ``MAX_FILE_BYTES``, is skipped without being read whole.
+that is no image, or one over ``MAX_FILE_BYTES``, is skipped without being read whole. Re-encoding
+(``--max-size`` / ``--quality``, see ``reencode``) runs here too, in the same threads.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .imagecheck import Action, inspect_image, sniff_format
+from .imagecheck import Action, describe_error, image_size, inspect_image, sniff_format
 from .record import HEADER_SIZE, ImageFormat, encode_record, write_header
+from .reencode import Reencode
 from .sources import SourceList
 
 
@@ -95,7 +97,7 @@ def _too_large(size: int) -> str:
     return f"larger than the {MAX_FILE_BYTES >> 30} GiB cap ({size} bytes)"
 
 
-def _prepare(path: str, label: int, verify_decode: bool, keep_format: bool) -> Prepared:
+def _prepare(path: str, label: int, verify_decode: bool, keep_format: bool, reencode: Reencode) -> Prepared:
     try:
         with open(path, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
@@ -110,25 +112,46 @@ def _prepare(path: str, label: int, verify_decode: bool, keep_format: bool) -> P
     except OSError as exc:
         return Prepared(Action.SKIP, f"cannot read: {exc.strerror}", None, 0)
     n = len(buf) - HEADER_SIZE
-    verdict = inspect_image(memoryview(buf)[HEADER_SIZE:], verify_decode, keep_format)
+    data = memoryview(buf)[HEADER_SIZE:]
+    verdict = inspect_image(data, verify_decode, keep_format, reencode)
     if verdict.action == Action.SKIP:
         return Prepared(Action.SKIP, verdict.reason, None, n)
     if verdict.action == Action.STORE_ORIGINAL:
+        if reencode.active and reencode.wanted(image_size(data) or (0, 0)):
+            return _reencoded(data, label, reencode, n)
         return Prepared(verdict.action, verdict.reason, write_header(buf, label, verdict.image_format), n)
     assert verdict.payload is not None  # only a SKIP verdict has none
     return Prepared(verdict.action, verdict.reason, encode_record(verdict.payload, label, verdict.image_format), n)
+
+
+def _reencoded(data: memoryview, label: int, reencode: Reencode, n: int) -> Prepared:
+    """An original that ``reencode``'s settings change: its re-encoded record, or a skip if Pillow cannot
+    decode it (the structural checks passed, the pixel data is broken)."""
+    try:
+        payload = reencode.reencode(data)
+    except Exception as exc:  # Pillow raises many types for broken files
+        return Prepared(Action.SKIP, f"cannot re-encode ({reencode.flags()}): {describe_error(exc)}", None, n)
+    return Prepared(Action.STORE_REENCODED, "", encode_record(payload, label, ImageFormat.JPEG), n)
 
 
 WINDOW_BYTES = 64 << 20  # files read ahead of the writer, so reading goes on while a batch commits
 CHUNK = 8  # files per task: a thread-pool task costs ~16 us of the main thread's time
 
 
-def _prepare_chunk(root: str, items: list[tuple[str, int]], verify_decode: bool, keep_format: bool) -> list[Prepared]:
-    return [_prepare(os.path.join(root, rel), label, verify_decode, keep_format) for rel, label in items]
+def _prepare_chunk(
+    root: str, items: list[tuple[str, int]], verify_decode: bool, keep_format: bool, reencode: Reencode
+) -> list[Prepared]:
+    return [_prepare(os.path.join(root, rel), label, verify_decode, keep_format, reencode) for rel, label in items]
 
 
 def prepare_in_order(
-    pool: ThreadPoolExecutor, source: SourceList, start: int, workers: int, verify_decode: bool, keep_format: bool
+    pool: ThreadPoolExecutor,
+    source: SourceList,
+    start: int,
+    workers: int,
+    verify_decode: bool,
+    keep_format: bool,
+    reencode: Reencode,
 ) -> Iterator[tuple[int, Prepared]]:
     """(item index, prepared file) in item order; about WINDOW_BYTES of files in flight."""
     pending: deque = deque()
@@ -137,7 +160,7 @@ def prepare_in_order(
     items = source.items
     for first in range(start, len(items), CHUNK):
         chunk = items[first : first + CHUNK]
-        pending.append((first, pool.submit(_prepare_chunk, source.root, chunk, verify_decode, keep_format)))
+        pending.append((first, pool.submit(_prepare_chunk, source.root, chunk, verify_decode, keep_format, reencode)))
         while len(pending) >= window or (pending and first + CHUNK >= len(items)):
             j, fut = pending.popleft()
             for offset, prepared in enumerate(fut.result()):

@@ -10,8 +10,10 @@ with entries a reader needs so that nothing has to be hard-coded or scanned:
     __targets__    every label in index order, int64 little endian
     __paths__      every image's path relative to the dataset root, JSON list (for messages and logs);
                    bytes of a name that are not UTF-8 as \\udcXX escapes (see pathtext.py)
-    __meta__       JSON: format, schema version, classes, class_to_idx, counts, tool version, and the
-                   fingerprint of the job (relative paths, labels, classes, options) checked by --resume
+    __meta__       JSON: format, schema version, classes, class_to_idx, counts, tool version, the options
+                   that decide the content ("options": keep_format, verify_decode, and max_size / quality,
+                   null when not given: see reencode.py), and the fingerprint of the job (relative paths,
+                   labels, classes, options) checked by --resume
     __progress__   present only while a conversion is unfinished: JSON counts and the job's fingerprint
     __progress_log__<n>  likewise: JSON of the files skipped or transcoded in commit n (for the report)
 
