@@ -105,11 +105,13 @@ def test_chart_has_a_panel_per_kind_and_training_relative_to_synthetic(tmp_path:
         Row(comparison.WHAT["litdata"], "", "not run: litdata not installed"),
         Row("train: resnet18, synthetic", "", "50", 50.0),
         Row("train: resnet18, torch", "", "40", 40.0),
+        Row("training resnet50, synthetic", "", "200", 200.0),  # bench.gpu_check's names: per model
+        Row("training resnet50, DALI loader", "", "150", 150.0),
     ]
     found = results.panels(Table("t", rows=rows))
-    assert [len(bars) for _, _, bars in found] == [1, 2, 2]
+    assert [len(bars) for _, _, bars in found] == [1, 2, 4]
     assert found[1][2][1][1] is None  # the peer that did not run: a labelled empty bar
-    assert [v for _, v, _ in found[2][2]] == [1.0, 0.8]
+    assert [v for _, v, _ in found[2][2]] == [1.0, 0.8, 1.0, 0.75]
     png = tmp_path / "chart.png"
     assert results.chart(Table("t", rows=rows), png) and png.read_bytes().startswith(b"\x89PNG")
 

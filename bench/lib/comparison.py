@@ -17,6 +17,7 @@ from typing import Any
 from . import data
 from .peers import FLOAT, PEERS
 from .peers.common import Samples
+from .peers.ffcv_peer import jpeg_bytes, stored_jpegs
 from .table import Row, yes_no
 from .timing import Contender, Rounds
 
@@ -43,22 +44,23 @@ class Built:
     skipped: dict[str, str] = field(default_factory=dict)
     nbytes: dict[str, int] = field(default_factory=dict)
 
-    def get(self, key: str, build: Callable[[], Path], reason: str = "") -> None:
-        """Build ``key`` unless ``reason`` says why it cannot be; note its size (files, or the database)."""
+    def get(
+        self, key: str, build: Callable[[], Path], reason: str = "", size: Callable[[Path], int] | None = None
+    ) -> None:
+        """Build ``key`` unless ``reason`` says why it cannot be; note its size (``size(path)``, else its files')."""
         if reason:
             self.skipped[key] = reason
             return
         path = build()
         self.paths[key] = path
-        self.nbytes[key] = sum(f.stat().st_size for f in ([path] if path.is_file() else path.rglob("*")))
+        files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+        self.nbytes[key] = size(path) if size else sum(f.stat().st_size for f in files)
         data.warm(path)
 
 
 def ffcv_tree(beton: Path, classes: list[str], root: Path) -> Path:
     """FFCV's stored JPEG bytes as files of an ImageFolder tree (``CLASS/INDEX.jpg``): convert.py takes
     them losslessly, so an LMDB holds exactly what FFCV decodes."""
-    from .peers.ffcv_peer import stored_jpegs
-
     data.remove(root)
     for index, label, jpeg in stored_jpegs(beton):
         path = root / classes[label] / f"{index:08d}.jpg"
@@ -86,19 +88,14 @@ def build_all(samples: Samples, tree: Path, work: Path, peers: Iterable[str]) ->
     wanted = set(peers)
     for key, peer in PEERS.items():
         why = "not run: left out (--peers)" if key not in wanted else peer.missing() or ""
-        if key == "ffcv":
-            for name, cap in (("ffcv_full", None), ("ffcv_256", FFCV_CAP)):
-                built.get(name, partial(peer.build, samples, work / f"{name}.beton", max_resolution=cap), why)
-                if name in built.paths:
-                    from .peers.ffcv_peer import jpeg_bytes
-
-                    built.nbytes[name] = jpeg_bytes(built.paths[name])
-        else:
+        if key != "ffcv":
             built.get(key, partial(peer.build, samples, work / key), why)
-    for name in ("ffcv_full", "ffcv_256"):
-        beton = built.paths.get(name)
-        make = partial(_ffcv_control, beton, samples.classes, work, name) if beton else Path
-        built.get(f"lmdb_{name}", make, built.skipped.get(name, ""))
+            continue
+        for name, cap in (("ffcv_full", None), ("ffcv_256", FFCV_CAP)):
+            beton = work / f"{name}.beton"
+            built.get(name, partial(peer.build, samples, beton, max_resolution=cap), why, size=jpeg_bytes)
+            control = partial(_ffcv_control, beton, samples.classes, work, name)
+            built.get(f"lmdb_{name}", control, built.skipped.get(name, ""))
     for name, flags in CONVERT_FLAGS.items():
         absent = [f for f in flags if f.startswith("--") and not convert_has(f)]
         why = f"not run: convert.py has no {', '.join(absent)}" if absent else ""

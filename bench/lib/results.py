@@ -29,6 +29,7 @@ def rewrite_section(kind: str, runner: str, body: str, path: Path = RESULTS) -> 
 
 
 OURS, OTHERS, NOT_RUN = "#76b900", "#8c8c8c", "#d0d0d0"
+TRAIN = ("train:", "training ")  # row names of training runs (bench.all; bench.gpu_check)
 OTHERS_FIRST = ("baseline", "tar", "FFCV", "LitData", "WebDataset")  # labels of bars that are not this project
 
 
@@ -43,21 +44,25 @@ def panels(table: Table) -> list[tuple[str, str, list[tuple[str, float | None, s
     for r in table.rows:
         if r.what.startswith("convert:") and r.rate:
             convert.append((r.what.removeprefix("convert: "), r.rate, f"{r.rate:,.0f}"))
-        elif r.what.startswith("train:") and r.rate:
-            train.append((r.what.removeprefix("train: "), r.rate, ""))
+        elif r.what.startswith(TRAIN) and r.rate:
+            train.append((r.what.removeprefix("train: ").removeprefix("training "), r.rate, ""))
         elif r.rate and not r.what.startswith(("random read", "convert")):
             loaders.append((r.what, r.rate, f"{r.rate:,.0f}"))
         elif r.result.startswith("not run") and not r.what.startswith(("DALI CPU / FFCV", "time to")):
             loaders.append((r.what, None, r.result))
-    synthetic = next((v for label, v, _ in train if "synthetic" in label), None)
-    if synthetic:
-        train = [(label, v / synthetic, f"{v / synthetic:.2f}x ({v:,.1f} img/s)") for label, v, _ in train if v]
+    # each model against its own synthetic run: labels read "MODEL, LOADER" (bench.all, bench.gpu_check)
+    synthetic = {label.split(",")[0]: v for label, v, _ in train if label.endswith(", synthetic") and v}
+    train = [
+        (label, v / synthetic[model], f"{v / synthetic[model]:.2f}x ({v:,.1f} img/s)")
+        for label, v, _ in train
+        if v and (model := label.split(",")[0]) in synthetic
+    ]
     found = [
         ("Converter: images/s (higher is better)", "images/s", convert),
         ("Train loaders alone: images/s, same images and cores (higher is better)", "images/s", loaders),
         ("Training: images/s as a fraction of --synthetic (1.0 = no data cost)", "fraction of synthetic", train),
     ]
-    return [panel for panel in found if panel[2] and (panel[1] != "fraction of synthetic" or synthetic)]
+    return [panel for panel in found if panel[2]]
 
 
 def chart(table: Table, path: Path) -> bool:
