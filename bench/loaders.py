@@ -209,6 +209,10 @@ def run(args: argparse.Namespace, work: Path) -> Table:
         log=log,
         warmup_rounds=args.warmup_rounds,
     )
+    want = {str(torch_dtype(FLOAT))}
+    for key, found in rounds.dtypes().items():
+        if found != want:
+            raise SystemExit(f"{key} delivered {', '.join(sorted(found))} images, not {FLOAT}: the rows would differ")
     info = machine.describe(gpu=False)
     header = (
         f"{machine.line(info)}\nData: {prepared.describe()}, from {args.source.name}.\n"
@@ -235,6 +239,13 @@ def run(args: argparse.Namespace, work: Path) -> Table:
         raw,
         {"result": "images/s"},
     )
+
+
+def torch_dtype(what: str) -> Any:
+    """``FLOAT``'s dtype as torch names it (``float32 CHW`` -> ``torch.float32``)."""
+    import torch
+
+    return getattr(torch, what.split()[0])
 
 
 def parse_workers(text: str) -> list[int]:

@@ -78,6 +78,7 @@ def test_warmup_rounds_are_kept_apart_and_give_the_cold_first_batch() -> None:
     assert len(built) == 2 and len(rounds.warmups["ours"]) == 1 and len(rounds.timings["ours"]) == 1
     cold, warm = rounds.first_batch("ours")
     assert cold == rounds.warmups["ours"][0].first_batch and warm == rounds.timings["ours"][0].first_batch
+    assert rounds.dtypes() == {"ours": {"torch.float32"}}
 
 
 def test_skipped_peers_and_controls_become_not_run_rows() -> None:

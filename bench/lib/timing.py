@@ -91,6 +91,7 @@ class EpochTiming:
     foreign_cpu: float
     indices: list[int]
     first_batch: float = 0.0
+    dtype: str = ""  # of the first batch's images: contenders must deliver the same
 
     @property
     def rate(self) -> float:
@@ -121,7 +122,7 @@ def time_epoch(
         raise ValueError("warmup must be at least 1 batch (the clock starts on receiving one)")
     started = last = None
     first_at = time.perf_counter() if built_at is None else built_at
-    first_batch = 0.0
+    first_batch, dtype = 0.0, ""
     cpu_start = cpu_last = (0.0, 0.0)
     batches = images = 0
     total = len(loader) if isinstance(loader, Sized) else None
@@ -130,6 +131,7 @@ def time_epoch(
         batches += 1
         if batches == 1:
             first_batch = time.perf_counter() - first_at
+            dtype = str(batch.images.dtype)
         if len(batch.labels) != batch_size:
             raise SystemExit(f"batch {batches} holds {len(batch.labels)} samples, not {batch_size}")
         indices += batch.indices.tolist()
@@ -145,7 +147,9 @@ def time_epoch(
     if total is not None and batches != total:
         raise SystemExit(f"the loader announced {total} batches and delivered {batches}")
     own = cpu_last[1] - cpu_start[1]
-    return EpochTiming(batches, images, last - started, own, cpu_last[0] - cpu_start[0] - own, indices, first_batch)
+    return EpochTiming(
+        batches, images, last - started, own, cpu_last[0] - cpu_start[0] - own, indices, first_batch, dtype
+    )
 
 
 def wait_for_quiet(cores: int, max_foreign: float, timeout: float, interval: float = 1.0) -> float:
@@ -189,6 +193,10 @@ class Rounds:
 
     def ran(self, key: str) -> bool:
         return bool(self.timings.get(key))
+
+    def dtypes(self) -> dict[str, set[str]]:
+        """The image dtypes each contender delivered (one each, where all is well)."""
+        return {k: {t.dtype for t in ts} for k, ts in self.timings.items()}
 
     def first_batch(self, key: str) -> tuple[float, float]:
         """Seconds from building a loader to its first batch: (the first loader of its kind in this process,
