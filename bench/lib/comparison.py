@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data
-from .peers import FLOAT, PEERS
+from .peers import PEERS
 from .peers.common import Samples
 from .peers.ffcv_peer import jpeg_bytes, stored_jpegs
 from .table import Row, yes_no
@@ -205,6 +205,3 @@ def first_batch_row(rounds: Rounds, ours: str) -> Row:
         ratio = f"{ffcv_cold / cold:.0f}x sooner than FFCV"
     how = f"`{ours}`: seconds from the call that builds the loader to its first batch; cold: the first in this process"
     return Row("time to first batch", how, result, ratio=ratio, target="< 1 s", met=yes_no(cold < 1.0))
-
-
-__all__ = ["FLOAT", "Built", "build_all", "contenders", "first_batch", "first_batch_row", "rows"]
