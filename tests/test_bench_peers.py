@@ -5,6 +5,7 @@ still deliver one epoch's worth of distinct samples; FFCV's stored JPEG bytes co
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,11 @@ def test_missing_package_is_a_not_run_reason() -> None:
     peer = Peer("x", "X", "how", ("no_such_package_for_bench_xyz",), "ffcv_peer")
     assert peer.missing() == "not run: no_such_package_for_bench_xyz not installed (pip install '.[bench]')"
     assert Peer("y", "Y", "how", ("json",), "ffcv_peer").missing() is None
+
+
+def test_a_blocked_package_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "webdataset", None)  # how a test or a user hides an installed package
+    assert PEERS["wds"].missing() == "not run: webdataset not installed (pip install '.[bench]')"
 
 
 def test_a_peer_with_its_own_order_must_deliver_distinct_samples() -> None:

@@ -14,6 +14,13 @@ from typing import Any
 from .common import Samples
 
 
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a broken install, or sys.modules[package] set to None to block it
+        return False
+
+
 @dataclass(frozen=True)
 class Peer:
     """A peer loader: the packages it needs, how its users run it, and its two functions (module paths,
@@ -27,7 +34,7 @@ class Peer:
 
     def missing(self) -> str | None:
         """Why the peer cannot run here (a package it needs is not installed), or None."""
-        absent = [p for p in self.packages if importlib.util.find_spec(p) is None]
+        absent = [p for p in self.packages if not _installed(p)]
         return f"not run: {', '.join(absent)} not installed (pip install '.[bench]')" if absent else None
 
     def _mod(self) -> Any:
