@@ -24,7 +24,7 @@ help:
 	@echo "make test   set up and run the test suite, all but the gpu tier (what CI runs)"
 	@echo "make test-fast  the suite without the slow tier (torchrun and training subprocesses): under a minute"
 	@echo "make test-gpu   the gpu tier (needs CUDA)"
-	@echo "make bench  all benchmarks on DATA=dir (default: the demo data): one table, JSON, a PNG chart and its section of bench/RESULTS.md"
+	@echo "make bench  all benchmarks on DATA=dir (default: hymenoptera if beside, else the demo data), with FFCV/LitData/WebDataset rows if .[bench] is installed: one table, JSON, a PNG chart and its section of bench/RESULTS.md"
 	@echo "make lint   ruff (lint + format check) and mypy over the repo, hadolint on docker/Dockerfile*"
 	@echo "make test-dali-compat  DALI tests on nvidia-dali-cuda110==1.34.0 and on the current DALI"
 	@echo "make test-torch-floor  the suite on pyproject's oldest torch/torchvision ($(FLOOR_VENV))"

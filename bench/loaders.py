@@ -3,11 +3,14 @@
 Real JPEGs (hymenoptera, replicated by hard links) in one LMDB, hot page cache. One train epoch per
 contender per round, the first ``--warmup-batches`` untimed, contenders interleaved round by round on
 fresh loaders; a round in which other processes took more than ``--max-foreign`` of the CPUs is
-disturbed and replaced (up to ``--extra-runs``). Contenders: the DALI pipeline with the LMDB source in
-its thread and in Python workers, the torchvision DataLoader with a worker per core, and the same DALI
-graph fed the same bytes from memory (``MemorySource``: the LMDB source's cost). Example::
+disturbed and replaced (up to ``--extra-runs``); ``--warmup-rounds`` untimed rounds come first (FFCV's
+JIT, first pipeline builds). Contenders: the DALI pipeline with the LMDB source in its thread and in
+Python workers, the torchvision DataLoader with a worker per core, the same DALI graph fed the same bytes
+from memory (``MemorySource``: the LMDB source's cost), and the peers (``bench.lib.comparison``): FFCV
+(full resolution and ``max_resolution=256``), LitData, WebDataset, with this project's loaders on FFCV's
+stored bytes and on ``convert.py --quality 90`` / ``--max-size 256`` as controls. Example::
 
-    python -m bench.loaders --images 2048 --runs 3 --batch 64 --json bench/results/loaders.json
+    python -m bench.loaders --images 1000 --runs 3 --batch 64 --json bench/results/loaders.json
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.lib import data, machine
+from bench.lib import comparison, data, machine
+from bench.lib.peers import FLOAT, PEERS
+from bench.lib.peers.common import Samples
 from bench.lib.table import Row, Table, yes_no
 from bench.lib.timing import Contender, Rounds, plan_indices, run_rounds
 
@@ -57,7 +62,10 @@ def time_source(source: Callable, samples: int, repeats: int = 3) -> float:
     return statistics.median(per_call)
 
 
-def contenders(db: Path, memory: Any, args: argparse.Namespace) -> list[Contender]:
+def contenders(
+    db: Path, memory: Any, args: argparse.Namespace, built: comparison.Built
+) -> tuple[list[Contender], list[Contender]]:
+    """This project's loaders on the originals; the peers and controls (``bench.lib.comparison``)."""
     from dali_pipeline.pipelines import PipelineOptions
     from dali_pipeline.source import MemorySource
     from loaders.dali_loader import DALILoader, make_dali_loader
@@ -67,9 +75,12 @@ def contenders(db: Path, memory: Any, args: argparse.Namespace) -> list[Contende
 
     batch, crop, threads = args.batch, args.crop, args.dali_threads or args.cores + 1
 
-    def dali(w: int) -> Callable[[int], Iterable]:
+    def dali(w: int, path: Path = db) -> Callable[[int], Iterable]:
         options = dict(device_id=None, num_threads=threads, py_workers=w, crop=crop)
-        return lambda seed: make_dali_loader(db, batch, train=True, seed=seed, **options)
+        return lambda seed: make_dali_loader(path, batch, train=True, seed=seed, **options)
+
+    def torch_on(path: Path) -> Callable[[int], Iterable]:
+        return lambda seed: make_torch_loader(path, batch, train=True, seed=seed, workers=args.cores, crop=crop)
 
     def dali_memory(seed: int) -> Iterable:
         source = MemorySource(memory.payloads, memory.labels, RankPlan(len(memory.payloads), batch, seed=seed))
@@ -78,7 +89,7 @@ def contenders(db: Path, memory: Any, args: argparse.Namespace) -> list[Contende
 
     how = (
         f"`make_dali_loader(device_id=None, num_threads={threads}, py_workers=0)`: image_random_crop "
-        f"(libjpeg-turbo, crop fused into decoding), resize {crop}, flip, normalize to CHW float32"
+        f"(libjpeg-turbo, crop fused into decoding), resize {crop}, flip, normalize to {FLOAT}"
     )
     found = [
         Contender(
@@ -89,14 +100,10 @@ def contenders(db: Path, memory: Any, args: argparse.Namespace) -> list[Contende
         what = f"DALI CPU train from the LMDB, parallel source (py_workers={w})"
         how = f"same, `py_workers={w}`: the LMDB source in {w} spawned Python process{'es' if w > 1 else ''}"
         found.append(Contender(f"dali_lmdb_w{w}", what, how, dali(w)))
-    how = f"`make_torch_loader(workers={args.cores})`: ImageFolderLMDB, PIL decode, RandomResizedCrop({crop}), flip, "
-    how += "ToTensor, Normalize"
-
-    def torch_loader(seed: int) -> Iterable:
-        return make_torch_loader(db, batch, train=True, seed=seed, workers=args.cores, crop=crop)
-
+    torch_how = f"`make_torch_loader(workers={args.cores})`: ImageFolderLMDB, PIL decode, RandomResizedCrop({crop}), "
+    torch_how += f"flip, ToTensor, Normalize to {FLOAT}"
     found.append(
-        Contender("torch", f"torchvision DataLoader train from the LMDB, {args.cores} workers", how, torch_loader)
+        Contender("torch", f"torchvision DataLoader train from the LMDB, {args.cores} workers", torch_how, torch_on(db))
     )
     how = "same graph and options as py_workers=0; `DALILoader(MemorySource)`: uint8 arrays read in RankPlan order"
     found.append(
@@ -104,7 +111,17 @@ def contenders(db: Path, memory: Any, args: argparse.Namespace) -> list[Contende
             "dali_memory_w0", "DALI CPU train from the same JPEG bytes in memory (py_workers=0)", how, dali_memory
         )
     )
-    return found
+    control_how = f"`make_dali_loader(py_workers={args.control_py_workers})`, as above, on that LMDB"
+    return found, comparison.contenders(
+        built,
+        batch,
+        crop,
+        args.cores,
+        lambda path: dali(args.control_py_workers, path),
+        torch_on,
+        control_how,
+        f"{torch_how}, on that LMDB",
+    )
 
 
 def build_rows(found: Sequence[Contender], rounds: Rounds, source_us: dict[str, float]) -> list[Row]:
@@ -120,6 +137,7 @@ def build_rows(found: Sequence[Contender], rounds: Rounds, source_us: dict[str, 
             rounds.spread(key),
             rounds.median_rate(key),
             ratio=ratio,
+            first_batch=comparison.first_batch(rounds, key),
             target=target,
             met=met,
         )
@@ -144,8 +162,8 @@ def build_rows(found: Sequence[Contender], rounds: Rounds, source_us: dict[str, 
             how,
             result,
             ratio=f"{cost * 100:+.1f} %",
-            target="<= 10 %",
-            met=yes_no(cost <= 0.10),
+            target="<= 5 %",
+            met=yes_no(cost <= 0.05),
         )
     )
     per_image_us = 1e6 / rounds.median_rate("dali_lmdb_w0")
@@ -167,17 +185,19 @@ def run(args: argparse.Namespace, work: Path) -> Table:
     from loaders.plan import RankPlan
 
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.verbose else (lambda s: None)
-    prepared = data.prepare_database(args.source, args.images, work)
+    prepared = data.prepare_database(args.source, args.images, work, keep_tree=True)
     length = prepared.tree.images
+    built = comparison.build_all(Samples.from_tree(prepared.tree.root), prepared.tree.root, work, args.peers)
+    data.remove(prepared.tree.root)
     memory = MemorySource.from_database(prepared.db, RankPlan(length, args.batch))
     lmdb_source = LMDBSource(prepared.db, RankPlan(length, args.batch))
     check_same_samples(lmdb_source, memory, count=2 * args.batch)
     samples = len(lmdb_source.plan.for_epoch(0))
     source_us = {"lmdb": time_source(lmdb_source, samples) * 1e6, "memory": time_source(memory, samples) * 1e6}
     del lmdb_source
-    found = contenders(prepared.db, memory, args)
+    own, compared = contenders(prepared.db, memory, args, built)
     rounds = run_rounds(
-        found,
+        own + compared,
         args.runs,
         args.batch,
         args.warmup_batches,
@@ -187,14 +207,20 @@ def run(args: argparse.Namespace, work: Path) -> Table:
         extra_runs=args.extra_runs,
         quiet_wait=args.quiet_wait,
         log=log,
+        warmup_rounds=args.warmup_rounds,
     )
+    want = {str(torch_dtype(FLOAT))}
+    for key, found in rounds.dtypes().items():
+        if found != want:
+            raise SystemExit(f"{key} delivered {', '.join(sorted(found))} images, not {FLOAT}: the rows would differ")
     info = machine.describe(gpu=False)
     header = (
         f"{machine.line(info)}\nData: {prepared.describe()}, from {args.source.name}.\n"
         f"Method: one train epoch per run (batch {args.batch}, crop {args.crop}, {samples // args.batch} batches), "
-        f"the first {args.warmup_batches} untimed; contenders interleaved run by run, each on a fresh loader; "
+        f"the first {args.warmup_batches} untimed; contenders interleaved run by run, each on a fresh loader "
+        f"(FFCV: one Loader, an epoch per run), after {args.warmup_rounds} untimed warm-up run(s); "
         f"images/s is the median (min-max) of {len(rounds.used)} runs, ratios the median of per-run ratios; "
-        f"no model. {rounds.interference()}"
+        f"every loader delivers {FLOAT} images; no model. {rounds.interference()}"
     )
     raw: dict[str, Any] = {
         "machine": info,
@@ -202,13 +228,24 @@ def run(args: argparse.Namespace, work: Path) -> Table:
         "source_us_per_sample": source_us,
     }
     raw |= {"db_bytes": prepared.db_bytes, "input_bytes": prepared.tree.nbytes, **rounds.raw()}
+    raw |= {"built_bytes": built.nbytes, "not_run": built.skipped}
+    ours = "dali_lmdb_w0"
+    rows = build_rows(own, rounds, source_us) + comparison.rows(compared, rounds, ours, built)
+    rows.append(comparison.first_batch_row(rounds, ours))
     return Table(
-        "Loaders alone: DALI CPU vs torchvision",
+        "Loaders alone: DALI CPU vs torchvision, FFCV, LitData, WebDataset",
         header,
-        build_rows(found, rounds, source_us),
+        rows,
         raw,
         {"result": "images/s"},
     )
+
+
+def torch_dtype(what: str) -> Any:
+    """``FLOAT``'s dtype as torch names it (``float32 CHW`` -> ``torch.float32``)."""
+    import torch
+
+    return getattr(torch, what.split()[0])
 
 
 def parse_workers(text: str) -> list[int]:
@@ -218,10 +255,18 @@ def parse_workers(text: str) -> list[int]:
     return values
 
 
+def parse_peers(text: str) -> list[str]:
+    names = [] if text.strip() == "none" else [s.strip() for s in text.split(",") if s.strip()]
+    unknown = sorted(set(names) - set(PEERS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown peer(s) {', '.join(unknown)}: choose from {', '.join(PEERS)}")
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0))
     p = argparse.ArgumentParser(prog="python -m bench.loaders", description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, default=2048, help="JPEGs in the database (default 2048)")
+    p.add_argument("--images", type=int, default=1000, help="JPEGs in the database (default 1000)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per contender; the median is reported (default 3)")
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--crop", type=int, default=224, help="train crop size (default 224)")
@@ -233,11 +278,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     a("--max-foreign", type=float, default=0.1, help="a run is disturbed when others take more of the CPUs (0.10)")
     a("--extra-runs", type=int, metavar="N", help="runs allowed to replace disturbed ones (default: --runs)")
     a("--quiet-wait", type=float, default=60.0, help="wait up to this long for quiet before each run (60; 0: no)")
+    a("--warmup-rounds", type=int, default=1, help="untimed runs of every contender first (FFCV's JIT; default 1)")
+    a("--peers", type=parse_peers, default=list(PEERS), metavar="P,P", help=f"peer loaders ({','.join(PEERS)}; none)")
+    a("--control-py-workers", type=int, default=0, help="DALI py_workers on the control LMDBs (default 0)")
     p.add_argument("-v", "--verbose", action="store_true", help="log each run's rate to stderr")
     data.add_common_flags(p)
     args = p.parse_args(argv)
     if min(args.images, args.runs, args.batch, args.crop, args.cores, args.warmup_batches) < 1:
         p.error("--images, --runs, --batch, --crop, --cores and --warmup-batches must be positive")
+    if min(args.warmup_rounds, args.control_py_workers) < 0:
+        p.error("--warmup-rounds and --control-py-workers must be >= 0")
     args.extra_runs = args.runs if args.extra_runs is None else args.extra_runs
     if args.extra_runs < 0 or not 0 < args.max_foreign <= 1:
         p.error("--extra-runs must be >= 0 and --max-foreign in (0, 1]")

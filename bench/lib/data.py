@@ -125,14 +125,17 @@ class Prepared:
         return f"{self.tree.describe()} in one LMDB ({self.db_bytes / MB:,.1f} MB), hot page cache"
 
 
-def prepare_database(source: Path, images: int, workdir: Path, *convert_flags: str) -> Prepared:
+def prepare_database(
+    source: Path, images: int, workdir: Path, *convert_flags: str, keep_tree: bool = False
+) -> Prepared:
     """``images`` JPEGs cycled from ``source`` by hard links, converted to ``workdir/train.lmdb`` (the tree
-    deleted after), the database's pages warmed."""
+    deleted after unless ``keep_tree``: other formats are built from it), the database's pages warmed."""
     tree = build_tree(find_jpegs(source), workdir / "tree", images)
     db = workdir / "train.lmdb"
     remove(db)
     run_checked(convert_cmd(tree.root, db, *convert_flags))
-    remove(tree.root)
+    if not keep_tree:
+        remove(tree.root)
     warm(db)
     return Prepared(db, tree)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 HEADINGS = {"what": "what", "how": "how", "result": "result", "mb_per_s": "MB/s", "ratio": "ratio"}
-HEADINGS |= {"data_wait": "data-wait", "target": "target", "met": "met"}
+HEADINGS |= {"first_batch": "first batch s (cold / warm)", "data_wait": "data-wait", "target": "target", "met": "met"}
 
 
 def yes_no(ok: bool) -> str:
@@ -25,6 +25,7 @@ class Row:
     rate: float | None = None
     mb_per_s: str = ""
     ratio: str = ""
+    first_batch: str = ""  # seconds from building a loader to its first batch
     data_wait: str = ""
     target: str = ""
     met: str = ""

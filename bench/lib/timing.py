@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence, Sized
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -81,7 +81,8 @@ def peak_rss(cmd: Sequence[str]) -> tuple[int, int]:
 @dataclass
 class EpochTiming:
     """One epoch after its warm-up batches: images, seconds, CPU seconds of this process tree and of the
-    others (or the host, as steal) meanwhile, and the dataset indices delivered."""
+    others (or the host, as steal) meanwhile, the dataset indices delivered, and the seconds from the
+    call that built the loader to its first batch (JIT, pipeline build, worker start-up, first decode)."""
 
     batches: int
     images: int
@@ -89,6 +90,8 @@ class EpochTiming:
     own_cpu: float
     foreign_cpu: float
     indices: list[int]
+    first_batch: float = 0.0
+    dtype: str = ""  # of the first batch's images: contenders must deliver the same
 
     @property
     def rate(self) -> float:
@@ -101,21 +104,34 @@ class EpochTiming:
         return {"timed_images": self.images, "seconds": self.seconds, "images_per_s": self.rate} | {
             "cores_used": self.own_cpu / self.seconds,
             "others_cpu_share": self.foreign_share(cores),
+            "first_batch_s": self.first_batch,
         }
 
 
-def time_epoch(loader: Iterable[Any], batch_size: int, warmup: int, sync: Callable[[], None] | None) -> EpochTiming:
+def time_epoch(
+    loader: Iterable[Any],
+    batch_size: int,
+    warmup: int,
+    sync: Callable[[], None] | None,
+    built_at: float | None = None,
+) -> EpochTiming:
     """One epoch; the clock starts on receiving batch ``warmup`` (1-based) and stops on the last, each time
-    after ``sync()`` where given. With a loader length only those two batches sync and snapshot the CPU."""
+    after ``sync()`` where given. With a loader length only those two batches sync and snapshot the CPU.
+    ``built_at`` (perf_counter before the loader was built) gives the time to its first batch."""
     if warmup < 1:
         raise ValueError("warmup must be at least 1 batch (the clock starts on receiving one)")
     started = last = None
+    first_at = time.perf_counter() if built_at is None else built_at
+    first_batch, dtype = 0.0, ""
     cpu_start = cpu_last = (0.0, 0.0)
     batches = images = 0
     total = len(loader) if isinstance(loader, Sized) else None
     indices: list[int] = []
     for batch in loader:
         batches += 1
+        if batches == 1:
+            first_batch = time.perf_counter() - first_at
+            dtype = str(batch.images.dtype)
         if len(batch.labels) != batch_size:
             raise SystemExit(f"batch {batches} holds {len(batch.labels)} samples, not {batch_size}")
         indices += batch.indices.tolist()
@@ -131,7 +147,9 @@ def time_epoch(loader: Iterable[Any], batch_size: int, warmup: int, sync: Callab
     if total is not None and batches != total:
         raise SystemExit(f"the loader announced {total} batches and delivered {batches}")
     own = cpu_last[1] - cpu_start[1]
-    return EpochTiming(batches, images, last - started, own, cpu_last[0] - cpu_start[0] - own, indices)
+    return EpochTiming(
+        batches, images, last - started, own, cpu_last[0] - cpu_start[0] - own, indices, first_batch, dtype
+    )
 
 
 def wait_for_quiet(cores: int, max_foreign: float, timeout: float, interval: float = 1.0) -> float:
@@ -149,12 +167,17 @@ def wait_for_quiet(cores: int, max_foreign: float, timeout: float, interval: flo
 
 @dataclass
 class Contender:
-    """One loader configuration: ``make(seed)`` builds a fresh loader."""
+    """One loader configuration: ``make(seed)`` builds a fresh loader. A contender that follows the epoch
+    plan delivers its exact indices; another (a peer library with its own shuffle) must deliver as many
+    distinct samples (up to ``max_short`` batches fewer); ``skip`` says why it is not run (its row shows it)."""
 
     key: str
     what: str
     how: str
     make: Callable[[int], Iterable[Any]]
+    follows_plan: bool = True
+    skip: str = ""
+    max_short: int = 0  # batches fewer than the plan it may deliver (a DataLoader drops one partial per worker)
 
 
 @dataclass
@@ -166,6 +189,20 @@ class Rounds:
     disturbed: list[int]
     max_foreign: float
     cores: int
+    warmups: dict[str, list[EpochTiming]] = field(default_factory=dict)  # untimed warm-up rounds
+
+    def ran(self, key: str) -> bool:
+        return bool(self.timings.get(key))
+
+    def dtypes(self) -> dict[str, set[str]]:
+        """The image dtypes each contender delivered (one each, where all is well)."""
+        return {k: {t.dtype for t in ts} for k, ts in self.timings.items()}
+
+    def first_batch(self, key: str) -> tuple[float, float]:
+        """Seconds from building a loader to its first batch: (the first loader of its kind in this process,
+        from the first warm-up round or else the first round; the median of the counted rounds)."""
+        cold = (self.warmups.get(key) or self.timings[key])[0].first_batch
+        return cold, statistics.median(self.timings[key][r].first_batch for r in self.used)
 
     def rates(self, key: str) -> list[float]:
         return [self.timings[key][r].rate for r in self.used]
@@ -201,6 +238,7 @@ class Rounds:
             "rounds_used": self.used,
             "rounds_disturbed": self.disturbed,
             "runs": {k: [t.summary(self.cores) for t in ts] for k, ts in self.timings.items()},
+            "warmup_runs": {k: [t.summary(self.cores) for t in ts] for k, ts in self.warmups.items()},
         }
 
 
@@ -217,34 +255,54 @@ def run_rounds(
     quiet_wait: float = 0.0,
     sync: Callable[[], None] | None = None,
     log: Callable[[str], None] = lambda s: None,
+    warmup_rounds: int = 0,
 ) -> Rounds:
-    """Rounds of one timed epoch per contender, each on a loader built afresh (seed = round) and deleted
-    before the next starts. A round where others took more than ``max_foreign`` of the CPUs during any
-    timed epoch is disturbed; up to ``extra_runs`` more rounds replace disturbed ones, each first waiting up
-    to ``quiet_wait`` s for quiet. The first ``runs`` quiet rounds count, else every round. Every epoch must
-    deliver ``expected(seed)``, the plan's indices, so all contenders do the same work."""
-    timings: dict[str, list[EpochTiming]] = {c.key: [] for c in contenders}
+    """Rounds of one timed epoch per contender (those without ``skip``), each on a loader built afresh
+    (seed = round) and deleted before the next starts; first ``warmup_rounds`` untimed rounds (JIT,
+    first pipeline builds), kept apart. A round where others took more than ``max_foreign`` of the CPUs
+    during any timed epoch is disturbed; up to ``extra_runs`` more rounds replace disturbed ones, each first
+    waiting up to ``quiet_wait`` s for quiet. The first ``runs`` quiet rounds count, else every round. Every
+    epoch must deliver ``expected(seed)``, the plan's indices (or, for a contender that does not follow the
+    plan, as many distinct samples, less ``max_short`` batches at most), so all contenders do the same work."""
+    active = [c for c in contenders if not c.skip]
+    timings: dict[str, list[EpochTiming]] = {c.key: [] for c in active}
+    warmups: dict[str, list[EpochTiming]] = {c.key: [] for c in active}
     clean: list[int] = []
     disturbed: list[int] = []
+
+    def one(c: Contender, seed: int) -> EpochTiming:
+        built_at = time.perf_counter()
+        loader = c.make(seed)
+        timing = time_epoch(loader, batch_size, warmup, sync, built_at)
+        del loader
+        gc.collect()
+        want, got = expected(seed), timing.indices
+        if c.follows_plan:
+            same = got == want
+        else:
+            same = len(set(got)) == len(got) and len(want) - c.max_short * batch_size <= len(got) <= len(want)
+        if not same:
+            raise SystemExit(f"{c.key}: round {seed} delivered other samples than the epoch plan")
+        return timing
+
+    for w in range(warmup_rounds):
+        for c in active:
+            warmups[c.key].append(one(c, runs + extra_runs + w))
+            log(f"warm-up {w + 1} {c.key}: first batch after {warmups[c.key][-1].first_batch:.2f} s")
     for run in range(runs + extra_runs):
         if len(clean) == runs:
             break
         if quiet_wait > 0:
             log(f"round {run + 1}: others take {wait_for_quiet(cores, max_foreign, quiet_wait):.0%} of the CPUs")
         worst = 0.0
-        for c in contenders:
-            loader = c.make(run)
-            timing = time_epoch(loader, batch_size, warmup, sync)
-            del loader
-            gc.collect()
-            if timing.indices != expected(run):
-                raise SystemExit(f"{c.key}: round {run} delivered other samples than the epoch plan")
+        for c in active:
+            timing = one(c, run)
             timings[c.key].append(timing)
             worst = max(worst, timing.foreign_share(cores))
             log(f"round {run + 1} {c.key}: {timing.rate:,.1f} img/s, others {timing.foreign_share(cores):.0%}")
         (clean if worst <= max_foreign else disturbed).append(run)
     used = clean if len(clean) == runs else sorted(clean + disturbed)
-    return Rounds(timings, used, disturbed, max_foreign, cores)
+    return Rounds(timings, used, disturbed, max_foreign, cores, warmups)
 
 
 def plan_indices(length: int, batch: int) -> Callable[[int], list[int]]:

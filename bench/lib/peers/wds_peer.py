@@ -1,0 +1,62 @@
+"""WebDataset: the JPEG files in tar shards (``ShardWriter``), read by ``wds.WebDataset`` with shard and
+sample shuffling, PIL decode and torchvision transforms in a ``DataLoader`` with a worker per core."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .common import Samples, to_batch
+
+SHARD_SAMPLES = 100  # small shards so every worker gets several on a 1,000-image set
+SHUFFLE_BUFFER = 1000
+
+
+def build(samples: Samples, out: Path) -> Path:
+    """``out/shard-NNNNNN.tar``: per sample ``KEY.jpg`` (the file's bytes) and ``KEY.cls`` (its label);
+    the key is the sample's index. Returns ``out``."""
+    import webdataset as wds
+
+    out.mkdir(parents=True, exist_ok=True)
+    with wds.ShardWriter(str(out / "shard-%06d.tar"), maxcount=SHARD_SAMPLES, verbose=0) as sink:
+        for i, (f, label) in enumerate(zip(samples.files, samples.labels, strict=True)):
+            sink.write({"__key__": f"{i:08d}", "jpg": f.read_bytes(), "cls": label})
+    return out
+
+
+def _key(key: str) -> int:
+    return int(key.rsplit("/", 1)[-1])
+
+
+def loader(path: Path, batch: int, crop: int, workers: int) -> Callable[[int], Iterable[Any]]:
+    """``make(seed)``: ``WebDataset`` over the shards under ``path`` in a ``DataLoader``."""
+    import torch
+    import webdataset as wds
+
+    from loaders.presets import TrainPreset
+
+    shards = sorted(str(p) for p in path.glob("shard-*.tar"))
+    transform = TrainPreset(crop).torchvision()
+
+    def make(seed: int) -> Iterable[Any]:
+        torch.manual_seed(seed)
+        dataset = (
+            wds.WebDataset(shards, shardshuffle=len(shards), seed=seed, empty_check=False)
+            .shuffle(SHUFFLE_BUFFER)
+            .decode("pil")
+            .to_tuple("jpg", "cls", "__key__")
+            .map_tuple(transform, int, _key)
+        )
+        return _Batches(torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, drop_last=True))
+
+    return make
+
+
+class _Batches:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __iter__(self) -> Iterator[Any]:
+        for images, labels, indices in self.inner:
+            yield to_batch(images, labels, indices)
