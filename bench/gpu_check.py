@@ -238,7 +238,7 @@ def contender(args: argparse.Namespace, d: Data, key: str) -> Contender:
     db, batch, crop = d.db, args.batch, args.crop
     if key == "torch":
         device = torch.device("cpu") if args.cpu else torch.device("cuda", 0)
-        options = dict(workers=args.torch_workers, device=device, crop=crop, channels_last=True)
+        options = dict(workers=args.torch_workers, device=device, crop=crop, channels_last=True, dtype=torch.float16)
         return Contender(key, "", "", lambda seed: make_torch_loader(db, batch, train=True, seed=seed, **options))
     load = float(key.rsplit("-hw", 1)[1])
     if key.startswith("memory"):
@@ -441,8 +441,8 @@ def plan(args: argparse.Namespace, d: Data) -> list[Check]:
     how = "time per image: best `dali` row / `memory` row at its load - 1"
     add("derived", "cost", "LMDB source cost vs memory: best LMDB setting", how, (), lambda left: {})
     device, pinned = ("cpu", "") if cpu else ("cuda:0", "pinned ")
-    how = f"`make_torch_loader(workers={args.torch_workers}, device={device}, channels_last=True)`: PIL decode, "
-    how += f"RandomResizedCrop, flip, ToTensor, Normalize, {pinned}copy to the device"
+    how = f"`make_torch_loader(workers={args.torch_workers}, device={device}, channels_last=True, dtype=float16)`: "
+    how += f"PIL decode, RandomResizedCrop, flip, uint8 from the workers, {pinned}copy, normalize on the device"
     what = f"torchvision DataLoader alone, {args.torch_workers} workers"
     add("loader", "torch", what, how, ("torch", "gpu", "torchvision", "lmdb", "db"))
     labels = {"synthetic": "synthetic", "dali": "DALI loader", "torch": "torchvision loader"}

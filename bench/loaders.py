@@ -101,7 +101,7 @@ def contenders(
         how = f"same, `py_workers={w}`: the LMDB source in {w} spawned Python process{'es' if w > 1 else ''}"
         found.append(Contender(f"dali_lmdb_w{w}", what, how, dali(w)))
     torch_how = f"`make_torch_loader(workers={args.cores})`: ImageFolderLMDB, PIL decode, RandomResizedCrop({crop}), "
-    torch_how += f"flip, ToTensor, Normalize to {FLOAT}"
+    torch_how += f"flip, uint8 from the workers (persistent), normalized to {FLOAT} in the loader"
     found.append(
         Contender("torch", f"torchvision DataLoader train from the LMDB, {args.cores} workers", torch_how, torch_on(db))
     )
