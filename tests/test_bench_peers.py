@@ -138,3 +138,21 @@ def test_ffcv_stored_bytes_are_the_jpegs_it_decodes(tmp_path: Path) -> None:
     for _, _, jpeg in got:
         with Image.open(io.BytesIO(jpeg)) as im:
             assert im.format == "JPEG" and 30 <= max(im.size) <= 32  # FFCV truncates: 31 happens
+
+
+@pytest.mark.parametrize("key", ["wds", "litdata"])
+def test_peer_delivers_normalised_float32_chw(key: str, tmp_path: Path) -> None:
+    """What the bench compares must be the same work: every peer ends in float32 CHW, normalised (a peer
+    handing over uint8 would skip the conversion the others pay for)."""
+    peer = PEERS[key]
+    if peer.missing():
+        pytest.skip(peer.missing())
+    from lmdb_io.demo_images import make_image_folder
+
+    make_image_folder(str(tmp_path / "tree"), classes=2, per_class=8)
+    built = peer.build(Samples.from_tree(tmp_path / "tree"), tmp_path / key)
+    batches = [b for b in peer.loader(built, 4, 32, 1)(0)]
+    assert batches
+    for b in batches:
+        assert b.images.dtype == torch.float32 and tuple(b.images.shape) == (4, 3, 32, 32)
+        assert b.images.min() < 0  # normalised: ToTensor's 0..1 minus the mean goes negative
