@@ -33,11 +33,20 @@ def loader(path: Path, batch: int, crop: int, workers: int) -> Callable[[int], I
     """``make(seed)``: ``WebDataset`` over the shards under ``path`` in a ``DataLoader``."""
     import torch
     import webdataset as wds
+    from torchvision import transforms
 
     from loaders.presets import TrainPreset
 
     shards = sorted(str(p) for p in path.glob("shard-*.tar"))
-    transform = TrainPreset(crop).torchvision()
+    p = TrainPreset(crop)  # as WebDataset's users write it: PIL in the workers, ToTensor, Normalize there too
+    transform = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(crop, scale=p.area, ratio=p.aspect_ratio),
+            transforms.RandomHorizontalFlip(p.flip_probability),
+            transforms.ToTensor(),
+            transforms.Normalize(p.mean, p.std),
+        ]
+    )
 
     def make(seed: int) -> Iterable[Any]:
         torch.manual_seed(seed)
