@@ -104,8 +104,17 @@ def train_graph(encoded: Any, preset: TrainPreset, opts: PipelineOptions, size: 
 
     ``size``: per-sample crop sizes (a DataNode: progressive resizing, ``loaders.resolution``) instead of
     the preset's fixed ``crop``; resize takes them as argument inputs, so no rebuild when they change."""
+    return train_stages(encoded, preset, opts, size)[-1][1]
+
+
+TRAIN_STAGES = ("crop decode", "resize", "flip + normalize")
+
+
+def train_stages(encoded: Any, preset: TrainPreset, opts: PipelineOptions, size: Any = None) -> list[tuple[str, Any]]:
+    """The train graph's stages in order, each with its output (``TRAIN_STAGES``' names): the graph is the
+    last one's; ``bench.stages`` cuts the graph after each to see where the time goes."""
     crop = preset.crop if size is None else size
-    images = fn.decoders.image_random_crop(
+    decoded = fn.decoders.image_random_crop(
         encoded,
         device="mixed" if opts.on_gpu else "cpu",
         random_area=list(preset.area),
@@ -113,15 +122,20 @@ def train_graph(encoded: Any, preset: TrainPreset, opts: PipelineOptions, size: 
         num_attempts=preset.attempts,
         **_decoder_args("decoders__ImageRandomCrop", opts),
     )
-    images = fn.resize(images, resize_x=crop, resize_y=crop, interp_type=types.INTERP_LINEAR, antialias=True)
-    return _normalize(images, preset, opts, mirror=fn.random.coin_flip(probability=preset.flip_probability))
+    resized = fn.resize(decoded, resize_x=crop, resize_y=crop, interp_type=types.INTERP_LINEAR, antialias=True)
+    normalized = _normalize(resized, preset, opts, mirror=fn.random.coin_flip(probability=preset.flip_probability))
+    return list(zip(TRAIN_STAGES, (decoded, resized, normalized), strict=True))
+
+
+def full_decode(encoded: Any, opts: PipelineOptions, train: bool = True) -> Any:
+    """The whole frame decoded (validation's first step; for training, FFCV's way: decode all, then crop)."""
+    schema = "decoders__Image"
+    return fn.decoders.image(encoded, device="mixed" if opts.on_gpu else "cpu", **_decoder_args(schema, opts, train))
 
 
 def val_graph(encoded: Any, preset: ValPreset, opts: PipelineOptions) -> Any:
     """Decode, resize the shorter side and center crop as torchvision does, normalize."""
-    images = fn.decoders.image(
-        encoded, device="mixed" if opts.on_gpu else "cpu", **_decoder_args("decoders__Image", opts, train=False)
-    )
+    images = full_decode(encoded, opts, train=False)
     images = resize_and_center_crop(
         images, encoded, resize=preset.resize, crop=preset.crop, device="gpu" if opts.on_gpu else "cpu"
     )

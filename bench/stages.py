@@ -1,0 +1,152 @@
+"""Where the DALI CPU train pipeline's time goes: the product's train graph cut after each of its stages.
+
+``dali_pipeline.pipelines.train_stages`` gives the graph's stages in order (crop decode, resize, flip +
+normalize); each cut is a pipeline that ends at one stage, plus a full-frame decode for reference (what FFCV
+does before cropping). Every cut is fed whole batches of the same in-memory JPEGs (one batched
+``external_source``: no per-sample Python), the cuts interleaved round by round, the first round untimed.
+A stage's cost is the CPU time per image (this process: DALI's threads) that its cut adds to the previous
+cut's. Two data sets: the JPEGs as they are, and through ``convert.py --max-size 256 --quality 90`` (FFCV's
+ImageNet speed setting). Example::
+
+    python -m bench.stages --images 512 --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from bench.lib import data, machine, results
+from bench.lib.table import Row, Table
+from bench.lib.timing import wait_for_quiet
+
+SETS = {"originals": (), "--max-size 256 --quality 90": ("--max-size", "256", "--quality", "90")}
+REFERENCE = "full-frame decode (reference)"
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def build_cuts(payloads: list[np.ndarray], batch: int, threads: int) -> dict[str, Any]:
+    """One built CPU pipeline per cut, in the graph's order: the reference, then each train stage."""
+    from nvidia.dali import fn, pipeline_def
+
+    from dali_pipeline.pipelines import TRAIN_STAGES, PipelineOptions, full_decode, train_stages
+    from loaders.presets import TrainPreset
+
+    batches = len(payloads) // batch
+    opts = PipelineOptions(batch_size=batch, device_id=None, num_threads=threads)
+
+    def source(info: Any) -> list[np.ndarray]:
+        i = info.iteration % batches
+        return payloads[i * batch : (i + 1) * batch]
+
+    def cut(name: str) -> Any:
+        @pipeline_def(batch_size=batch, num_threads=threads, device_id=None, prefetch_queue_depth=2, seed=1)
+        def pipe() -> Any:
+            encoded = fn.external_source(source=source, batch=True, batch_info=True)
+            if name == REFERENCE:
+                return full_decode(encoded, opts)
+            return dict(train_stages(encoded, TrainPreset(), opts))[name]
+
+        built = pipe()
+        built.build()
+        return built
+
+    return {name: cut(name) for name in (REFERENCE, *TRAIN_STAGES)}
+
+
+def time_cuts(cuts: dict[str, Any], runs: int, iterations: int, batch: int, quiet: Callable[[], float]) -> dict:
+    """Per cut: images/s and CPU microseconds per image of each timed round (round 0 untimed)."""
+    found: dict[str, dict[str, list[float]]] = {name: {"rate": [], "cpu_us": []} for name in cuts}
+    others = []
+    for r in range(runs + 1):
+        order = list(cuts) if r % 2 == 0 else list(cuts)[::-1]
+        for name in order:
+            others.append(quiet())
+            pipe = cuts[name]
+            pipe.run()
+            started, cpu = time.perf_counter(), _cpu_seconds()
+            for _ in range(iterations):
+                pipe.run()
+            seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+            if r:
+                found[name]["rate"].append(iterations * batch / seconds)
+                found[name]["cpu_us"].append(cpu / (iterations * batch) * 1e6)
+    return {"cuts": found, "others_share": statistics.median(others) if others else 0.0}
+
+
+def rows_for(label: str, timed: dict, describe: str) -> list[Row]:
+    rows, previous, names = [], None, list(timed["cuts"])
+    whole = statistics.median(timed["cuts"][names[-1]]["cpu_us"])
+    for name in names:
+        rate, cpu = (statistics.median(timed["cuts"][name][k]) for k in ("rate", "cpu_us"))
+        if name == REFERENCE:
+            added = f"{cpu:,.0f} us/image ({cpu / whole:.0%} of the train graph's)"
+        else:
+            added = f"+{cpu - (previous or 0.0):,.0f} us/image ({(cpu - (previous or 0.0)) / whole:.0%} of the graph)"
+            previous = cpu
+        what = f"{label}: {name}" + ("" if name == REFERENCE else " (cumulative cut)")
+        rows.append(Row(what, describe, f"{rate:,.0f} img/s; {cpu:,.0f} us CPU/image", rate, ratio=added))
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cores = len(os.sched_getaffinity(0))
+    p = argparse.ArgumentParser(prog="python -m bench.stages", description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=512, help="JPEGs per data set (default 512)")
+    p.add_argument("--runs", type=int, default=5, help="timed rounds; medians are reported (default 5)")
+    p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--threads", type=int, default=cores + 1, help=f"DALI CPU threads (default cores + 1, {cores + 1})")
+    p.add_argument("--epochs", type=int, default=2, help="passes over the data per timed round (default 2)")
+    p.add_argument("--quiet-wait", type=float, default=30.0, help="wait up to this long for quiet before a cut (30)")
+    data.add_common_flags(p)
+    args = p.parse_args(argv)
+    if min(args.images, args.runs, args.batch, args.threads, args.epochs) < 1 or args.images < args.batch:
+        p.error("--images, --runs, --batch, --threads and --epochs must be positive, --images >= --batch")
+    from lmdb_io.database import open_database
+
+    started, kind = time.monotonic(), machine.kind(machine.describe(gpu=False))
+    table = Table(f"Where the DALI CPU train pipeline's time goes ({kind})")
+    raw: dict[str, Any] = {}
+    with data.workdir(args.workdir, "bench_stages_") as work:
+        for label, flags in SETS.items():
+            prepared = data.prepare_database(args.source, args.images, work / label.replace(" ", "_"), *flags)
+            db = open_database(prepared.db)
+            payloads = [np.frombuffer(db.read(i)[0], np.uint8).copy() for i in range(len(db))]
+            cuts = build_cuts(payloads, args.batch, args.threads)
+            iterations = args.epochs * (len(payloads) // args.batch)
+            quiet = (lambda: wait_for_quiet(cores, 0.1, args.quiet_wait)) if args.quiet_wait > 0 else (lambda: 0.0)
+            timed = time_cuts(cuts, args.runs, iterations, args.batch, quiet)
+            raw[label] = timed
+            how = f"{prepared.describe()}; batch {args.batch}, {args.threads} DALI threads, crop 224, float32 CHW"
+            table.rows += rows_for(label, timed, how)
+            del cuts
+    shares = ", ".join(f"{k}: {v['others_share']:.0%}" for k, v in raw.items())
+    table.header = (
+        f"Method: each cut of the train graph runs {args.epochs} passes per round over the same in-memory JPEGs, "
+        f"cuts interleaved, {args.runs} timed rounds after an untimed one, medians; CPU time is this process's "
+        f"(DALI's threads). Others' median share of the CPUs before a cut: {shares}."
+    )
+    table.headings = {"ratio": "stage's cost"}
+    table.raw = raw
+    status = table.report(args.json)
+    command = "python -m bench.stages " + " ".join(argv if argv is not None else sys.argv[1:])
+    minutes = (time.monotonic() - started) / 60
+    results.rewrite_section(kind, "stages", f"{table.markdown()}\n\nCommand: `{command.strip()}` ({minutes:.0f} min).")
+    print(f"rewrote the {kind} stages section of {results.RESULTS}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
