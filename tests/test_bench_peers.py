@@ -145,8 +145,9 @@ def test_peer_delivers_normalised_float32_chw(key: str, tmp_path: Path) -> None:
     """What the bench compares must be the same work: every peer ends in float32 CHW, normalised (a peer
     handing over uint8 would skip the conversion the others pay for)."""
     peer = PEERS[key]
-    if peer.missing():
-        pytest.skip(peer.missing())
+    reason = peer.missing()
+    if reason:
+        pytest.skip(reason)
     from lmdb_io.demo_images import make_image_folder
 
     make_image_folder(str(tmp_path / "tree"), classes=2, per_class=8)

@@ -3,7 +3,7 @@ users write, and the ``Batch`` they hand to the timing loop."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,25 @@ def to_batch(images: torch.Tensor, labels: Any, indices: Any) -> Batch:
     """A peer's batch as the timing loop reads it (no padding: peers drop the last partial batch)."""
     labels, indices = torch.as_tensor(labels).reshape(-1), torch.as_tensor(indices).reshape(-1)
     return Batch(images, labels, indices, torch.zeros(len(labels), dtype=torch.bool))
+
+
+class Batches:
+    """A peer loader's (images, labels, indices) tuples as ``Batch`` es. No length: the streaming peers
+    (WebDataset, LitData) know none, and the timing loop checks a length it is given."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __iter__(self) -> Iterator[Batch]:
+        for images, labels, indices in self.inner:
+            yield to_batch(images, labels, indices)
+
+
+class SizedBatches(Batches):
+    """``Batches`` of a loader that announces its length (FFCV's ``Loader``)."""
+
+    def __len__(self) -> int:
+        return len(self.inner)
 
 
 def tensor_transform(crop: int) -> Callable[[torch.Tensor], torch.Tensor]:

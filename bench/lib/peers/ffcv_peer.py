@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import Samples, to_batch
+from .common import Samples, SizedBatches
 
 JPEG_QUALITY = 90  # RGBImageField's default, the recipe's setting
 
@@ -90,7 +90,7 @@ def loader(path: Path, batch: int, crop: int, workers: int) -> Callable[[int], I
 
     def make(seed: int) -> Iterable[Any]:
         if built:
-            return _Batches(built[0])
+            return SizedBatches(built[0])
         pipelines = {
             "image": [
                 RandomResizedCropRGBImageDecoder((crop, crop), scale=preset.area, ratio=preset.aspect_ratio),
@@ -113,20 +113,6 @@ def loader(path: Path, batch: int, crop: int, workers: int) -> Callable[[int], I
             drop_last=True,
         )
         built.append(ffcv_loader)
-        return _Batches(ffcv_loader)
+        return SizedBatches(ffcv_loader)
 
     return make
-
-
-class _Batches:
-    """FFCV's (image, label, index) tuples as ``Batch`` es; its length is the loader's."""
-
-    def __init__(self, ffcv_loader: Any) -> None:
-        self.loader = ffcv_loader
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[Any]:
-        for images, labels, indices in self.loader:
-            yield to_batch(images, labels, indices)

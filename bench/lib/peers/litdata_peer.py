@@ -4,11 +4,11 @@ and ``StreamingDataLoader`` with a worker per core, decoded by torchvision (its 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .common import Samples, tensor_transform, to_batch
+from .common import Batches, Samples, tensor_transform
 
 CHUNK_BYTES = "16MB"  # several chunks per worker on a 1,000-image set (ImageNet has thousands)
 
@@ -56,15 +56,6 @@ def loader(path: Path, batch: int, crop: int, workers: int) -> Callable[[int], I
 
     def make(seed: int) -> Iterable[Any]:
         dataset = StreamingDataset(str(path), shuffle=True, seed=seed, transform=_Decode(crop))
-        return _Batches(StreamingDataLoader(dataset, batch_size=batch, num_workers=workers, drop_last=True))
+        return Batches(StreamingDataLoader(dataset, batch_size=batch, num_workers=workers, drop_last=True))
 
     return make
-
-
-class _Batches:
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def __iter__(self) -> Iterator[Any]:
-        for images, labels, indices in self.inner:
-            yield to_batch(images, labels, indices)

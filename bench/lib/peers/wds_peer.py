@@ -3,11 +3,11 @@ sample shuffling, PIL decode and torchvision transforms in a ``DataLoader`` with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .common import Samples, to_batch
+from .common import Batches, Samples
 
 SHARD_SAMPLES = 100  # small shards so every worker gets several on a 1,000-image set
 SHUFFLE_BUFFER = 1000
@@ -57,15 +57,6 @@ def loader(path: Path, batch: int, crop: int, workers: int) -> Callable[[int], I
             .to_tuple("jpg", "cls", "__key__")
             .map_tuple(transform, int, _key)
         )
-        return _Batches(torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, drop_last=True))
+        return Batches(torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, drop_last=True))
 
     return make
-
-
-class _Batches:
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def __iter__(self) -> Iterator[Any]:
-        for images, labels, indices in self.inner:
-            yield to_batch(images, labels, indices)
