@@ -14,6 +14,7 @@ import contextlib
 import io
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -151,6 +152,23 @@ def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False) 
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_in_session(
+    cmd: Sequence[str], env: dict[str, str], timeout: float, hung: str
+) -> subprocess.CompletedProcess[str]:
+    """``cmd`` from the repo root as a session leader; one still running after ``timeout`` is killed with its
+    whole group and fails the test with ``hung`` (pytest.fail: a hang must not pass as an expected failure)."""
+    with subprocess.Popen(
+        list(cmd), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"{hung} ({timeout:.0f} s):\n{out[-2000:]}\n{err[-2000:]}")
+    return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
 
 
 def assert_one_line_error(result: Result | subprocess.CompletedProcess[str], *fragments: str, code: int = 2) -> None:

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import REPO, convert, copy_tree, repo_pythonpath
+from conftest import REPO, convert, copy_tree, repo_pythonpath, run_in_session
 from datagen import chroma_stress_jpegs
 
 from lmdb_io import open_database
@@ -157,18 +156,7 @@ def run_train(*args: str | Path, timeout: float = SUBPROCESS_TIMEOUT) -> subproc
     """``python train.py ARGS`` with this interpreter, in its own process group (killed whole on timeout).
     PYTHONPATH keeps what this process was given (a GPU machine may keep DALI, lmdb and xxhash there)."""
     cmd = [sys.executable, str(REPO / "train.py"), *map(str, args)]
-    env = {**os.environ, "PYTHONPATH": repo_pythonpath()}
-    with subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    ) as proc:
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            stdout, stderr = proc.communicate()
-            # pytest.fail, not an AssertionError: a hang must not pass for an expected failure (xfail)
-            pytest.fail(f"train.py timed out after {timeout:.0f} s:\n{stdout[-2000:]}\n{stderr[-2000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+    return run_in_session(cmd, {**os.environ, "PYTHONPATH": repo_pythonpath()}, timeout, "train.py timed out")
 
 
 def small_run(device: torch.device | str, out: Path) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import lmdb
 import pytest
 import torch
-from conftest import REPO, assert_one_line_error, copy_tree, lmdb_io_cli, repo_pythonpath, run_main
+from conftest import assert_one_line_error, copy_tree, lmdb_io_cli, repo_pythonpath, run_in_session, run_main
 
 from lmdb_dali_train.config import ConfigError, build_parser
 from lmdb_dali_train.main import main as train_main
@@ -28,16 +27,7 @@ def _train_subprocess(tmp_path: Path, *args: str, env: dict[str, str]) -> subpro
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "RANK", "WORLD_SIZE"))}
     full_env = {**base, "PYTHONPATH": repo_pythonpath(), "OMP_NUM_THREADS": "1", **env}
     cmd = [sys.executable, "train.py", *TINY, "--output-dir", str(tmp_path / "run"), *args]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        out, err = proc.communicate(timeout=HANG_LIMIT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"train.py hung for {HANG_LIMIT_S} s instead of refusing: {' '.join(args)}\n{err[-2000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return run_in_session(cmd, full_env, HANG_LIMIT_S, f"train.py hung instead of refusing: {' '.join(args)}")
 
 
 @pytest.mark.slow
