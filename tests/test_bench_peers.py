@@ -91,7 +91,9 @@ def test_skipped_peers_and_controls_become_not_run_rows() -> None:
     built = comparison.Built(skipped={k: f"not run: {k} missing" for k in ("ffcv_full", "ffcv_256", "litdata", "wds")})
     built.skipped |= {"lmdb_ffcv_full": "not run: ffcv_full missing", "lmdb_ffcv_256": "not run: ffcv_256 missing"}
     built.skipped |= {"lmdb_q90": "not run: convert.py has no --quality", "lmdb_max256": "not run: no --max-size"}
-    found = comparison.contenders(built, BATCH, 16, 1, lambda p: plan_loader, lambda p: plan_loader, "", "")
+    found = comparison.contenders(
+        built, BATCH, 16, 1, lambda p: plan_loader, lambda p: plan_loader, {"dali": 0, "torch": 0}, "", ""
+    )
     assert all(c.skip for c in found)
     rounds = rounds_of(Contender("dali_lmdb_w0", "ours", "", plan_loader), *found)
     rows = comparison.rows(found, rounds, "dali_lmdb_w0", built)
@@ -157,3 +159,14 @@ def test_peer_delivers_normalised_float32_chw(key: str, tmp_path: Path) -> None:
     for b in batches:
         assert b.images.dtype == torch.float32 and tuple(b.images.shape) == (4, 3, 32, 32)
         assert b.images.min() < 0  # normalised: ToTensor's 0..1 minus the mean goes negative
+
+
+def test_batches_a_loader_holds_ready_stay_untimed() -> None:
+    """A loader that finished ``held`` batches before the first was taken must not have them timed as free:
+    the clock starts after ``held + 1`` batches (or the rounds' own warm-up, if larger)."""
+    eager = Contender("eager", "eager", "", plan_loader, held=2)
+    plain = Contender("plain", "plain", "", plan_loader)
+    rounds = rounds_of(eager, plain)
+    batches = LENGTH // BATCH
+    assert rounds.timings["plain"][0].images == (batches - 1) * BATCH  # rounds_of's warm-up: 1 batch
+    assert rounds.timings["eager"][0].images == (batches - 3) * BATCH
