@@ -59,13 +59,12 @@ import psutil
 
 from bench.lib import data, machine, results, runlog
 from bench.lib.table import Row, Table, yes_no
-from bench.lib.timing import Contender, plan_indices, run_rounds
+from bench.lib.timing import DATALOADER_PREFETCH, Contender, plan_indices, run_rounds, untimed_batches
 
 PROG = "gpu_check"
 GPU_TESTS = "tests/test_gpu.py"
 MIN_SECONDS = {"tests": 30.0, "loader": 15.0, "train": 25.0}  # budget a row needs on a GPU to be started
 PROBE_SECONDS = 120.0  # the GPU probe's child: torch and CUDA start-up
-TORCH_PREFETCH_FACTOR = 2  # DataLoader's default, which loaders.torch_loader keeps
 GIB = 1 << 30
 OUTCOMES = ("passed", "failed", "error", "xfailed", "skipped")
 PYTEST_EXIT = {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no tests collected"}
@@ -256,7 +255,7 @@ def contender(args: argparse.Namespace, d: Data, key: str) -> Contender:
 def torch_warmup(args: argparse.Namespace) -> int:
     """Untimed batches of the torchvision loader row: its workers hold ``workers x prefetch_factor`` finished
     batches before the first is taken; the clock starts after those are gone."""
-    return max(args.warmup_batches, args.torch_workers * TORCH_PREFETCH_FACTOR + 1)
+    return untimed_batches(args.torch_workers * DATALOADER_PREFETCH, args.warmup_batches)
 
 
 def time_loader(args: argparse.Namespace, d: Data, key: str) -> dict[str, Any]:
@@ -363,13 +362,13 @@ def shm_note(args: argparse.Namespace, d: Data) -> str:
         per_sample = sum(t.numel() * t.element_size() for t in item if isinstance(t, torch.Tensor))
     except Exception as e:
         return f"/dev/shm: could not size the torchvision loader's batches ({describe(e)})"
-    need = args.torch_workers * TORCH_PREFETCH_FACTOR * args.batch * per_sample
+    need = args.torch_workers * DATALOADER_PREFETCH * args.batch * per_sample
     free = shutil.disk_usage("/dev/shm").free
     if free >= need:
         return ""
     return (
         f"/dev/shm has {free / GIB:.1f} GiB free, less than the {need / GIB:.1f} GiB the torchvision loader's "
-        f"{args.torch_workers} workers x {TORCH_PREFETCH_FACTOR} batches can hold there: its rows may fail or "
+        f"{args.torch_workers} workers x {DATALOADER_PREFETCH} batches can hold there: its rows may fail or "
         f"stall (docker run --shm-size, or fewer --torch-workers)"
     )
 
@@ -539,7 +538,7 @@ def render(args: argparse.Namespace, info: dict[str, Any], d: Data, checks: Sequ
         f"Loader-only rows, each in a process of its own killed after {args.row_budget:.0f} s (--row-budget): batch "
         f"{args.batch}, crop {args.crop}, one train epoch per run ({args.images // args.batch} batches), first "
         f"{args.warmup_batches} untimed (torchvision loader: {torch_warmup(args)}, its {args.torch_workers} workers x "
-        f"prefetch {TORCH_PREFETCH_FACTOR} + 1), {sync}median of {args.runs} run(s), no model.\n"
+        f"prefetch {DATALOADER_PREFETCH} + 1), {sync}median of {args.runs} run(s), no model.\n"
         + (f"WARNING: {d.shm}.\n" if d.shm else "")
         + f"Training rows: train.py with the flags shown (DB: the LMDB above); {runlog.RULE} Synthetic batches have "
         "1000 classes."

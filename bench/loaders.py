@@ -30,7 +30,7 @@ from bench.lib import comparison, data, machine
 from bench.lib.peers import FLOAT, PEERS
 from bench.lib.peers.common import Samples
 from bench.lib.table import Row, Table, yes_no
-from bench.lib.timing import Contender, Rounds, plan_indices, run_rounds
+from bench.lib.timing import DATALOADER_PREFETCH, Contender, Rounds, plan_indices, run_rounds
 
 
 class SampleInfo:
@@ -91,24 +91,40 @@ def contenders(
         f"`make_dali_loader(device_id=None, num_threads={threads}, py_workers=0)`: image_random_crop "
         f"(libjpeg-turbo, crop fused into decoding), resize {crop}, flip, normalize to {FLOAT}"
     )
+    dali_held = PipelineOptions.prefetch  # batches DALI's queue holds ahead
+    torch_held = args.cores * DATALOADER_PREFETCH
     found = [
         Contender(
-            "dali_lmdb_w0", "DALI CPU train from the LMDB, source in the pipeline thread (py_workers=0)", how, dali(0)
+            "dali_lmdb_w0",
+            "DALI CPU train from the LMDB, source in the pipeline thread (py_workers=0)",
+            how,
+            dali(0),
+            held=dali_held,
         )
     ]
     for w in args.py_workers:
         what = f"DALI CPU train from the LMDB, parallel source (py_workers={w})"
         how = f"same, `py_workers={w}`: the LMDB source in {w} spawned Python process{'es' if w > 1 else ''}"
-        found.append(Contender(f"dali_lmdb_w{w}", what, how, dali(w)))
+        found.append(Contender(f"dali_lmdb_w{w}", what, how, dali(w), held=dali_held))
     torch_how = f"`make_torch_loader(workers={args.cores})`: ImageFolderLMDB, PIL decode, RandomResizedCrop({crop}), "
     torch_how += f"flip, uint8 from the workers (persistent), normalized to {FLOAT} in the loader"
     found.append(
-        Contender("torch", f"torchvision DataLoader train from the LMDB, {args.cores} workers", torch_how, torch_on(db))
+        Contender(
+            "torch",
+            f"torchvision DataLoader train from the LMDB, {args.cores} workers",
+            torch_how,
+            torch_on(db),
+            held=torch_held,
+        )
     )
     how = "same graph and options as py_workers=0; `DALILoader(MemorySource)`: uint8 arrays read in RankPlan order"
     found.append(
         Contender(
-            "dali_memory_w0", "DALI CPU train from the same JPEG bytes in memory (py_workers=0)", how, dali_memory
+            "dali_memory_w0",
+            "DALI CPU train from the same JPEG bytes in memory (py_workers=0)",
+            how,
+            dali_memory,
+            held=dali_held,
         )
     )
     control_how = f"`make_dali_loader(py_workers={args.control_py_workers})`, as above, on that LMDB"
@@ -119,6 +135,7 @@ def contenders(
         args.cores,
         lambda path: dali(args.control_py_workers, path),
         torch_on,
+        {"dali": dali_held, "torch": torch_held},
         control_how,
         f"{torch_how}, on that LMDB",
     )
@@ -217,7 +234,9 @@ def run(args: argparse.Namespace, work: Path) -> Table:
     header = (
         f"{machine.line(info)}\nData: {prepared.describe()}, from {args.source.name}.\n"
         f"Method: one train epoch per run (batch {args.batch}, crop {args.crop}, {samples // args.batch} batches), "
-        f"the first {args.warmup_batches} untimed; contenders interleaved run by run, each on a fresh loader "
+        f"untimed at each epoch's start: {args.warmup_batches} batches, or every batch a loader may hold ready before "
+        f"the first is taken plus one (DataLoaders: workers x {DATALOADER_PREFETCH}; DALI: its queue; FFCV: "
+        f"batches_ahead); contenders interleaved run by run, each on a fresh loader "
         f"(FFCV: one Loader, an epoch per run), after {args.warmup_rounds} untimed warm-up run(s); "
         f"images/s is the median (min-max) of {len(rounds.used)} runs, ratios the median of per-run ratios; "
         f"every loader delivers {FLOAT} images; no model. {rounds.interference()}"

@@ -10,19 +10,18 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
 from . import data
 from .peers import PEERS
 from .peers.common import Samples
-from .peers.ffcv_peer import jpeg_bytes, stored_jpegs
+from .peers.ffcv_peer import BATCHES_AHEAD as FFCV_BATCHES_AHEAD, JPEG_QUALITY as QUALITY, jpeg_bytes, stored_jpegs
 from .table import Row, yes_no
-from .timing import Contender, Rounds
+from .timing import DATALOADER_PREFETCH, Contender, Rounds
 
 FFCV_CAP = 256  # FFCV's ImageNet recipe's max_resolution for speed; convert.py --max-size the same
-QUALITY = 90  # FFCV's jpeg_quality default
 # convert.py's settings that store what FFCV stores: q90 re-encodes; the cap at q90 too (its default is 95)
 CONVERT_FLAGS = {
     "lmdb_q90": ("--quality", str(QUALITY)),
@@ -30,6 +29,7 @@ CONVERT_FLAGS = {
 }
 
 
+@cache
 def convert_has(flag: str) -> bool:
     """Whether this checkout's convert.py takes ``flag`` (older ones lack --quality and --max-size)."""
     out = subprocess.run([sys.executable, "convert.py", "--help"], capture_output=True, text=True, cwd=data.REPO)
@@ -69,15 +69,9 @@ def ffcv_tree(beton: Path, classes: list[str], root: Path) -> Path:
     return root
 
 
-def lmdb(tree: Path, out: Path, *flags: str) -> Path:
-    data.remove(out)
-    data.run_checked(data.convert_cmd(tree, out, *flags))
-    return out
-
-
 def _ffcv_control(beton: Path, classes: list[str], work: Path, name: str) -> Path:
     root = ffcv_tree(beton, classes, work / f"{name}-tree")
-    out = lmdb(root, work / f"{name}.lmdb")
+    out = data.convert(root, work / f"{name}.lmdb")
     data.remove(root)
     return out
 
@@ -99,7 +93,7 @@ def build_all(samples: Samples, tree: Path, work: Path, peers: Iterable[str]) ->
     for name, flags in CONVERT_FLAGS.items():
         absent = [f for f in flags if f.startswith("--") and not convert_has(f)]
         why = f"not run: convert.py has no {', '.join(absent)}" if absent else ""
-        built.get(name, partial(lmdb, tree, work / f"{name}.lmdb", *flags), why)
+        built.get(name, partial(data.convert, tree, work / f"{name}.lmdb", *flags), why)
     return built
 
 
@@ -123,6 +117,7 @@ def contenders(
     workers: int,
     dali: Callable[[Path], Callable[[int], Iterable[Any]]],
     torch_on: Callable[[Path], Callable[[int], Iterable[Any]]],
+    ours_held: dict[str, int],
     dali_how: str,
     torch_how: str,
 ) -> list[Contender]:
@@ -143,14 +138,17 @@ def contenders(
             how, peer = PEERS[key].how, key
         else:
             how, peer = (torch_how if key.startswith("torch") else dali_how), ""
+        ours = "torch" if key.startswith("torch") else "dali"
+        held = (FFCV_BATCHES_AHEAD if peer == "ffcv" else workers * DATALOADER_PREFETCH) if peer else ours_held[ours]
         if path is None:
             found.append(Contender(key, WHAT[key], how, never, follows_plan=not peer, skip=skip))
         elif peer:
             make = PEERS[peer].loader(path, batch, crop, workers)
             short = workers if key == "wds" else 0  # an IterableDataset: each worker drops its partial batch
-            found.append(Contender(key, WHAT[key], how, make, follows_plan=False, max_short=short))
+            found.append(Contender(key, WHAT[key], how, make, follows_plan=False, max_short=short, held=held))
         else:
-            found.append(Contender(key, WHAT[key], how, (torch_on if key.startswith("torch") else dali)(path)))
+            make = (torch_on if ours == "torch" else dali)(path)
+            found.append(Contender(key, WHAT[key], how, make, held=held))
     return found
 
 

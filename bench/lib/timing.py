@@ -130,6 +130,8 @@ def time_epoch(
     for batch in loader:
         batches += 1
         if batches == 1:
+            if sync is not None:
+                sync()
             first_batch = time.perf_counter() - first_at
             dtype = str(batch.images.dtype)
         if len(batch.labels) != batch_size:
@@ -165,11 +167,23 @@ def wait_for_quiet(cores: int, max_foreign: float, timeout: float, interval: flo
             return share
 
 
+DATALOADER_PREFETCH = 2  # torch DataLoader's prefetch_factor default, which loaders.torch_loader keeps
+
+
+def untimed_batches(held: int, base: int) -> int:
+    """Batches to leave untimed at an epoch's start: at least ``base``, and every batch the loader may have
+    finished before the first is taken (``held``) plus one, so the clock never counts work done before it
+    started."""
+    return max(base, held + 1)
+
+
 @dataclass
 class Contender:
     """One loader configuration: ``make(seed)`` builds a fresh loader. A contender that follows the epoch
     plan delivers its exact indices; another (a peer library with its own shuffle) must deliver as many
-    distinct samples (up to ``max_short`` batches fewer); ``skip`` says why it is not run (its row shows it)."""
+    distinct samples (up to ``max_short`` batches fewer); ``skip`` says why it is not run (its row shows it).
+    ``held``: batches it may finish ahead before the first is taken (DataLoader workers x prefetch, DALI's
+    queue, FFCV's ``batches_ahead``): they stay untimed (``untimed_batches``)."""
 
     key: str
     what: str
@@ -178,6 +192,7 @@ class Contender:
     follows_plan: bool = True
     skip: str = ""
     max_short: int = 0  # batches fewer than the plan it may deliver (a DataLoader drops one partial per worker)
+    held: int = 0
 
 
 @dataclass
@@ -273,7 +288,7 @@ def run_rounds(
     def one(c: Contender, seed: int) -> EpochTiming:
         built_at = time.perf_counter()
         loader = c.make(seed)
-        timing = time_epoch(loader, batch_size, warmup, sync, built_at)
+        timing = time_epoch(loader, batch_size, untimed_batches(c.held, warmup), sync, built_at)
         del loader
         gc.collect()
         want, got = expected(seed), timing.indices

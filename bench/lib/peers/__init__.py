@@ -6,7 +6,7 @@ that says "not run: <reason>" (``missing``), so the bench runs on a clone withou
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +80,3 @@ PEERS: dict[str, Peer] = {
         ),
     )
 }
-
-
-def peer_keys() -> Sequence[str]:
-    return tuple(PEERS)

@@ -14,6 +14,7 @@ import numpy as np
 from .common import Samples, SizedBatches
 
 JPEG_QUALITY = 90  # RGBImageField's default, the recipe's setting
+BATCHES_AHEAD = 3  # Loader's default: batches it prepares before the one being taken
 
 
 class _Images:
@@ -108,6 +109,7 @@ def loader(path: Path, batch: int, crop: int, workers: int) -> Callable[[int], I
             num_workers=workers,
             os_cache=True,
             order=OrderOption.RANDOM,
+            batches_ahead=BATCHES_AHEAD,
             seed=seed,
             pipelines=pipelines,
             drop_last=True,
