@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         [
             machine.line(info),
             f"Data: the JPEGs of {source}. Converter and reader: {convert.header.splitlines()[-1]}",
-            f"Loaders: {loaders.header.splitlines()[-1]}",
+            f"Loaders: {' '.join(loaders.header.splitlines()[1:])}",
             f"Training: resnet18, batch {batch}, crop {crop}, {steps} steps per run; {runlog.RULE}",
         ]
     )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import sys
 import time
@@ -25,16 +24,12 @@ from typing import Any
 import numpy as np
 
 from bench.lib import data, machine, results
+from bench.lib.comparison import CONVERT_FLAGS
 from bench.lib.table import Row, Table
-from bench.lib.timing import wait_for_quiet
+from bench.lib.timing import cpu_snapshot, wait_for_quiet
 
-SETS = {"originals": (), "--max-size 256 --quality 90": ("--max-size", "256", "--quality", "90")}
+SETS = {"originals": (), " ".join(CONVERT_FLAGS["lmdb_max256"]): CONVERT_FLAGS["lmdb_max256"]}
 REFERENCE = "full-frame decode (reference)"
-
-
-def _cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def build_cuts(payloads: list[np.ndarray], batch: int, threads: int) -> dict[str, Any]:
@@ -66,23 +61,26 @@ def build_cuts(payloads: list[np.ndarray], batch: int, threads: int) -> dict[str
     return {name: cut(name) for name in (REFERENCE, *TRAIN_STAGES)}
 
 
-def time_cuts(cuts: dict[str, Any], runs: int, iterations: int, batch: int, quiet: Callable[[], float]) -> dict:
-    """Per cut: images/s and CPU microseconds per image of each timed round (round 0 untimed)."""
+def time_cuts(
+    cuts: dict[str, Any], runs: int, iterations: int, batch: int, cores: int, quiet: Callable[[], float]
+) -> dict:
+    """Per cut: images/s and CPU microseconds per image (this process: DALI's threads) of each timed round
+    (round 0 untimed), and the share of the CPUs others took while cuts were timed."""
     found: dict[str, dict[str, list[float]]] = {name: {"rate": [], "cpu_us": []} for name in cuts}
     others = []
     for r in range(runs + 1):
-        order = list(cuts) if r % 2 == 0 else list(cuts)[::-1]
-        for name in order:
-            others.append(quiet())
+        for name in list(cuts) if r % 2 == 0 else list(cuts)[::-1]:
+            quiet()
             pipe = cuts[name]
             pipe.run()
-            started, cpu = time.perf_counter(), _cpu_seconds()
+            started, (busy, own) = time.perf_counter(), cpu_snapshot()
             for _ in range(iterations):
                 pipe.run()
-            seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+            seconds, (busy_end, own_end) = time.perf_counter() - started, cpu_snapshot()
             if r:
                 found[name]["rate"].append(iterations * batch / seconds)
-                found[name]["cpu_us"].append(cpu / (iterations * batch) * 1e6)
+                found[name]["cpu_us"].append((own_end - own) / (iterations * batch) * 1e6)
+                others.append(max(0.0, (busy_end - busy) - (own_end - own)) / (seconds * cores))
     return {"cuts": found, "others_share": statistics.median(others) if others else 0.0}
 
 
@@ -114,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if min(args.images, args.runs, args.batch, args.threads, args.epochs) < 1 or args.images < args.batch:
         p.error("--images, --runs, --batch, --threads and --epochs must be positive, --images >= --batch")
-    from lmdb_io.database import open_database
+    from dali_pipeline.source import MemorySource
+    from loaders.plan import RankPlan
 
     started, kind = time.monotonic(), machine.kind(machine.describe(gpu=False))
     table = Table(f"Where the DALI CPU train pipeline's time goes ({kind})")
@@ -122,12 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with data.workdir(args.workdir, "bench_stages_") as work:
         for label, flags in SETS.items():
             prepared = data.prepare_database(args.source, args.images, work / label.replace(" ", "_"), *flags)
-            db = open_database(prepared.db)
-            payloads = [np.frombuffer(db.read(i)[0], np.uint8).copy() for i in range(len(db))]
+            payloads = MemorySource.from_database(prepared.db, RankPlan(prepared.tree.images, args.batch)).payloads
             cuts = build_cuts(payloads, args.batch, args.threads)
             iterations = args.epochs * (len(payloads) // args.batch)
             quiet = (lambda: wait_for_quiet(cores, 0.1, args.quiet_wait)) if args.quiet_wait > 0 else (lambda: 0.0)
-            timed = time_cuts(cuts, args.runs, iterations, args.batch, quiet)
+            timed = time_cuts(cuts, args.runs, iterations, args.batch, cores, quiet)
             raw[label] = timed
             how = f"{prepared.describe()}; batch {args.batch}, {args.threads} DALI threads, crop 224, float32 CHW"
             table.rows += rows_for(label, timed, how)
@@ -136,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table.header = (
         f"Method: each cut of the train graph runs {args.epochs} passes per round over the same in-memory JPEGs, "
         f"cuts interleaved, {args.runs} timed rounds after an untimed one, medians; CPU time is this process's "
-        f"(DALI's threads). Others' median share of the CPUs before a cut: {shares}."
+        f"(DALI's threads). Others' median share of the CPUs while a cut was timed: {shares}."
     )
     table.headings = {"ratio": "stage's cost"}
     table.raw = raw

@@ -57,6 +57,13 @@ def convert_cmd(root: Path, out: Path, *extra: str, quiet: bool = True) -> list[
     return [sys.executable, "convert.py", "--dataset", str(root), "-o", str(out), *["-q"] * quiet, *extra]
 
 
+def convert(root: Path, out: Path, *flags: str) -> Path:
+    """``convert.py`` of ``root`` into ``out`` (replaced), as a subprocess; returns ``out``."""
+    remove(out)
+    run_checked(convert_cmd(root, out, *flags))
+    return out
+
+
 def find_jpegs(source: Path) -> list[Path]:
     """The real JPEG files under ``source`` (by suffix and magic bytes), sorted; GIFs and others skipped."""
     found = []
@@ -131,9 +138,7 @@ def prepare_database(
     """``images`` JPEGs cycled from ``source`` by hard links, converted to ``workdir/train.lmdb`` (the tree
     deleted after unless ``keep_tree``: other formats are built from it), the database's pages warmed."""
     tree = build_tree(find_jpegs(source), workdir / "tree", images)
-    db = workdir / "train.lmdb"
-    remove(db)
-    run_checked(convert_cmd(tree.root, db, *convert_flags))
+    db = convert(tree.root, workdir / "train.lmdb", *convert_flags)
     if not keep_tree:
         remove(tree.root)
     warm(db)
