@@ -17,7 +17,7 @@ import numpy as np
 
 from lmdb_io.database import ImageDatabase
 from lmdb_io.trainable import BadRecordError, read_checked
-from loaders.plan import EpochOrder, RankPlan, no_good_sample, replacement_positions
+from loaders.plan import EpochOrder, RankPlan, first_good
 from loaders.resolution import ResolutionSchedule
 
 Sample = tuple[np.ndarray, ...]
@@ -47,7 +47,7 @@ class PlanSource:
                 f"per rank; lower the batch size"
             )
         self.plan, self.resolution = plan, resolution
-        self.bad: set[int] = set()  # records found undecodable: replaced like those that fail the checks
+        self.bad: set[int] = set()  # records found bad (undecodable, as the loader reports, or failing the checks)
         self.start_epoch, self.start_position = plan.first_epoch, 0
 
     @property
@@ -73,16 +73,8 @@ class PlanSource:
     def choose(self, order: EpochOrder, position: int) -> tuple[int, Any, int]:
         """(position of the sample delivered for ``position``, its bytes, its label): itself if good,
         else the next good one of ``order``."""
-        for candidate in replacement_positions(position, len(order)):
-            index = int(order.indices[candidate])
-            if index in self.bad:
-                continue
-            try:
-                payload, label = read_checked(self.read, index)
-            except BadRecordError:
-                continue
-            return candidate, payload, label
-        raise no_good_sample(len(order))
+        chosen, (payload, label) = first_good(order, position, lambda i: read_checked(self.read, i), self.bad)
+        return chosen, payload, label
 
     def restart_at(self, epoch: int, position: int) -> None:
         """The next pipeline built on this source starts at ``position`` of ``epoch``'s order."""

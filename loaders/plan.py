@@ -12,10 +12,15 @@ A resume skips a prefix of the epoch's *global* order (``skip`` positions): afte
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
+
+from lmdb_io.trainable import BadRecordError
+
+Loaded = TypeVar("Loaded")
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,29 @@ def replacement_positions(position: int, length: int) -> Iterator[int]:
     loader that finds every one bad raises ``no_good_sample``)."""
     for k in range(length):
         yield (position + k) % length
+
+
+def first_good(
+    order: EpochOrder,
+    position: int,
+    load: Callable[[int], Loaded],
+    bad: set[int],
+    on_bad: Callable[[int, str], None] | None = None,
+) -> tuple[int, Loaded]:
+    """(position delivered, ``load``'s result) for ``position`` of ``order``: its sample when the record is
+    good, else the next good one (``replacement_positions``). ``load(index)`` raises ``BadRecordError`` for
+    a bad record, which joins ``bad`` (skipped from then on) and goes to ``on_bad`` with its reason."""
+    for candidate in replacement_positions(position, len(order)):
+        index = int(order.indices[candidate])
+        if index in bad:
+            continue
+        try:
+            return candidate, load(index)
+        except BadRecordError as exc:
+            bad.add(index)
+            if on_bad is not None:
+                on_bad(index, str(exc))
+    raise no_good_sample(len(order))
 
 
 def no_good_sample(length: int) -> NoGoodSample:

@@ -31,7 +31,7 @@ from lmdb_io.trainable import BadRecordError, read_checked, reason
 from .bad_records import BadRecord
 from .batch import Batch
 from .normalize import DeviceNormalizer
-from .plan import RankPlan, no_good_sample, replacement_positions
+from .plan import RankPlan, first_good
 from .presets import Preset, TrainPreset, preset_for
 from .resolution import ResolutionSchedule
 from .workers import ignore_stop_signals, parent_garbage_frozen, stop_signals_blocked
@@ -129,24 +129,21 @@ class _SeededItems(Dataset):
         order = self.plan.for_epoch(epoch)
         transform = self._transform(epoch)
         bad: list[tuple[int, str]] = []
+
         # Seeded per sample, in a forked CPU RNG, so the caller's global RNG (workers=0) is left as it was.
         # Only the CPU generator (torchvision's transforms draw from it): torch.manual_seed also seeds every
         # CUDA device and other backends, ~130 us per sample against ~1 us here. A replacement is seeded as
         # the sample it replaces.
+        def load(chosen: int) -> tuple[Any, int]:
+            # a replacement is seeded as the sample it replaces
+            torch.default_generator.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            return self._load(chosen, transform)
+
         with torch.random.fork_rng(devices=[]):
-            for candidate in replacement_positions(position, len(order)):
-                chosen = index if candidate == position else int(order.indices[candidate])
-                if chosen in self.known_bad:
-                    continue
-                torch.default_generator.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
-                try:
-                    image, label = self._load(chosen, transform)
-                except BadRecordError as exc:
-                    bad.append((chosen, str(exc)))
-                    self.known_bad.add(chosen)
-                    continue
-                return image, label, chosen, padding or candidate != position, bad
-        raise no_good_sample(len(order))
+            candidate, (image, label) = first_good(
+                order, position, load, self.known_bad, lambda chosen, why: bad.append((chosen, why))
+            )
+        return image, label, int(order.indices[candidate]), padding or candidate != position, bad
 
 
 def _collate(samples: list[Item]) -> tuple[Any, ...]:
