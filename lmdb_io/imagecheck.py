@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .record import Buffer, ImageFormat
-from .reencode import NONE, Reencode
+from .reencode import JPEG_MAX_SIDE, NONE, Reencode
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -30,7 +30,6 @@ EOI_SEARCH_BYTES = 1024
 # Pillow's default ``MAX_IMAGE_PIXELS`` (1024**3 // 4 // 3) doubled: above it ``Image.open`` raises
 # DecompressionBombError, and DALI's decoders would allocate the whole frame (3 bytes a pixel: 537 MB here).
 PIXEL_CAP = 2 * (1024 * 1024 * 1024 // 4 // 3)  # 178,956,970 pixels
-JPEG_MAX_SIDE = 65500  # libjpeg's JPEG_MAX_DIMENSION: Pillow and DALI refuse a JPEG with a longer side
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _PLAIN_SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman
