@@ -51,12 +51,14 @@ class StructureError(ValueError):
 
 @dataclass(frozen=True)
 class Verdict:
-    """What to do with one file: ``action`` is original, transcoded or skipped."""
+    """What to do with one file: ``action`` is original, transcoded or skipped; ``size`` is an original's
+    (width, height) as its header gives it, where the checks read it (None where they did not)."""
 
     action: Action
     payload: Buffer | None
     image_format: ImageFormat
     reason: str = ""
+    size: tuple[int, int] | None = None
 
 
 def sniff_format(data: Buffer) -> ImageFormat:
@@ -260,7 +262,7 @@ def inspect_image(
                     _decode(data)
                 except Exception as exc:
                     return Verdict(Action.SKIP, None, fmt, f"does not decode: {describe_error(exc)}")
-            return Verdict(Action.STORE_ORIGINAL, data, fmt)
+            return Verdict(Action.STORE_ORIGINAL, data, fmt, size=(info.width, info.height))
         kind = {4: "CMYK/YCCK"}.get(info.components, f"{info.components}-component")
         why = f"{kind} JPEG, SOF FF{info.sof_marker:02X}, {info.precision}-bit"
         if keep_format:
@@ -275,7 +277,8 @@ def inspect_image(
 
 def _keep(data: Buffer, fmt: ImageFormat, verify: bool, why: str) -> Verdict:
     """--keep-format: store as it is once Pillow can at least parse (or, with verify, decode) it."""
-    problem = too_large(data)
+    size = image_size(memoryview(data))  # too_large's check, the size kept for the verdict
+    problem = None if size is None else size_problem(size, fmt)
     if problem:
         return Verdict(Action.SKIP, None, fmt, f"{why}; {problem}")
     try:
@@ -287,4 +290,4 @@ def _keep(data: Buffer, fmt: ImageFormat, verify: bool, why: str) -> Verdict:
             Image.open(io.BytesIO(data))
     except Exception as exc:
         return Verdict(Action.SKIP, None, fmt, f"{why}; Pillow: {describe_error(exc)}")
-    return Verdict(Action.STORE_ORIGINAL, data, fmt, f"{why}, stored as it is (--keep-format)")
+    return Verdict(Action.STORE_ORIGINAL, data, fmt, f"{why}, stored as it is (--keep-format)", size)

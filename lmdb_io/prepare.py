@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .imagecheck import Action, describe_error, image_size, inspect_image, sniff_format
+from .imagecheck import Action, describe_error, inspect_image, sniff_format
 from .record import HEADER_SIZE, ImageFormat, encode_record, write_header
 from .reencode import Reencode
 from .sources import SourceList
@@ -117,7 +117,7 @@ def _prepare(path: str, label: int, verify_decode: bool, keep_format: bool, reen
     if verdict.action == Action.SKIP:
         return Prepared(Action.SKIP, verdict.reason, None, n)
     if verdict.action == Action.STORE_ORIGINAL:
-        if reencode.active and reencode.wanted(image_size(data) or (0, 0)):
+        if reencode.active and reencode.wanted(verdict.size or (0, 0)):  # the size the checks read
             return _reencoded(data, label, reencode, n)
         return Prepared(verdict.action, verdict.reason, write_header(buf, label, verdict.image_format), n)
     assert verdict.payload is not None  # only a SKIP verdict has none
