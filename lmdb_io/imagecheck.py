@@ -30,6 +30,9 @@ EOI_SEARCH_BYTES = 1024
 # Pillow's default ``MAX_IMAGE_PIXELS`` (1024**3 // 4 // 3) doubled: above it ``Image.open`` raises
 # DecompressionBombError, and DALI's decoders would allocate the whole frame (3 bytes a pixel: 537 MB here).
 PIXEL_CAP = 2 * (1024 * 1024 * 1024 // 4 // 3)  # 178,956,970 pixels
+UNKNOWN_FORMAT = "not a known image format by its magic bytes"
+# the reason a file Pillow cannot identify either is skipped with (prepare skips such files before reading them)
+UNIDENTIFIED = f"{UNKNOWN_FORMAT}; Pillow: cannot identify image file"
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _PLAIN_SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman
@@ -269,7 +272,7 @@ def inspect_image(
             return _keep(data, fmt, verify=True, why=why)
         return _salvage(data, why, reencode)
     if fmt == ImageFormat.UNKNOWN:
-        return _salvage(data, "not a known image format by its magic bytes", reencode)
+        return _salvage(data, UNKNOWN_FORMAT, reencode)
     if keep_format:
         return _keep(data, fmt, verify=verify_decode, why=fmt.name)
     return _salvage(data, f"{fmt.name} image", reencode)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .imagecheck import Action, describe_error, inspect_image, sniff_format
+from .imagecheck import UNIDENTIFIED, Action, describe_error, inspect_image, sniff_format
 from .record import HEADER_SIZE, ImageFormat, encode_record, write_header
 from .reencode import Reencode
 from .sources import SourceList
@@ -35,7 +35,6 @@ class Prepared:
 MAX_FILE_BYTES = 2 << 30  # larger files are skipped unread (a record is one LMDB value, read whole)
 SNIFF_BYTES = 64  # read first, to tell a file that is no image from one worth reading whole
 _GROW_CHUNK = 1 << 16  # reads past the size fstat gave, for a file that grew while we read it
-_UNIDENTIFIED = "not a known image format by its magic bytes; Pillow: cannot identify image file"
 
 
 def _read_up_to(f: io.FileIO, n: int) -> bytes:
@@ -103,7 +102,7 @@ def _prepare(path: str, label: int, verify_decode: bool, keep_format: bool, reen
             size = os.fstat(f.fileno()).st_size
             head = _read_up_to(f, SNIFF_BYTES)
             if _no_image(f, head):
-                return Prepared(Action.SKIP, _UNIDENTIFIED, None, size)
+                return Prepared(Action.SKIP, UNIDENTIFIED, None, size)
             if size > MAX_FILE_BYTES:
                 return Prepared(Action.SKIP, _too_large(size), None, size)
             buf = _read_rest(f, head, size)

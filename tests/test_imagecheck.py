@@ -16,6 +16,7 @@ from PIL import Image
 
 from lmdb_io.imagecheck import (
     EOI_SEARCH_BYTES,
+    UNIDENTIFIED,
     Action,
     JpegInfo,
     StructureError,
@@ -472,3 +473,4 @@ def test_unknown_bytes_are_skipped_with_the_reason() -> None:
     verdict = _verdict(b"labels were checked by hand\n")
     assert verdict.action == Action.SKIP and verdict.reason.startswith("not a known image format by its magic bytes")
     assert "Pillow: cannot identify image file" in verdict.reason and "0x" not in verdict.reason  # no address
+    assert verdict.reason == UNIDENTIFIED  # what the converter says of such a file it skips unread
