@@ -221,10 +221,17 @@ def _decode(data: Buffer) -> Image.Image:
     return image
 
 
+_BUFFER_ADDRESS = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>")
+
+
+def without_addresses(text: str) -> str:
+    """``text`` without the ``<_io.BytesIO object at 0x...>`` Pillow names its input by: the same text every run."""
+    return _BUFFER_ADDRESS.sub("", text)
+
+
 def describe_error(exc: Exception) -> str:
     """Pillow's error as one short, reproducible line for a report."""
-    text = str(exc) or type(exc).__name__
-    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", text)  # keep reports reproducible
+    text = without_addresses(str(exc) or type(exc).__name__)
     return text.splitlines()[0][:200]
 
 
