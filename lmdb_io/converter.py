@@ -293,7 +293,6 @@ def convert(opts: ConvertOptions) -> ConvertReport:
         report = _convert_locked(opts, source)
     finally:
         lock.release()
-    report.skipped = source.skipped + report.skipped  # directories the scan could not or would not list
     report.seconds = time.perf_counter() - started
     return report
 
@@ -325,7 +324,9 @@ def _convert_locked(opts: ConvertOptions, source: SourceList) -> ConvertReport:
             report.stored_original = counts["stored_original"]
             report.stored_reencoded = counts.get("stored_reencoded", 0)
             report.stored_transcoded = counts["stored_transcoded"]
-            report.skipped = [{"path": "?", "reason": "skipped by the earlier run"}] * counts["skipped"]
+            # the recorded count includes the scan's skipped directories (listed again now), not the files
+            files = counts["skipped"] - len(source.skipped)
+            report.skipped = source.skipped + [{"path": "?", "reason": "skipped by the earlier run"}] * files
             return report
         start = commits = 0
         if progress is not None:
@@ -468,6 +469,7 @@ def _finish(
         per_class[label] += 1
     if sys.byteorder == "big":
         targets.byteswap()  # stored little endian
+    report.skipped = source.skipped + report.skipped  # directories the scan could not or would not list, too
     meta = {
         "format": schema.FORMAT_NAME,
         "schema_version": schema.SCHEMA_VERSION,

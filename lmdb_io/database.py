@@ -79,7 +79,7 @@ class ImageDatabase:
         if length == 0:
             raise NotADatabaseError(f"{self.path}: the database holds no images")
         width = int(meta["key_width"])
-        if len(keys_blob) != max(length * (width + 1) - 1, 0):
+        if len(keys_blob) != length * (width + 1) - 1:  # length >= 1: n keys, n - 1 newlines
             raise NotADatabaseError(f"{self.path}: __keys__ does not hold {length} keys of width {width}")
         import numpy as np  # here, not at module level: convert.py starts faster without it
 
@@ -88,7 +88,7 @@ class ImageDatabase:
         targets = np.frombuffer(targets_raw, dtype="<i8")
         if len(targets) != length:
             raise NotADatabaseError(f"{self.path}: __targets__ holds {len(targets)} labels, __len__ says {length}")
-        classes = len(meta.get("classes") or ())
+        classes = len(meta["classes"])  # a non-empty list (_check_meta)
         bad = np.flatnonzero((targets < 0) | (targets >= classes))
         if len(bad):  # -1 would crash mid-epoch, -100 (PyTorch's ignore index) silently train on nothing
             first = int(bad[0])

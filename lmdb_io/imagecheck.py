@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .record import Buffer, ImageFormat
-from .reencode import NONE, Reencode
+from .reencode import JPEG_MAX_SIDE, NONE, Reencode
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -30,7 +30,9 @@ EOI_SEARCH_BYTES = 1024
 # Pillow's default ``MAX_IMAGE_PIXELS`` (1024**3 // 4 // 3) doubled: above it ``Image.open`` raises
 # DecompressionBombError, and DALI's decoders would allocate the whole frame (3 bytes a pixel: 537 MB here).
 PIXEL_CAP = 2 * (1024 * 1024 * 1024 // 4 // 3)  # 178,956,970 pixels
-JPEG_MAX_SIDE = 65500  # libjpeg's JPEG_MAX_DIMENSION: Pillow and DALI refuse a JPEG with a longer side
+UNKNOWN_FORMAT = "not a known image format by its magic bytes"
+# the reason a file Pillow cannot identify either is skipped with (prepare skips such files before reading them)
+UNIDENTIFIED = f"{UNKNOWN_FORMAT}; Pillow: cannot identify image file"
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _PLAIN_SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman
@@ -52,12 +54,14 @@ class StructureError(ValueError):
 
 @dataclass(frozen=True)
 class Verdict:
-    """What to do with one file: ``action`` is original, transcoded or skipped."""
+    """What to do with one file: ``action`` is original, transcoded or skipped; ``size`` is an original's
+    (width, height) as its header gives it, where the checks read it (None where they did not)."""
 
     action: Action
     payload: Buffer | None
     image_format: ImageFormat
     reason: str = ""
+    size: tuple[int, int] | None = None
 
 
 def sniff_format(data: Buffer) -> ImageFormat:
@@ -217,10 +221,17 @@ def _decode(data: Buffer) -> Image.Image:
     return image
 
 
+_BUFFER_ADDRESS = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>")
+
+
+def without_addresses(text: str) -> str:
+    """``text`` without the ``<_io.BytesIO object at 0x...>`` Pillow names its input by: the same text every run."""
+    return _BUFFER_ADDRESS.sub("", text)
+
+
 def describe_error(exc: Exception) -> str:
     """Pillow's error as one short, reproducible line for a report."""
-    text = str(exc) or type(exc).__name__
-    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", text)  # keep reports reproducible
+    text = without_addresses(str(exc) or type(exc).__name__)
     return text.splitlines()[0][:200]
 
 
@@ -261,14 +272,14 @@ def inspect_image(
                     _decode(data)
                 except Exception as exc:
                     return Verdict(Action.SKIP, None, fmt, f"does not decode: {describe_error(exc)}")
-            return Verdict(Action.STORE_ORIGINAL, data, fmt)
+            return Verdict(Action.STORE_ORIGINAL, data, fmt, size=(info.width, info.height))
         kind = {4: "CMYK/YCCK"}.get(info.components, f"{info.components}-component")
         why = f"{kind} JPEG, SOF FF{info.sof_marker:02X}, {info.precision}-bit"
         if keep_format:
             return _keep(data, fmt, verify=True, why=why)
         return _salvage(data, why, reencode)
     if fmt == ImageFormat.UNKNOWN:
-        return _salvage(data, "not a known image format by its magic bytes", reencode)
+        return _salvage(data, UNKNOWN_FORMAT, reencode)
     if keep_format:
         return _keep(data, fmt, verify=verify_decode, why=fmt.name)
     return _salvage(data, f"{fmt.name} image", reencode)
@@ -276,7 +287,8 @@ def inspect_image(
 
 def _keep(data: Buffer, fmt: ImageFormat, verify: bool, why: str) -> Verdict:
     """--keep-format: store as it is once Pillow can at least parse (or, with verify, decode) it."""
-    problem = too_large(data)
+    size = image_size(memoryview(data))  # too_large's check, the size kept for the verdict
+    problem = None if size is None else size_problem(size, fmt)
     if problem:
         return Verdict(Action.SKIP, None, fmt, f"{why}; {problem}")
     try:
@@ -288,4 +300,4 @@ def _keep(data: Buffer, fmt: ImageFormat, verify: bool, why: str) -> Verdict:
             Image.open(io.BytesIO(data))
     except Exception as exc:
         return Verdict(Action.SKIP, None, fmt, f"{why}; Pillow: {describe_error(exc)}")
-    return Verdict(Action.STORE_ORIGINAL, data, fmt, f"{why}, stored as it is (--keep-format)")
+    return Verdict(Action.STORE_ORIGINAL, data, fmt, f"{why}, stored as it is (--keep-format)", size)

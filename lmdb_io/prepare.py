@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .imagecheck import Action, describe_error, image_size, inspect_image, sniff_format
+from .imagecheck import UNIDENTIFIED, Action, describe_error, inspect_image, sniff_format
 from .record import HEADER_SIZE, ImageFormat, encode_record, write_header
 from .reencode import Reencode
 from .sources import SourceList
@@ -35,7 +35,6 @@ class Prepared:
 MAX_FILE_BYTES = 2 << 30  # larger files are skipped unread (a record is one LMDB value, read whole)
 SNIFF_BYTES = 64  # read first, to tell a file that is no image from one worth reading whole
 _GROW_CHUNK = 1 << 16  # reads past the size fstat gave, for a file that grew while we read it
-_UNIDENTIFIED = "not a known image format by its magic bytes; Pillow: cannot identify image file"
 
 
 def _read_up_to(f: io.FileIO, n: int) -> bytes:
@@ -103,7 +102,7 @@ def _prepare(path: str, label: int, verify_decode: bool, keep_format: bool, reen
             size = os.fstat(f.fileno()).st_size
             head = _read_up_to(f, SNIFF_BYTES)
             if _no_image(f, head):
-                return Prepared(Action.SKIP, _UNIDENTIFIED, None, size)
+                return Prepared(Action.SKIP, UNIDENTIFIED, None, size)
             if size > MAX_FILE_BYTES:
                 return Prepared(Action.SKIP, _too_large(size), None, size)
             buf = _read_rest(f, head, size)
@@ -117,7 +116,7 @@ def _prepare(path: str, label: int, verify_decode: bool, keep_format: bool, reen
     if verdict.action == Action.SKIP:
         return Prepared(Action.SKIP, verdict.reason, None, n)
     if verdict.action == Action.STORE_ORIGINAL:
-        if reencode.active and reencode.wanted(image_size(data) or (0, 0)):
+        if reencode.active and reencode.wanted(verdict.size or (0, 0)):  # the size the checks read
             return _reencoded(data, label, reencode, n)
         return Prepared(verdict.action, verdict.reason, write_header(buf, label, verdict.image_format), n)
     assert verdict.payload is not None  # only a SKIP verdict has none

@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 DEFAULT_QUALITY = 95  # transcodes, and re-encodes without --quality (Pillow advises against more)
 MIN_MAX_SIZE = 16
-MAX_MAX_SIZE = 65500  # libjpeg's longest side: a cap above it changes nothing
+JPEG_MAX_SIDE = 65500  # libjpeg's JPEG_MAX_DIMENSION: Pillow and DALI refuse a JPEG with a longer side
+MAX_MAX_SIZE = JPEG_MAX_SIDE  # a cap above the longest side a JPEG can have changes nothing
 DRAFT_GAP = 2  # a JPEG is DCT-decoded at no less than this many times the target size
 
 

@@ -8,12 +8,11 @@ it bad too. Loaders replace bad records instead of stopping the run (``loaders.b
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
 from .errors import CorruptRecordError, LmdbIoError, NotADatabaseError
-from .imagecheck import too_large
+from .imagecheck import too_large, without_addresses
 
 
 class BadRecordError(LmdbIoError):
@@ -26,7 +25,7 @@ def reason(error: BaseException | str) -> str:
     text = lines[0] if lines else type(error).__name__
     if text.startswith("record ") and ": " in text:
         text = text.split(": ", 1)[1]
-    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", text)[:300]  # the same text every run
+    return without_addresses(text)[:300]
 
 
 def read_checked(read: Callable[[int], tuple[Any, int]], index: int) -> tuple[Any, int]:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from lmdb_io.imagecheck import (
     EOI_SEARCH_BYTES,
+    UNIDENTIFIED,
     Action,
     JpegInfo,
     StructureError,
@@ -95,7 +96,7 @@ def test_the_base_jpeg_is_plain() -> None:
     info = parse_jpeg(BASE)
     assert info == JpegInfo(SOF0, 8, WIDTH, HEIGHT, 3) and info.gpu_friendly
     verdict = _verdict(BASE)
-    assert verdict == Verdict(Action.STORE_ORIGINAL, BASE, ImageFormat.JPEG, "")
+    assert verdict == Verdict(Action.STORE_ORIGINAL, BASE, ImageFormat.JPEG, "", (WIDTH, HEIGHT))
     assert verdict.payload is BASE  # stored as given, no copy
     view = memoryview(bytearray(BASE))  # what the converter passes
     assert _verdict(view).payload is view
@@ -124,7 +125,7 @@ def test_accepted(case: str) -> None:
     data = ACCEPTED[case]()
     info = parse_jpeg(data)
     assert info.gpu_friendly and (info.width, info.height) == (WIDTH, HEIGHT)
-    assert _verdict(data) == Verdict(Action.STORE_ORIGINAL, data, ImageFormat.JPEG, "")
+    assert _verdict(data) == Verdict(Action.STORE_ORIGINAL, data, ImageFormat.JPEG, "", (WIDTH, HEIGHT))
     assert _verdict(data, verify_decode=True).action == Action.STORE_ORIGINAL  # and Pillow decodes it
 
 
@@ -225,7 +226,7 @@ def test_too_large_is_skipped_before_decoding(case: str, options: dict[str, bool
 def test_largest_accepted_jpeg_frames_are_stored(size: tuple[int, int], no_decode: list[str]) -> None:
     """At the limits (a side of 65500 px; fewer pixels than Pillow refuses) the cheap checks still pass."""
     data = _sized_jpeg(*size)
-    assert _verdict(data) == Verdict(Action.STORE_ORIGINAL, data, ImageFormat.JPEG, "")
+    assert _verdict(data) == Verdict(Action.STORE_ORIGINAL, data, ImageFormat.JPEG, "", size)
 
 
 # -- refused by the cheap checks, then salvaged by Pillow or skipped --------------------------------
@@ -472,3 +473,4 @@ def test_unknown_bytes_are_skipped_with_the_reason() -> None:
     verdict = _verdict(b"labels were checked by hand\n")
     assert verdict.action == Action.SKIP and verdict.reason.startswith("not a known image format by its magic bytes")
     assert "Pillow: cannot identify image file" in verdict.reason and "0x" not in verdict.reason  # no address
+    assert verdict.reason == UNIDENTIFIED  # what the converter says of such a file it skips unread

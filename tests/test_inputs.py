@@ -175,6 +175,20 @@ def test_unreadable_class_folder_is_reported(small_tree: Path, tmp_path: Path, m
     assert [(e["path"], "Permission denied" in e["reason"]) for e in report["skipped"]] == [("bees", True)]
 
 
+def test_skipped_directory_is_counted_once_in_the_database(small_tree: Path, tmp_path: Path) -> None:
+    """A directory the scan skips (here a loop) counts in __meta__'s skipped, so ``lmdb-io info`` shows what
+    convert printed and reported; a --resume of the complete database reports the same count again."""
+    (small_tree / "bees" / "up").symlink_to("..")
+    (small_tree / "bees" / "notes.txt").write_text("not an image")  # a skipped file besides the directory
+    out, report = _convert_with_report(small_tree, tmp_path)
+    assert sorted(e["path"] for e in report["skipped"]) == ["bees/notes.txt", "bees/up"], report["skipped"]
+    info = json.loads(lmdb_io_cli("info", str(out), "--json").stdout)
+    assert info["skipped_at_conversion"] == 2
+    _, again = _convert_with_report(small_tree, tmp_path, "--resume")
+    assert len(again["skipped"]) == 2, again["skipped"]
+    assert "bees/up" in [e["path"] for e in again["skipped"]]
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod 000 does not deny root (simulated above)")
 def test_unreadable_class_folder_is_reported_chmod(small_tree: Path, tmp_path: Path) -> None:
     (small_tree / "bees").chmod(0)
