@@ -3,7 +3,7 @@
 
 The loaders replace each bad record by another sample of the rank's plan and name it in their
 ``bad_records`` (``loaders.bad_records``); ``collect`` takes the new ones after each batch. ``agree`` is a
-collective: every rank calls it at the same points (every ``STOP_CHECK_EVERY`` steps under DDP, every
+collective: every rank calls it at the same points (every ``BAD_RECORDS_SHARED_EVERY`` steps under DDP, every
 step in one process, and at each epoch end), the ranks share what they met since, and rank 0 logs and
 lists the records no rank had met before. The count is of distinct records (by key) in this run.
 """
