@@ -182,7 +182,7 @@ def train_epoch(
     device = state.device
     meter = meter or Speedometer(device, world_size)
     batches_in_epoch = state.step_in_epoch + len(loader)
-    window = torch.zeros(4, device=device)  # loss sum, top-1, top-5, samples: on the device between prints
+    window = torch.zeros(3, device=device)  # loss sum, top-1, top-5: on the device between prints
     steps = 0
 
     def log_window() -> None:
@@ -207,9 +207,7 @@ def train_epoch(
         note_loss(state, loss)
         with torch.no_grad():
             n = batch.labels.numel()
-            window += torch.cat(
-                [loss.float().view(1) * n, topk_correct(logits, batch.labels), window.new_full((1,), n)]
-            )
+            window += torch.cat([loss.float().view(1) * n, topk_correct(logits, batch.labels)])
         steps += 1
         meter.step(n, state.global_step)
         state.epoch_position += n * world_size
@@ -234,10 +232,12 @@ def _log_window(
     state: TrainState, meter: Speedometer, window: torch.Tensor, batches: int, world_size: int, log: RunLog
 ) -> None:
     """One "train" record: the window's metrics over all ranks (a collective), its images/s and data-wait
-    on a reading taken after the device finished the window's work (``Speedometer.close_window``)."""
+    on a reading taken after the device finished the window's work (``Speedometer.close_window``). The
+    window's samples are the meter's images: every rank's, as train batches are equal on every rank."""
     figures = meter.close_window()
     check_finite(state)
-    loss, top1, top5, n = all_reduce_sum(window.clone()).tolist()
+    loss, top1, top5 = all_reduce_sum(window.clone()).tolist()
+    n = figures.images
     log.record(
         "train",
         f"epoch {state.epoch} step {state.step_in_epoch}/{batches} loss {loss / n:.4f} top1 {100 * top1 / n:.2f} "
