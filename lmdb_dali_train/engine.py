@@ -173,8 +173,9 @@ def train_epoch(
 ) -> tuple[str, int]:
     """Run the rest of ``state.epoch``: the loader's ``len()`` batches, which it must yield exactly.
 
-    Returns (why it ended: done, stopped, max_steps or bad_records; steps run). More bad records than
-    allowed on the epoch's last batch let the epoch end as done: the caller checks ``bad.exceeded``.
+    Returns (why it ended: done, stopped, max_steps or bad_records; steps run). The bad records met since
+    the last agreement are not agreed on the epoch's last batch: the epoch ends as done and the caller
+    agrees at the epoch's end (after validation), once.
     A window is logged at every print point and, when the loop stops between them, at the stop (every
     rank stops at the same step). ``meter`` carries the run's figures across epochs (see ``speed``).
     """
@@ -215,10 +216,10 @@ def train_epoch(
             key_log.write(state.epoch, state.global_step, batch.indices, batch.padding)
         if state.step_in_epoch % print_freq == 0 or state.step_in_epoch == batches_in_epoch:
             log_window()
-        if bad is not None:  # every rank agrees at the same steps, the epoch's last included
+        if bad is not None:  # every rank agrees at the same steps; at the epoch's last, the caller (after validation)
             last = state.step_in_epoch == batches_in_epoch
             bad.collect(loader, state.epoch, state.global_step)
-            if (last or bad.due(steps, BAD_RECORDS_SHARED_EVERY)) and bad.agree() and not last:
+            if not last and bad.due(steps, BAD_RECORDS_SHARED_EVERY) and bad.agree():
                 return ended("bad_records")
         if state.step_in_epoch == batches_in_epoch:
             continue  # the last batch: finish the epoch (the loader's end is its "done"; the caller asks then)
