@@ -51,14 +51,19 @@ class StopSignal:
     def agreed(self) -> bool:
         if not (dist.is_available() and dist.is_initialized()):
             return self.requested  # one process: no collective
-        if not self._asked:  # the first call, the same on every rank: a host group if the run's is not one
+        flag = torch.tensor([1.0 if self.requested else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.host_group())
+        return bool(flag.item() > 0)
+
+    def host_group(self) -> dist.ProcessGroup | None:
+        """The group for host-side (CPU tensor) collectives: None, the run's own, when that is gloo, else a
+        gloo group made at the first call (the same point on every rank), also the bad records' (``agree``)."""
+        if not self._asked:
             self._asked = True
             if dist.get_backend() != "gloo":
                 group = dist.new_group(backend="gloo")
                 self._group = group if isinstance(group, dist.ProcessGroup) else None  # every rank is a member
-        flag = torch.tensor([1.0 if self.requested else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
-        return bool(flag.item() > 0)
+        return self._group
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
