@@ -2,8 +2,8 @@
 ``OUTPUT_DIR/bad-records.tsv``, and counted against ``--max-bad-records`` the same way on every rank.
 
 The loaders replace each bad record by another sample of the rank's plan and name it in their
-``bad_records`` (``loaders.bad_records``); ``collect`` takes the new ones after each batch. ``agree`` is a
-collective: every rank calls it at the same points (every ``STOP_CHECK_EVERY`` steps under DDP, every
+``bad_records`` (``loaders.bad_records``); ``collect`` takes the new ones after each batch. ``agree`` is a host-side
+collective: every rank calls it at the same points (every ``BAD_RECORDS_SHARED_EVERY`` steps under DDP, every
 step in one process, and at each epoch end), the ranks share what they met since, and rank 0 logs and
 lists the records no rank had met before. The count is of distinct records (by key) in this run.
 """
@@ -11,6 +11,7 @@ lists the records no rank had met before. The count is of distinct records (by k
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,7 +19,6 @@ import torch.distributed as dist
 
 from loaders.bad_records import BadRecord, bad_records_of
 
-from .distributed import all_reduce_sum
 from .runlog import RunLog
 
 TSV_NAME = "bad-records.tsv"
@@ -37,9 +37,18 @@ def _field(value: object) -> str:
 
 
 class BadRecordLog:
-    def __init__(self, output_dir: str, limit: int, rank: int, main: bool, device: torch.device, log: RunLog) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        limit: int,
+        rank: int,
+        main: bool,
+        log: RunLog,
+        host_group: Callable[[], dist.ProcessGroup | None] = lambda: None,
+    ) -> None:
         self.path = os.path.join(output_dir, TSV_NAME)
-        self.limit, self.rank, self.main, self.device, self.log = limit, rank, main, device, log
+        self.limit, self.rank, self.main, self.log = limit, rank, main, log
+        self.host_group = host_group  # a gloo group for CPU tensors (``StopSignal.host_group``): no device sync
         self.known: dict[str, BadRecord] = {}  # every rank's, by key, as agreed
         self._pending: list[Met] = []  # met on this rank since the last agree()
         self._taken: dict[int, int] = {}  # id(loader) -> how many of its bad_records were collected
@@ -66,10 +75,12 @@ class BadRecordLog:
         pending, self._pending = self._pending, []
         met: list[Met] = pending
         if _distributed():
-            count = all_reduce_sum(torch.tensor([float(len(pending))], device=self.device))
+            group = self.host_group()
+            count = torch.tensor([float(len(pending))])
+            dist.all_reduce(count, op=dist.ReduceOp.SUM, group=group)
             if count.item() > 0:
                 parts: list[list[Met] | None] = [None] * dist.get_world_size()
-                dist.all_gather_object(parts, pending)
+                dist.all_gather_object(parts, pending, group=group)
                 met = [m for part in parts if part for m in part]
         new = [m for m in met if m[0].key not in self.known]
         for record, epoch, step, rank in new:

@@ -177,8 +177,7 @@ def save(output_dir: str, state: dict[str, Any]) -> str:
             _write(tmp, data)
         except OSError as exc:
             raise _write_error(output_dir, name, len(data), exc) from exc
-        with open(tmp, "rb") as f:
-            _decode(path, f.read())
+        verify(tmp)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -292,35 +292,31 @@ def validate(args: argparse.Namespace, cuda: bool) -> None:
 
 def resolution_schedule(args: argparse.Namespace) -> ResolutionSchedule | None:
     """The training crop's schedule over epochs from --min-res/--max-res/--start-ramp/--end-ramp, or None
-    (every epoch at --crop-size); ConfigError naming the flag for one that cannot be."""
+    (every epoch at --crop-size); ConfigError naming the flags for one that cannot be. The flags' combinations
+    are checked here, their values by ``ResolutionSchedule``."""
     low = args.crop_size if args.min_res is None else args.min_res
     high = args.crop_size if args.max_res is None else args.max_res
     start, end = args.start_ramp, args.end_ramp
-    for flag, value in (("--min-res", args.min_res), ("--max-res", args.max_res)):
-        if value is not None and value <= 0:
-            raise ConfigError(f"{flag} must be positive")
-    if low == high:
-        if start is not None or end is not None:
-            raise ConfigError(f"--start-ramp/--end-ramp need --min-res and --max-res to differ (both are {low})")
-        return None
-    if start is None or end is None:
-        raise ConfigError(
-            f"--min-res {low} and --max-res {high} differ: progressive resizing needs --start-ramp and --end-ramp"
-        )
-    if low > high:
-        raise ConfigError(f"--min-res {low} must not exceed --max-res {high}")
-    if low % ROUND_TO or high % ROUND_TO:
-        raise ConfigError(f"--min-res {low} and --max-res {high} must be multiples of {ROUND_TO}")
-    if not 0 <= start <= end:
-        raise ConfigError(f"--start-ramp {start} and --end-ramp {end} must satisfy 0 <= start <= end")
-    if args.synthetic:
-        raise ConfigError("--min-res/--max-res (progressive resizing) do not apply to --synthetic batches")
-    if args.loader == "dali" and not args.lmdb:
-        raise ConfigError(
-            "--min-res/--max-res (progressive resizing) with --loader dali need --lmdb (DALI's file reader "
-            "path has no per-epoch source); use --lmdb or --loader torch"
-        )
-    return ResolutionSchedule(low, high, start, end)
+    if low == high and (start is not None or end is not None):
+        raise ConfigError(f"--start-ramp/--end-ramp need --min-res and --max-res to differ (both are {low})")
+    if low != high:
+        if start is None or end is None:
+            raise ConfigError(
+                f"--min-res {low} and --max-res {high} differ: progressive resizing needs --start-ramp and --end-ramp"
+            )
+        if args.synthetic:
+            raise ConfigError("--min-res/--max-res (progressive resizing) do not apply to --synthetic batches")
+        if args.loader == "dali" and not args.lmdb:
+            raise ConfigError(
+                "--min-res/--max-res (progressive resizing) with --loader dali need --lmdb (DALI's file reader "
+                "path has no per-epoch source); use --lmdb or --loader torch"
+            )
+    try:
+        schedule = ResolutionSchedule(low, high, start or 0, end or 0)
+    except ValueError as error:
+        flags = f"--min-res {low} --max-res {high}" + (f" --start-ramp {start} --end-ramp {end}" if low != high else "")
+        raise ConfigError(f"{flags}: {error}") from None
+    return schedule if schedule.progressive else None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

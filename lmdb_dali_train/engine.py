@@ -51,14 +51,19 @@ class StopSignal:
     def agreed(self) -> bool:
         if not (dist.is_available() and dist.is_initialized()):
             return self.requested  # one process: no collective
-        if not self._asked:  # the first call, the same on every rank: a host group if the run's is not one
+        flag = torch.tensor([1.0 if self.requested else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.host_group())
+        return bool(flag.item() > 0)
+
+    def host_group(self) -> dist.ProcessGroup | None:
+        """The group for host-side (CPU tensor) collectives: None, the run's own, when that is gloo, else a
+        gloo group made at the first call (the same point on every rank), also the bad records' (``agree``)."""
+        if not self._asked:
             self._asked = True
             if dist.get_backend() != "gloo":
                 group = dist.new_group(backend="gloo")
                 self._group = group if isinstance(group, dist.ProcessGroup) else None  # every rank is a member
-        flag = torch.tensor([1.0 if self.requested else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
-        return bool(flag.item() > 0)
+        return self._group
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -173,8 +178,9 @@ def train_epoch(
 ) -> tuple[str, int]:
     """Run the rest of ``state.epoch``: the loader's ``len()`` batches, which it must yield exactly.
 
-    Returns (why it ended: done, stopped, max_steps or bad_records; steps run). More bad records than
-    allowed on the epoch's last batch let the epoch end as done: the caller checks ``bad.exceeded``.
+    Returns (why it ended: done, stopped, max_steps or bad_records; steps run). The bad records met since
+    the last agreement are not agreed on the epoch's last batch: the epoch ends as done and the caller
+    agrees at the epoch's end (after validation), once.
     A window is logged at every print point and, when the loop stops between them, at the stop (every
     rank stops at the same step). ``meter`` carries the run's figures across epochs (see ``speed``).
     """
@@ -182,7 +188,7 @@ def train_epoch(
     device = state.device
     meter = meter or Speedometer(device, world_size)
     batches_in_epoch = state.step_in_epoch + len(loader)
-    window = torch.zeros(4, device=device)  # loss sum, top-1, top-5, samples: on the device between prints
+    window = torch.zeros(3, device=device)  # loss sum, top-1, top-5: on the device between prints
     steps = 0
 
     def log_window() -> None:
@@ -207,9 +213,7 @@ def train_epoch(
         note_loss(state, loss)
         with torch.no_grad():
             n = batch.labels.numel()
-            window += torch.cat(
-                [loss.float().view(1) * n, topk_correct(logits, batch.labels), window.new_full((1,), n)]
-            )
+            window += torch.cat([loss.float().view(1) * n, topk_correct(logits, batch.labels)])
         steps += 1
         meter.step(n, state.global_step)
         state.epoch_position += n * world_size
@@ -217,10 +221,10 @@ def train_epoch(
             key_log.write(state.epoch, state.global_step, batch.indices, batch.padding)
         if state.step_in_epoch % print_freq == 0 or state.step_in_epoch == batches_in_epoch:
             log_window()
-        if bad is not None:  # every rank agrees at the same steps, the epoch's last included
+        if bad is not None:  # every rank agrees at the same steps; at the epoch's last, the caller (after validation)
             last = state.step_in_epoch == batches_in_epoch
             bad.collect(loader, state.epoch, state.global_step)
-            if (last or bad.due(steps, BAD_RECORDS_SHARED_EVERY)) and bad.agree() and not last:
+            if not last and bad.due(steps, BAD_RECORDS_SHARED_EVERY) and bad.agree():
                 return ended("bad_records")
         if state.step_in_epoch == batches_in_epoch:
             continue  # the last batch: finish the epoch (the loader's end is its "done"; the caller asks then)
@@ -234,10 +238,12 @@ def _log_window(
     state: TrainState, meter: Speedometer, window: torch.Tensor, batches: int, world_size: int, log: RunLog
 ) -> None:
     """One "train" record: the window's metrics over all ranks (a collective), its images/s and data-wait
-    on a reading taken after the device finished the window's work (``Speedometer.close_window``)."""
+    on a reading taken after the device finished the window's work (``Speedometer.close_window``). The
+    window's samples are the meter's images: every rank's, as train batches are equal on every rank."""
     figures = meter.close_window()
     check_finite(state)
-    loss, top1, top5, n = all_reduce_sum(window.clone()).tolist()
+    loss, top1, top5 = all_reduce_sum(window.clone()).tolist()
+    n = figures.images
     log.record(
         "train",
         f"epoch {state.epoch} step {state.step_in_epoch}/{batches} loss {loss / n:.4f} top1 {100 * top1 / n:.2f} "

@@ -349,7 +349,7 @@ def run(args: argparse.Namespace, place: Placement, stop: StopSignal) -> int:
         )
 
     val_loader = loader_for(args.val, False) if args.val else None
-    bad = BadRecordLog(args.output_dir, args.max_bad_records, place.rank, place.is_main, device, log)
+    bad = BadRecordLog(args.output_dir, args.max_bad_records, place.rank, place.is_main, log, stop.host_group)
     if args.evaluate:
         assert val_loader is not None  # validate() requires --val with --evaluate
         metrics = evaluate(state, val_loader, stop)

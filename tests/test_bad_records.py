@@ -194,9 +194,11 @@ SMALL = ["-a", "resnet18", "--crop-size", "32", "--val-resize", "36", "--device"
 EXIT_BAD_RECORDS = 3  # train.py --help: more bad records than --max-bad-records
 
 
-def _train(db: Path, out: Path, loader: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    """One epoch of ``db`` in batches of 4 (torch: two DataLoader workers, so reports cross processes)."""
-    cmd = [sys.executable, "train.py", "--loader", loader, "--lmdb", "--train", str(db), "--epochs", "1"]
+def _train(db: Path, out: Path, loader: str, *extra: str, nproc: int = 1) -> subprocess.CompletedProcess[str]:
+    """One epoch of ``db`` in batches of 4 (torch: two DataLoader workers, so reports cross processes), in
+    one process or, ``nproc`` > 1, under torchrun."""
+    run = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] if nproc > 1 else []
+    cmd = [sys.executable, *run, "train.py", "--loader", loader, "--lmdb", "--train", str(db), "--epochs", "1"]
     cmd += ["-b", str(BATCH), "--output-dir", str(out), "-j", "2" if loader == "torch" else "0", *SMALL, *extra]
     env = {**os.environ, "PYTHONPATH": repo_pythonpath(), "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
@@ -223,6 +225,19 @@ def test_train_goes_on_and_lists_bad_records(bad_records_db: Path, tmp_path: Pat
         assert len(named) == 1, proc.stdout  # the log names it once, by key and source path
     steps = RankPlan(len(db), BATCH).num_batches(0)
     assert f"step {steps}/{steps}" in proc.stdout  # every step ran
+
+
+@pytest.mark.slow
+def test_two_ranks_share_their_bad_records(bad_records_db: Path, tmp_path: Path) -> None:
+    """Under torchrun each rank meets the bad records of its own share; the ranks agree on them (host-side,
+    within the epoch at step 5 of 8 and at its end) and rank 0 lists each once."""
+    db = open_database(bad_records_db)
+    proc = _train(bad_records_db, tmp_path, "torch", "-b", "2", nproc=2)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert "all epochs done" in proc.stdout and "Traceback" not in proc.stderr
+    rows = _tsv(tmp_path)
+    assert sorted(row["key"] for row in rows) == sorted(db.key(i).decode() for i in BAD), rows
+    assert {row["rank"] for row in rows} == {"0", "1"}, rows  # each rank met some (the plan's seed is fixed)
 
 
 @pytest.mark.slow

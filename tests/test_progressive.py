@@ -132,12 +132,13 @@ def test_flags_are_checked_in_one_line(train_db: Path, train_dir: Path, tmp_path
 
     fails("--min-res", "160", fragment="--start-ramp and --end-ramp")
     fails("--min-res", "160", "--start-ramp", "3", fragment="--start-ramp and --end-ramp")
-    fails("--min-res", "256", "--start-ramp", "1", "--end-ramp", "3", fragment="must not exceed --max-res")
+    fails("--min-res", "256", "--start-ramp", "1", "--end-ramp", "3", fragment="0 < min_res <= max_res")
     fails("--min-res", "100", "--start-ramp", "1", "--end-ramp", "3", fragment="multiples of 32")
-    fails("--min-res", "160", "--start-ramp", "4", "--end-ramp", "3", fragment="0 <= start <= end")
-    fails("--min-res", "160", "--start-ramp", "-1", "--end-ramp", "3", fragment="0 <= start <= end")
-    fails("--min-res", "0", fragment="--min-res must be positive")
-    fails("--max-res", "-32", fragment="--max-res must be positive")
+    fails("--min-res", "160", "--start-ramp", "4", "--end-ramp", "3", fragment="0 <= start_ramp <= end_ramp")
+    fails("--min-res", "160", "--start-ramp", "-1", "--end-ramp", "3", fragment="0 <= start_ramp <= end_ramp")
+    fails("--min-res", "0", "--start-ramp", "1", "--end-ramp", "3", fragment="0 < min_res <= max_res, not 0, 224")
+    fails("--max-res", "-32", "--start-ramp", "1", "--end-ramp", "3", fragment="0 < min_res <= max_res, not 224, -32")
+    fails("--min-res", "0", "--max-res", "0", fragment="0 < min_res <= max_res, not 0, 0")
     fails("--start-ramp", "2", "--end-ramp", "5", fragment="need --min-res and --max-res to differ")
     ramp = ["--min-res", "160", "--max-res", "192", "--start-ramp", "1", "--end-ramp", "3"]
     fails("--synthetic", *ramp, fragment="--synthetic")
