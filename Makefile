@@ -43,7 +43,10 @@ $(STAMP): pyproject.toml Makefile scripts/pick_wheels.py
 	run $(PY) -m pip install -q --upgrade pip; \
 	run $(PY) -m pip install -q "$${torch_args[@]}"; \
 	run $(PY) -m pip install -q -e '.[dev]'; \
-	if [ $${#dali_args[@]} -gt 0 ]; then run $(PY) -m pip install -q "$${dali_args[@]}"; fi
+	if [ $${#dali_args[@]} -gt 0 ]; then run $(PY) -m pip install -q "$${dali_args[@]}"; \
+	  headers=$$($(PY) -m dali_pipeline.fused_resize --header-packages); \
+	  if [ -n "$$headers" ]; then run $(PY) -m pip install -q $$headers; fi; \
+	  $(PY) -m dali_pipeline.fused_resize || true; fi
 	touch $@
 
 test: setup

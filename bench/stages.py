@@ -1,9 +1,11 @@
 """Where the DALI CPU train pipeline's time goes: the product's train graph cut after each of its stages.
 
 ``dali_pipeline.pipelines.train_stages`` gives the graph's stages in order (crop decode, resize, flip +
-normalize); each cut is a pipeline that ends at one stage, plus a full-frame decode for reference (what FFCV
-does before cropping). Every cut is fed whole batches of the same in-memory JPEGs (one batched
-``external_source``: no per-sample Python), the cuts interleaved round by round, the first round untimed.
+normalize with DALI's operators; crop decode, then one fused resize + flip + normalize with the product's
+``dali_pipeline.fused_resize`` operator, the CPU default); each cut is a pipeline that ends at one stage,
+plus a full-frame decode for reference (what FFCV does before cropping). Both graphs are measured. Every
+cut is fed whole batches of the same in-memory JPEGs (one batched ``external_source``: no per-sample
+Python), the cuts interleaved round by round, the first round untimed.
 A stage's cost is the CPU time per image (this process: DALI's threads) that its cut adds to the previous
 cut's. Two data sets: the JPEGs as they are, and through ``convert.py --max-size 256 --quality 90`` (FFCV's
 ImageNet speed setting). Example::
@@ -29,18 +31,24 @@ from bench.lib.table import Row, Table
 from bench.lib.timing import cpu_snapshot, wait_for_quiet
 
 SETS = {"originals": (), " ".join(CONVERT_FLAGS["lmdb_max256"]): CONVERT_FLAGS["lmdb_max256"]}
+GRAPHS = {"DALI's resize": False, "fused resize": True}  # label: PipelineOptions.fused_cpu_resize
 REFERENCE = "full-frame decode (reference)"
 
 
-def build_cuts(payloads: list[np.ndarray], batch: int, threads: int) -> dict[str, Any]:
-    """One built CPU pipeline per cut, in the graph's order: the reference, then each train stage."""
+def build_cuts(payloads: list[np.ndarray], batch: int, threads: int, fused: bool = True) -> dict[str, Any]:
+    """One built CPU pipeline per cut, in the graph's order: the reference, then each train stage; ``fused``:
+    the graph with the fused resize operator (raises ``RuntimeError`` saying why where it is unavailable)."""
     from nvidia.dali import fn, pipeline_def
 
-    from dali_pipeline.pipelines import TRAIN_STAGES, PipelineOptions, full_decode, train_stages
+    from dali_pipeline import fused_resize
+    from dali_pipeline.pipelines import FUSED_TRAIN_STAGES, TRAIN_STAGES, PipelineOptions, full_decode, train_stages
     from loaders.presets import TrainPreset
 
     batches = len(payloads) // batch
-    opts = PipelineOptions(batch_size=batch, device_id=None, num_threads=threads)
+    opts = PipelineOptions(batch_size=batch, device_id=None, num_threads=threads, fused_cpu_resize=fused)
+    if fused and not opts.uses_fused_resize:
+        raise RuntimeError(f"fused resize unavailable: {fused_resize.unavailable_reason()}")
+    names = FUSED_TRAIN_STAGES if fused else TRAIN_STAGES
 
     def source(info: Any) -> list[np.ndarray]:
         i = info.iteration % batches
@@ -58,7 +66,7 @@ def build_cuts(payloads: list[np.ndarray], batch: int, threads: int) -> dict[str
         built.build()
         return built
 
-    return {name: cut(name) for name in (REFERENCE, *TRAIN_STAGES)}
+    return {name: cut(name) for name in (REFERENCE, *names)}
 
 
 def time_cuts(
@@ -119,17 +127,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = Table(f"Where the DALI CPU train pipeline's time goes ({kind})")
     raw: dict[str, Any] = {}
     with data.workdir(args.workdir, "bench_stages_") as work:
-        for label, flags in SETS.items():
-            prepared = data.prepare_database(args.source, args.images, work / label.replace(" ", "_"), *flags)
+        for data_label, flags in SETS.items():
+            prepared = data.prepare_database(args.source, args.images, work / data_label.replace(" ", "_"), *flags)
             payloads = MemorySource.from_database(prepared.db, RankPlan(prepared.tree.images, args.batch)).payloads
-            cuts = build_cuts(payloads, args.batch, args.threads)
-            iterations = args.epochs * (len(payloads) // args.batch)
-            quiet = (lambda: wait_for_quiet(cores, 0.1, args.quiet_wait)) if args.quiet_wait > 0 else (lambda: 0.0)
-            timed = time_cuts(cuts, args.runs, iterations, args.batch, cores, quiet)
-            raw[label] = timed
-            how = f"{prepared.describe()}; batch {args.batch}, {args.threads} DALI threads, crop 224, float32 CHW"
-            table.rows += rows_for(label, timed, how)
-            del cuts
+            for graph, fused in GRAPHS.items():
+                label = f"{data_label}, {graph}"
+                try:
+                    cuts = build_cuts(payloads, args.batch, args.threads, fused)
+                except RuntimeError as e:
+                    print(f"{label}: not run: {e}", file=sys.stderr)
+                    continue
+                iterations = args.epochs * (len(payloads) // args.batch)
+                quiet = (lambda: wait_for_quiet(cores, 0.1, args.quiet_wait)) if args.quiet_wait > 0 else (lambda: 0.0)
+                timed = time_cuts(cuts, args.runs, iterations, args.batch, cores, quiet)
+                raw[label] = timed
+                how = f"{prepared.describe()}; batch {args.batch}, {args.threads} DALI threads, crop 224, float32 CHW"
+                table.rows += rows_for(label, timed, how)
+                del cuts
     shares = ", ".join(f"{k}: {v['others_share']:.0%}" for k, v in raw.items())
     table.header = (
         f"Method: each cut of the train graph runs {args.epochs} passes per round over the same in-memory JPEGs, "

@@ -20,7 +20,7 @@ from nvidia.dali.pipeline import Pipeline
 from loaders.presets import Preset, TrainPreset, ValPreset
 from loaders.workers import stop_signals_blocked
 
-from . import workers
+from . import fused_resize, workers
 from .compat import no_exif_rotation, supported
 from .val_geometry import resize_and_center_crop
 
@@ -47,10 +47,17 @@ class PipelineOptions:
     preallocate_width_hint: int = 5980  # the hardware decoder's
     preallocate_height_hint: int = 6430
     seed: int = 0
+    # CPU graphs: resize, flip and normalize in one operator (``fused_resize``) where it builds, else DALI's
+    fused_cpu_resize: bool = True
 
     @property
     def on_gpu(self) -> bool:
         return self.device_id is not None
+
+    @property
+    def uses_fused_resize(self) -> bool:
+        """Whether the train graph resizes with ``fused_resize``'s operator (CPU only, once it has loaded)."""
+        return not self.on_gpu and self.fused_cpu_resize and fused_resize.available()
 
 
 def _read(source: Callable, opts: PipelineOptions) -> list:
@@ -83,16 +90,20 @@ def _decoder_args(schema: str, opts: PipelineOptions, train: bool = True) -> dic
     return args | supported(schema, **gpu)
 
 
-def _normalize(images: Any, preset: Preset, opts: PipelineOptions, mirror: Any = None) -> Any:
-    extra = {"mirror": mirror} if mirror is not None else {}
-    return fn.crop_mirror_normalize(
-        images,
+def _normalization(preset: Preset, opts: PipelineOptions) -> dict[str, Any]:
+    """What the output is: type, layout, and the preset's mean and std, which are on ToTensor's 0-1 scale
+    while DALI's pixels are 0-255."""
+    return dict(
         dtype=types.FLOAT16 if opts.fp16_output else types.FLOAT,
         output_layout="HWC" if opts.channels_last else "CHW",
-        mean=[255 * m for m in preset.mean],  # the preset is on ToTensor's 0-1 scale, DALI's pixels 0-255
+        mean=[255 * m for m in preset.mean],
         std=[255 * s for s in preset.std],
-        **extra,
     )
+
+
+def _normalize(images: Any, preset: Preset, opts: PipelineOptions, mirror: Any = None) -> Any:
+    extra = {"mirror": mirror} if mirror is not None else {}
+    return fn.crop_mirror_normalize(images, **_normalization(preset, opts), **extra)
 
 
 def _outputs(images: Any, labels: Any, indices: Any, padding: Any, opts: PipelineOptions) -> tuple:
@@ -107,12 +118,14 @@ def train_graph(encoded: Any, preset: TrainPreset, opts: PipelineOptions, size: 
     return train_stages(encoded, preset, opts, size)[-1][1]
 
 
-TRAIN_STAGES = ("crop decode", "resize", "flip + normalize")
+TRAIN_STAGES = ("crop decode", "resize", "flip + normalize")  # with DALI's operators
+FUSED_TRAIN_STAGES = ("crop decode", "fused resize + flip + normalize")  # PipelineOptions.uses_fused_resize
 
 
 def train_stages(encoded: Any, preset: TrainPreset, opts: PipelineOptions, size: Any = None) -> list[tuple[str, Any]]:
-    """The train graph's stages in order, each with its output (``TRAIN_STAGES``' names): the graph is the
-    last one's; ``bench.stages`` cuts the graph after each to see where the time goes."""
+    """The train graph's stages in order, each with its output (``TRAIN_STAGES``' names, or
+    ``FUSED_TRAIN_STAGES``' with the fused CPU operator): the graph is the last one's; ``bench.stages`` cuts
+    the graph after each to see where the time goes."""
     crop = preset.crop if size is None else size
     decoded = fn.decoders.image_random_crop(
         encoded,
@@ -122,8 +135,15 @@ def train_stages(encoded: Any, preset: TrainPreset, opts: PipelineOptions, size:
         num_attempts=preset.attempts,
         **_decoder_args("decoders__ImageRandomCrop", opts),
     )
+    mirror = fn.random.coin_flip(probability=preset.flip_probability)
+    if opts.uses_fused_resize:
+        size = float(crop) if isinstance(crop, int) else crop
+        fused = fn.lmdb_dali_train.resize_flip_normalize(
+            decoded, size=size, mirror=mirror, **_normalization(preset, opts)
+        )
+        return list(zip(FUSED_TRAIN_STAGES, (decoded, fused), strict=True))
     resized = fn.resize(decoded, resize_x=crop, resize_y=crop, interp_type=types.INTERP_LINEAR, antialias=True)
-    normalized = _normalize(resized, preset, opts, mirror=fn.random.coin_flip(probability=preset.flip_probability))
+    normalized = _normalize(resized, preset, opts, mirror=mirror)
     return list(zip(TRAIN_STAGES, (decoded, resized, normalized), strict=True))
 
 

@@ -33,6 +33,10 @@ try:
 except ImportError:
     NO_DALI = "DALI is not installed (pip install '.[cuda130]' or '.[cuda120]')"
 needs_dali = pytest.mark.skipif(NO_DALI is not None, reason=NO_DALI or "")  # the DALI half of a test pair
+# the fused CPU resize operator compiles on first use: where DALI and a C++ compiler are present it must build
+# (a missing CUDA header fails these tests, saying which; make setup installs them)
+NO_FUSED_RESIZE = NO_DALI or (None if shutil.which(os.environ.get("CXX") or "c++") else "no C++ compiler on PATH")
+needs_fused_resize = pytest.mark.skipif(NO_FUSED_RESIZE is not None, reason=NO_FUSED_RESIZE or "")
 VENDORED_BAD_IMAGES = REPO / "tests" / "data" / "bad-images"
 DATASETS_ENV = "LMDB_TEST_DATASETS"
 REAL_DATA_FIXTURES = {"hymenoptera", "real_train_db", "real_val_db"}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import needs_dali
+from conftest import needs_dali, needs_fused_resize
 
 from bench import stages
 from lmdb_io.demo_images import make_image_folder
@@ -24,7 +24,7 @@ def test_each_cut_ends_at_its_stage(tmp_path: Path) -> None:
     from dali_pipeline.pipelines import TRAIN_STAGES
 
     payloads = _jpegs(tmp_path / "tree", 8)
-    cuts = stages.build_cuts(payloads, batch=4, threads=1)
+    cuts = stages.build_cuts(payloads, batch=4, threads=1, fused=False)
     assert list(cuts) == [stages.REFERENCE, *TRAIN_STAGES]
     out = {name: pipe.run()[0] for name, pipe in cuts.items()}
     full = [np.asarray(out[stages.REFERENCE][i]) for i in range(4)]
@@ -35,6 +35,19 @@ def test_each_cut_ends_at_its_stage(tmp_path: Path) -> None:
     assert resized.dtype == np.uint8 and resized.shape == (4, 224, 224, 3)
     normalized = np.asarray(out["flip + normalize"].as_array())
     assert normalized.dtype == np.float32 and normalized.shape == (4, 3, 224, 224) and normalized.min() < 0
+
+
+@needs_fused_resize
+def test_fused_graph_cuts_after_decode_and_after_the_fused_operator(tmp_path: Path) -> None:
+    from dali_pipeline.pipelines import FUSED_TRAIN_STAGES
+
+    payloads = _jpegs(tmp_path / "tree", 8)
+    cuts = stages.build_cuts(payloads, batch=4, threads=1, fused=True)
+    assert list(cuts) == [stages.REFERENCE, *FUSED_TRAIN_STAGES]
+    out = {name: pipe.run()[0] for name, pipe in cuts.items()}
+    assert all(np.asarray(out["crop decode"][i]).dtype == np.uint8 for i in range(4))
+    fused = np.asarray(out[FUSED_TRAIN_STAGES[-1]].as_array())
+    assert fused.dtype == np.float32 and fused.shape == (4, 3, 224, 224) and fused.min() < 0
 
 
 def test_stage_cost_is_what_a_cut_adds_to_the_previous_one() -> None:
