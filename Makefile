@@ -74,7 +74,7 @@ lint: setup
 
 # DALI 1.34 (the last nvidia-dali-cuda110 on PyPI, Python <= 3.11) in its own environment; torch and the
 # rest come from $(VENV) through a .pth file placed after the environment's own site-packages.
-DALI_TESTS := tests/test_loaders.py tests/test_dali_val_parity.py
+DALI_TESTS := tests/test_loaders.py tests/test_dali_val_parity.py tests/test_fused_resize.py
 
 test-dali-compat: setup
 	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
