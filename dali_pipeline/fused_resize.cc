@@ -28,6 +28,7 @@ struct Taps {
   int count = 0;
   std::vector<int> start;
   std::vector<float> w;
+  std::vector<double> raw;  // unnormalised weights of one output, reused across samples
 };
 
 // PIL's precompute_coeffs for the bilinear (triangle) filter, as torchvision's antialiased resize uses it.
@@ -39,7 +40,8 @@ static void MakeTaps(int in, int out, Taps &t) {
   t.count = count;
   t.start.assign(out, 0);
   t.w.assign(static_cast<size_t>(out) * count, 0.f);
-  std::vector<double> ww(count);
+  t.raw.resize(count);
+  std::vector<double> &ww = t.raw;
   for (int i = 0; i < out; i++) {
     const double center = (i + 0.5) * scale;
     const int lo = std::max(static_cast<int>(center - support + 0.5), 0);
@@ -57,33 +59,20 @@ static void MakeTaps(int in, int out, Taps &t) {
   }
 }
 
-// One output row of the vertical pass over interleaved uint8 rows (row_len = width * 3), vectorised.
+// One output row of the vertical pass over interleaved rows (row_len = width * 3), vectorised: uint8 rows
+// of the input, or float rows when the horizontal pass ran first.
+template <typename In>
 __attribute__((target_clones("avx2", "default")))
-static void VerticalRow(const uint8_t *in, int row_len, const Taps &t, int y, float *dst) {
+static void VerticalRow(const In *in, int row_len, const Taps &t, int y, float *dst) {
   const int count = t.count;
   const float *w = &t.w[static_cast<size_t>(y) * count];
-  const uint8_t *base = in + static_cast<size_t>(t.start[y]) * row_len;
+  const In *base = in + static_cast<size_t>(t.start[y]) * row_len;
   std::fill(dst, dst + row_len, 0.f);
   for (int k = 0; k < count; k++) {
     const float wk = w[k];
     if (wk == 0.f) continue;
-    const uint8_t *r = base + static_cast<size_t>(k) * row_len;
+    const In *r = base + static_cast<size_t>(k) * row_len;
     for (int i = 0; i < row_len; i++) dst[i] += wk * static_cast<float>(r[i]);
-  }
-}
-
-// The same over float rows (the horizontal pass done first).
-__attribute__((target_clones("avx2", "default")))
-static void VerticalRowF(const float *in, int row_len, const Taps &t, int y, float *dst) {
-  const int count = t.count;
-  const float *w = &t.w[static_cast<size_t>(y) * count];
-  const float *base = in + static_cast<size_t>(t.start[y]) * row_len;
-  std::fill(dst, dst + row_len, 0.f);
-  for (int k = 0; k < count; k++) {
-    const float wk = w[k];
-    if (wk == 0.f) continue;
-    const float *r = base + static_cast<size_t>(k) * row_len;
-    for (int i = 0; i < row_len; i++) dst[i] += wk * r[i];
   }
 }
 
@@ -221,7 +210,7 @@ class ResizeFlipNormalize : public dali::Operator<CPUBackend> {
     }
     for (int y = 0; y < S; y++) {
       if (h_first) {
-        VerticalRowF(sc.rows.data(), S * 3, sc.v, y, sc.row_h.data());
+        VerticalRow(sc.rows.data(), S * 3, sc.v, y, sc.row_h.data());
       } else {
         VerticalRow(src, W * 3, sc.v, y, sc.row_v.data());
         HorizontalRow(sc.row_v.data(), sc.h, S, sc.row_h.data());

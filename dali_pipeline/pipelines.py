@@ -137,9 +137,9 @@ def train_stages(encoded: Any, preset: TrainPreset, opts: PipelineOptions, size:
     )
     mirror = fn.random.coin_flip(probability=preset.flip_probability)
     if opts.uses_fused_resize:
-        size = float(crop) if isinstance(crop, int) else crop
+        side = float(crop) if isinstance(crop, int) else crop  # the operator's size is a float, as resize's
         fused = fn.lmdb_dali_train.resize_flip_normalize(
-            decoded, size=size, mirror=mirror, **_normalization(preset, opts)
+            decoded, size=side, mirror=mirror, **_normalization(preset, opts)
         )
         return list(zip(FUSED_TRAIN_STAGES, (decoded, fused), strict=True))
     resized = fn.resize(decoded, resize_x=crop, resize_y=crop, interp_type=types.INTERP_LINEAR, antialias=True)

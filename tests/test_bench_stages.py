@@ -19,21 +19,25 @@ def _jpegs(root: Path, count: int) -> list[np.ndarray]:
     return [np.fromfile(f, np.uint8) for f in sorted(root.rglob("*.jpg"))][:count]
 
 
+def _cut_outputs(tmp_path: Path, fused: bool, reference: bool = True) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Each cut's name, in order, and its first batch's images (crops stay per-sample arrays)."""
+    cuts = stages.build_cuts(_jpegs(tmp_path / "tree", 8), batch=4, threads=1, fused=fused, reference=reference)
+    out = {name: pipe.run()[0] for name, pipe in cuts.items()}
+    return list(cuts), {name: [np.asarray(batch[i]) for i in range(4)] for name, batch in out.items()}
+
+
 @needs_dali
 def test_each_cut_ends_at_its_stage(tmp_path: Path) -> None:
     from dali_pipeline.pipelines import TRAIN_STAGES
 
-    payloads = _jpegs(tmp_path / "tree", 8)
-    cuts = stages.build_cuts(payloads, batch=4, threads=1, fused=False)
-    assert list(cuts) == [stages.REFERENCE, *TRAIN_STAGES]
-    out = {name: pipe.run()[0] for name, pipe in cuts.items()}
-    full = [np.asarray(out[stages.REFERENCE][i]) for i in range(4)]
-    crops = [np.asarray(out["crop decode"][i]) for i in range(4)]
+    names, out = _cut_outputs(tmp_path, fused=False)
+    assert names == [stages.REFERENCE, *TRAIN_STAGES]
+    full, crops = out[stages.REFERENCE], out["crop decode"]
     assert all(c.dtype == np.uint8 and c.shape[2] == 3 for c in crops)
     assert all(c.shape[0] * c.shape[1] <= f.shape[0] * f.shape[1] for c, f in zip(crops, full, strict=True))
-    resized = np.asarray(out["resize"].as_array())
+    resized = np.stack(out["resize"])
     assert resized.dtype == np.uint8 and resized.shape == (4, 224, 224, 3)
-    normalized = np.asarray(out["flip + normalize"].as_array())
+    normalized = np.stack(out["flip + normalize"])
     assert normalized.dtype == np.float32 and normalized.shape == (4, 3, 224, 224) and normalized.min() < 0
 
 
@@ -41,12 +45,10 @@ def test_each_cut_ends_at_its_stage(tmp_path: Path) -> None:
 def test_fused_graph_cuts_after_decode_and_after_the_fused_operator(tmp_path: Path) -> None:
     from dali_pipeline.pipelines import FUSED_TRAIN_STAGES
 
-    payloads = _jpegs(tmp_path / "tree", 8)
-    cuts = stages.build_cuts(payloads, batch=4, threads=1, fused=True)
-    assert list(cuts) == [stages.REFERENCE, *FUSED_TRAIN_STAGES]
-    out = {name: pipe.run()[0] for name, pipe in cuts.items()}
-    assert all(np.asarray(out["crop decode"][i]).dtype == np.uint8 for i in range(4))
-    fused = np.asarray(out[FUSED_TRAIN_STAGES[-1]].as_array())
+    names, out = _cut_outputs(tmp_path, fused=True, reference=False)
+    assert names == list(FUSED_TRAIN_STAGES)
+    assert all(c.dtype == np.uint8 and c.shape[2] == 3 for c in out["crop decode"])
+    fused = np.stack(out[FUSED_TRAIN_STAGES[-1]])
     assert fused.dtype == np.float32 and fused.shape == (4, 3, 224, 224) and fused.min() < 0
 
 
