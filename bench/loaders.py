@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0))
     p = argparse.ArgumentParser(prog="python -m bench.loaders", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=1000, help="JPEGs in the database (default 1000)")
-    p.add_argument("--runs", type=int, default=3, help="timed runs per contender; the median is reported (default 3)")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per contender; the median is reported (default 5)")
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--crop", type=int, default=224, help="train crop size (default 224)")
     p.add_argument("--cores", type=int, default=cores, help=f"DataLoader workers (default: usable cores, {cores})")
