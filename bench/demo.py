@@ -54,11 +54,11 @@ def loader_only(kind: str, db: Path, batch: int, crop: int, epochs: int = 2) -> 
     """Images/s of the training loader alone over two epochs, the first batch (start-up) left out."""
     loader: Any
     if kind == "dali":
-        from loaders.dali_loader import make_dali_loader
+        from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
         loader = make_dali_loader(db, batch, train=True, crop=crop, device_id=0 if torch.cuda.is_available() else None)
     else:
-        from loaders.torch_loader import make_torch_loader
+        from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 
         loader = make_torch_loader(db, batch, train=True, crop=crop, workers=2)
     images, started = 0, None

@@ -123,12 +123,12 @@ def probe(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
         names = set(torchvision.models.list_models(module=torchvision.models))
         missing |= {a: f"torchvision {torchvision.__version__} has no model {a}" for a in args.archs if a not in names}
     try:
-        import loaders.dali_loader  # noqa: F401 (DALI and the loader layer)
+        import lmdb_dali_train.loaders.dali_loader  # noqa: F401 (DALI and the loader layer)
 
         if not args.cpu and "gpu" not in missing and not info.get("dali_cuda_devices"):
             missing["dali"] = "DALI sees no CUDA device (driver too old for this DALI wheel?)"
     except Exception as e:
-        missing.setdefault("dali", f"DALI or loaders.dali_loader not importable ({describe(e)})")
+        missing.setdefault("dali", f"DALI or lmdb_dali_train.loaders.dali_loader not importable ({describe(e)})")
     env = tests_env(args.cpu)
     proc = subprocess.run([sys.executable, "-c", "import pytest"], cwd=data.REPO, env=env, capture_output=True)
     if proc.returncode:
@@ -228,10 +228,10 @@ def contender(args: argparse.Namespace, d: Data, key: str) -> Contender:
 
     from dali_pipeline.pipelines import PipelineOptions
     from dali_pipeline.source import MemorySource
-    from loaders.dali_loader import DALILoader, make_dali_loader
-    from loaders.plan import RankPlan
-    from loaders.presets import TrainPreset
-    from loaders.torch_loader import make_torch_loader
+    from lmdb_dali_train.loaders.dali_loader import DALILoader, make_dali_loader
+    from lmdb_dali_train.loaders.torch_loader import make_torch_loader
+    from lmdb_io.reading.plan import RankPlan
+    from lmdb_io.reading.presets import TrainPreset
 
     assert d.db is not None  # run_check runs the rows that need "db" only once it is built
     db, batch, crop = d.db, args.batch, args.crop
@@ -325,7 +325,7 @@ def run_row(spec_path: str, out_path: str) -> int:
             d = Data(Path(spec["work"]), db, spec["length"])
             if spec["key"].startswith("memory"):
                 from dali_pipeline.source import MemorySource
-                from loaders.plan import RankPlan
+                from lmdb_io.reading.plan import RankPlan
 
                 d.memory = MemorySource.from_database(db, RankPlan(d.length, args.batch))
             found = time_loader(args, d, spec["key"])
@@ -355,7 +355,7 @@ def shm_note(args: argparse.Namespace, d: Data) -> str:
     try:
         import torch
 
-        from loaders.torch_loader import make_torch_loader
+        from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 
         loader = make_torch_loader(d.db, args.batch, train=True, workers=0, crop=args.crop)
         item = loader.items[next(iter(loader.sampler))]  # what a worker hands over for one sample

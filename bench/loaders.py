@@ -69,10 +69,10 @@ def contenders(
     from dali_pipeline import fused_resize
     from dali_pipeline.pipelines import PipelineOptions
     from dali_pipeline.source import MemorySource
-    from loaders.dali_loader import DALILoader, make_dali_loader
-    from loaders.plan import RankPlan
-    from loaders.presets import TrainPreset
-    from loaders.torch_loader import make_torch_loader
+    from lmdb_dali_train.loaders.dali_loader import DALILoader, make_dali_loader
+    from lmdb_dali_train.loaders.torch_loader import make_torch_loader
+    from lmdb_io.reading.plan import RankPlan
+    from lmdb_io.reading.presets import TrainPreset
 
     batch, crop, threads = args.batch, args.crop, args.dali_threads or args.cores + 1
 
@@ -215,7 +215,7 @@ def build_rows(found: Sequence[Contender], rounds: Rounds, source_us: dict[str, 
 
 def run(args: argparse.Namespace, work: Path) -> Table:
     from dali_pipeline.source import LMDBSource, MemorySource
-    from loaders.plan import RankPlan
+    from lmdb_io.reading.plan import RankPlan
 
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.verbose else (lambda s: None)
     prepared = data.prepare_database(args.source, args.images, work, keep_tree=True)

@@ -45,7 +45,7 @@ def build_cuts(
 
     from dali_pipeline import fused_resize
     from dali_pipeline.pipelines import FUSED_TRAIN_STAGES, TRAIN_STAGES, PipelineOptions, full_decode, train_stages
-    from loaders.presets import TrainPreset
+    from lmdb_io.reading.presets import TrainPreset
 
     batches = len(payloads) // batch
     opts = PipelineOptions(batch_size=batch, device_id=None, num_threads=threads, fused_cpu_resize=fused)
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.images, args.runs, args.batch, args.threads, args.epochs) < 1 or args.images < args.batch:
         p.error("--images, --runs, --batch, --threads and --epochs must be positive, --images >= --batch")
     from dali_pipeline.source import MemorySource
-    from loaders.plan import RankPlan
+    from lmdb_io.reading.plan import RankPlan
 
     started, kind = time.monotonic(), machine.kind(machine.describe(gpu=False))
     table = Table(f"Where the DALI CPU train pipeline's time goes ({kind})")

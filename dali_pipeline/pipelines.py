@@ -2,7 +2,7 @@
 
 The graph is the same on a GPU and on the CPU: with a device id the decoder runs ``mixed`` (nvJPEG,
 hardware decoder where present) and the rest on the GPU; with ``device_id=None`` every operator is a
-CPU one. What the graphs do is ``loaders.presets``' definition, the one the torchvision loader follows:
+CPU one. What the graphs do is ``lmdb_io.reading.presets``' definition, the one the torchvision loader follows:
 train decodes with a random-resized crop fused into decoding, resizes to the crop, flips at random and
 normalizes; validation resizes the shorter side and center crops with torchvision's integer arithmetic
 (``val_geometry``), then normalizes.
@@ -17,8 +17,8 @@ from typing import Any
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
-from loaders.presets import Preset, TrainPreset, ValPreset
-from loaders.workers import stop_signals_blocked
+from lmdb_io.reading.presets import Preset, TrainPreset, ValPreset
+from lmdb_io.reading.workers import stop_signals_blocked
 
 from . import fused_resize, workers
 from .compat import no_exif_rotation, supported
@@ -113,7 +113,7 @@ def _outputs(images: Any, labels: Any, indices: Any, padding: Any, opts: Pipelin
 def train_graph(encoded: Any, preset: TrainPreset, opts: PipelineOptions, size: Any = None) -> Any:
     """Decode with a random-resized crop, resize to the crop size, random flip, normalize.
 
-    ``size``: per-sample crop sizes (a DataNode: progressive resizing, ``loaders.resolution``) instead of
+    ``size``: per-sample crop sizes (a DataNode: progressive resizing, ``lmdb_io.reading.resolution``) instead of
     the preset's fixed ``crop``; resize takes them as argument inputs, so no rebuild when they change."""
     return train_stages(encoded, preset, opts, size)[-1][1]
 
@@ -214,7 +214,7 @@ def _pipeline_args(opts: PipelineOptions) -> dict[str, Any]:
 def build_pipeline(source: Callable, opts: PipelineOptions, preset: Preset) -> Pipeline:
     """A built pipeline over a per-sample source. Python workers start with spawn: DALI cannot fork
     them once CUDA is initialised, and building a GPU pipeline initialises it. They start in ``build``,
-    with SIGINT/SIGTERM blocked (``loaders.workers``): a signal to the process group is the trainer's."""
+    with SIGINT/SIGTERM blocked (``lmdb_io.reading.workers``): a signal to the process group is the trainer's."""
     pipe = _source_pipeline(source, opts, preset, **_pipeline_args(opts))
     with stop_signals_blocked(spawn=opts.py_workers > 0):
         pipe.build()

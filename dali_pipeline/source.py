@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from lmdb_io.database import ImageDatabase
+from lmdb_io.reading.plan import EpochOrder, RankPlan, first_good
+from lmdb_io.reading.resolution import ResolutionSchedule
 from lmdb_io.trainable import BadRecordError, read_checked
-from loaders.plan import EpochOrder, RankPlan, first_good
-from loaders.resolution import ResolutionSchedule
 
 Sample = tuple[np.ndarray, ...]
 
@@ -32,7 +32,7 @@ class PlanSource:
 
     A bad record (checksum, header, too many pixels by its image header, or listed in ``bad`` by the
     loader after DALI failed to decode it) is replaced by the next good sample of the epoch's order and
-    delivered as padding (``loaders.bad_records``); the loader sees the replacement in the indices.
+    delivered as padding (``lmdb_io.reading.bad_records``); the loader sees the replacement in the indices.
     ``restart_at`` makes a rebuilt pipeline's first epoch start at a given epoch and position.
 
     With a ``resolution`` schedule (progressive resizing) each sample also carries its epoch's crop size

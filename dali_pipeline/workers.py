@@ -1,12 +1,12 @@
 """How the pipelines hand their source to DALI's Python workers: plain pickle, and on arrival each worker
-leaves SIGINT/SIGTERM to the trainer (``loaders.workers``). Given to DALI as ``py_callback_pickler``."""
+leaves SIGINT/SIGTERM to the trainer (``lmdb_io.reading.workers``). Given to DALI as ``py_callback_pickler``."""
 
 from __future__ import annotations
 
 import pickle
 from typing import Any
 
-from loaders.workers import ignore_stop_signals
+from lmdb_io.reading.workers import ignore_stop_signals
 
 
 def dumps(obj: Any, **kwargs: Any) -> bytes:
@@ -14,6 +14,6 @@ def dumps(obj: Any, **kwargs: Any) -> bytes:
 
 
 def loads(data: bytes, **kwargs: Any) -> Any:
-    """In a worker, before it takes any task: see ``loaders.workers.ignore_stop_signals``."""
+    """In a worker, before it takes any task: see ``lmdb_io.reading.workers.ignore_stop_signals``."""
     ignore_stop_signals()
     return pickle.loads(data, **kwargs)

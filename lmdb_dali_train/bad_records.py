@@ -1,11 +1,11 @@
 """Bad records met while training: named by key and source path in the log and in
 ``OUTPUT_DIR/bad-records.tsv``, and counted against ``--max-bad-records`` the same way on every rank.
 
-The loaders replace each bad record by another sample of the rank's plan and name it in their
-``bad_records`` (``loaders.bad_records``); ``collect`` takes the new ones after each batch. ``agree`` is a host-side
+The loaders replace each bad record by another sample of the rank's plan and name it in their ``bad_records``
+(``lmdb_io.reading.bad_records``); ``collect`` takes the new ones after each batch. ``agree`` is a host-side
 collective: every rank calls it at the same points (every ``BAD_RECORDS_SHARED_EVERY`` steps under DDP, every
-step in one process, and at each epoch end), the ranks share what they met since, and rank 0 logs and
-lists the records no rank had met before. The count is of distinct records (by key) in this run.
+step in one process, and at each epoch end), the ranks share what they met since, and rank 0 logs and lists
+the records no rank had met before. The count is of distinct records (by key) in this run.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from loaders.bad_records import BadRecord, bad_records_of
+from lmdb_io.reading.bad_records import BadRecord, bad_records_of
 
 from .runlog import RunLog
 

@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 
 from lmdb_io import __version__, is_database
-from loaders.resolution import ROUND_TO, ResolutionSchedule
+from lmdb_io.reading.resolution import ROUND_TO, ResolutionSchedule
 
 from .progname import prog_name
 

@@ -1,5 +1,5 @@
 """The one place that turns train.py's flags into loaders: DALI or torch, database or ImageFolder tree,
-or synthetic batches. Every loader is a ``loaders.BatchLoader``, so the loops never branch on it."""
+or synthetic batches. Every loader is a ``BatchLoader``, so the loops never branch on it."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
+from lmdb_dali_train.loaders.batch import BatchLoader
 from lmdb_io import LmdbIoError
-from loaders.batch import BatchLoader
 
 from .config import ConfigError, resolution_schedule
 
@@ -112,9 +112,9 @@ def make_loader(
     synthetic_steps: int = 100,
 ) -> BatchLoader:
     """The loader the flags ask for, for one rank; ``skip`` resumes mid-epoch (positions of the epoch's
-    global order, see ``loaders.plan.RankPlan``)."""
+    global order, see ``lmdb_io.reading.plan.RankPlan``)."""
     if args.synthetic:
-        from loaders.synthetic import SyntheticLoader
+        from lmdb_dali_train.loaders.synthetic import SyntheticLoader
 
         return SyntheticLoader(
             args.batch_size,
@@ -141,7 +141,7 @@ def make_loader(
         skip=skip if train else 0,
     )
     if args.loader == "torch":
-        from loaders.torch_loader import make_torch_loader
+        from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 
         return make_torch_loader(
             path,
@@ -161,14 +161,14 @@ def make_loader(
         channels_last=args.channels_last,
     )
     if args.lmdb:
-        from loaders.dali_loader import make_dali_loader
+        from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
         if workers is not None:
             options["py_workers"] = workers
         return make_dali_loader(path, args.batch_size, device_id=device_id, **common, **options)
     from dali_pipeline.pipelines import PipelineOptions
-    from loaders.dali_loader import DALIFolderLoader
-    from loaders.presets import preset_for
+    from lmdb_dali_train.loaders.dali_loader import DALIFolderLoader
+    from lmdb_io.reading.presets import preset_for
 
     opts = PipelineOptions(batch_size=args.batch_size, device_id=device_id, seed=args.seed + rank, **options)
     return DALIFolderLoader(path, opts, preset_for(train, args.crop_size, args.val_resize), rank, world_size)

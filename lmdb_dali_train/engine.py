@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from loaders.batch import Batch, BatchLoader, counted
+from lmdb_dali_train.loaders.batch import Batch, BatchLoader, counted
 
 from .bad_records import BadRecordLog
 from .distributed import all_reduce_max, all_reduce_sum

@@ -13,8 +13,8 @@ import torch
 import torchvision
 from torch import nn
 
-from loaders.batch import BatchLoader
-from loaders.plan import RankPlan
+from lmdb_dali_train.loaders.batch import BatchLoader
+from lmdb_io.reading.plan import RankPlan
 
 from . import checkpoint
 from .bad_records import BadRecordLog

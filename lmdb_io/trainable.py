@@ -3,7 +3,7 @@
 A record is bad when it fails its checksum or header check, or when its image header claims more pixels
 than ``imagecheck.PIXEL_CAP`` allows or a side longer than a JPEG decoder takes (``imagecheck.too_large``,
 checked before anything decodes it); a loader that then fails to decode it finds
-it bad too. Loaders replace bad records instead of stopping the run (``loaders.bad_records``).
+it bad too. Loaders replace bad records instead of stopping the run (``lmdb_io.reading.bad_records``).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from datagen import huge_png
 from PIL import Image
 
 from lmdb_io import open_database
-from loaders.plan import RankPlan
+from lmdb_io.reading.plan import RankPlan
 
 KINDS = [pytest.param("dali", marks=needs_dali), "torch"]
 HUGE, FLIPPED, GARBAGE, FLIPPED_AFTER_GARBAGE = 3, 7, 20, 21
@@ -94,10 +94,10 @@ def expected_indices(order: list[int], bad: set[int]) -> list[int]:
 
 def make_loader(kind: str, path: Path, batch: int, workers: int, **kw):
     if kind == "torch":
-        from loaders.torch_loader import make_torch_loader
+        from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 
         return make_torch_loader(path, batch, workers=workers, **kw)
-    from loaders.dali_loader import make_dali_loader
+    from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
     return make_dali_loader(path, batch, py_workers=workers, **kw)
 

@@ -17,8 +17,8 @@ from bench.lib.peers import PEERS, Peer
 from bench.lib.peers.common import Samples
 from bench.lib.table import Row, Table
 from bench.lib.timing import Contender, plan_indices, run_rounds
-from loaders.batch import Batch
-from loaders.plan import RankPlan
+from lmdb_dali_train.loaders.batch import Batch
+from lmdb_io.reading.plan import RankPlan
 
 LENGTH, BATCH = 40, 8
 

@@ -95,7 +95,7 @@ def _train_outputs(payloads: list[np.ndarray], fused: bool) -> tuple[list[str], 
     from nvidia.dali import fn, pipeline_def
 
     from dali_pipeline.pipelines import PipelineOptions, train_stages
-    from loaders.presets import TrainPreset
+    from lmdb_io.reading.presets import TrainPreset
 
     opts = PipelineOptions(batch_size=len(payloads), device_id=None, num_threads=2, fused_cpu_resize=fused)
     names: list[str] = []

@@ -34,10 +34,10 @@ import torch
 from conftest import REPO, convert, copy_tree, repo_pythonpath, run_in_session
 from datagen import chroma_stress_jpegs
 
+from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 from lmdb_io import open_database
-from loaders.constants import IMAGENET_MEAN, IMAGENET_STD
-from loaders.plan import RankPlan
-from loaders.torch_loader import make_torch_loader
+from lmdb_io.reading.constants import IMAGENET_MEAN, IMAGENET_STD
+from lmdb_io.reading.plan import RankPlan
 
 pytestmark = pytest.mark.gpu
 
@@ -74,7 +74,7 @@ def dali_epoch(
     """One epoch of ``make_dali_loader`` on ``device`` (cuda: mixed decoding and GPU operators; cpu: DALI's
     CPU operators), every batch checked against the ``Batch`` contract. Returns each real sample's image
     (float32, CPU, CHW) by dataset index."""
-    from loaders.dali_loader import make_dali_loader
+    from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
     database = open_database(db)
     n, targets = len(database), torch.from_numpy(database.targets.copy())
@@ -315,7 +315,7 @@ def build_parity_db(val_dir: Path, root: Path) -> Path:
 def val_parity(db: Path, device: torch.device, batch: int = 16) -> dict[str, float]:
     """Per-image mean |DALI val pipeline on ``device`` - torchvision's val transform| in uint8 levels, after
     denormalising, by source path (default val geometry: resize 256, center crop 224)."""
-    from loaders.dali_loader import make_dali_loader
+    from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
     database = open_database(db)
     dali = make_dali_loader(db, batch, train=False, device_id=_device_id(device), py_workers=0)

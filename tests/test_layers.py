@@ -14,49 +14,99 @@ import pytest
 import torch
 from conftest import REPO, repo_pythonpath, run_cli, run_main
 
+from lmdb_dali_train.loaders.batch import Batch, LoaderLengthError, counted
 from lmdb_io import __version__
-from loaders.batch import Batch, LoaderLengthError, counted
 
-# package -> the first-party packages it may import (the layers, bottom up)
-ALLOWED = {
-    "lmdb_io": {"lmdb_io"},
-    "loaders": {"loaders", "lmdb_io", "dali_pipeline"},
-    "dali_pipeline": {"dali_pipeline", "lmdb_io", "loaders"},
-    "lmdb_dali_train": {"lmdb_dali_train", "lmdb_io", "loaders", "dali_pipeline"},
-}
+# The layers, bottom up: each may import only itself and the layers listed before it. A module belongs to
+# the longest prefix that names it (lmdb_io.reading is not storage).
+LAYERS = [
+    "lmdb_io",  # storage: the record format, the database, the converter
+    "lmdb_io.reading",  # what both loaders follow: rank plan, presets, resolution, bad records
+    "dali_pipeline",  # DALI graphs and sources
+    "lmdb_dali_train.loaders",  # the loaders the trainer iterates
+    "lmdb_dali_train",  # the trainer and the command lines
+]
+TOP_LEVEL = {"lmdb_io", "dali_pipeline", "lmdb_dali_train"}
+
+
+def _layer(module: str) -> int | None:
+    """The index in LAYERS of the layer holding ``module`` (None: not a first-party module)."""
+    owners = [i for i, name in enumerate(LAYERS) if module == name or module.startswith(name + ".")]
+    return max(owners, key=lambda i: len(LAYERS[i])) if owners else None
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def _imports(path: Path) -> Iterator[str]:
+    """Every module ``path`` imports, relative imports resolved to absolute names."""
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            yield node.module
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            # "from . import x" imports the submodule x
+            yield from ([f"{module}.{a.name}" for a in node.names] if not node.module else [module])
 
 
-@pytest.mark.parametrize("package", sorted(ALLOWED))
-def test_packages_import_only_their_layers(package: str) -> None:
-    wrong = [
-        f"{path.relative_to(REPO)} imports {name}"
-        for path in sorted((REPO / package).rglob("*.py"))
-        for name in _imports(path)
-        if name.split(".")[0] in ALLOWED and name.split(".")[0] not in ALLOWED[package]
-    ]
+def _product_modules() -> list[Path]:
+    return sorted(p for top in TOP_LEVEL for p in (REPO / top).rglob("*.py"))
+
+
+def test_layers_import_only_themselves_and_the_layers_below() -> None:
+    wrong = []
+    for path in _product_modules():
+        own = _layer(_module_name(path))
+        assert own is not None, path
+        for name in _imports(path):
+            layer = _layer(name)
+            if layer is not None and layer > own:
+                wrong.append(f"{path.relative_to(REPO)} ({LAYERS[own]}) imports {name} ({LAYERS[layer]})")
     assert not wrong
 
 
-def test_dali_pipeline_uses_only_the_loader_contract() -> None:
-    """The DALI graphs and sources use the plan, the presets, the resolution schedule and the workers'
-    signal policy (standard library only), never a loader built on them."""
-    used = {name for path in (REPO / "dali_pipeline").rglob("*.py") for name in _imports(path)}
-    contract = {"loaders.plan", "loaders.presets", "loaders.resolution", "loaders.workers"}
-    assert {n for n in used if n.startswith("loaders")} <= contract
+def test_no_two_packages_import_each_other() -> None:
+    """Among the packages (every folder with an __init__.py), imports form no cycle of two."""
+    edges = {
+        (_module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else _module_name(path), name)
+        for path in _product_modules()
+        for name in _imports(path)
+    }
+    packages = {_module_name(p) for p in _product_modules() if p.name == "__init__.py"}
+
+    def package_of(module: str) -> str | None:
+        owners = [p for p in packages if module == p or module.startswith(p + ".")]
+        return max(owners, key=len) if owners else None
+
+    pairs = {(package_of(a), package_of(b)) for a, b in edges}
+    pairs = {(a, b) for a, b in pairs if a and b and a != b}
+    assert not {(a, b) for a, b in pairs if (b, a) in pairs}
+
+
+def test_the_wheel_installs_exactly_the_project_packages() -> None:
+    """Only the card's packages and the project-named one sit at the top: a user's own ``loaders.py`` or
+    ``config.py`` never shadows ours."""
+    import tomllib
+    from setuptools import find_packages
+
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = find_packages(where=str(REPO), include=find["include"], exclude=find.get("exclude", ()))
+    assert {name.split(".")[0] for name in packages} == TOP_LEVEL
+    folders = {p.parent for p in _product_modules() if p.name == "__init__.py"}
+    assert {_module_name(f / "__init__.py") for f in folders} <= set(packages)
 
 
 def test_source_workers_import_no_torch_and_no_pil() -> None:
     """DALI spawns Python workers that unpickle the source: they must start without torch or PIL."""
     code = (
-        "import sys, dali_pipeline.source, dali_pipeline.workers, loaders.plan, loaders.resolution, lmdb_io.database; "
+        "import sys, dali_pipeline.source, dali_pipeline.workers, lmdb_io.reading.plan, lmdb_io.reading.resolution, "
+        "lmdb_io.database; "
         "print(sorted(m for m in ('torch', 'PIL', 'torchvision') if m in sys.modules))"
     )
     out = subprocess.run(

@@ -20,10 +20,10 @@ import pytest
 import torch
 from conftest import convert, copy_tree, lmdb_io_cli, needs_dali
 
+from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 from lmdb_io import open_database
-from loaders.constants import IMAGENET_MEAN, IMAGENET_STD
-from loaders.plan import RankPlan
-from loaders.torch_loader import make_torch_loader
+from lmdb_io.reading.constants import IMAGENET_MEAN, IMAGENET_STD
+from lmdb_io.reading.plan import RankPlan
 
 KINDS = [pytest.param("dali", marks=needs_dali), "torch"]
 PARITY_BAD_IMAGES = ("hopper_orientation_6.jpg", "hopper_gray.jpg", "pil_sample_cmyk.jpg")  # EXIF 6, gray, CMYK
@@ -52,7 +52,7 @@ def make_loader(kind: str, path: Path, batch: int, **kw):
     if kind == "torch":
         kw.setdefault("workers", 0)
         return make_torch_loader(path, batch, **kw)
-    from loaders.dali_loader import make_dali_loader
+    from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
     return make_dali_loader(path, batch, **kw)
 
@@ -77,7 +77,7 @@ def to_pixels(images: torch.Tensor) -> torch.Tensor:
 def worst_val_difference(db: Path, batch: int = 16, **kw) -> tuple[float, str, int]:
     """Validation through the DALI CPU loader and the torchvision one: (worst per-image mean absolute pixel
     difference, the key of that image, how many real samples were compared)."""
-    from loaders.dali_loader import make_dali_loader
+    from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
     database = open_database(db)
     dali = make_dali_loader(db, batch, train=False, **kw)
@@ -114,7 +114,7 @@ def parity_tree(images: Path, bad_images: Path, target: Path) -> Path:
 def test_dali_batch_contract(train_db: Path, val_db: Path, channels_last: bool, fp16: bool) -> None:
     """NCHW-shaped images (channels-last memory when asked), the dtype asked for, labels from the database,
     values normalised with the ImageNet constants: the same pixels as the torch loader on validation."""
-    from loaders.dali_loader import make_dali_loader
+    from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
     dtype = torch.float16 if fp16 else torch.float32
     tolerance = 0.5 if fp16 else 1e-3  # float16 spacing near |x| = 2.6 is 2**-9, x std x 255 = 0.13 px
@@ -161,7 +161,7 @@ def test_torch_batch_contract(val_db: Path, channels_last: bool, dtype: torch.dt
 
 
 def test_device_normalizer_takes_uint8_batches_only() -> None:
-    from loaders.normalize import DeviceNormalizer
+    from lmdb_dali_train.loaders.normalize import DeviceNormalizer
 
     normalize = DeviceNormalizer(IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"))
     with pytest.raises(ValueError, match="uint8 NCHW"):
@@ -279,7 +279,7 @@ def test_epochs_differ_and_repeat_by_seed(val_db: Path, kind: str) -> None:
 
 @needs_dali
 def test_dali_parallel_source_with_two_workers(train_db: Path) -> None:
-    from loaders.dali_loader import make_dali_loader
+    from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
     n = len(open_database(train_db))
     serial = make_dali_loader(train_db, 16, train=True, seed=2, crop=32, py_workers=0)
@@ -293,7 +293,7 @@ def test_dali_parallel_source_with_two_workers(train_db: Path) -> None:
 
 @needs_dali
 def test_two_pipelines_on_one_database(train_db: Path) -> None:
-    from loaders.dali_loader import make_dali_loader
+    from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
     train = make_dali_loader(train_db, 8, train=True, crop=32)
     val = make_dali_loader(train_db, 8, train=False, crop=32, val_resize=40)
@@ -420,7 +420,8 @@ def test_forked_workers_leave_the_parents_dali_pipelines_alone(val_db: Path, mon
     a process without the pipeline's threads crashes (SIGSEGV, seen in a full run of this suite). The
     worker collects garbage at once here, so that the test does not depend on when the collector runs."""
     from loaders import torch_loader
-    from loaders.dali_loader import make_dali_loader
+
+    from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
     dali = make_dali_loader(val_db, 4, train=False, crop=32, val_resize=40)
     next(iter(dali))

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from loaders.plan import RankPlan
+from lmdb_io.reading.plan import RankPlan
 
 
 def _plans(length: int, world_size: int, batch: int = 1, **kwargs: object) -> list[RankPlan]:

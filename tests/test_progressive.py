@@ -1,4 +1,4 @@
-"""Progressive resizing on both loaders (``loaders.resolution``): the training crop follows the schedule
+"""Progressive resizing on both loaders (``lmdb_io.reading.resolution``): the training crop follows the schedule
 epoch by epoch, without rebuilding the DALI pipeline or restarting the torch loader's persistent workers;
 a loader built to resume mid-epoch (as train.py builds it from a checkpoint) crops at that epoch's size;
 validation keeps its own size; the flags refuse what cannot be in one line and explain themselves in --help.
@@ -18,8 +18,8 @@ from conftest import REPO, assert_one_line_error, needs_dali, repo_pythonpath, r
 
 from lmdb_dali_train.main import main as train_main
 from lmdb_io import open_database
-from loaders.plan import RankPlan
-from loaders.resolution import ResolutionSchedule
+from lmdb_io.reading.plan import RankPlan
+from lmdb_io.reading.resolution import ResolutionSchedule
 
 KINDS = [pytest.param("dali", marks=needs_dali), "torch"]
 SCHEDULE = ResolutionSchedule(min_res=32, max_res=96, start_ramp=0, end_ramp=2)  # 32, 64, 96, 96, ...
@@ -36,10 +36,10 @@ def _one_torch_thread() -> object:
 
 def make_loader(kind: str, path: Path, workers: int, **kw):
     if kind == "torch":
-        from loaders.torch_loader import make_torch_loader
+        from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 
         return make_torch_loader(path, BATCH, workers=workers, **kw)
-    from loaders.dali_loader import make_dali_loader
+    from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
     return make_dali_loader(path, BATCH, py_workers=workers, num_threads=1, **kw)
 

@@ -15,7 +15,7 @@ from test_loaders import MAX_MEAN_ABS_DIFF, PARITY_BAD_IMAGES, needs_dali, parit
 from test_train import _assert_sharding, _epoch_args, _key_logs, _ok, _torchrun, whole_epoch_batch
 
 from lmdb_io import open_database
-from loaders.plan import RankPlan
+from lmdb_io.reading.plan import RankPlan
 
 
 def _real_val_files(hymenoptera: Path) -> list[Path]:

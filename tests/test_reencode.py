@@ -16,9 +16,9 @@ from conftest import all_entries, assert_one_line_error, convert, lmdb_io_cli, n
 from datagen import photo
 from PIL import Image
 
+from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 from lmdb_io import ImageFolderLMDB, open_database
 from lmdb_io.reencode import Reencode
-from loaders.torch_loader import make_torch_loader
 
 CAP = 128
 # name: (width, height, Pillow mode, format); each is written into both classes
@@ -280,7 +280,7 @@ def test_loaders_read_a_reencoded_database(capped: tuple[Path, dict, str], kind:
     if kind == "torch":
         loader = make_torch_loader(capped[0], 4, train=train, workers=0, crop=64, val_resize=72)
     else:
-        from loaders.dali_loader import make_dali_loader
+        from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
         loader = make_dali_loader(capped[0], 4, train=train, crop=64, val_resize=72)
     seen = 0

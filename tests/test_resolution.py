@@ -1,11 +1,11 @@
-"""Progressive resizing's schedule (``loaders.resolution``): FFCV's ``get_resolution``, value for value."""
+"""Progressive resizing's schedule (``lmdb_io.reading.resolution``): FFCV's ``get_resolution``, value for value."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from loaders.resolution import ResolutionSchedule
+from lmdb_io.reading.resolution import ResolutionSchedule
 
 
 def ffcv_get_resolution(epoch: int, min_res: int, max_res: int, end_ramp: int, start_ramp: int) -> int:

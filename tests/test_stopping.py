@@ -23,8 +23,8 @@ from conftest import REPO, fault_env, needs_dali
 from test_train import SMALL, _env, _events
 
 from lmdb_io import open_database
-from loaders.plan import RankPlan
-from loaders.workers import ignore_stop_signals, stop_signals_blocked
+from lmdb_io.reading.plan import RankPlan
+from lmdb_io.reading.workers import ignore_stop_signals, stop_signals_blocked
 
 RUN_TIMEOUT = 150  # a run that does not end by then is stuck (they take well under a minute)
 # the loaders with their worker processes: the torch loader's default -j, DALI's Python workers
@@ -141,11 +141,11 @@ def test_a_loader_worker_drops_signals_from_others_and_obeys_its_parent() -> Non
 def test_closing_a_loader_mid_epoch_ends_its_worker_processes(train_db: Path, loader: str) -> None:
     before = set(multiprocessing.active_children())
     if loader == "dali":
-        from loaders.dali_loader import make_dali_loader
+        from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
         made = make_dali_loader(train_db, 8, train=True, crop=32, py_workers=2, num_threads=1)
     else:
-        from loaders.torch_loader import make_torch_loader
+        from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 
         made = make_torch_loader(train_db, 8, train=True, crop=32, workers=2)
     batches = iter(made)

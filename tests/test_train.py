@@ -34,7 +34,7 @@ from bench.lib import runlog
 from lmdb_dali_train.config import build_parser
 from lmdb_dali_train.main import main as train_main
 from lmdb_io import open_database
-from loaders.plan import RankPlan
+from lmdb_io.reading.plan import RankPlan
 
 LOADERS = [pytest.param("dali", marks=needs_dali), "torch"]
 SMALL = ["-a", "resnet18", "--crop-size", "32", "--val-resize", "36", "--device", "cpu", "--print-freq", "5"]

@@ -167,7 +167,7 @@ def wait_for_quiet(cores: int, max_foreign: float, timeout: float, interval: flo
             return share
 
 
-DATALOADER_PREFETCH = 2  # torch DataLoader's prefetch_factor default, which loaders.torch_loader keeps
+DATALOADER_PREFETCH = 2  # torch DataLoader's prefetch_factor default, which lmdb_dali_train.loaders.torch_loader keeps
 
 
 def untimed_batches(held: int, base: int) -> int:
@@ -322,6 +322,6 @@ def run_rounds(
 
 def plan_indices(length: int, batch: int) -> Callable[[int], list[int]]:
     """The train plan's epoch-0 indices for seed ``s``: what every contender's first epoch must deliver."""
-    from loaders.plan import RankPlan
+    from lmdb_io.reading.plan import RankPlan
 
     return lambda seed: RankPlan(length, batch, seed=seed).for_epoch(0).indices.tolist()

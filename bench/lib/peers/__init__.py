@@ -1,6 +1,6 @@
 """The loaders users pick instead of this project (FFCV, LitData, WebDataset), as comparison rows for
 ``bench.loaders``: one module per peer, each with ``build`` (its dataset files from an image list) and
-``loader`` (a fresh loader yielding ``loaders.batch.Batch``). A peer whose package is missing is a row
+``loader`` (a fresh loader yielding ``lmdb_dali_train.loaders.batch.Batch``). A peer whose package is missing is a row
 that says "not run: <reason>" (``missing``), so the bench runs on a clone without the ``bench`` extra."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from loaders.batch import Batch
+from lmdb_dali_train.loaders.batch import Batch
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def tensor_transform(crop: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """uint8 CHW tensor -> normalised float32 CHW: the train preset in torchvision.transforms.v2."""
     from torchvision.transforms import v2
 
-    from loaders.presets import TrainPreset
+    from lmdb_io.reading.presets import TrainPreset
 
     p = TrainPreset(crop)
     return v2.Compose(

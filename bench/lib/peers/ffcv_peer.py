@@ -82,7 +82,7 @@ def loader(path: Path, batch: int, crop: int, workers: int) -> Callable[[int], I
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
 
-    from loaders.presets import TrainPreset
+    from lmdb_io.reading.presets import TrainPreset
 
     preset = TrainPreset(crop)
     mean, std = np.array(preset.mean) * 255, np.array(preset.std) * 255

@@ -35,7 +35,7 @@ def loader(path: Path, batch: int, crop: int, workers: int) -> Callable[[int], I
     import webdataset as wds
     from torchvision import transforms
 
-    from loaders.presets import TrainPreset
+    from lmdb_io.reading.presets import TrainPreset
 
     shards = sorted(str(p) for p in path.glob("shard-*.tar"))
     p = TrainPreset(crop)  # as WebDataset's users write it: PIL in the workers, ToTensor, Normalize there too

@@ -1,6 +1,6 @@
 """Where the torch loader's images become float: on the training device, not in the workers.
 
-The DataLoader workers ship uint8 CHW crops (``loaders.presets``' transforms end in ``PILToTensor``):
+The DataLoader workers ship uint8 CHW crops (``lmdb_io.reading.presets``' transforms end in ``PILToTensor``):
 a quarter of float32's bytes through shared memory, the pinned buffer and the host-to-device copy, as
 DALI's PyTorch example and FFCV do. ``DeviceNormalizer`` copies each batch to the device (non-blocking
 from pinned memory), converts it to float in the memory format the model runs in, subtracts the

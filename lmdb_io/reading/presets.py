@@ -3,9 +3,9 @@
 ``TrainPreset`` is torchvision's RandomResizedCrop (area 0.08-1, aspect 3/4-4/3, 10 attempts), a random
 horizontal flip and ImageNet normalisation; ``ValPreset`` resizes the shorter side and center crops.
 ``.torchvision()`` gives the torchvision transform up to uint8 CHW pixels (what the DataLoader workers
-ship); the normalisation with the preset's mean and std happens on the device (``loaders.normalize``).
+ship); the normalisation with the preset's mean and std happens on the device (``lmdb_dali_train.loaders.normalize``).
 The DALI graphs in ``dali_pipeline.pipelines`` read the same fields, so a change here changes both
-loaders. With progressive resizing the training crop is ``loaders.resolution``'s size of the epoch.
+loaders. With progressive resizing the training crop is ``lmdb_io.reading.resolution``'s size of the epoch.
 """
 
 from __future__ import annotations

@@ -18,13 +18,13 @@ from dali_pipeline.pipelines import (
 )
 from dali_pipeline.source import LMDBSource, PlanSource
 from lmdb_io.database import ImageDatabase
+from lmdb_io.reading.bad_records import BadRecord
+from lmdb_io.reading.plan import EpochOrder, RankPlan
+from lmdb_io.reading.presets import Preset, TrainPreset, preset_for
+from lmdb_io.reading.resolution import ResolutionSchedule
 from lmdb_io.trainable import reason
 
-from .bad_records import BadRecord
 from .batch import Batch
-from .plan import EpochOrder, RankPlan
-from .presets import Preset, TrainPreset, preset_for
-from .resolution import ResolutionSchedule
 
 
 def _to_batch(out: dict[str, Any], channels_last: bool) -> Batch:

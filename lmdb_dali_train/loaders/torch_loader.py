@@ -3,12 +3,11 @@
 Its sampler follows the same ``RankPlan`` the DALI source follows, so both loaders deliver the same
 samples in the same order each epoch. Augmentation is seeded per sample from (seed, epoch, index): a
 sample gets the same crop whichever worker reads it, so a resumed run reproduces an uninterrupted one.
-A bad record is replaced by the next good sample of the rank's order and reported (``loaders.bad_records``).
+A bad record is replaced by the next good sample of the rank's order and reported (``lmdb_io.reading.bad_records``).
 
-The workers are persistent (started by the first epoch, kept until ``close``) and ship uint8 crops; the
-loader normalises each batch on the training device (``loaders.normalize``). Each item carries its epoch,
-so the workers crop at that epoch's size (progressive resizing, ``loaders.resolution``) without being
-restarted.
+The workers are persistent (started by the first epoch, kept until ``close``) and ship uint8 crops; the loader
+normalises each batch on the training device (``normalize``). Each item carries its epoch, so the workers crop
+at that epoch's size (progressive resizing, ``lmdb_io.reading.resolution``) without being restarted.
 """
 
 from __future__ import annotations
@@ -26,15 +25,15 @@ from torchvision.datasets import ImageFolder
 
 from lmdb_io import ImageFolderLMDB, is_database
 from lmdb_io.dataset import decode_rgb
+from lmdb_io.reading.bad_records import BadRecord
+from lmdb_io.reading.plan import RankPlan, first_good
+from lmdb_io.reading.presets import Preset, TrainPreset, preset_for
+from lmdb_io.reading.resolution import ResolutionSchedule
+from lmdb_io.reading.workers import ignore_stop_signals, parent_garbage_frozen, stop_signals_blocked
 from lmdb_io.trainable import BadRecordError, read_checked, reason
 
-from .bad_records import BadRecord
 from .batch import Batch
 from .normalize import DeviceNormalizer
-from .plan import RankPlan, first_good
-from .presets import Preset, TrainPreset, preset_for
-from .resolution import ResolutionSchedule
-from .workers import ignore_stop_signals, parent_garbage_frozen, stop_signals_blocked
 
 _CPU = torch.device("cpu")
 
@@ -77,7 +76,7 @@ class _SeededItems(Dataset):
     padding, bad records met), cropped by ``preset`` at the epoch's size.
 
     A record that fails its checksum, claims too many pixels in its header, or does not decode is replaced
-    by the next good sample of the rank's epoch order (``loaders.bad_records``); the replacement is marked
+    by the next good sample of the rank's epoch order (``lmdb_io.reading.bad_records``); the replacement is marked
     as padding and the bad records met are handed back with it, since workers run in other processes.
     ``known_bad`` skips records already found bad: those this process met, and those the loader had found
     when the process started (persistent workers never see the loader's later findings, only their own).
@@ -233,7 +232,7 @@ class TorchLoader:
         self.sampler.set_epoch(self._epoch)
         self._epoch += 1
         self.items.known_bad.update(self.bad_records)  # workers started now begin with these
-        # the workers are born ignoring stop signals, and (forked) without the parent's garbage: loaders.workers
+        # the workers are born ignoring stop signals, and (forked) without the parent's garbage: lmdb_io.reading.workers
         with stop_signals_blocked(spawn=self._spawns), parent_garbage_frozen():
             batches = iter(self.loader)
         for images, labels, indices, padding, bad in batches:

@@ -3,7 +3,7 @@
 A record is bad when it fails its checksum or header check, when its image header claims more pixels
 than ``lmdb_io.imagecheck`` allows (``lmdb_io.trainable``), or when it does not decode. A loader never lets
 one stop the run: the sample at that position of the rank's epoch order is replaced by the next good
-sample of the same order (``loaders.plan.replacement_positions``), so every rank still delivers the same
+sample of the same order (``lmdb_io.reading.plan.replacement_positions``), so every rank still delivers the same
 number of batches, the same way in every run; the replacement is marked as padding (a repeat evaluation
 must not count); and the loader names the bad record in its ``bad_records`` (dataset index ->
 ``BadRecord``, in the order they were met), which the trainer reads after each batch.
