@@ -419,7 +419,7 @@ def test_forked_workers_leave_the_parents_dali_pipelines_alone(val_db: Path, mon
     for the garbage collector. A DataLoader worker forked meanwhile must not finalise it: DALI's shutdown in
     a process without the pipeline's threads crashes (SIGSEGV, seen in a full run of this suite). The
     worker collects garbage at once here, so that the test does not depend on when the collector runs."""
-    from loaders import torch_loader
+    from lmdb_dali_train.loaders import torch_loader
 
     from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
