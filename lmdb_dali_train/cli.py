@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,22 +18,35 @@ from lmdb_io import LmdbIoError, __version__
 from lmdb_io.errors import ConvertInterrupted
 from lmdb_io.verify import DecodeCheck
 
+from .exit_codes import ExitCode, for_signal
 from .progname import prog_name
-
-EXIT_USER_ERROR = 2
-EXIT_BAD_RECORDS = 1
-EXIT_INTERRUPTED = 130
 
 
 def _run(prog: str, body: Callable[[], int]) -> int:
+    """``body``'s exit code; a user error as one line (``ExitCode.USAGE``). SIGTERM stops the command as
+    Ctrl-C does (a KeyboardInterrupt where it runs: the converter keeps what it committed), and either
+    exits 128 + the signal's number."""
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return body()
+    except ConvertInterrupted as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return for_signal(received[0] if received else signal.SIGINT)
     except LmdbIoError as exc:
-        print(f"{prog}: {'' if isinstance(exc, ConvertInterrupted) else 'error: '}{exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED if isinstance(exc, ConvertInterrupted) else EXIT_USER_ERROR
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return for_signal(received[0] if received else signal.SIGINT)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # -- convert ----------------------------------------------------------------------------------------
@@ -171,7 +185,7 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
             print(f"  skipped {printable(entry['path'])}: {printable(entry['reason'])}")
         if len(report.skipped) > 20:
             print(f"  ... and {len(report.skipped) - 20} more" + (f" (see {args.report})" if args.report else ""))
-        return 0
+        return ExitCode.OK
 
     return _run(parser.prog, body)
 
@@ -204,7 +218,7 @@ def _info(path: str, as_json: bool) -> int:
     }
     if as_json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
-        return 0
+        return ExitCode.OK
     print(f"{path}: {db.meta['format']} schema v{db.meta['schema_version']} (lmdb_io {db.meta['tool_version']})")
     print(
         f"  images   {len(db)} ({counts['stored_original']} original, {summary['stored_reencoded']} re-encoded, "
@@ -215,7 +229,7 @@ def _info(path: str, as_json: bool) -> int:
     names = db.classes
     shown = ", ".join(f"{c} ({n})" for c, n in list(zip(names, counts["per_class"], strict=True))[:10])
     print(f"  classes  {len(names)}: {shown}{', ...' if len(names) > 10 else ''}")
-    return 0
+    return ExitCode.OK
 
 
 def _dali_decode_check() -> tuple[str, DecodeCheck] | str:
@@ -245,9 +259,9 @@ def _verify(path: str, decode: bool, workers: int, quiet: bool) -> int:
         for index, problem in result.problems:
             print(f"  {problem} [{printable(paths[index])}]")
         print(f"{path}: {result.bad_records} of {len(db)} records failed ({checked})")
-        return EXIT_BAD_RECORDS
+        return ExitCode.BAD_RECORDS
     print(f"{path}: all {len(db)} records OK ({checked})")
-    return 0
+    return ExitCode.OK
 
 
 def lmdb_io_parser() -> argparse.ArgumentParser:

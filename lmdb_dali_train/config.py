@@ -1,302 +1,226 @@
-"""Command line of ``train.py``: flags familiar from PyTorch-LMDB's main.py and torchvision's reference
-trainer, grouped, each explained in ``--help``; and the checks that refuse bad combinations at once."""
+"""The run's configuration: ``train.py``'s flags checked and resolved once into a frozen ``RunConfig``.
+
+Its sections follow the parser's groups (``flags``): data, optimisation, run control, distributed. Each
+flag is a field of one section under its argparse name (``batch_size`` for ``--batch-size``), so a
+configuration file can name the same fields. Values derived from the flags (the resolution schedule, the
+mixed-precision dtypes, the device type) are computed here, once, and nothing changes a ``RunConfig``
+after it is built: the trainer hands each layer below it the fields it needs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from lmdb_io import __version__, is_database
-from lmdb_io.reading.resolution import ROUND_TO, ResolutionSchedule
+import torch
 
-from .progname import prog_name
-
-EXIT_BAD_RECORDS = 3  # the run stopped: more bad records than --max-bad-records
+from lmdb_io import is_database
+from lmdb_io.reading.resolution import ResolutionSchedule
 
 
 class ConfigError(Exception):
-    """A bad flag or path: reported as one line, exit code 2."""
+    """A bad flag or path: reported as one line, exit code ``ExitCode.USAGE``."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog_name("train.py"),
-        description="Train a torchvision classifier under DDP from an lmdb_io database (or an ImageFolder tree) "
-        "with the DALI loader (GPU decoding; CPU operators without a GPU) or the torchvision one.",
-        epilog="Examples:\n"
-        "  torchrun --nproc-per-node 8 train.py --loader dali --lmdb --train train.lmdb --val val.lmdb\n"
-        "  python train.py --loader torch --train data/train --val data/val -a resnet18 --device cpu\n"
-        "  python train.py --synthetic -b 256 --amp bf16 --channels-last --max-steps 200",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    data = p.add_argument_group("data")
-    data.add_argument(
-        "--train",
-        metavar="PATH",
-        help="training data: an lmdb_io database with --lmdb, else an ImageFolder tree (DIR/<class>/<image>)",
-    )
-    data.add_argument("--val", metavar="PATH", help="validation data, same kind as --train (optional)")
-    data.add_argument("--lmdb", action="store_true", help="--train/--val are databases made by convert.py")
-    data.add_argument(
-        "--loader",
-        choices=("dali", "torch"),
-        default="dali",
-        help="dali: DALI pipeline (GPU 'mixed' decoding, CPU operators without a GPU); with --lmdb it "
-        "reads through a Python source, without it through DALI's file reader (sharded by "
-        "global rank, padded). torch: torchvision transforms in a DataLoader. Default: dali",
-    )
-    data.add_argument(
-        "--synthetic",
-        action="store_true",
-        help="random batches resident on the device, no loader: the training speed ceiling",
-    )
-    data.add_argument(
-        "-j",
-        "--workers",
-        type=int,
-        default=None,
-        metavar="N",
-        help="torch loader: DataLoader worker processes (default: cores per process, at most 8); "
-        "dali loader: Python processes running the LMDB source (default: 4 on a GPU, 0 on CPU)",
-    )
-    data.add_argument(
-        "--dali-threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="DALI's own CPU threads per pipeline (default: cores per process, at most 8)",
-    )
-    data.add_argument(
-        "--hw-decoder-load",
-        type=float,
-        default=0.65,
-        metavar="F",
-        help="share of JPEGs for the GPU's hardware decoder (A100/H100/H200), 0-1 (default 0.65)",
-    )
-    data.add_argument("--crop-size", type=int, default=224, metavar="PX", help="training and validation crop (224)")
-    data.add_argument(
-        "--val-resize",
-        type=int,
-        default=256,
-        metavar="PX",
-        help="validation: shorter side resized to this before the center crop (256)",
-    )
-    data.add_argument(
-        "--min-res",
-        type=int,
-        default=None,
-        metavar="PX",
-        help="progressive resizing (FFCV's schedule): the training crop up to epoch --start-ramp "
-        f"(default --crop-size; a multiple of {ROUND_TO} when it differs from --max-res)",
-    )
-    data.add_argument(
-        "--max-res",
-        type=int,
-        default=None,
-        metavar="PX",
-        help=f"progressive resizing: the training crop from epoch --end-ramp on (default --crop-size; a multiple "
-        f"of {ROUND_TO} when it differs from --min-res)",
-    )
-    data.add_argument(
-        "--start-ramp",
-        type=int,
-        default=None,
-        metavar="EPOCH",
-        help="progressive resizing: the last epoch (counted from 0) at --min-res; needed when --min-res and "
-        "--max-res differ",
-    )
-    data.add_argument(
-        "--end-ramp",
-        type=int,
-        default=None,
-        metavar="EPOCH",
-        help=f"progressive resizing: the first epoch at --max-res; in between the crop grows linearly, rounded "
-        f"to a multiple of {ROUND_TO}. The batch size stays, validation keeps --crop-size and --val-resize, "
-        "a resumed run trains at its epoch's size. Needs --lmdb with --loader dali",
-    )
-    data.add_argument(
-        "--log-keys",
-        action="store_true",
-        help="each global rank appends the keys of the samples it trained on to "
-        "OUTPUT_DIR/keys-rank<R>.tsv (epoch, step, key): to audit sharding",
-    )
-
-    model = p.add_argument_group("model and optimisation")
-    model.add_argument(
-        "-a",
-        "--arch",
-        default="resnet50",
-        metavar="ARCH",
-        help="any torchvision classification model name (default resnet50)",
-    )
-    model.add_argument("--epochs", type=int, default=90, help="total epochs (default 90)")
-    model.add_argument(
-        "-b",
-        "--batch-size",
-        type=int,
-        default=256,
-        metavar="N",
-        help="batch size per process; the global batch is N x world size (default 256)",
-    )
-    model.add_argument(
-        "--lr",
-        type=float,
-        default=0.1,
-        help="learning rate for a global batch of 256, scaled linearly to the real global batch (default 0.1)",
-    )
-    model.add_argument(
-        "--warmup-epochs",
-        type=float,
-        default=1.0,
-        help="linear warm-up from 0 over this many epochs, then cosine decay (default 1)",
-    )
-    model.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    model.add_argument("--wd", "--weight-decay", type=float, default=1e-4, dest="wd", help="weight decay (1e-4)")
-    model.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (0)")
-    model.add_argument(
-        "--amp",
-        choices=("bf16", "fp16", "off"),
-        default=None,
-        help="mixed precision (default: bf16 on GPUs that have it, else fp16 with a grad scaler; "
-        "off on CPU). fp16 needs CUDA",
-    )
-    model.add_argument(
-        "--channels-last", action="store_true", help="NHWC memory format end to end (DALI hands NHWC batches directly)"
-    )
-    model.add_argument("--compile", action="store_true", help="torch.compile the model")
-    model.add_argument("--seed", type=int, default=0, help="seed for shuffling, augmentation and init (default 0)")
-
-    run = p.add_argument_group("run control")
-    run.add_argument(
-        "--device",
-        choices=("auto", "cuda", "cpu"),
-        default="auto",
-        help="auto: CUDA when available, else CPU (default auto)",
-    )
-    run.add_argument(
-        "--max-steps",
-        type=int,
-        default=None,
-        metavar="N",
-        help="stop after N optimizer steps in this run (the same N on every rank), save, exit",
-    )
-    run.add_argument(
-        "--print-freq",
-        type=int,
-        default=10,
-        metavar="N",
-        help="print and log loss, accuracy, images/s and data-wait every N steps (default 10)",
-    )
-    run.add_argument(
-        "--output-dir",
-        default="runs/latest",
-        metavar="DIR",
-        help="checkpoints and the JSON-lines log log.jsonl (default runs/latest)",
-    )
-    run.add_argument(
-        "--resume",
-        metavar="PATH|auto",
-        help="continue from a checkpoint; auto: the latest in --output-dir (none found: start fresh)",
-    )
-    run.add_argument(
-        "--force-resume", action="store_true", help="resume even if the checkpoint was trained on a different database"
-    )
-    run.add_argument("--evaluate", action="store_true", help="only evaluate on --val (weights from --resume)")
-    run.add_argument(
-        "--max-bad-records",
-        type=int,
-        default=10,
-        metavar="N",
-        help="a bad record (fails its checksum, claims too many pixels in its image header, or does not "
-        "decode) is replaced by another sample of the rank's plan, named in the log and in "
-        "OUTPUT_DIR/bad-records.tsv, and the run goes on; more than N distinct ones in a run stop it with "
-        f"a checkpoint and exit code {EXIT_BAD_RECORDS} (default 10)",
-    )
-
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    dist = p.add_argument_group("distributed (torchrun's environment is used when present)")
-    dist.add_argument(
-        "--multiprocessing-distributed",
-        action="store_true",
-        help="spawn --procs-per-node processes on this node (PyTorch-LMDB style); the global world is "
-        "world-size x procs-per-node",
-    )
-    dist.add_argument(
-        "--procs-per-node",
-        type=int,
-        default=None,
-        metavar="N",
-        help="with --multiprocessing-distributed: processes per node (default: GPUs, or 1 on CPU)",
-    )
-    dist.add_argument("--world-size", type=int, default=1, help="number of nodes with --multiprocessing-distributed")
-    dist.add_argument("--rank", type=int, default=0, help="node rank with --multiprocessing-distributed")
-    dist.add_argument("--dist-url", default="env://", help="rendezvous URL, e.g. tcp://10.1.1.20:23456 (env://)")
-    dist.add_argument(
-        "--dist-backend", choices=("nccl", "gloo"), default=None, help="default: nccl on GPUs, gloo on CPU"
-    )
-    dist.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=600.0,
-        metavar="SECONDS",
-        help="how long a rank waits for the others at start-up and in any collective before failing (600)",
-    )
-    return p
+def _derived() -> Any:
+    """A field computed from the flags in ``__post_init__``: not a flag, not in ``as_dict``."""
+    return field(init=False, repr=False, compare=False)
 
 
-def validate(args: argparse.Namespace, cuda: bool) -> None:
-    """Refuse combinations that cannot work; ``cuda`` says whether training runs on a GPU."""
-    if not args.synthetic and not args.train and not args.evaluate:
-        raise ConfigError("--train is required (or --synthetic, or --evaluate with --val)")
-    if args.evaluate and not args.val:
-        raise ConfigError("--evaluate needs --val")
-    for flag, path in (("--train", args.train), ("--val", args.val)):
-        if path and not os.path.exists(path):
-            raise ConfigError(f"{flag} {path}: no such file or directory")
-        if path and args.lmdb and not is_database(path):
+@dataclass(frozen=True)
+class DataConfig:
+    """What to read and how: the ``data`` flags."""
+
+    train: str | None = None
+    val: str | None = None
+    lmdb: bool = False
+    loader: str = "dali"
+    synthetic: bool = False
+    workers: int | None = None
+    dali_threads: int | None = None
+    hw_decoder_load: float = 0.65
+    crop_size: int = 224
+    val_resize: int = 256
+    min_res: int | None = None
+    max_res: int | None = None
+    start_ramp: int | None = None
+    end_ramp: int | None = None
+    log_keys: bool = False
+    resolution: ResolutionSchedule | None = _derived()  # progressive resizing; None: --crop-size throughout
+
+    def __post_init__(self) -> None:
+        for flag, path in (("--train", self.train), ("--val", self.val)):
+            if path:
+                _check_data_path(flag, path, self.lmdb)
+        for name in ("crop_size", "val_resize"):
+            _positive(name, getattr(self, name))
+        if not 0.0 <= self.hw_decoder_load <= 1.0:
+            raise ConfigError("--hw-decoder-load must be between 0 and 1")
+        object.__setattr__(self, "resolution", _resolution_schedule(self))
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The model and how it learns: the ``model and optimisation`` flags."""
+
+    arch: str = "resnet50"
+    epochs: int = 90
+    batch_size: int = 256
+    lr: float = 0.1
+    warmup_epochs: float = 1.0
+    momentum: float = 0.9
+    wd: float = 1e-4
+    label_smoothing: float = 0.0
+    amp: str | None = None  # None: chosen by the device (amp_dtype)
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "epochs", "lr"):
+            _positive(name, getattr(self, name))
+        for flag, value in (("--momentum", self.momentum), ("--label-smoothing", self.label_smoothing)):
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"{flag} must be in [0, 1), not {value:g}")
+        if self.wd < 0 or self.warmup_epochs < 0:
             raise ConfigError(
-                f"{flag} {path}: not an LMDB database (no data.mdb); convert it with convert.py "
-                f"or drop --lmdb to read an ImageFolder tree"
+                f"--wd and --warmup-epochs must not be negative (--wd {self.wd:g}, --warmup-epochs "
+                f"{self.warmup_epochs:g})"
             )
-        if path and not args.lmdb and is_database(path):
-            raise ConfigError(f"{flag} {path} is an LMDB database: add --lmdb")
-    for name in ("batch_size", "epochs", "crop_size", "val_resize", "print_freq", "lr", "dist_timeout"):
-        if getattr(args, name) <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-    for flag, value, low, high in (
-        ("--momentum", args.momentum, 0.0, 1.0),
-        ("--label-smoothing", args.label_smoothing, 0.0, 1.0),
-    ):
-        if not low <= value < high:
-            raise ConfigError(f"{flag} must be in [{low:g}, {high:g}), not {value:g}")
-    if args.wd < 0 or args.warmup_epochs < 0:
-        raise ConfigError(
-            f"--wd and --warmup-epochs must not be negative (--wd {args.wd:g}, --warmup-epochs {args.warmup_epochs:g})"
-        )
-    if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
-        raise ConfigError(f"--resume {args.resume}: no such checkpoint")
-    if args.max_steps is not None and args.max_steps <= 0:
-        raise ConfigError("--max-steps must be positive")
-    if args.max_bad_records < 0:
-        raise ConfigError("--max-bad-records must be 0 or more")
-    if not 0.0 <= args.hw_decoder_load <= 1.0:
-        raise ConfigError("--hw-decoder-load must be between 0 and 1")
-    resolution_schedule(args)  # ConfigError for a schedule that cannot be
-    if not cuda:
-        if args.amp == "fp16":
+
+    def global_batch(self, world_size: int) -> int:
+        """The batch of one optimizer step: ``batch_size`` on each of ``world_size`` processes."""
+        return self.batch_size * world_size
+
+    def scaled_lr(self, world_size: int) -> float:
+        """``lr`` is the rate for a global batch of 256, scaled linearly to the real one."""
+        return self.lr * self.global_batch(world_size) / 256
+
+
+@dataclass(frozen=True)
+class RunControl:
+    """Where the run writes, when it stops, what it resumes: the ``run control`` flags."""
+
+    device: str = "auto"
+    max_steps: int | None = None
+    print_freq: int = 10
+    output_dir: str = "runs/latest"
+    resume: str | None = None
+    force_resume: bool = False
+    evaluate: bool = False
+    max_bad_records: int = 10
+
+    def __post_init__(self) -> None:
+        _positive("print_freq", self.print_freq)
+        if self.max_steps is not None:
+            _positive("max_steps", self.max_steps)
+        if self.max_bad_records < 0:
+            raise ConfigError("--max-bad-records must be 0 or more")
+        if self.resume and self.resume != "auto" and not os.path.isfile(self.resume):
+            raise ConfigError(f"--resume {self.resume}: no such checkpoint")
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    """How the processes meet: the ``distributed`` flags (torchrun's or SLURM's environment wins)."""
+
+    multiprocessing_distributed: bool = False
+    procs_per_node: int | None = None
+    world_size: int = 1
+    rank: int = 0
+    dist_url: str = "env://"
+    dist_backend: str | None = None
+    dist_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        _positive("dist_timeout", self.dist_timeout)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run's whole configuration, checked; built by ``from_args`` and never changed."""
+
+    data: DataConfig
+    optim: OptimConfig
+    run: RunControl
+    dist: DistConfig
+    cuda: bool = _derived()  # training runs on GPUs
+    amp_dtype: torch.dtype | None = _derived()  # autocast's dtype; None: full precision
+    image_dtype: torch.dtype = _derived()  # the dtype loaders hand images over in
+
+    def __post_init__(self) -> None:
+        if self.run.evaluate and not self.data.val:
+            raise ConfigError("--evaluate needs --val")
+        if not self.run.evaluate and not self.data.train and not self.data.synthetic:
+            raise ConfigError("--train is required (or --synthetic, or --evaluate with --val)")
+        if self.run.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+        cuda = self.run.device != "cpu" and torch.cuda.is_available()
+        if not cuda and self.optim.amp == "fp16":
             raise ConfigError("--amp fp16 needs CUDA (this run is on the CPU); use --amp bf16 or off")
-        if args.dist_backend == "nccl":
+        if not cuda and self.dist.dist_backend == "nccl":
             raise ConfigError("--dist-backend nccl needs CUDA (this run is on the CPU); use gloo")
+        amp = self.optim.amp or ("off" if not cuda else "bf16" if torch.cuda.is_bf16_supported() else "fp16")
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+        object.__setattr__(self, "cuda", cuda)
+        object.__setattr__(self, "amp_dtype", amp_dtype)
+        # half precision under AMP on a GPU (what the first layer would cast to anyway), else float32;
+        # DALI has no bfloat16 and hands float16 under bf16
+        object.__setattr__(self, "image_dtype", amp_dtype if cuda and amp_dtype is not None else torch.float32)
+
+    @property
+    def amp(self) -> str:
+        """The mixed precision in force, as ``--amp`` names it."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[self.amp_dtype]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunConfig:
+        """Check and resolve parsed flags; ConfigError names the flag at fault."""
+        flags = vars(args)
+
+        def section(kind: type) -> Any:
+            return kind(**{f.name: flags[f.name] for f in dataclasses.fields(kind) if f.init})
+
+        return cls(section(DataConfig), section(OptimConfig), section(RunControl), section(DistConfig))
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """The flags by section (derived values left out): what the log and checkpoints record."""
+        return {
+            name: {f.name: getattr(part, f.name) for f in dataclasses.fields(part) if f.init}
+            for name, part in (("data", self.data), ("optim", self.optim), ("run", self.run), ("dist", self.dist))
+        }
 
 
-def resolution_schedule(args: argparse.Namespace) -> ResolutionSchedule | None:
+SECTIONS = (DataConfig, OptimConfig, RunControl, DistConfig)
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+
+
+def _check_data_path(flag: str, path: str, lmdb: bool) -> None:
+    if not os.path.exists(path):
+        raise ConfigError(f"{flag} {path}: no such file or directory")
+    if lmdb and not is_database(path):
+        raise ConfigError(
+            f"{flag} {path}: not an LMDB database (no data.mdb); convert it with convert.py "
+            f"or drop --lmdb to read an ImageFolder tree"
+        )
+    if not lmdb and is_database(path):
+        raise ConfigError(f"{flag} {path} is an LMDB database: add --lmdb")
+
+
+def _resolution_schedule(data: DataConfig) -> ResolutionSchedule | None:
     """The training crop's schedule over epochs from --min-res/--max-res/--start-ramp/--end-ramp, or None
-    (every epoch at --crop-size); ConfigError naming the flags for one that cannot be. The flags' combinations
-    are checked here, their values by ``ResolutionSchedule``."""
-    low = args.crop_size if args.min_res is None else args.min_res
-    high = args.crop_size if args.max_res is None else args.max_res
-    start, end = args.start_ramp, args.end_ramp
+    (every epoch at --crop-size); ConfigError naming the flags for one that cannot be. The flags'
+    combinations are checked here, their values by ``ResolutionSchedule``."""
+    low = data.crop_size if data.min_res is None else data.min_res
+    high = data.crop_size if data.max_res is None else data.max_res
+    start, end = data.start_ramp, data.end_ramp
     if low == high and (start is not None or end is not None):
         raise ConfigError(f"--start-ramp/--end-ramp need --min-res and --max-res to differ (both are {low})")
     if low != high:
@@ -304,9 +228,9 @@ def resolution_schedule(args: argparse.Namespace) -> ResolutionSchedule | None:
             raise ConfigError(
                 f"--min-res {low} and --max-res {high} differ: progressive resizing needs --start-ramp and --end-ramp"
             )
-        if args.synthetic:
+        if data.synthetic:
             raise ConfigError("--min-res/--max-res (progressive resizing) do not apply to --synthetic batches")
-        if args.loader == "dali" and not args.lmdb:
+        if data.loader == "dali" and not data.lmdb:
             raise ConfigError(
                 "--min-res/--max-res (progressive resizing) with --loader dali need --lmdb (DALI's file reader "
                 "path has no per-epoch source); use --lmdb or --loader torch"
@@ -317,7 +241,3 @@ def resolution_schedule(args: argparse.Namespace) -> ResolutionSchedule | None:
         flags = f"--min-res {low} --max-res {high}" + (f" --start-ramp {start} --end-ramp {end}" if low != high else "")
         raise ConfigError(f"{flags}: {error}") from None
     return schedule if schedule.progressive else None
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)

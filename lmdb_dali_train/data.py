@@ -1,9 +1,8 @@
-"""The one place that turns train.py's flags into loaders: DALI or torch, database or ImageFolder tree,
+"""The one place that turns the run's configuration into loaders: DALI or torch, database or ImageFolder tree,
 or synthetic batches. Every loader is a ``BatchLoader``, so the loops never branch on it."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Callable
@@ -15,7 +14,8 @@ import torch
 from lmdb_dali_train.loaders.batch import BatchLoader
 from lmdb_io import LmdbIoError
 
-from .config import ConfigError, resolution_schedule
+from .config import ConfigError, RunConfig
+from .distributed import Placement
 
 DALI_INSTALL_HINT = (
     "DALI is not installed: pip install '.[cuda130]' (NVIDIA driver >= 580, or no GPU) or '.[cuda120]' "
@@ -55,7 +55,7 @@ def describe_dataset(path: str, lmdb: bool) -> DatasetInfo:
     return DatasetInfo(len(folder), folder.classes, identity, lambda i: rel[i])
 
 
-def check_class_maps(train: DatasetInfo, val: DatasetInfo | None, train_path: str, val_path: str) -> None:
+def check_class_maps(train: DatasetInfo, val: DatasetInfo | None, train_path: str | None, val_path: str | None) -> None:
     if val is not None and val.classes != train.classes:
         differ = next(
             (i for i, (a, b) in enumerate(zip(train.classes, val.classes, strict=False)) if a != b),
@@ -89,86 +89,78 @@ def val_share(count: int) -> int:
     return max(1, count // 2) if count > 0 else 0
 
 
-def image_dtype(args: argparse.Namespace, device: torch.device) -> torch.dtype:
-    """The dtype of the images a loader hands over: half precision under AMP on a GPU (what the first
-    layer would cast to anyway), float32 otherwise. DALI has no bfloat16, so it hands float16 under bf16;
-    the torch loader normalises on the device straight into this dtype."""
-    if device.type != "cuda" or args.amp not in ("bf16", "fp16"):
-        return torch.float32
-    return torch.bfloat16 if args.amp == "bf16" else torch.float16
-
-
 def make_loader(
-    args: argparse.Namespace,
+    config: RunConfig,
     path: str,
     train: bool,
     *,
-    rank: int,
-    world_size: int,
+    place: Placement,
     device: torch.device,
     first_epoch: int = 0,
     skip: int = 0,
     num_classes: int = 1000,
     synthetic_steps: int = 100,
 ) -> BatchLoader:
-    """The loader the flags ask for, for one rank; ``skip`` resumes mid-epoch (positions of the epoch's
+    """The loader the configuration asks for, for one rank; ``skip`` resumes mid-epoch (positions of the epoch's
     global order, see ``lmdb_io.reading.plan.RankPlan``)."""
-    if args.synthetic:
+    data, optim = config.data, config.optim
+    rank, world_size = place.rank, place.world_size
+    if data.synthetic:
         from lmdb_dali_train.loaders.synthetic import SyntheticLoader
 
         return SyntheticLoader(
-            args.batch_size,
-            args.crop_size,
+            optim.batch_size,
+            data.crop_size,
             num_classes,
             synthetic_steps,
             device,
-            args.channels_last,
-            image_dtype(args, device),
+            optim.channels_last,
+            config.image_dtype,
         )
-    threads = args.dali_threads or default_threads(world_size)
-    workers = args.workers
+    threads = data.dali_threads or default_threads(world_size)
+    workers = data.workers
     if not train:
         threads, workers = val_share(threads), None if workers is None else val_share(workers)
     common: dict[str, Any] = dict(
         train=train,
         rank=rank,
         world_size=world_size,
-        seed=args.seed,
-        crop=args.crop_size,
-        val_resize=args.val_resize,
-        resolution=resolution_schedule(args) if train else None,  # progressive resizing: training only
+        seed=optim.seed,
+        crop=data.crop_size,
+        val_resize=data.val_resize,
+        resolution=data.resolution if train else None,  # progressive resizing: training only
         first_epoch=first_epoch,
         skip=skip if train else 0,
     )
-    if args.loader == "torch":
+    if data.loader == "torch":
         from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 
         return make_torch_loader(
             path,
-            args.batch_size,
+            optim.batch_size,
             workers=threads if workers is None else workers,
             device=device,
-            dtype=image_dtype(args, device),
-            channels_last=args.channels_last,
-            lmdb=args.lmdb,
+            dtype=config.image_dtype,
+            channels_last=optim.channels_last,
+            lmdb=data.lmdb,
             **common,
         )
     device_id = device.index if device.type == "cuda" else None
     options: dict[str, Any] = dict(
         num_threads=threads,
-        hw_decoder_load=args.hw_decoder_load,
-        fp16_output=image_dtype(args, device) != torch.float32,
-        channels_last=args.channels_last,
+        hw_decoder_load=data.hw_decoder_load,
+        fp16_output=config.image_dtype != torch.float32,
+        channels_last=optim.channels_last,
     )
-    if args.lmdb:
+    if data.lmdb:
         from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
         if workers is not None:
             options["py_workers"] = workers
-        return make_dali_loader(path, args.batch_size, device_id=device_id, **common, **options)
+        return make_dali_loader(path, optim.batch_size, device_id=device_id, **common, **options)
     from dali_pipeline.pipelines import PipelineOptions
     from lmdb_dali_train.loaders.dali_loader import DALIFolderLoader
     from lmdb_io.reading.presets import preset_for
 
-    opts = PipelineOptions(batch_size=args.batch_size, device_id=device_id, seed=args.seed + rank, **options)
-    return DALIFolderLoader(path, opts, preset_for(train, args.crop_size, args.val_resize), rank, world_size)
+    opts = PipelineOptions(batch_size=optim.batch_size, device_id=device_id, seed=optim.seed + rank, **options)
+    return DALIFolderLoader(path, opts, preset_for(train, data.crop_size, data.val_resize), rank, world_size)

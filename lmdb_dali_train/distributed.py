@@ -61,12 +61,10 @@ def spans_nodes(env: Mapping[str, str] | None = None) -> bool:
     return int(env.get("SLURM_STEP_NUM_NODES", "1")) > 1
 
 
-def pick_device(requested: str, local_rank: int) -> torch.device:
-    """The CPU, or this local rank's own GPU: two ranks never share one."""
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+def pick_device(cuda: bool, local_rank: int) -> torch.device:
+    """The CPU, or this local rank's own GPU: two ranks never share one. ``cuda``: ``RunConfig.cuda``."""
+    if not cuda:
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
     count = torch.cuda.device_count()
     if local_rank >= count:
         raise ConfigError(

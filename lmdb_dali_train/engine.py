@@ -40,20 +40,23 @@ class StopSignal:
     """
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum = 0  # the first signal this process got (0: none)
+        self.agreed_signum = 0  # the signal the ranks stopped for (the highest number any rank got)
         self._group: dist.ProcessGroup | None = None
         self._asked = False
         self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        self.signum = self.signum or signum
 
     def agreed(self) -> bool:
         if not (dist.is_available() and dist.is_initialized()):
-            return self.requested  # one process: no collective
-        flag = torch.tensor([1.0 if self.requested else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.host_group())
-        return bool(flag.item() > 0)
+            self.agreed_signum = self.signum  # one process: no collective
+        else:
+            flag = torch.tensor([float(self.signum)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.host_group())
+            self.agreed_signum = int(flag.item())
+        return self.agreed_signum > 0
 
     def host_group(self) -> dist.ProcessGroup | None:
         """The group for host-side (CPU tensor) collectives: None, the run's own, when that is gloo, else a

@@ -25,6 +25,7 @@ from conftest import REPO, assert_one_line_error, convert, needs_dali, repo_pyth
 from datagen import huge_png
 from PIL import Image
 
+from lmdb_dali_train.exit_codes import ExitCode
 from lmdb_io import open_database
 from lmdb_io.reading.plan import RankPlan
 
@@ -191,7 +192,7 @@ def test_validation_counts_each_good_sample_once(bad_records_db: Path, kind: str
 # -- train.py ----------------------------------------------------------------------------------------
 
 SMALL = ["-a", "resnet18", "--crop-size", "32", "--val-resize", "36", "--device", "cpu", "--print-freq", "2"]
-EXIT_BAD_RECORDS = 3  # train.py --help: more bad records than --max-bad-records
+EXIT_BAD_RECORDS = ExitCode.BAD_RECORDS  # train.py --help: more bad records than --max-bad-records
 
 
 def _train(db: Path, out: Path, loader: str, *extra: str, nproc: int = 1) -> subprocess.CompletedProcess[str]:

@@ -182,21 +182,22 @@ def test_a_raw_torch_file_has_no_digest(tmp_path: Path) -> None:
 
 
 def test_resume_auto_falls_back_to_the_newest_intact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from lmdb_dali_train.config import parse_args
-    from lmdb_dali_train.main import _resume_path
+    from lmdb_dali_train.config import RunConfig
+    from lmdb_dali_train.flags import parse_args
+    from lmdb_dali_train.resume import resume_path
 
     out = str(tmp_path)
     first = checkpoint.save(out, _state(10))
     second = checkpoint.save(out, _state(20))
     _scribble(second)
-    args = parse_args(["--synthetic", "--resume", "auto", "--output-dir", out])
-    assert _resume_path(args) == first
+    run = RunConfig.from_args(parse_args(["--synthetic", "--resume", "auto", "--output-dir", out])).run
+    assert resume_path(run) == first
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "warning" in lines[0], lines
     assert os.path.basename(second) in lines[0] and os.path.basename(first) in lines[0], lines[0]
     _truncate(first)
     with pytest.raises(ConfigError, match="no intact checkpoint"):
-        _resume_path(args)
+        resume_path(run)
 
 
 def test_named_corrupt_checkpoint_is_a_one_line_refusal(tmp_path: Path) -> None:
@@ -320,14 +321,18 @@ def test_restore_onto_another_device_loads_the_checkpoint_to_the_cpu(tmp_path: P
     """On a GPU, ``map_location=<cuda device>`` made the saved RNG state a CUDA tensor, which
     ``torch.set_rng_state`` refuses (TypeError). The CPU reproduction: a state on the ``meta`` device, a
     non-CPU device every CPU build of torch has; the model and optimizer state still land on the device."""
-    from lmdb_dali_train.config import parse_args
+    from lmdb_dali_train.config import RunConfig
     from lmdb_dali_train.distributed import Placement
-    from lmdb_dali_train.main import _restore, build_state
+    from lmdb_dali_train.flags import parse_args
+    from lmdb_dali_train.model import build_state
+    from lmdb_dali_train.resume import restore
     from lmdb_dali_train.runlog import RunLog
 
-    args = parse_args(["--synthetic", "-a", "resnet18", "--epochs", "1", "-b", "2", "--output-dir", str(tmp_path)])
+    args = RunConfig.from_args(
+        parse_args(["--synthetic", "-a", "resnet18", "--epochs", "1", "-b", "2", "--output-dir", str(tmp_path)])
+    )
     place = Placement(0, 1, 0)
-    trained = build_state(args, place, torch.device("cpu"), None, num_classes=2, steps_per_epoch=10)
+    trained = build_state(args, place, torch.device("cpu"), num_classes=2, steps_per_epoch=10)
     before = torch.get_rng_state()
     try:
         torch.manual_seed(5)
@@ -345,14 +350,14 @@ def test_restore_onto_another_device_loads_the_checkpoint_to_the_cpu(tmp_path: P
                 "global_step": 3,
                 "samples_seen": 6,
                 "world_size": 1,
-                "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool))},
+                "config": args.as_dict(),
                 "rng": saved_rng,
                 "dataset": None,
             },
         )
         torch.manual_seed(99)
-        on_device = build_state(args, place, torch.device("meta"), None, num_classes=2, steps_per_epoch=10)
-        _restore(on_device, path, None, False, RunLog(str(tmp_path), enabled=False))
+        on_device = build_state(args, place, torch.device("meta"), num_classes=2, steps_per_epoch=10)
+        restore(on_device, path, None, False, RunLog(str(tmp_path), enabled=False))
         assert torch.equal(torch.get_rng_state(), saved_rng["torch"])
         assert (on_device.epoch, on_device.global_step, on_device.epoch_position) == (0, 3, 6)
         assert next(on_device.module.parameters()).device.type == "meta"

@@ -201,7 +201,7 @@ def train_one_step(
     proc = run_train(*small_run(device, out), *flags, *(["--channels-last"] if channels_last else []))
     assert proc.returncode == 0, tail(proc)
     logged = events(out)
-    assert logged[0]["args"]["amp"] == amp and logged[0]["args"]["loader"] == loader
+    assert logged[0]["config"]["optim"]["amp"] == amp and logged[0]["config"]["data"]["loader"] == loader
     train = [e for e in logged if e["event"] == "train"]
     assert len(train) == 1 and train[0]["step"] == 1, train
     assert math.isfinite(train[0]["loss"]), train[0]

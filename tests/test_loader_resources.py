@@ -8,15 +8,18 @@ from pathlib import Path
 import torch
 from conftest import needs_dali
 
-from lmdb_dali_train.config import parse_args
+from lmdb_dali_train.config import RunConfig
 from lmdb_dali_train.data import make_loader, val_share
+from lmdb_dali_train.distributed import Placement
+from lmdb_dali_train.flags import parse_args
 
 
 def loaders(loader: str, train_db: Path, val_db: Path, *flags: str) -> tuple:
-    args = parse_args(["--loader", loader, "--lmdb", "--train", str(train_db), "--val", str(val_db), "-b", "8", *flags])
+    flags = ("--loader", loader, "--lmdb", "--train", str(train_db), "--val", str(val_db), "-b", "8", *flags)
+    config = RunConfig.from_args(parse_args(flags))
     cpu = torch.device("cpu")
     return tuple(
-        make_loader(args, str(db), train, rank=0, world_size=1, device=cpu)
+        make_loader(config, str(db), train, place=Placement(0, 1, 0), device=cpu)
         for db, train in ((train_db, True), (val_db, False))
     )
 

@@ -420,7 +420,6 @@ def test_forked_workers_leave_the_parents_dali_pipelines_alone(val_db: Path, mon
     a process without the pipeline's threads crashes (SIGSEGV, seen in a full run of this suite). The
     worker collects garbage at once here, so that the test does not depend on when the collector runs."""
     from lmdb_dali_train.loaders import torch_loader
-
     from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
     dali = make_dali_loader(val_db, 4, train=False, crop=32, val_resize=40)

@@ -19,6 +19,7 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from lmdb_dali_train.exit_codes import ExitCode
 from lmdb_io import CorruptRecordError, ImageFolderLMDB, open_database
 from lmdb_io.env import close_shared_env
 
@@ -131,7 +132,9 @@ def test_checksum_mismatch_names_the_key(val_db: Path, tmp_path: Path) -> None:
     with pytest.raises(CorruptRecordError, match="checksum"):
         ImageFolderLMDB(broken)[10]
     result = lmdb_io_cli("verify", str(broken), "-q")
-    assert result.returncode == 1 and key.decode() in result.stdout and f"1 of {total}" in result.stdout
+    assert (
+        result.returncode == ExitCode.BAD_RECORDS and key.decode() in result.stdout and f"1 of {total}" in result.stdout
+    )
     assert db.paths()[10] in result.stdout  # and the source path
     close_shared_env(str(broken))
 

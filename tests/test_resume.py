@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
 from conftest import Result, all_entries, assert_one_line_error, convert, fault_env, lmdb_io_cli, run_cli
 from datagen import SKIPPED, GeneratedDataset
 
+from lmdb_dali_train.exit_codes import ExitCode
 from lmdb_io import IncompleteDatabaseError, open_database
 from lmdb_io.schema import PROGRESS_KEY
 
@@ -56,7 +59,8 @@ def test_resume_after_hard_stop_equals_straight_run(
 def _interrupted_run(
     dataset: Path, out: Path, monkeypatch: pytest.MonkeyPatch, failure: str, at_commit: int, every: int
 ) -> Result:
-    """convert.py in-process whose ``at_commit``-th commit fails (Ctrl-C arrives, or the disk is full)."""
+    """convert.py in-process whose ``at_commit``-th commit fails (Ctrl-C or SIGTERM arrives, or the disk is
+    full)."""
     import lmdb
 
     from lmdb_io import writer
@@ -69,6 +73,8 @@ def _interrupted_run(
         if calls["n"] == at_commit:
             if failure == "ctrl-c":
                 raise KeyboardInterrupt
+            if failure == "sigterm":  # a scheduler's stop: the same as Ctrl-C, but its own exit code
+                os.kill(os.getpid(), signal.SIGTERM)
             raise lmdb.DiskError("mdb_txn_commit: No space left on device")
         return real_put_all(self, *args, **kwargs)
 
@@ -77,7 +83,9 @@ def _interrupted_run(
         return convert(dataset, out, "--commit-every", str(every), check=False)
 
 
-@pytest.mark.parametrize("failure, code", [("ctrl-c", 130), ("disk-full", 2)])
+@pytest.mark.parametrize(
+    "failure, code", [("ctrl-c", ExitCode.INTERRUPTED), ("sigterm", ExitCode.TERMINATED), ("disk-full", ExitCode.USAGE)]
+)
 def test_interrupt_or_full_disk_then_resume(
     generated: GeneratedDataset,
     train_dir: Path,
@@ -143,7 +151,7 @@ def test_resume_refuses_a_changed_dataset(
 ) -> None:
     out = tmp_path / "partial.lmdb"
     result = _interrupted_run(train_dir, out, monkeypatch, "ctrl-c", at_commit=2, every=10)
-    assert result.returncode == 130
+    assert result.returncode == ExitCode.INTERRUPTED
     assert_one_line_error(convert(val_dir, out, "--resume", check=False), "differ", "--overwrite")
     assert_one_line_error(convert(train_dir, out, "--resume", "--keep-format", check=False), "differ")
     assert _stored_records(all_entries(out)) == _stored_among_first(generated, 10)  # untouched

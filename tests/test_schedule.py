@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Iterator
 
@@ -10,10 +9,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from lmdb_dali_train.config import parse_args
+from lmdb_dali_train.config import RunConfig
 from lmdb_dali_train.distributed import Placement
 from lmdb_dali_train.engine import TrainState
-from lmdb_dali_train.main import build_state, lr_schedule
+from lmdb_dali_train.flags import parse_args
+from lmdb_dali_train.model import build_state
+from lmdb_dali_train.schedule import lr_schedule
 
 
 def test_linear_warmup() -> None:
@@ -62,8 +63,10 @@ def test_warmup_as_long_as_the_run() -> None:
 # -- linear scaling in build_state ----------------------------------------------------------------
 
 
-def _args(*extra: str) -> argparse.Namespace:
-    return parse_args(["--synthetic", "-a", "resnet18", "--epochs", "2", "--warmup-epochs", "0.5", *extra])
+def _args(*extra: str) -> RunConfig:
+    return RunConfig.from_args(
+        parse_args(["--synthetic", "-a", "resnet18", "--epochs", "2", "--warmup-epochs", "0.5", *extra])
+    )
 
 
 def _lrs(state: TrainState, steps: int) -> list[float]:
@@ -78,13 +81,13 @@ def _lrs(state: TrainState, steps: int) -> list[float]:
 @pytest.mark.parametrize("batch, lr", [(32, 0.1), (256, 0.1), (100, 0.4)])
 def test_lr_scales_with_the_batch_on_one_process(batch: int, lr: float) -> None:
     args = _args("-b", str(batch), "--lr", str(lr))
-    state = build_state(args, Placement(0, 1, 0), torch.device("cpu"), None, num_classes=2, steps_per_epoch=10)
+    state = build_state(args, Placement(0, 1, 0), torch.device("cpu"), num_classes=2, steps_per_epoch=10)
     base = lr * batch / 256
     assert state.optimizer.param_groups[0]["initial_lr"] == pytest.approx(base)
     f = lr_schedule(total_steps=20, warmup_steps=5)  # 2 epochs of 10 steps, half an epoch of warm-up
     assert _lrs(state, 22) == pytest.approx([base * f(s) for s in range(22)])
     group = state.optimizer.param_groups[0]
-    assert group["momentum"] == args.momentum and group["weight_decay"] == args.wd
+    assert group["momentum"] == args.optim.momentum and group["weight_decay"] == args.optim.wd
 
 
 @pytest.fixture
@@ -104,7 +107,7 @@ def test_lr_scales_with_the_global_batch(process_group: None) -> None:
     size from the placement, and DDP's constructor only needs a group to exist.
     """
     args = _args("-b", "32", "--lr", "0.1")
-    state = build_state(args, Placement(0, 4, 0), torch.device("cpu"), None, num_classes=2, steps_per_epoch=10)
+    state = build_state(args, Placement(0, 4, 0), torch.device("cpu"), num_classes=2, steps_per_epoch=10)
     assert isinstance(state.model, torch.nn.parallel.DistributedDataParallel) and state.model.module is state.module
     assert state.optimizer.param_groups[0]["initial_lr"] == pytest.approx(0.1 * 32 * 4 / 256)
     assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * lr_schedule(20, 5)(0))
@@ -117,14 +120,14 @@ def test_lr_scales_with_the_global_batch(process_group: None) -> None:
 def _checkpoint_after(tmp_path, steps: int, *flags: str) -> tuple[str, float]:
     """A run of ``steps`` steps with ``flags``, saved as _save does; the checkpoint's path and the schedule's
     factor for the next step (its learning rate over the base one)."""
-    from lmdb_dali_train.main import _save
+    from lmdb_dali_train.resume import save
 
     args = _args(*flags, "--output-dir", str(tmp_path))
-    state = build_state(args, Placement(0, 1, 0), torch.device("cpu"), None, num_classes=2, steps_per_epoch=10)
+    state = build_state(args, Placement(0, 1, 0), torch.device("cpu"), num_classes=2, steps_per_epoch=10)
     _lrs(state, steps)
     state.global_step = state.step_in_epoch = steps
-    state.epoch_position = steps * args.batch_size
-    _save(state, args, None, Placement(0, 1, 0))
+    state.epoch_position = steps * args.optim.batch_size
+    save(state, args, None, Placement(0, 1, 0))
     group = state.optimizer.param_groups[0]
     return str(tmp_path / f"checkpoint-step{steps:09d}.pt"), group["lr"] / group["initial_lr"]
 
@@ -135,13 +138,13 @@ def test_resume_on_another_batch_continues_the_schedule_by_samples(tmp_path, ste
     global batch (0.1 * 16 / 256), and the schedule continues from the samples seen (32 * steps), advancing by
     16 samples a step: samples, not optimizer steps. In the decay that is the factor the first run had
     reached; in the warm-up the ramp counts the samples seen once the step is done (+16 here, not +32)."""
-    from lmdb_dali_train.main import _restore
+    from lmdb_dali_train.resume import restore
     from lmdb_dali_train.runlog import RunLog
 
     path, factor = _checkpoint_after(tmp_path, steps, "-b", "32", "--lr", "0.1")
     args = _args("-b", "16", "--lr", "0.1")  # 2 epochs of 20 steps of 16 = 640 samples, as 20 of 32 were
-    state = build_state(args, Placement(0, 1, 0), torch.device("cpu"), None, num_classes=2, steps_per_epoch=20)
-    _restore(state, path, None, False, RunLog(str(tmp_path), enabled=False))
+    state = build_state(args, Placement(0, 1, 0), torch.device("cpu"), num_classes=2, steps_per_epoch=20)
+    restore(state, path, None, False, RunLog(str(tmp_path), enabled=False))
     base = 0.1 * 16 / 256
     assert state.optimizer.param_groups[0]["initial_lr"] == pytest.approx(base)
     by_samples = lr_schedule(total_steps=640 / 16, warmup_steps=160 / 16)  # in steps of the new batch

@@ -15,7 +15,8 @@ import pytest
 import torch
 from conftest import assert_one_line_error, copy_tree, lmdb_io_cli, repo_pythonpath, run_in_session, run_main
 
-from lmdb_dali_train.config import ConfigError, build_parser
+from lmdb_dali_train.config import ConfigError
+from lmdb_dali_train.flags import build_parser
 from lmdb_dali_train.main import main as train_main
 
 TINY = ["--synthetic", "--device", "cpu", "-a", "resnet18", "--crop-size", "32", "-b", "2", "--print-freq", "1"]
@@ -78,9 +79,9 @@ def test_two_ranks_on_one_gpu_is_an_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
-    assert distributed.pick_device("auto", 1) == torch.device("cuda", 1)
+    assert distributed.pick_device(True, 1) == torch.device("cuda", 1)
     with pytest.raises(ConfigError, match="local rank 2.*2 GPUs"):
-        distributed.pick_device("auto", 2)
+        distributed.pick_device(True, 2)
 
 
 def test_collective_timeout_is_a_flag(monkeypatch: pytest.MonkeyPatch) -> None:

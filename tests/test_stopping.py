@@ -22,6 +22,7 @@ import torch
 from conftest import REPO, fault_env, needs_dali
 from test_train import SMALL, _env, _events
 
+from lmdb_dali_train.exit_codes import ExitCode
 from lmdb_io import open_database
 from lmdb_io.reading.plan import RankPlan
 from lmdb_io.reading.workers import ignore_stop_signals, stop_signals_blocked
@@ -170,7 +171,9 @@ def test_group_signal_stops_a_run_with_loader_workers(
     # a terminal's Ctrl-C or SLURM: the trainer and its loader workers all get the signal
     out = tmp_path / "run"
     proc = _single(_args(train_db, out, loader, 8, *workers), signal_at_step="0:3:group")
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == ExitCode.TERMINATED, (
+        f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    )
     saved = _assert_stopped(out, proc.stdout + proc.stderr)
     per_epoch = RankPlan(len(open_database(train_db)), 8).num_batches(0)
     assert 3 <= saved["global_step"] == saved["step_in_epoch"] < per_epoch
@@ -184,7 +187,7 @@ def test_signal_to_torchrun_stops_every_rank(train_db: Path, tmp_path: Path, loa
     out = tmp_path / "run"
     per_epoch = RankPlan(len(open_database(train_db)), 8, world_size=2).num_batches(0)
     statuses, output = _torchrun(_args(train_db, out, loader, 8, *workers), tmp_path, signal_at_step="0:3:torchrun")
-    assert statuses == {0: 0, 1: 0}, output[-5000:]
+    assert statuses == {0: ExitCode.TERMINATED, 1: ExitCode.TERMINATED}, output[-5000:]
     saved = _assert_stopped(out, output)
     assert 3 <= saved["global_step"] <= per_epoch and saved["epoch"] == saved["global_step"] // per_epoch
 
@@ -199,7 +202,7 @@ def test_a_stop_in_an_epoch_of_few_steps_is_agreed_at_once(val_db: Path, tmp_pat
     per_epoch = RankPlan(len(open_database(val_db)), 5, world_size=2).num_batches(0)
     assert 2 < per_epoch < 5
     statuses, output = _torchrun(_args(val_db, out, "torch", 5, "-j", "0"), tmp_path, signal_at_step="1:2:self")
-    assert statuses == {0: 0, 1: 0}, output[-5000:]
+    assert statuses == {0: ExitCode.TERMINATED, 1: ExitCode.TERMINATED}, output[-5000:]
     saved = _assert_stopped(out, output)
     assert saved["global_step"] == saved["step_in_epoch"] == 2
 
@@ -214,7 +217,7 @@ def test_a_stop_during_validation_ends_it_and_saves(train_db: Path, val_db: Path
     assert val_batches > 2
     args = _args(train_db, out, "torch", 8, "-j", "0", "--val", str(val_db))
     statuses, output = _torchrun(args, tmp_path, signal_in_val="1:2:self")
-    assert statuses == {0: 0, 1: 0}, output[-5000:]
+    assert statuses == {0: ExitCode.TERMINATED, 1: ExitCode.TERMINATED}, output[-5000:]
     saved = _assert_stopped(out, output)
     assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == (1, 0, per_epoch)
     assert _events(out, "val") == []  # interrupted: no metrics over part of the validation set

@@ -31,7 +31,8 @@ from conftest import (
 )
 
 from bench.lib import runlog
-from lmdb_dali_train.config import build_parser
+from lmdb_dali_train.exit_codes import ExitCode
+from lmdb_dali_train.flags import build_parser
 from lmdb_dali_train.main import main as train_main
 from lmdb_io import open_database
 from lmdb_io.reading.plan import RankPlan
@@ -72,8 +73,8 @@ def _train(db: Path, out: Path, loader: str, *extra: str, env: dict[str, str] | 
     return _run(cmd, env)
 
 
-def _ok(proc: subprocess.CompletedProcess[str]) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+def _ok(proc: subprocess.CompletedProcess[str], code: int = ExitCode.OK) -> None:
+    assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
 
 
 def _events(out: Path, kind: str) -> list[dict]:
@@ -221,7 +222,7 @@ def test_sigterm_then_resume_equals_straight_run(train_db: Path, tmp_path: Path,
 
     interrupted = tmp_path / "interrupted"
     first = _train(train_db, interrupted, loader, env=fault_env(sigterm_at_step="3"))
-    _ok(first)
+    _ok(first, ExitCode.TERMINATED)  # stopped, saved, not complete
     assert "stopped by a signal" in first.stdout
     saved = torch.load(next(interrupted.glob("checkpoint-step*.pt")), weights_only=True)
     stopped_at = saved["global_step"]
@@ -243,7 +244,7 @@ def test_resume_on_another_world_and_batch_trains_each_sample_once(train_db: Pat
     """2 ranks of batch 4 stopped after 5 steps (40 positions of the epoch's global order), resumed on 1 rank
     with another batch: across both runs every sample of the epoch is trained exactly once, the resume says
     where it is and how the lr was rescaled, and the logged lr follows the schedule by samples seen."""
-    from lmdb_dali_train.main import lr_schedule
+    from lmdb_dali_train.schedule import lr_schedule
 
     length, first_steps, first_global = len(open_database(train_db)), 5, 8
     consumed = first_steps * first_global
@@ -404,7 +405,8 @@ def test_every_stop_logs_its_last_window_and_the_run_after_its_warm_up(tmp_path:
     assert speed["images"] == 5 * 8 and _figures(speed) and speed["last_window"]["steps"] == "1-6"
 
     signalled = tmp_path / "signalled"  # a SIGTERM after step 7, printing every 5: windows 1-5 and 6-7
-    _ok(_synthetic(signalled, "--print-freq", "5", "--epochs", "3", env=fault_env(sigterm_at_step="7")))
+    terminated = _synthetic(signalled, "--print-freq", "5", "--epochs", "3", env=fault_env(sigterm_at_step="7"))
+    _ok(terminated, ExitCode.TERMINATED)
     assert [(e["step"], e["steps"]) for e in _events(signalled, "train")] == [(5, 5), (7, 2)]
     (speed,) = _events(signalled, "speed")
     assert (speed["reason"], speed["steps_run"], speed["warmup_steps"], speed["steps"]) == ("stopped", 7, 5, "6-7")
@@ -416,7 +418,7 @@ def test_every_stop_logs_its_last_window_and_the_run_after_its_warm_up(tmp_path:
 
     failed = tmp_path / "failed"  # a NaN loss at step 3, found at the stop's window: the run ends in an error
     proc = _synthetic(failed, "--max-steps", "6", env=fault_env(nan_loss_at_step="3"))
-    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.returncode == ExitCode.DIVERGED, proc.stderr[-2000:]
     (speed,) = _events(failed, "speed")
     assert (speed["reason"], speed["steps_run"], speed["warmup_steps"]) == ("error", 6, 1)
     assert _figures(speed) and speed["last_window"]["steps"] == "1-6"

@@ -17,6 +17,7 @@ from conftest import lmdb_io_cli, needs_dali
 from datagen import huge_png
 from PIL import Image
 
+from lmdb_dali_train.exit_codes import ExitCode
 from lmdb_io import ImageFormat, open_database
 from lmdb_io.env import close_shared_env
 from lmdb_io.imagecheck import image_size
@@ -114,7 +115,7 @@ def test_verify_decode_cli_lists_every_over_cap_record(
     path, keys = bomb_db
     n = len(open_database(path))
     result = lmdb_io_cli("verify", str(path), "--decode", "-q", "--workers", "2")
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == ExitCode.BAD_RECORDS, result.stdout + result.stderr
     assert f"{len(BOMBS)} of {n} records failed" in result.stdout, result.stdout
     for key in keys:
         lines = [line for line in result.stdout.splitlines() if key in line]

@@ -31,6 +31,8 @@ class BatchLoader(Protocol):
 
     def __iter__(self) -> Iterator[Batch]: ...
 
+    def close(self) -> None: ...
+
 
 class LoaderLengthError(RuntimeError):
     """A loader yielded a different number of batches than it announced."""

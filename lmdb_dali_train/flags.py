@@ -1,0 +1,252 @@
+"""Command line of ``train.py``: flags familiar from PyTorch-LMDB's main.py and torchvision's reference
+trainer, grouped as the run configuration is (``config.RunConfig``: data, optimisation, run control,
+distributed), each explained in ``--help``. Parsing only: ``config`` checks and resolves them."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from lmdb_io import __version__
+from lmdb_io.reading.resolution import ROUND_TO
+
+from .exit_codes import ExitCode
+from .progname import prog_name
+
+# argparse group titles; config.RunConfig's sections follow them
+DATA, OPTIMISATION, RUN, DISTRIBUTED = (
+    "data",
+    "model and optimisation",
+    "run control",
+    "distributed (torchrun's environment is used when present)",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog_name("train.py"),
+        description="Train a torchvision classifier under DDP from an lmdb_io database (or an ImageFolder tree) "
+        "with the DALI loader (GPU decoding; CPU operators without a GPU) or the torchvision one.",
+        epilog="Examples:\n"
+        "  torchrun --nproc-per-node 8 train.py --loader dali --lmdb --train train.lmdb --val val.lmdb\n"
+        "  python train.py --loader torch --train data/train --val data/val -a resnet18 --device cpu\n"
+        "  python train.py --synthetic -b 256 --amp bf16 --channels-last --max-steps 200",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    data = p.add_argument_group(DATA)
+    data.add_argument(
+        "--train",
+        metavar="PATH",
+        help="training data: an lmdb_io database with --lmdb, else an ImageFolder tree (DIR/<class>/<image>)",
+    )
+    data.add_argument("--val", metavar="PATH", help="validation data, same kind as --train (optional)")
+    data.add_argument("--lmdb", action="store_true", help="--train/--val are databases made by convert.py")
+    data.add_argument(
+        "--loader",
+        choices=("dali", "torch"),
+        default="dali",
+        help="dali: DALI pipeline (GPU 'mixed' decoding, CPU operators without a GPU); with --lmdb it "
+        "reads through a Python source, without it through DALI's file reader (sharded by "
+        "global rank, padded). torch: torchvision transforms in a DataLoader. Default: dali",
+    )
+    data.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="random batches resident on the device, no loader: the training speed ceiling",
+    )
+    data.add_argument(
+        "-j",
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch loader: DataLoader worker processes (default: cores per process, at most 8); "
+        "dali loader: Python processes running the LMDB source (default: 4 on a GPU, 0 on CPU)",
+    )
+    data.add_argument(
+        "--dali-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="DALI's own CPU threads per pipeline (default: cores per process, at most 8)",
+    )
+    data.add_argument(
+        "--hw-decoder-load",
+        type=float,
+        default=0.65,
+        metavar="F",
+        help="share of JPEGs for the GPU's hardware decoder (A100/H100/H200), 0-1 (default 0.65)",
+    )
+    data.add_argument("--crop-size", type=int, default=224, metavar="PX", help="training and validation crop (224)")
+    data.add_argument(
+        "--val-resize",
+        type=int,
+        default=256,
+        metavar="PX",
+        help="validation: shorter side resized to this before the center crop (256)",
+    )
+    data.add_argument(
+        "--min-res",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="progressive resizing (FFCV's schedule): the training crop up to epoch --start-ramp "
+        f"(default --crop-size; a multiple of {ROUND_TO} when it differs from --max-res)",
+    )
+    data.add_argument(
+        "--max-res",
+        type=int,
+        default=None,
+        metavar="PX",
+        help=f"progressive resizing: the training crop from epoch --end-ramp on (default --crop-size; a multiple "
+        f"of {ROUND_TO} when it differs from --min-res)",
+    )
+    data.add_argument(
+        "--start-ramp",
+        type=int,
+        default=None,
+        metavar="EPOCH",
+        help="progressive resizing: the last epoch (counted from 0) at --min-res; needed when --min-res and "
+        "--max-res differ",
+    )
+    data.add_argument(
+        "--end-ramp",
+        type=int,
+        default=None,
+        metavar="EPOCH",
+        help=f"progressive resizing: the first epoch at --max-res; in between the crop grows linearly, rounded "
+        f"to a multiple of {ROUND_TO}. The batch size stays, validation keeps --crop-size and --val-resize, "
+        "a resumed run trains at its epoch's size. Needs --lmdb with --loader dali",
+    )
+    data.add_argument(
+        "--log-keys",
+        action="store_true",
+        help="each global rank appends the keys of the samples it trained on to "
+        "OUTPUT_DIR/keys-rank<R>.tsv (epoch, step, key): to audit sharding",
+    )
+
+    model = p.add_argument_group(OPTIMISATION)
+    model.add_argument(
+        "-a",
+        "--arch",
+        default="resnet50",
+        metavar="ARCH",
+        help="any torchvision classification model name (default resnet50)",
+    )
+    model.add_argument("--epochs", type=int, default=90, help="total epochs (default 90)")
+    model.add_argument(
+        "-b",
+        "--batch-size",
+        type=int,
+        default=256,
+        metavar="N",
+        help="batch size per process; the global batch is N x world size (default 256)",
+    )
+    model.add_argument(
+        "--lr",
+        type=float,
+        default=0.1,
+        help="learning rate for a global batch of 256, scaled linearly to the real global batch (default 0.1)",
+    )
+    model.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=1.0,
+        help="linear warm-up from 0 over this many epochs, then cosine decay (default 1)",
+    )
+    model.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    model.add_argument("--wd", "--weight-decay", type=float, default=1e-4, dest="wd", help="weight decay (1e-4)")
+    model.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (0)")
+    model.add_argument(
+        "--amp",
+        choices=("bf16", "fp16", "off"),
+        default=None,
+        help="mixed precision (default: bf16 on GPUs that have it, else fp16 with a grad scaler; "
+        "off on CPU). fp16 needs CUDA",
+    )
+    model.add_argument(
+        "--channels-last", action="store_true", help="NHWC memory format end to end (DALI hands NHWC batches directly)"
+    )
+    model.add_argument("--compile", action="store_true", help="torch.compile the model")
+    model.add_argument("--seed", type=int, default=0, help="seed for shuffling, augmentation and init (default 0)")
+
+    run = p.add_argument_group(RUN)
+    run.add_argument(
+        "--device",
+        choices=("auto", "cuda", "cpu"),
+        default="auto",
+        help="auto: CUDA when available, else CPU (default auto)",
+    )
+    run.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N optimizer steps in this run (the same N on every rank), save, exit",
+    )
+    run.add_argument(
+        "--print-freq",
+        type=int,
+        default=10,
+        metavar="N",
+        help="print and log loss, accuracy, images/s and data-wait every N steps (default 10)",
+    )
+    run.add_argument(
+        "--output-dir",
+        default="runs/latest",
+        metavar="DIR",
+        help="checkpoints and the JSON-lines log log.jsonl (default runs/latest)",
+    )
+    run.add_argument(
+        "--resume",
+        metavar="PATH|auto",
+        help="continue from a checkpoint; auto: the latest in --output-dir (none found: start fresh)",
+    )
+    run.add_argument(
+        "--force-resume", action="store_true", help="resume even if the checkpoint was trained on a different database"
+    )
+    run.add_argument("--evaluate", action="store_true", help="only evaluate on --val (weights from --resume)")
+    run.add_argument(
+        "--max-bad-records",
+        type=int,
+        default=10,
+        metavar="N",
+        help="a bad record (fails its checksum, claims too many pixels in its image header, or does not "
+        "decode) is replaced by another sample of the rank's plan, named in the log and in "
+        "OUTPUT_DIR/bad-records.tsv, and the run goes on; more than N distinct ones in a run stop it with "
+        f"a checkpoint and exit code {int(ExitCode.BAD_RECORDS)} (default 10)",
+    )
+
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    dist = p.add_argument_group(DISTRIBUTED)
+    dist.add_argument(
+        "--multiprocessing-distributed",
+        action="store_true",
+        help="spawn --procs-per-node processes on this node (PyTorch-LMDB style); the global world is "
+        "world-size x procs-per-node",
+    )
+    dist.add_argument(
+        "--procs-per-node",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --multiprocessing-distributed: processes per node (default: GPUs, or 1 on CPU)",
+    )
+    dist.add_argument("--world-size", type=int, default=1, help="number of nodes with --multiprocessing-distributed")
+    dist.add_argument("--rank", type=int, default=0, help="node rank with --multiprocessing-distributed")
+    dist.add_argument("--dist-url", default="env://", help="rendezvous URL, e.g. tcp://10.1.1.20:23456 (env://)")
+    dist.add_argument(
+        "--dist-backend", choices=("nccl", "gloo"), default=None, help="default: nccl on GPUs, gloo on CPU"
+    )
+    dist.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a rank waits for the others at start-up and in any collective before failing (600)",
+    )
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)

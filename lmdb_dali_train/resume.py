@@ -1,0 +1,137 @@
+"""A run's state in and out of checkpoints: which checkpoint ``--resume`` means, restoring one (on another
+world size or batch size too), and saving one from rank 0 with every rank told whether it worked."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from . import checkpoint
+from .config import ConfigError, RunConfig, RunControl
+from .data import DatasetInfo
+from .distributed import Placement, all_reduce_max
+from .engine import TrainState, check_finite
+from .runlog import RunLog, warn
+from .schedule import SamplesLR
+
+
+def schedule_of(state: TrainState) -> SamplesLR:
+    assert isinstance(state.scheduler, SamplesLR)  # model.build_state makes it
+    return state.scheduler
+
+
+def _saved_optim(saved: dict[str, Any]) -> dict[str, Any]:
+    """The optimisation flags a checkpoint was trained with (``args``: checkpoints of 0.1.0)."""
+    return (saved.get("config") or {}).get("optim") or saved.get("args") or {}
+
+
+def resume_path(run: RunControl) -> str | None:
+    """The checkpoint to resume from: --resume PATH as given (verified when loaded), or with --resume auto the
+    newest one in --output-dir whose digest holds (one warning line for any newer one skipped)."""
+    if not run.resume:
+        return None
+    if run.resume != "auto":
+        return str(run.resume)
+    path, skipped = checkpoint.latest_intact(run.output_dir)
+    if path is None and skipped:
+        newest, why = skipped[0]
+        raise ConfigError(
+            f"--resume auto: no intact checkpoint in {run.output_dir} ({len(skipped)} corrupt; newest "
+            f"{os.path.basename(newest)}: {why})"
+        )
+    if skipped:
+        names = ", ".join(os.path.basename(p) for p, _ in skipped)
+        warn(f"--resume auto: skipping corrupt {names} ({skipped[0][1]}); resuming from {os.path.basename(str(path))}")
+    return path
+
+
+def restore(
+    state: TrainState,
+    path: str,
+    train_info: DatasetInfo | None,
+    force: bool,
+    log: RunLog,
+    *,
+    arch: str | None = None,
+    world_size: int = 1,
+) -> None:
+    """Load ``path`` into ``state``; on another world size or batch size the position (samples of the epoch
+    consumed) carries over, the lr is rescaled to this run's global batch and its schedule continues by
+    samples seen. ConfigError for another dataset (unless ``force``), another ``arch``, a bad checkpoint."""
+    # to the CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest onto the device
+    saved = checkpoint.load(path, map_location="cpu")  # ConfigError on a foreign format or a bad digest
+    saved_args = _saved_optim(saved)
+    if arch is not None and saved_args.get("arch", arch) != arch:
+        raise ConfigError(
+            f"--resume {path}: the checkpoint holds a {saved_args['arch']} model, not --arch {arch} "
+            f"(resume with -a {saved_args['arch']}, or start a new --output-dir)"
+        )
+    if train_info is not None and saved.get("dataset") != train_info.identity:
+        if not force:
+            raise ConfigError(
+                f"--resume {path}: the checkpoint was trained on a different dataset (class map, size "
+                f"or database metadata differ); pass --force-resume to use it anyway"
+            )
+        warn(f"resuming {path} on a different dataset (--force-resume)")
+    state.module.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    if state.scaler is not None and saved.get("scaler"):
+        state.scaler.load_state_dict(saved["scaler"])
+    state.epoch, state.step_in_epoch, state.global_step = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
+    state.epoch_position = saved["epoch_position"]
+    checkpoint.restore_rng(saved["rng"])
+    schedule = schedule_of(state)
+    lr_before = saved["optimizer"]["param_groups"][0]["lr"]
+    schedule.resume_at(saved["samples_seen"], state.global_step)
+    lr_after = state.optimizer.param_groups[0]["lr"]
+    batch = schedule.global_batch // world_size
+    saved_world, saved_batch = saved.get("world_size"), saved_args.get("batch_size")
+    if saved_world and saved_batch and saved_world * saved_batch != schedule.global_batch:
+        lr_note = f"lr scaled from {lr_before:.6g} to {lr_after:.6g} (saved on {saved_world} ranks x {saved_batch})"
+    else:
+        lr_note = f"lr {lr_after:.6g} (same global batch)"
+    log.info(
+        f"resumed from {path}, global step {state.global_step}: at sample {state.epoch_position} of epoch "
+        f"{state.epoch} on {world_size} ranks x {batch} ({schedule.samples_seen} samples seen): {lr_note}"
+    )
+
+
+def save(state: TrainState, config: RunConfig, train_info: DatasetInfo | None, place: Placement) -> None:
+    """Rank 0 writes the checkpoint; every rank learns whether it failed (no rank left waiting at a barrier)."""
+    check_finite(state)  # NaN weights are never saved (nor rotate a good checkpoint away)
+    failure: ConfigError | None = None
+    if place.is_main:
+        try:
+            _write(state, config, train_info, place)
+        except ConfigError as exc:  # disk full, or the written file did not verify
+            failure = exc
+    failed = all_reduce_max(torch.tensor([1.0 if failure else 0.0], device=state.device)).item() > 0
+    if failure is not None:
+        raise failure
+    if failed:
+        raise ConfigError("rank 0 could not save the checkpoint (its error is in rank 0's output)")
+
+
+def _write(state: TrainState, config: RunConfig, train_info: DatasetInfo | None, place: Placement) -> None:
+    """Rank 0's part of ``save``."""
+    path = checkpoint.save(
+        config.run.output_dir,
+        {
+            "model": state.module.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "scaler": state.scaler.state_dict() if state.scaler is not None else {},
+            "epoch": state.epoch,
+            "step_in_epoch": state.step_in_epoch,
+            "epoch_position": state.epoch_position,
+            "global_step": state.global_step,
+            "samples_seen": schedule_of(state).samples_seen,
+            "world_size": place.world_size,
+            "config": config.as_dict(),
+            "rng": checkpoint.rng_state(),
+            "dataset": train_info.identity if train_info is not None else None,
+        },
+    )
+    print(f"saved {path}", flush=True)
