@@ -145,8 +145,5 @@ class MemorySource(PlanSource):
         payloads = [np.frombuffer(db.read(i)[0], dtype=np.uint8).copy() for i in range(len(db))]
         return cls(payloads, db.targets.tolist(), plan)
 
-    def nbytes(self) -> int:
-        return sum(p.nbytes for p in self.payloads)
-
     def read(self, index: int) -> tuple[np.ndarray, int]:
         return self.payloads[index], self.labels[index]

@@ -1,43 +1,40 @@
 """ImageFolder tree (or file list) -> one LMDB, streaming, resumable, with a report of every file.
 
 The decisions (what goes in, under which key, what a resume may reuse) and the orchestration live here;
-reading and checking files is ``prepare``'s job, fast writing ``writer``'s. Records go out in batched
-write transactions; each also rewrites ``__progress__`` (counts and the fingerprint of the job) and
-adds that batch's skipped and transcoded files under one ``__progress_log__`` key, so whatever was
-committed before a crash, a Ctrl-C or a full disk is known exactly and ``--resume`` continues from
-there, at a cost per commit that does not grow with the database. The index entries are written in the
-final transaction: a database without them is incomplete.
+reading and checking files is ``prepare``'s job, fast writing ``writer``'s, guarding and locking the
+output ``output_dir``'s, the record of what an unfinished run committed ``progress``'s, and the report
+``report``'s. Records go out in batched write transactions, each with that record, so ``--resume``
+continues from whatever was committed before a crash, a Ctrl-C or a full disk. The index entries are
+written in the final transaction: a database without them is incomplete.
 """
 
 from __future__ import annotations
 
 import array
-import contextlib
-import fcntl
 import json
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import lmdb
 from tqdm import tqdm
 
 from . import __version__, pathtext, schema
 from .database import open_database
-from .env import DATA_FILE, close_shared_env
+from .env import close_shared_env
 from .errors import ConvertError, ConvertInterrupted
 from .imagecheck import Action
+from .output_dir import prepare_output
 from .prepare import prepare_in_order
+from .progress import COUNTS, load_progress, progress_entries, progress_keys
 from .record import HEADER_SIZE
 from .reencode import Reencode
+from .report import ConvertReport, check_report_path, write_report
 from .sources import SourceList, read_file_list, scan_image_folder
 from .writer import Writer, tune_malloc
 
-_LMDB_FILES = {DATA_FILE, "lock.mdb"}
-LOCK_FILE = ".convert.lock"  # in OUT while a conversion runs; see OutputLock
-_COUNTS = ("scanned", "stored_original", "stored_reencoded", "stored_transcoded", "bytes_in", "bytes_out")
 # the options that decide a database's content, and the flag that sets each (named when a resume differs)
 _OPTION_FLAGS = {
     "keep_format": "--keep-format",
@@ -67,172 +64,6 @@ class ConvertOptions:
     @property
     def reencode(self) -> Reencode:
         return Reencode(self.max_size, self.quality)
-
-
-@dataclass
-class ConvertReport:
-    """Counts cover the whole database, earlier runs included; ``reused`` is what earlier runs stored."""
-
-    output: str
-    scanned: int = 0
-    stored_original: int = 0
-    stored_reencoded: int = 0  # originals re-encoded under --max-size / --quality (counted, not listed)
-    stored_transcoded: int = 0
-    skipped: list[dict] = field(default_factory=list)
-    transcoded: list[dict] = field(default_factory=list)
-    reused: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    seconds: float = 0.0
-
-    @property
-    def stored(self) -> int:
-        return self.stored_original + self.stored_reencoded + self.stored_transcoded
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    def summary(self) -> str:
-        rate = (self.scanned - self.reused) / self.seconds if self.seconds else 0.0
-        mbs = self.bytes_in / 1e6 / self.seconds if self.seconds and not self.reused else 0.0
-        line = (
-            f"{self.output}: stored {self.stored} images ({self.stored_original} original, "
-            f"{self.stored_reencoded} re-encoded, {self.stored_transcoded} transcoded), skipped {len(self.skipped)}"
-        )
-        if self.reused:
-            line += f", reused {self.reused} from the interrupted run"
-        line += (
-            f"; {self.bytes_in / 1e6:.1f} MB in, {self.bytes_out / 1e6:.1f} MB out; "
-            f"{self.seconds:.1f} s ({rate:.0f} img/s"
-        )
-        return line + (f", {mbs:.0f} MB/s)" if mbs else ")")
-
-
-# -- output directory -------------------------------------------------------------------------------
-
-
-def _inside(path: str, parent: str) -> bool:
-    return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
-
-
-class OutputLock:
-    """An exclusive ``flock`` on ``OUT/.convert.lock`` held for a whole conversion, so that a second
-    converter on the same output refuses instead of interleaving its records and index with ours.
-
-    The lock file holds the holder's pid (for the refusal message) and is removed when the lock is
-    released; a file left by a killed converter is not locked by anyone and is simply taken over.
-    """
-
-    def __init__(self, out: str, shown: str) -> None:
-        self.path = os.path.join(out, LOCK_FILE)
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as exc:
-                raise ConvertError(f"cannot write to output {shown}: {exc.strerror}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-                os.close(fd)
-                raise ConvertError(
-                    f"output {shown} is being written by another conversion"
-                    + (f" (pid {holder})" if holder.isdigit() else "")
-                    + "; wait for it to finish or choose another output"
-                ) from None
-            except OSError as exc:
-                os.close(fd)
-                raise ConvertError(f"cannot lock output {shown}: {exc.strerror}") from None
-            try:
-                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                current = False
-            if current:
-                break
-            os.close(fd)  # its holder removed it between our open and our lock: lock the new one
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        try:
-            os.remove(self.path)  # while still locked: nobody can have locked a newer file yet
-        except OSError:
-            pass
-        os.close(self._fd)
-
-
-def _prepare_output(opts: ConvertOptions) -> OutputLock:
-    """Refuse outputs that would clobber something; create the directory and lock it (which also proves
-    it is writable); only then clear it for --overwrite. The caller releases the lock."""
-    out = os.path.realpath(opts.output)
-    if os.path.isdir(opts.dataset) and _inside(out, os.path.realpath(opts.dataset)):
-        raise ConvertError(f"output {opts.output} is inside the dataset {opts.dataset}: choose another place")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ConvertError(f"output {opts.output} exists and is not a directory")
-    entries = set(os.listdir(out)) - {LOCK_FILE} if os.path.isdir(out) else set()
-    if entries and not opts.resume:
-        if not opts.overwrite:
-            raise ConvertError(
-                f"output {opts.output} is not empty; pass --overwrite to replace it or --resume "
-                f"to finish an interrupted conversion"
-            )
-        foreign = sorted(entries - _LMDB_FILES)
-        if foreign:
-            raise ConvertError(
-                f"refusing to --overwrite {opts.output}: it holds files that are not an LMDB ({foreign[0]})"
-            )
-    if entries and opts.resume and DATA_FILE not in entries:
-        raise ConvertError(f"cannot --resume in {opts.output}: it holds no LMDB (data.mdb)")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as exc:
-        raise ConvertError(f"cannot write to output {opts.output}: {exc.strerror}") from None
-    lock = OutputLock(out, opts.output)
-    if entries and not opts.resume:
-        try:
-            close_shared_env(out)
-            for name in entries:
-                os.remove(os.path.join(out, name))
-        except BaseException:
-            lock.release()
-            raise
-    return lock
-
-
-# -- reading and checking files ---------------------------------------------------------------------
-
-
-# -- writing ----------------------------------------------------------------------------------------
-
-
-def _load_progress(env: lmdb.Environment, output: str) -> tuple[dict, list[dict], list[dict]] | None:
-    """An unfinished conversion's counts and its (skipped, transcoded) report entries; None if none."""
-    with env.begin() as txn:
-        raw = txn.get(schema.PROGRESS_KEY)
-        if raw is None:
-            if txn.get(schema.META_KEY) is None and txn.stat()["entries"]:
-                raise ConvertError(f"output {output} holds an LMDB that lmdb_io did not write; refusing to touch it")
-            return None
-        skipped: list[dict] = []
-        transcoded: list[dict] = []
-        for _, value in _progress_log(txn):
-            entries = json.loads(value)
-            skipped += entries["skipped"]
-            transcoded += entries["transcoded"]
-    return json.loads(raw), skipped, transcoded
-
-
-def _progress_log(txn: lmdb.Transaction) -> list[tuple[bytes, bytes]]:
-    """The ``__progress_log__`` entries, in commit order."""
-    cursor = txn.cursor()
-    found: list[tuple[bytes, bytes]] = []
-    if cursor.set_range(schema.PROGRESS_LOG_PREFIX):
-        for key, value in cursor:
-            if not bytes(key).startswith(schema.PROGRESS_LOG_PREFIX):
-                break
-            found.append((bytes(key), bytes(value)))
-    return found
 
 
 def _options_record(opts: ConvertOptions) -> dict:
@@ -288,7 +119,7 @@ def convert(opts: ConvertOptions) -> ConvertReport:
     started = time.perf_counter()
     tune_malloc()
     source = load_source(opts)
-    lock = _prepare_output(opts)
+    lock = prepare_output(opts.output, opts.dataset, resume=opts.resume, overwrite=opts.overwrite)
     try:
         report = _convert_locked(opts, source)
     finally:
@@ -306,11 +137,11 @@ def _convert_locked(opts: ConvertOptions, source: SourceList) -> ConvertReport:
     env = writer.env
     try:
         report = ConvertReport(output=out)
-        progress = _load_progress(env, out) if opts.resume else None
+        progress = load_progress(env, out) if opts.resume else None
         if opts.resume and progress is None and env.stat()["entries"]:
             with env.begin() as txn:  # complete already: nothing to redo if it is this job's database
                 meta_raw = txn.get(schema.META_KEY)
-                assert meta_raw is not None  # _load_progress refused entries without __meta__
+                assert meta_raw is not None  # load_progress refused entries without __meta__
                 meta = json.loads(meta_raw)
             _changed_flag(meta.get("options"), opts, out, "complete database there")
             if meta.get("fingerprint") != fingerprint:
@@ -337,7 +168,7 @@ def _convert_locked(opts: ConvertOptions, source: SourceList) -> ConvertReport:
                     f"cannot --resume {out}: the dataset's file list, classes or options differ from "
                     f"the interrupted run; use --overwrite to start over"
                 )
-            for name in _COUNTS:
+            for name in COUNTS:
                 setattr(report, name, counts.get(name, 0))  # a count added since that run was 0 then
             report.reused = report.stored
             start, commits = counts["scanned"], counts["commits"]
@@ -346,21 +177,6 @@ def _convert_locked(opts: ConvertOptions, source: SourceList) -> ConvertReport:
     finally:
         writer.close()
     return report
-
-
-def _progress_entries(
-    report: ConvertReport, fingerprint: str, options: dict, commits: int, logged: tuple[int, int]
-) -> list[tuple[bytes, bytes]]:
-    """``__progress__`` (counts: constant size) and, when this batch skipped or transcoded files, one
-    ``__progress_log__`` entry holding only those: each report entry is stored once."""
-    counts = {name: getattr(report, name) for name in _COUNTS}
-    state = {"fingerprint": fingerprint, "options": options, "stored": report.stored, "commits": commits, **counts}
-    entries = [(schema.PROGRESS_KEY, json.dumps(state).encode())]
-    new_skipped, new_transcoded = report.skipped[logged[0] :], report.transcoded[logged[1] :]
-    if new_skipped or new_transcoded:
-        log = {"skipped": new_skipped, "transcoded": new_transcoded}
-        entries.append((schema.progress_log_key(commits), json.dumps(log).encode()))
-    return entries
 
 
 def _convert_items(
@@ -385,7 +201,7 @@ def _convert_items(
         nonlocal batch, batch_bytes, since_commit, commits, logged
         commits += 1
         try:
-            writer.put_all(batch + _progress_entries(report, fingerprint, options, commits, logged))
+            writer.put_all(batch + progress_entries(report, fingerprint, options, commits, logged))
         except lmdb.Error as exc:
             raise ConvertError(
                 f"cannot write to {opts.output}: {exc}; {report.stored - len(batch)} images are "
@@ -502,38 +318,7 @@ def _finish(
         ),
         (schema.META_KEY, json.dumps(meta, sort_keys=True).encode()),
     ]
-    with writer.env.begin() as txn:
-        progress_keys = [key for key, _ in _progress_log(txn)]
-        if txn.get(schema.PROGRESS_KEY) is not None:
-            progress_keys.append(schema.PROGRESS_KEY)
-    writer.put_all(puts, deletes=tuple(progress_keys))
-
-
-def check_report_path(path: str) -> None:
-    """Refuse a --report path that cannot be written, before converting (not after the database is done)."""
-    if os.path.isdir(path):
-        raise ConvertError(f"cannot write --report {path}: it is a directory")
-    probe = f"{path}.tmp"
-    try:
-        with open(probe, "w", encoding="utf-8"):
-            pass
-        os.remove(probe)
-    except OSError as exc:
-        raise ConvertError(f"cannot write --report {path}: {exc.strerror}") from None
-
-
-def write_report(report: ConvertReport, path: str) -> None:
-    """Atomically write the JSON report (temp file + rename); paths as ``pathtext`` writes them."""
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(pathtext.json_dumps(report.to_json(), indent=2))
-            f.write("\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise ConvertError(f"cannot write --report {path}: {exc.strerror} (the database is complete)") from None
+    writer.put_all(puts, deletes=progress_keys(writer.env))
 
 
 __all__ = ["ConvertOptions", "ConvertReport", "check_report_path", "convert", "write_report"]

@@ -138,9 +138,6 @@ class ImageDatabase:
         start = index * (self.key_width + 1)
         return self._keys_blob[start : start + self.key_width]
 
-    def keys(self) -> list[bytes]:
-        return self._keys_blob.split(b"\n") if self.length else []
-
     def paths(self) -> list[str]:
         """Each image's source path relative to the dataset root (read once, on first use)."""
         if self._paths is None:

@@ -71,7 +71,7 @@ def bad_records_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     db = root / "train.lmdb"
     convert(root / "tree", db)
     database = open_database(db)
-    keys, targets = database.keys(), database.targets.tolist()
+    keys, targets = [database.key(i) for i in range(len(database))], database.targets.tolist()
     close_shared_env(str(db))
     env = lmdb.open(str(db), map_size=0)
     with env.begin(write=True) as txn:

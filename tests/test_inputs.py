@@ -94,7 +94,7 @@ def test_second_converter_on_the_same_output_is_refused(
 
 def test_lock_file_left_by_a_killed_converter_bothers_nobody(val_dir: Path, train_dir: Path, tmp_path: Path) -> None:
     """kill -9 leaves OUT/.convert.lock behind, unlocked: readers, --overwrite and a fresh run ignore it."""
-    from lmdb_io.converter import LOCK_FILE
+    from lmdb_io.output_dir import LOCK_FILE
 
     out = tmp_path / "db"
     out.mkdir()

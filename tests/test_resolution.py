@@ -43,9 +43,10 @@ def test_matches_ffcv_formula_at_every_epoch(min_res: int, max_res: int, start_r
 
 
 def test_fixed_is_one_size_whatever_the_epoch() -> None:
-    fixed = ResolutionSchedule.fixed(224)
+    """min_res == max_res, as ``--min-res`` and ``--max-res`` left equal give it (config.py)."""
+    fixed = ResolutionSchedule(224, 224, 0, 0)
     assert not fixed.progressive and {fixed.for_epoch(e) for e in range(100)} == {224}
-    assert ResolutionSchedule.fixed(37).for_epoch(5) == 37  # no rounding when nothing ramps
+    assert ResolutionSchedule(37, 37, 0, 0).for_epoch(5) == 37  # no rounding when nothing ramps
 
 
 @pytest.mark.parametrize(

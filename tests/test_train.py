@@ -92,7 +92,8 @@ def _key_logs(out: Path) -> dict[int, list[tuple[int, int, str]]]:
 
 def _assert_sharding(logs: dict[int, list[tuple[int, int, str]]], world: int, db: Path, steps: int) -> None:
     """Every rank ran ``steps`` steps; the ranks' samples are disjoint and cover the database."""
-    all_keys = {k.decode() for k in open_database(db).keys()}
+    database = open_database(db)
+    all_keys = {database.key(i).decode() for i in range(len(database))}
     assert sorted(logs) == list(range(world))
     assert {rank: len({s for _, s, _ in rows}) for rank, rows in logs.items()} == dict.fromkeys(range(world), steps)
     per_rank = {rank: [k for _, _, k in rows] for rank, rows in logs.items()}
@@ -263,7 +264,8 @@ def test_resume_on_another_world_and_batch_trains_each_sample_once(train_db: Pat
 
     rows = [row for rows in _key_logs(out).values() for row in rows]
     trained_keys = [k for _, _, k in rows]
-    assert len(trained_keys) == length and set(trained_keys) == {k.decode() for k in open_database(train_db).keys()}
+    database = open_database(train_db)
+    assert len(trained_keys) == length and set(trained_keys) == {database.key(i).decode() for i in range(len(database))}
 
     steps = RankPlan(length, batch).num_batches(0)  # the resumed configuration's epoch: its schedule's length
     schedule = lr_schedule(steps, int(0.25 * steps))  # in steps of the new global batch

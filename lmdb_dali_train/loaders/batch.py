@@ -13,7 +13,7 @@ class Batch(NamedTuple):
     """Images and labels on the training device; dataset indices and the padding mask on the host.
 
     ``images`` is always NCHW-shaped (its memory may be channels-last). ``padding`` is True for wrapped
-    repeats (see ``lmdb_io.plan``), which evaluation must not count; ``indices`` is -1 where a loader
+    repeats (see ``lmdb_io.reading.plan``), which evaluation must not count; ``indices`` is -1 where a loader
     cannot say which sample it read (DALI's file reader, synthetic batches).
     """
 

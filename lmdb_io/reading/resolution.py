@@ -39,11 +39,6 @@ class ResolutionSchedule:
             # then every size of the ramp lies between them (FFCV's rounding could leave the range, or reach 0)
             raise ValueError(f"min_res and max_res must be multiples of {ROUND_TO}, not {self.min_res}, {self.max_res}")
 
-    @classmethod
-    def fixed(cls, size: int) -> ResolutionSchedule:
-        """The same size in every epoch (progressive resizing off)."""
-        return cls(size, size, 0, 0)
-
     @property
     def progressive(self) -> bool:
         return self.min_res != self.max_res
