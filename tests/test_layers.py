@@ -180,3 +180,22 @@ def test_readme_layout_matches_the_tree() -> None:
     top = {p.name for p in REPO.iterdir() if not p.name.startswith(".")}
     packages = {n for n in top if (REPO / n / "__init__.py").exists()} | {n for n in top if n.endswith(".py")}
     assert packages <= named, packages - named
+
+
+def _code_lines(path: Path) -> int:
+    """Non-blank lines that are not comments (docstrings count)."""
+    return sum(1 for line in path.read_text().splitlines() if line.strip() and not line.strip().startswith("#"))
+
+
+def test_no_module_over_400_lines() -> None:
+    """Small modules with one job: none of the product's or the benchmarks' over 400 lines of code."""
+    modules = [*_product_modules(), *sorted((REPO / "bench").rglob("*.py"))]
+    long = {str(p.relative_to(REPO)): n for p in modules if (n := _code_lines(p)) > 400}
+    assert not long
+
+
+def test_the_benchmarks_stay_under_two_fifths_of_the_product() -> None:
+    """bench/ measures the product; at most 40% as many lines of code as the product itself."""
+    product = sum(_code_lines(p) for p in _product_modules())
+    bench = sum(_code_lines(p) for p in (REPO / "bench").rglob("*.py"))
+    assert bench <= 0.4 * product, f"bench/ {bench} lines, the product {product}: {bench / product:.0%}"
