@@ -17,6 +17,7 @@ import pytest
 from conftest import all_entries, assert_one_line_error, convert, lmdb_io_cli
 from datagen import ORIGINAL, GeneratedDataset
 
+from lmdb_dali_train.exit_codes import ExitCode
 from lmdb_io import NotADatabaseError, open_database
 from lmdb_io.env import close_shared_env
 
@@ -236,7 +237,7 @@ def test_non_utf8_file_names_round_trip(small_tree: Path, tmp_path: Path) -> Non
         txn.put(key, bytes(record))
     env.close()
     verify = lmdb_io_cli("verify", str(out), "-q")
-    assert verify.returncode == 1, (verify.stdout, verify.stderr)
+    assert verify.returncode == ExitCode.BAD_RECORDS, (verify.stdout, verify.stderr)
     assert "bees/caf\\xe9.jpg" in verify.stdout
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, lmdb_io_cli
 
+from lmdb_dali_train.exit_codes import ExitCode
 from lmdb_io import CorruptRecordError, ImageFolderLMDB, NotADatabaseError, open_database
 from lmdb_io.env import close_shared_env
 from lmdb_io.record import decode_record, encode_record
@@ -92,7 +93,7 @@ def test_a_flipped_bit_in_a_record_label_is_an_error_naming_the_key(val_db: Path
             ImageFolderLMDB(path)[INDEX]
         assert db.read(INDEX + 1)[1] == db.targets[INDEX + 1]  # the other records read as before
         result = lmdb_io_cli("verify", str(path), "-q")
-        assert result.returncode == 1, result.stdout + result.stderr
+        assert result.returncode == ExitCode.BAD_RECORDS, result.stdout + result.stderr
         assert key.decode() in result.stdout and "__targets__" in result.stdout and f"1 of {total}" in result.stdout
     finally:
         close_shared_env(str(path))
@@ -107,6 +108,8 @@ def test_a_record_label_out_of_range_disagrees_with_targets(val_db: Path, tmp_pa
         with pytest.raises(CorruptRecordError, match=f"{key}.*label 7"):
             db.read(INDEX)
         result = lmdb_io_cli("verify", str(path), "-q")
-        assert result.returncode == 1 and key in result.stdout and "label 7" in result.stdout, result.stdout
+        assert result.returncode == ExitCode.BAD_RECORDS and key in result.stdout and "label 7" in result.stdout, (
+            result.stdout
+        )
     finally:
         close_shared_env(str(path))

@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import convert, copy_tree, lmdb_io_cli, needs_dali
 
+from lmdb_dali_train.exit_codes import ExitCode
 from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 from lmdb_io import open_database
 from lmdb_io.reading.constants import IMAGENET_MEAN, IMAGENET_STD
@@ -409,7 +410,7 @@ def test_verify_decode_names_a_record_dali_cannot_decode(val_db: Path, tmp_path:
     close_shared_env(str(broken))
     assert [i for i, _ in bad] == [7] and key.decode() in bad[0][1]
     result = lmdb_io_cli("verify", str(broken), "--decode", "-q")
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == ExitCode.BAD_RECORDS, result.stdout + result.stderr
     assert "DALI's CPU decoder" in result.stdout and f"1 of {n}" in result.stdout, result.stdout
 
 
