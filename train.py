@@ -9,6 +9,6 @@ torch into every worker.
 import sys
 
 if __name__ == "__main__":
-    from lmdb_dali_train.main import main
+    from lmdb_dali_train.entry import train_main
 
-    sys.exit(main())
+    sys.exit(train_main())

@@ -7,6 +7,6 @@ guard all the same, as in ``train.py``.
 import sys
 
 if __name__ == "__main__":
-    from .main import main
+    from .entry import train_main
 
-    sys.exit(main())
+    sys.exit(train_main())

@@ -11,7 +11,11 @@ from collections.abc import Sequence
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """``lmdb_dali_train.main.main``, imported on the call."""
+    """``lmdb_dali_train.main.main``, imported on the call, once the flags parse: ``--help``, ``--version``
+    and a mistyped flag answer at once, without loading torch."""
+    from .flags import parse_args
+
+    parse_args(argv)
     from .main import main
 
     return main(argv)
