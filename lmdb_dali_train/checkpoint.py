@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import ConfigError
+from .errors import ConfigError
 
 # 2: adds epoch_position (samples of the epoch's global order consumed: what a resume on another world
 # size or batch size needs) and world_size

@@ -20,9 +20,7 @@ import torch
 from lmdb_io import is_database
 from lmdb_io.reading.resolution import ResolutionSchedule
 
-
-class ConfigError(Exception):
-    """A bad flag or path: reported as one line, exit code ``ExitCode.USAGE``."""
+from .errors import ConfigError
 
 
 def _derived() -> Any:
@@ -107,7 +105,7 @@ class RunControl:
     device: str = "auto"
     max_steps: int | None = None
     print_freq: int = 10
-    output_dir: str = "runs/latest"
+    output_dir: str | None = None  # None: main names a new folder under runs/
     resume: str | None = None
     force_resume: bool = False
     evaluate: bool = False
@@ -121,6 +119,8 @@ class RunControl:
             raise ConfigError("--max-bad-records must be 0 or more")
         if self.resume and self.resume != "auto" and not os.path.isfile(self.resume):
             raise ConfigError(f"--resume {self.resume}: no such checkpoint")
+        if self.resume == "auto" and self.output_dir is None:
+            raise ConfigError("--resume auto needs --output-dir: the folder of the run to continue")
 
 
 @dataclass(frozen=True)
@@ -170,6 +170,13 @@ class RunConfig:
         # half precision under AMP on a GPU (what the first layer would cast to anyway), else float32;
         # DALI has no bfloat16 and hands float16 under bf16
         object.__setattr__(self, "image_dtype", amp_dtype if cuda and amp_dtype is not None else torch.float32)
+
+    @property
+    def output_dir(self) -> str:
+        """The run's folder, once ``run_folder.claim`` has named it (always, below ``main.run``)."""
+        if self.run.output_dir is None:
+            raise RuntimeError("the run's folder is not named yet (run_folder.claim)")
+        return self.run.output_dir
 
     @property
     def amp(self) -> str:

@@ -14,8 +14,9 @@ import torch
 from lmdb_dali_train.loaders.batch import BatchLoader
 from lmdb_io import LmdbIoError
 
-from .config import ConfigError, RunConfig
+from .config import RunConfig
 from .distributed import Placement
+from .errors import ConfigError
 
 DALI_INSTALL_HINT = (
     "DALI is not installed: pip install '.[cuda130]' (NVIDIA driver >= 580, or no GPU) or '.[cuda120]' "

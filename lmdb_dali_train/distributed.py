@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,15 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
+
+
+def from_main(obj: Any, group: dist.ProcessGroup | None = None) -> Any:
+    """Rank 0's ``obj`` on every rank (a picklable object; ``group``: a gloo group for host objects)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0, group=group)
+    return holder[0]
 
 
 def shutdown() -> None:

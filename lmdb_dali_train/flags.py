@@ -1,6 +1,7 @@
 """Command line of ``train.py``: flags familiar from PyTorch-LMDB's main.py and torchvision's reference
 trainer, grouped as the run configuration is (``config.RunConfig``: data, optimisation, run control,
-distributed), each explained in ``--help``. Parsing only: ``config`` checks and resolves them."""
+distributed), each explained in ``--help``. Parsing only: ``config_file`` adds a YAML file and a resumed
+checkpoint's flags, ``config`` checks and resolves them."""
 
 from __future__ import annotations
 
@@ -193,14 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--output-dir",
-        default="runs/latest",
+        default=None,
         metavar="DIR",
-        help="checkpoints and the JSON-lines log log.jsonl (default runs/latest)",
+        help="the run's folder: its log.jsonl, config.yaml and checkpoints. A fresh run refuses a folder that "
+        "holds another run; default: a new folder runs/<arch>-<date>-<time>, printed at the start",
     )
     run.add_argument(
         "--resume",
         metavar="PATH|auto",
-        help="continue from a checkpoint; auto: the latest in --output-dir (none found: start fresh)",
+        help="continue a run from a checkpoint, with the flags it was trained with (give only what changes: "
+        "paths, workers, ...); auto: the newest intact one in --output-dir (none: start the run there)",
     )
     run.add_argument(
         "--force-resume", action="store_true", help="resume even if the checkpoint was trained on a different database"
@@ -218,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="flags from a YAML file: their names with underscores (batch_size: 256), flat or under "
+        "data/optim/run/dist, as a run's config.yaml holds them; flags on the command line win",
+    )
     dist = p.add_argument_group(DISTRIBUTED)
     dist.add_argument(
         "--multiprocessing-distributed",

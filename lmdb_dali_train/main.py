@@ -12,9 +12,10 @@ import torch
 from lmdb_dali_train.loaders.batch import BatchLoader
 from lmdb_io.reading.plan import RankPlan
 
-from . import checkpoint
+from . import checkpoint, run_folder
 from .bad_records import BadRecordLog
-from .config import ConfigError, RunConfig
+from .config import RunConfig
+from .config_file import read_flags, under_checkpoint
 from .data import DatasetInfo, check_class_maps, describe_dataset, make_loader, require_dali
 from .distributed import (
     Placement,
@@ -26,18 +27,19 @@ from .distributed import (
     slurm_tasks_without_step,
 )
 from .engine import KeyLog, NonFiniteLossError, StopSignal, TrainState, evaluate, log_speed, train_epoch
+from .errors import ConfigError
 from .exit_codes import ExitCode, for_signal
-from .flags import parse_args
 from .model import build_state, check_arch
 from .progname import prog_name
-from .resume import restore, resume_path, save
+from .resume import restore, resume_path, save, saved_flags
 from .runlog import RunLog, warn
 from .speed import Speedometer
 
 
-def run(config: RunConfig, place: Placement, stop: StopSignal) -> int:
-    """One process's whole job; returns the exit code. ``stop``: installed by the caller at the start."""
-    data, run_control = config.data, config.run
+def run(config: RunConfig, place: Placement, stop: StopSignal, resume_from: str | None = None) -> int:
+    """One process's whole job; returns the exit code. ``stop``: installed by the caller at the start;
+    ``resume_from``: the checkpoint ``--resume`` names, found by ``main``."""
+    data = config.data
     device = pick_device(config.cuda, place.local_rank)
     check_arch(config.optim.arch)  # before any data is read: a typo fails at once
     if data.loader == "dali" and not data.synthetic:
@@ -47,11 +49,14 @@ def run(config: RunConfig, place: Placement, stop: StopSignal) -> int:
     if train_info is not None:
         check_class_maps(train_info, val_info, data.train, data.val)
     init_process_group(place, device, config.dist.dist_backend, config.dist.dist_url, config.dist.dist_timeout)
+    config = run_folder.claim(config, place, stop.host_group)  # the same folder on every rank, or none
+    run_control, evaluating = config.run, config.run.evaluate
     torch.manual_seed(config.optim.seed)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input shapes: let cuDNN pick kernels
-    log = RunLog(run_control.output_dir, enabled=place.is_main)
-    if place.is_main and not run_control.evaluate:
-        for stale in checkpoint.clean_stale_temps(run_control.output_dir):
+    log = RunLog(config.output_dir, enabled=place.is_main)
+    if place.is_main and not evaluating:
+        log.info(f"run folder {config.output_dir} ({run_folder.write_config(config)})")
+        for stale in checkpoint.clean_stale_temps(config.output_dir):
             log.info(f"removed {stale}: the temporary file of a save that never finished")
     info = train_info or val_info
     num_classes = len(info.classes) if info else 1000
@@ -59,13 +64,12 @@ def run(config: RunConfig, place: Placement, stop: StopSignal) -> int:
     batch_size = config.optim.batch_size
     # a fresh epoch's batches per rank, by the plan the loaders follow (synthetic batches: 100 per epoch)
     steps_per_epoch = RankPlan(length, batch_size, world_size=place.world_size).num_batches(0) if length else 100
-    if steps_per_epoch == 0:
+    if steps_per_epoch == 0 and not evaluating:  # evaluation pads its last batch
         raise ConfigError(
             f"{data.train or data.val}: {length} images over {place.world_size} processes give no "
             f"whole batch of {batch_size}; lower --batch-size"
         )
-    state = build_state(config, place, device, num_classes, steps_per_epoch)
-    resume_from = resume_path(run_control)
+    state = build_state(config, place, device, num_classes, max(1, steps_per_epoch))
     if resume_from:
         restore(
             state,
@@ -75,18 +79,22 @@ def run(config: RunConfig, place: Placement, stop: StopSignal) -> int:
             log,
             arch=config.optim.arch,
             world_size=place.world_size,
+            evaluating=evaluating,
         )
     elif run_control.resume == "auto":
-        log.info(f"--resume auto: no checkpoint in {run_control.output_dir}, starting fresh")
-    log.record(
-        "start",
-        f"{config.optim.arch} on {device} x{place.world_size}, loader {'synthetic' if data.synthetic else data.loader}"
-        f", global batch {config.optim.global_batch(place.world_size)}, amp {config.amp}, "
-        f"{steps_per_epoch} steps/epoch",
-        config=config.as_dict(),
-        world_size=place.world_size,
-        steps_per_epoch=steps_per_epoch,
-    )
+        log.info(f"--resume auto: no checkpoint in {config.output_dir}, starting fresh")
+    if evaluating:
+        log.record("start", f"evaluating {config.optim.arch} on {data.val}", config=config.as_dict())
+    else:
+        log.record(
+            "start",
+            f"{config.optim.arch} on {device} x{place.world_size}, loader "
+            f"{'synthetic' if data.synthetic else data.loader}, global batch "
+            f"{config.optim.global_batch(place.world_size)}, amp {config.amp}, {steps_per_epoch} steps/epoch",
+            config=config.as_dict(),
+            world_size=place.world_size,
+            steps_per_epoch=steps_per_epoch,
+        )
 
     def loader_for(path: str, train: bool, first_epoch: int = 0, skip: int = 0) -> BatchLoader:
         return make_loader(
@@ -102,10 +110,8 @@ def run(config: RunConfig, place: Placement, stop: StopSignal) -> int:
         )
 
     val_loader = loader_for(data.val, False) if data.val else None
-    bad = BadRecordLog(
-        run_control.output_dir, run_control.max_bad_records, place.rank, place.is_main, log, stop.host_group
-    )
-    if run_control.evaluate:
+    bad = BadRecordLog(config.output_dir, run_control.max_bad_records, place.rank, place.is_main, log, stop.host_group)
+    if evaluating:
         assert val_loader is not None  # RunConfig requires --val with --evaluate
         return _evaluate_only(state, val_loader, log, bad, stop)
     return _fit(config, place, state, train_info, loader_for, val_loader, log, bad, stop)
@@ -170,8 +176,7 @@ def _fit(
     train_loader = loader_for(data.train, True, state.epoch, state.epoch_position)
     key_log = None
     if data.log_keys and train_info is not None:
-        os.makedirs(run_control.output_dir, exist_ok=True)
-        key_log = KeyLog(os.path.join(run_control.output_dir, f"keys-rank{place.rank}.tsv"), train_info.key_of)
+        key_log = KeyLog(os.path.join(config.output_dir, f"keys-rank{place.rank}.tsv"), train_info.key_of)
     steps_run = 0
     outcome = "stopped" if stop.agreed() else "done"  # a signal while the run was starting
     meter, finished = Speedometer(state.device, place.world_size), False
@@ -227,7 +232,7 @@ def _fit(
     log.record(
         "end",
         f"{why} at epoch {state.epoch} step {state.step_in_epoch} (global step {state.global_step}); "
-        f"resume with --resume auto --output-dir {run_control.output_dir}"
+        f"continue it with: {prog_name('train.py')} --resume auto --output-dir {config.output_dir}"
         if outcome != "done"
         else why,
         reason=outcome,
@@ -255,18 +260,18 @@ def _error(message: object) -> None:
     print(f"{prog_name('train.py')}: error: {message}", file=sys.stderr, flush=True)
 
 
-def _spawned(local_rank: int, config: RunConfig, procs: int) -> None:
+def _spawned(local_rank: int, config: RunConfig, procs: int, resume_from: str | None) -> None:
     dist = config.dist
     place = Placement(rank=dist.rank * procs + local_rank, world_size=dist.world_size * procs, local_rank=local_rank)
-    code = _guarded(config, place)
+    code = _guarded(config, place, resume_from)
     if code:
         sys.exit(code)
 
 
-def _guarded(config: RunConfig, place: Placement) -> int:
+def _guarded(config: RunConfig, place: Placement, resume_from: str | None) -> int:
     stop = StopSignal()  # from the start: a SIGTERM/SIGINT while the run starts stops it before training
     try:
-        return run(config, place, stop)
+        return run(config, place, stop, resume_from)
     except ConfigError as exc:
         _error(exc)
         return ExitCode.USAGE
@@ -281,7 +286,12 @@ def _guarded(config: RunConfig, place: Placement) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        config = RunConfig.from_args(parse_args(argv))
+        flags = read_flags(argv)
+        values = flags.values
+        resume_from = resume_path(values.resume, values.output_dir)
+        if resume_from:  # the run's own flags, but for what this command changes
+            values = under_checkpoint(flags, saved_flags(checkpoint.load(resume_from, map_location="cpu")), resume_from)
+        config = RunConfig.from_args(values)
         if config.dist.multiprocessing_distributed and config.dist.dist_url == "env://":
             default_rendezvous(multi_node=config.dist.world_size > 1)  # before the spawn: every child sees it
     except ConfigError as exc:
@@ -290,11 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.dist.multiprocessing_distributed:
         procs = config.dist.procs_per_node or (torch.cuda.device_count() if config.cuda else 0) or 1
         try:
-            torch.multiprocessing.spawn(_spawned, args=(config, procs), nprocs=procs, join=True)
+            torch.multiprocessing.spawn(_spawned, args=(config, procs, resume_from), nprocs=procs, join=True)
         except torch.multiprocessing.ProcessExitedException as exc:
             return exc.exit_code or ExitCode.ERROR
         return ExitCode.OK
     tasks = slurm_tasks_without_step()
     if tasks:
         warn(f"SLURM_NTASKS={tasks} but this process is not in an srun step: one process (srun starts {tasks})")
-    return _guarded(config, placement_from_env())
+    return _guarded(config, placement_from_env(), resume_from)

@@ -9,9 +9,10 @@ import torch
 import torchvision
 from torch import nn
 
-from .config import ConfigError, RunConfig
+from .config import RunConfig
 from .distributed import Placement
 from .engine import TrainState
+from .errors import ConfigError
 from .schedule import SamplesLR
 
 

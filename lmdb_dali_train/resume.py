@@ -9,10 +9,11 @@ from typing import Any
 import torch
 
 from . import checkpoint
-from .config import ConfigError, RunConfig, RunControl
+from .config import RunConfig
 from .data import DatasetInfo
 from .distributed import Placement, all_reduce_max
 from .engine import TrainState, check_finite
+from .errors import ConfigError
 from .runlog import RunLog, warn
 from .schedule import SamplesLR
 
@@ -22,23 +23,29 @@ def schedule_of(state: TrainState) -> SamplesLR:
     return state.scheduler
 
 
-def _saved_optim(saved: dict[str, Any]) -> dict[str, Any]:
-    """The optimisation flags a checkpoint was trained with (``args``: checkpoints of 0.1.0)."""
-    return (saved.get("config") or {}).get("optim") or saved.get("args") or {}
+def saved_flags(saved: dict[str, Any]) -> dict[str, Any]:
+    """The flags a loaded checkpoint was trained with, by name (``args``: checkpoints of 0.1.0)."""
+    sections = saved.get("config") or {}
+    return {name: value for part in sections.values() for name, value in part.items()} or saved.get("args") or {}
 
 
-def resume_path(run: RunControl) -> str | None:
+def resume_path(resume: str | None, output_dir: str | None) -> str | None:
     """The checkpoint to resume from: --resume PATH as given (verified when loaded), or with --resume auto the
-    newest one in --output-dir whose digest holds (one warning line for any newer one skipped)."""
-    if not run.resume:
+    newest one in --output-dir whose digest holds (one warning line for any newer one skipped); None when
+    auto finds none (the run starts in that folder)."""
+    if not resume:
         return None
-    if run.resume != "auto":
-        return str(run.resume)
-    path, skipped = checkpoint.latest_intact(run.output_dir)
+    if resume != "auto":
+        if not os.path.isfile(resume):
+            raise ConfigError(f"--resume {resume}: no such checkpoint")
+        return resume
+    if output_dir is None:
+        raise ConfigError("--resume auto needs --output-dir: the folder of the run to continue")
+    path, skipped = checkpoint.latest_intact(output_dir)
     if path is None and skipped:
         newest, why = skipped[0]
         raise ConfigError(
-            f"--resume auto: no intact checkpoint in {run.output_dir} ({len(skipped)} corrupt; newest "
+            f"--resume auto: no intact checkpoint in {output_dir} ({len(skipped)} corrupt; newest "
             f"{os.path.basename(newest)}: {why})"
         )
     if skipped:
@@ -56,13 +63,14 @@ def restore(
     *,
     arch: str | None = None,
     world_size: int = 1,
+    evaluating: bool = False,
 ) -> None:
     """Load ``path`` into ``state``; on another world size or batch size the position (samples of the epoch
     consumed) carries over, the lr is rescaled to this run's global batch and its schedule continues by
     samples seen. ConfigError for another dataset (unless ``force``), another ``arch``, a bad checkpoint."""
     # to the CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest onto the device
     saved = checkpoint.load(path, map_location="cpu")  # ConfigError on a foreign format or a bad digest
-    saved_args = _saved_optim(saved)
+    saved_args = saved_flags(saved)
     if arch is not None and saved_args.get("arch", arch) != arch:
         raise ConfigError(
             f"--resume {path}: the checkpoint holds a {saved_args['arch']} model, not --arch {arch} "
@@ -92,6 +100,9 @@ def restore(
         lr_note = f"lr scaled from {lr_before:.6g} to {lr_after:.6g} (saved on {saved_world} ranks x {saved_batch})"
     else:
         lr_note = f"lr {lr_after:.6g} (same global batch)"
+    if evaluating:
+        log.info(f"evaluating {path}: epoch {state.epoch}, global step {state.global_step}")
+        return
     log.info(
         f"resumed from {path}, global step {state.global_step}: at sample {state.epoch_position} of epoch "
         f"{state.epoch} on {world_size} ranks x {batch} ({schedule.samples_seen} samples seen): {lr_note}"
@@ -117,7 +128,7 @@ def save(state: TrainState, config: RunConfig, train_info: DatasetInfo | None, p
 def _write(state: TrainState, config: RunConfig, train_info: DatasetInfo | None, place: Placement) -> None:
     """Rank 0's part of ``save``."""
     path = checkpoint.save(
-        config.run.output_dir,
+        config.output_dir,
         {
             "model": state.module.state_dict(),
             "optimizer": state.optimizer.state_dict(),

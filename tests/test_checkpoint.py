@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lmdb_dali_train import checkpoint
-from lmdb_dali_train.config import ConfigError
+from lmdb_dali_train.errors import ConfigError
 
 
 def _state(step: int) -> dict:

@@ -15,7 +15,8 @@ import torch
 from conftest import REPO
 
 from lmdb_dali_train import flags
-from lmdb_dali_train.config import ConfigError, DataConfig, DistConfig, OptimConfig, RunConfig, RunControl
+from lmdb_dali_train.config import DataConfig, DistConfig, OptimConfig, RunConfig, RunControl
+from lmdb_dali_train.errors import ConfigError
 from lmdb_dali_train.exit_codes import ExitCode
 
 SECTION_OF_GROUP = {

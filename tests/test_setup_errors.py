@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error, copy_tree, lmdb_io_cli, repo_pythonpath, run_in_session, run_main
 
-from lmdb_dali_train.config import ConfigError
+from lmdb_dali_train.errors import ConfigError
 from lmdb_dali_train.flags import build_parser
 from lmdb_dali_train.main import main as train_main
 
