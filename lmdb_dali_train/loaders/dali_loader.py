@@ -9,6 +9,8 @@ import weakref
 from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
+import torch
+
 from dali_pipeline.pipelines import (
     FILE_READER_NAME,
     OUTPUT_NAMES,
@@ -19,9 +21,9 @@ from dali_pipeline.pipelines import (
 from dali_pipeline.source import LMDBSource, PlanSource
 from lmdb_io.database import ImageDatabase
 from lmdb_io.reading.bad_records import BadRecord
-from lmdb_io.reading.plan import EpochOrder, RankPlan
-from lmdb_io.reading.presets import Preset, TrainPreset, preset_for
-from lmdb_io.reading.resolution import ResolutionSchedule
+from lmdb_io.reading.plan import EpochOrder
+from lmdb_io.reading.presets import Preset, TrainPreset
+from lmdb_io.reading.spec import ReadSpec
 from lmdb_io.trainable import reason
 
 from .batch import Batch
@@ -204,37 +206,78 @@ class DALIFolderLoader:
         _shut_down(self)
 
 
-def make_dali_loader(
-    path: str | os.PathLike,
-    batch_size: int,
-    *,
-    train: bool,
-    device_id: int | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    seed: int = 0,
-    crop: int = 224,
-    val_resize: int = 256,
-    resolution: ResolutionSchedule | None = None,
-    first_epoch: int = 0,
-    skip: int = 0,
-    verify: bool = True,
-    **options: Any,
-) -> DALILoader:
-    """The DALI loader over an lmdb_io database for one rank (global ``rank``): train drops the shard's
-    remainder, val pads and masks. ``skip``: positions of ``first_epoch``'s global order already trained
-    on (see ``RankPlan``). ``resolution``: progressive resizing (training only); without it every epoch
-    crops ``crop``.
+def _device_id(device: torch.device) -> int | None:
+    """The CUDA device a pipeline runs on (None: DALI's CPU operators)."""
+    if device.type == "cpu":
+        return None
+    if device.type != "cuda":
+        raise ValueError(f"DALI runs on the CPU or a CUDA device, not {device}")
+    return torch.cuda.current_device() if device.index is None else device.index
 
-    ``options`` are ``PipelineOptions`` fields (num_threads, py_workers, hw_decoder_load, ...). On a GPU
-    the source runs in Python workers unless ``py_workers=0`` is given: 4 for train, 2 for val, which
-    also queues one batch ahead instead of two (it idles between evaluations, holding what it has).
+
+def _fp16_output(dtype: torch.dtype) -> bool:
+    """Whether the pipeline hands float16 (for either half-precision dtype: DALI has no bfloat16, and bf16
+    autocast takes float16 images) or float32."""
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"DALI hands float32 or float16 images, not {dtype}")
+    return dtype != torch.float32
+
+
+def make_dali_loader(
+    spec: ReadSpec,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+    dali_threads: int | None = None,
+    py_workers: int | None = None,
+    prefetch: int | None = None,
+    hw_decoder_load: float | None = None,
+    fused_cpu_resize: bool = True,
+) -> DALILoader | DALIFolderLoader:
+    """The DALI loader reading ``spec`` for one rank, on ``device`` (a CUDA device: mixed decoding and GPU
+    operators; the CPU: DALI's CPU operators).
+
+    A database goes through ``DALILoader`` in ``RankPlan`` order (train drops the shard's remainder, val
+    pads and masks; resumes mid-epoch). An ImageFolder tree goes through DALI's file reader
+    (``DALIFolderLoader``: its own sharding and shuffle, no resume mid-epoch, ``first_epoch`` and ``skip``
+    not followed, no resolution schedule).
+
+    Images come in ``dtype`` (float32, or float16 for either half-precision dtype), NCHW-shaped, in
+    channels-last memory with ``channels_last``. How it runs (``None``: ``PipelineOptions``' default):
+
+    - ``dali_threads``: DALI's CPU threads;
+    - ``py_workers``: Python processes running a database's source (0: in the pipeline's thread; default
+      on a GPU 4 for train and 2 for val, else 0; a tree has none);
+    - ``prefetch``: batches queued ahead (a database's val: 1 by default, as it idles between evaluations
+      holding what it has);
+    - ``hw_decoder_load``: the share of train JPEGs sent to the GPU's hardware decoder;
+    - ``fused_cpu_resize``: the CPU train graph resizes with the fused operator where it builds.
     """
-    options.setdefault("py_workers", (4 if train else 2) if device_id is not None else 0)
-    if not train:
-        options.setdefault("prefetch", 1)
-    db = ImageDatabase(path, verify=verify)
-    plan = RankPlan.for_split(len(db), batch_size, train, rank, world_size, seed, first_epoch, skip)
-    source = LMDBSource(db, plan, resolution=resolution)
-    opts = PipelineOptions(batch_size=batch_size, device_id=device_id, seed=seed + rank, **options)
-    return DALILoader(source, opts, preset_for(train, crop, val_resize))
+    device_id = _device_id(torch.device(device))
+    database = spec.is_database()
+    if not database and spec.resolution is not None:
+        raise ValueError("a resolution schedule needs a database: DALI's file reader has no per-epoch source")
+    if not database:
+        py_workers = None  # the file reader runs no Python source
+    elif py_workers is None:
+        py_workers = (4 if spec.train else 2) if device_id is not None else 0
+    if database and prefetch is None and not spec.train:
+        prefetch = 1
+    chosen: dict[str, Any] = dict(
+        num_threads=dali_threads, py_workers=py_workers, prefetch=prefetch, hw_decoder_load=hw_decoder_load
+    )
+    opts = PipelineOptions(
+        batch_size=spec.batch_size,
+        device_id=device_id,
+        seed=spec.rank_seed,
+        fp16_output=_fp16_output(dtype),
+        channels_last=channels_last,
+        fused_cpu_resize=fused_cpu_resize,
+        **{name: value for name, value in chosen.items() if value is not None},
+    )
+    if not database:
+        return DALIFolderLoader(os.fspath(spec.path), opts, spec.preset(), spec.rank, spec.world_size)
+    db = ImageDatabase(spec.path, verify=spec.verify)
+    source = LMDBSource(db, spec.plan(len(db)), resolution=spec.resolution)
+    return DALILoader(source, opts, spec.preset())

@@ -27,8 +27,9 @@ from lmdb_io import ImageFolderLMDB, is_database
 from lmdb_io.dataset import decode_rgb
 from lmdb_io.reading.bad_records import BadRecord
 from lmdb_io.reading.plan import RankPlan, first_good
-from lmdb_io.reading.presets import Preset, TrainPreset, preset_for
+from lmdb_io.reading.presets import Preset, TrainPreset
 from lmdb_io.reading.resolution import ResolutionSchedule
+from lmdb_io.reading.spec import ReadSpec
 from lmdb_io.reading.workers import ignore_stop_signals, parent_garbage_frozen, stop_signals_blocked
 from lmdb_io.trainable import BadRecordError, read_checked, reason
 
@@ -39,11 +40,12 @@ _CPU = torch.device("cpu")
 
 
 def open_image_dataset(
-    path: str | os.PathLike, transform: Callable | None = None, lmdb: bool | None = None
+    path: str | os.PathLike, *, lmdb: bool | None = None, verify: bool = True, transform: Callable | None = None
 ) -> ImageFolderLMDB | ImageFolder:
-    """An lmdb_io database as ImageFolderLMDB, or a plain ImageFolder tree (``lmdb=None``: by the path)."""
+    """An lmdb_io database as ImageFolderLMDB (``verify``: checksums checked as records are read), or a
+    plain ImageFolder tree (``lmdb=None``: by the path)."""
     if is_database(path) if lmdb is None else lmdb:
-        return ImageFolderLMDB(path, transform=transform)
+        return ImageFolderLMDB(path, transform=transform, verify=verify)
     return ImageFolder(os.fspath(path), transform=transform)
 
 
@@ -252,40 +254,30 @@ class TorchLoader:
 
 
 def make_torch_loader(
-    path: str | os.PathLike,
-    batch_size: int,
+    spec: ReadSpec,
     *,
-    train: bool,
-    rank: int = 0,
-    world_size: int = 1,
-    seed: int = 0,
-    workers: int = 2,
-    device: torch.device = _CPU,
+    device: torch.device | str = _CPU,
     dtype: torch.dtype = torch.float32,
-    crop: int = 224,
-    val_resize: int = 256,
-    resolution: ResolutionSchedule | None = None,
     channels_last: bool = False,
-    first_epoch: int = 0,
-    skip: int = 0,
-    lmdb: bool | None = None,
+    workers: int = 2,
     multiprocessing_context: str | None = None,
 ) -> TorchLoader:
-    """The torchvision loader for one rank: train drops the shard's remainder, val pads and masks.
+    """The torchvision loader reading ``spec`` (a database or an ImageFolder tree) for one rank: train
+    drops the shard's remainder, val pads and masks.
 
-    ``skip``: positions of ``first_epoch``'s global order already trained on (see ``RankPlan``).
-    ``resolution``: progressive resizing (training only); without it every epoch crops ``crop``.
+    Batches come on ``device``, images in ``dtype`` (channels-last memory with ``channels_last``).
+    ``workers``: DataLoader worker processes (0: read in this process), started by
+    ``multiprocessing_context`` (None: multiprocessing's default).
     """
-    dataset = open_image_dataset(path, None, lmdb)
-    plan = RankPlan.for_split(len(dataset), batch_size, train, rank, world_size, seed, first_epoch, skip)
+    dataset = open_image_dataset(spec.path, lmdb=spec.is_database(), verify=spec.verify)
     return TorchLoader(
         dataset,
-        plan,
-        preset_for(train, crop, val_resize),
+        spec.plan(len(dataset)),
+        spec.preset(),
         workers=workers,
-        device=device,
+        device=torch.device(device),
         dtype=dtype,
         channels_last=channels_last,
-        resolution=resolution,
+        resolution=spec.resolution,
         multiprocessing_context=multiprocessing_context,
     )
