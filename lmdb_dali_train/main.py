@@ -487,9 +487,8 @@ def _log_speed(log: RunLog, meter: Speedometer, reason: str) -> None:
 
 def _close_loader(loader: BatchLoader | None) -> None:
     """Shut a loader's worker processes down (they ignore the signals that stop the run)."""
-    close = getattr(loader, "close", None)
-    if close is not None:
-        close()
+    if loader is not None:
+        loader.close()
 
 
 def _spawned(local_rank: int, args: argparse.Namespace, procs: int) -> None:

@@ -26,7 +26,7 @@ from lmdb_io.reading.presets import Preset, TrainPreset
 from lmdb_io.reading.spec import ReadSpec
 from lmdb_io.trainable import reason
 
-from .batch import Batch
+from .batch import Batch, RunningEpoch
 
 
 def _to_batch(out: dict[str, Any], channels_last: bool) -> Batch:
@@ -42,18 +42,18 @@ def _batches(iterator: Iterable, channels_last: bool) -> Generator[Batch, None, 
         yield _to_batch(out, channels_last)
 
 
-def _shut_down(loader: DALILoader | DALIFolderLoader) -> None:
-    """End the epoch in progress and drop the loader's iterator and pipeline: with the pipeline's last
-    reference gone, DALI stops its threads and closes its worker pool (asking the workers to exit, then
-    terminating them). The loader cannot be iterated again; a second call does nothing."""
-    current = loader._current() if loader._current is not None else None
-    if current is not None:
-        current.close()
-    loader._current = None
-    if not hasattr(loader, "pipeline"):
+def _release_pipeline(loader: DALILoader | DALIFolderLoader) -> None:
+    """The one DALI teardown: drop the loader's iterator and pipeline and shut the pipeline down (its threads
+    stop); once the pipeline object is freed, DALI closes its Python worker pool (asking the workers to exit,
+    then terminating them): collected here and now if a reference cycle holds it. A second call does nothing.
+    """
+    pipeline = getattr(loader, "pipeline", None)
+    if pipeline is None:
         return
-    alive = weakref.ref(loader.pipeline)
     del loader._iterator, loader.pipeline
+    pipeline._shutdown()
+    alive = weakref.ref(pipeline)
+    del pipeline
     if alive() is not None:  # held in a reference cycle
         gc.collect()
 
@@ -76,10 +76,7 @@ class DALILoader:
         self.bad_records: dict[int, BadRecord] = {}
         self._build()
         self._epoch = source.plan.first_epoch
-        # the epoch in progress, weakly: ``_run``'s generator holds the loader, and a cycle would leave the
-        # pipeline to the garbage collector, which may run in a forked child (a DataLoader worker), where
-        # finalising a DALI pipeline crashes
-        self._current: weakref.ref[Generator[Batch, None, None]] | None = None
+        self._running = RunningEpoch()
 
     def _build(self) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -99,13 +96,13 @@ class DALILoader:
     def __iter__(self) -> Iterator[Batch]:
         epoch = self._epoch
         self._epoch += 1
-        current = self._run(epoch)
-        self._current = weakref.ref(current)
-        return current
+        return self._running.start(self._run(epoch))
 
     def close(self) -> None:
-        """Shut the pipeline down, its Python workers with it (they ignore signals to the process group)."""
-        _shut_down(self)
+        """End the epoch in progress and shut the pipeline down, its Python workers with it (they ignore
+        signals to the process group). The loader cannot be iterated again; a second call does nothing."""
+        self._running.close()
+        _release_pipeline(self)
 
     def _run(self, epoch: int) -> Generator[Batch, None, None]:
         order = self.source.plan.for_epoch(epoch)
@@ -139,7 +136,7 @@ class DALILoader:
             raise error
         for index, why in found:
             self.bad_records[index] = BadRecord(index, *self.source.describe(index), why)
-        self._discard_pipeline()
+        _release_pipeline(self)  # its threads and Python workers stop before a new one is built
         self.source.restart_at(epoch, position)
         self._build()
 
@@ -164,14 +161,6 @@ class DALILoader:
             found += bad
             self.source.bad.update(i for i, _ in bad)
 
-    def _discard_pipeline(self) -> None:
-        """Drop the failed pipeline (its threads and Python workers stop) before a new one is built."""
-        pipeline = self.pipeline
-        del self._iterator, self.pipeline
-        pipeline._shutdown()
-        del pipeline
-        gc.collect()
-
 
 class DALIFolderLoader:
     """An ImageFolder tree through DALI's file reader (sharded by global rank, padded; no resume
@@ -191,19 +180,18 @@ class DALIFolderLoader:
             last_batch_policy=LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL,
             prepare_first_batch=False,
         )
-        self._current: weakref.ref[Generator[Batch, None, None]] | None = None
+        self._running = RunningEpoch()
 
     def __len__(self) -> int:
         return len(self._iterator)
 
     def __iter__(self) -> Iterator[Batch]:
-        current = _batches(self._iterator, self.opts.channels_last)
-        self._current = weakref.ref(current)
-        return current
+        return self._running.start(_batches(self._iterator, self.opts.channels_last))
 
     def close(self) -> None:
-        """Shut the pipeline down."""
-        _shut_down(self)
+        """End the epoch in progress and shut the pipeline down; a second call does nothing."""
+        self._running.close()
+        _release_pipeline(self)
 
 
 def _device_id(device: torch.device) -> int | None:

@@ -37,3 +37,6 @@ class SyntheticLoader:
     def __iter__(self) -> Iterator[Batch]:
         for _ in range(self.steps):
             yield Batch(self.images, self.labels, self.indices, self.padding)
+
+    def close(self) -> None:
+        """Nothing to shut down: no workers, no pipeline."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
 from typing import Any
@@ -33,7 +32,7 @@ from lmdb_io.reading.spec import ReadSpec
 from lmdb_io.reading.workers import ignore_stop_signals, parent_garbage_frozen, stop_signals_blocked
 from lmdb_io.trainable import BadRecordError, read_checked, reason
 
-from .batch import Batch
+from .batch import Batch, RunningEpoch
 from .normalize import DeviceNormalizer
 
 _CPU = torch.device("cpu")
@@ -206,25 +205,18 @@ class TorchLoader:
             or multiprocessing.get_all_start_methods()[0]  # the default
         )
         self._spawns = workers > 0 and method != "fork"
-        # the epoch in progress, weakly: its generator holds the loader, and a cycle would keep the persistent
-        # workers alive, after the loader is dropped, until the garbage collector runs
-        self._current: weakref.ref[Generator[Batch, None, None]] | None = None
+        self._running = RunningEpoch()  # weakly: dropping the loader ends its persistent workers at once
 
     def __len__(self) -> int:
         """Batches in the coming epoch."""
         return self.plan.num_batches(self._epoch)
 
     def __iter__(self) -> Iterator[Batch]:
-        current = self._batches()
-        self._current = weakref.ref(current)
-        return current
+        return self._running.start(self._batches())
 
     def close(self) -> None:
         """End the epoch in progress and shut the worker processes down (a later ``iter()`` starts new ones)."""
-        current = self._current() if self._current is not None else None
-        if current is not None:
-            current.close()
-        self._current = None
+        self._running.close()
         workers, self.loader._iterator = self.loader._iterator, None  # the persistent workers' iterator
         shut_down = getattr(workers, "_shutdown_workers", None)
         if shut_down is not None:
