@@ -16,6 +16,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -111,12 +112,15 @@ class _SeededItems(Dataset):
     def _load(self, index: int, transform: Callable[[Any], Any]) -> tuple[Any, int]:
         """The transformed sample; ``BadRecordError`` if the record is bad (the transform is not guarded)."""
         dataset = self.dataset
+        decode: Callable[[], Any]
         if isinstance(dataset, ImageFolderLMDB):  # checksum and the header's pixel count before decoding
             payload, label = read_checked(dataset.db.read, index)
+            decode = partial(decode_rgb, payload)
         else:
             path, label = dataset.samples[index]
+            decode = partial(dataset.loader, path)
         try:
-            image = decode_rgb(payload) if isinstance(dataset, ImageFolderLMDB) else dataset.loader(path)
+            image = decode()
         except Exception as exc:  # Pillow raises many types for broken files
             raise BadRecordError(f"does not decode with Pillow ({reason(exc)})") from None
         image = transform(image)
@@ -135,7 +139,6 @@ class _SeededItems(Dataset):
         # CUDA device and other backends, ~130 us per sample against ~1 us here. A replacement is seeded as
         # the sample it replaces.
         def load(chosen: int) -> tuple[Any, int]:
-            # a replacement is seeded as the sample it replaces
             torch.default_generator.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
             return self._load(chosen, transform)
 
