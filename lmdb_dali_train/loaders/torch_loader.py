@@ -36,8 +36,6 @@ from lmdb_io.trainable import BadRecordError, read_checked, reason
 from .batch import Batch, RunningEpoch
 from .normalize import DeviceNormalizer
 
-_CPU = torch.device("cpu")
-
 
 def open_image_dataset(
     path: str | os.PathLike, *, lmdb: bool | None = None, verify: bool = True, transform: Callable | None = None
@@ -251,7 +249,7 @@ class TorchLoader:
 def make_torch_loader(
     spec: ReadSpec,
     *,
-    device: torch.device | str = _CPU,
+    device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
     workers: int = 2,
