@@ -52,15 +52,18 @@ def convert(train_dir: Path, val_dir: Path, work: Path) -> tuple[Path, Path]:
 
 def loader_only(kind: str, db: Path, batch: int, crop: int, epochs: int = 2) -> float:
     """Images/s of the training loader alone over two epochs, the first batch (start-up) left out."""
+    from lmdb_io.reading.spec import ReadSpec
+
     loader: Any
     if kind == "dali":
         from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
-        loader = make_dali_loader(db, batch, train=True, crop=crop, device_id=0 if torch.cuda.is_available() else None)
+        spec = ReadSpec(path=db, batch_size=batch, train=True, crop=crop)
+        loader = make_dali_loader(spec, device="cuda:0" if torch.cuda.is_available() else "cpu")
     else:
         from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 
-        loader = make_torch_loader(db, batch, train=True, crop=crop, workers=2)
+        loader = make_torch_loader(ReadSpec(path=db, batch_size=batch, train=True, crop=crop), workers=2)
     images, started = 0, None
     for _ in range(epochs):
         for b in loader:

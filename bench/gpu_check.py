@@ -232,13 +232,24 @@ def contender(args: argparse.Namespace, d: Data, key: str) -> Contender:
     from lmdb_dali_train.loaders.torch_loader import make_torch_loader
     from lmdb_io.reading.plan import RankPlan
     from lmdb_io.reading.presets import TrainPreset
+    from lmdb_io.reading.spec import ReadSpec
 
     assert d.db is not None  # run_check runs the rows that need "db" only once it is built
     db, batch, crop = d.db, args.batch, args.crop
     if key == "torch":
         device = torch.device("cpu") if args.cpu else torch.device("cuda", 0)
-        options = dict(workers=args.torch_workers, device=device, crop=crop, channels_last=True, dtype=torch.float16)
-        return Contender(key, "", "", lambda seed: make_torch_loader(db, batch, train=True, seed=seed, **options))
+        return Contender(
+            key,
+            "",
+            "",
+            lambda seed: make_torch_loader(
+                ReadSpec(path=db, batch_size=batch, train=True, seed=seed, crop=crop),
+                device=device,
+                dtype=torch.float16,
+                channels_last=True,
+                workers=args.torch_workers,
+            ),
+        )
     load = float(key.rsplit("-hw", 1)[1])
     if key.startswith("memory"):
 
@@ -248,8 +259,21 @@ def contender(args: argparse.Namespace, d: Data, key: str) -> Contender:
             return DALILoader(source, opts, TrainPreset(crop))
 
         return Contender(key, "", "", make)
-    options = dali_options(args, int(key.split("-w")[1].split("-")[0]), load)
-    return Contender(key, "", "", lambda seed: make_dali_loader(db, batch, train=True, seed=seed, crop=crop, **options))
+    workers = int(key.split("-w")[1].split("-")[0])
+    return Contender(
+        key,
+        "",
+        "",
+        lambda seed: make_dali_loader(
+            ReadSpec(path=db, batch_size=batch, train=True, seed=seed, crop=crop),
+            device="cpu" if args.cpu else "cuda:0",  # as dali_options: fp16 NHWC output on a GPU
+            dtype=torch.float32 if args.cpu else torch.float16,
+            channels_last=True,
+            dali_threads=args.dali_threads,
+            py_workers=workers,
+            hw_decoder_load=load,
+        ),
+    )
 
 
 def torch_warmup(args: argparse.Namespace) -> int:
@@ -356,8 +380,9 @@ def shm_note(args: argparse.Namespace, d: Data) -> str:
         import torch
 
         from lmdb_dali_train.loaders.torch_loader import make_torch_loader
+        from lmdb_io.reading.spec import ReadSpec
 
-        loader = make_torch_loader(d.db, args.batch, train=True, workers=0, crop=args.crop)
+        loader = make_torch_loader(ReadSpec(path=d.db, batch_size=args.batch, train=True, crop=args.crop), workers=0)
         item = loader.items[next(iter(loader.sampler))]  # what a worker hands over for one sample
         per_sample = sum(t.numel() * t.element_size() for t in item if isinstance(t, torch.Tensor))
     except Exception as e:

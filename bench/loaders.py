@@ -73,15 +73,22 @@ def contenders(
     from lmdb_dali_train.loaders.torch_loader import make_torch_loader
     from lmdb_io.reading.plan import RankPlan
     from lmdb_io.reading.presets import TrainPreset
+    from lmdb_io.reading.spec import ReadSpec
 
     batch, crop, threads = args.batch, args.crop, args.dali_threads or args.cores + 1
 
     def dali(w: int, path: Path = db, fused: bool = True) -> Callable[[int], Iterable]:
-        options = dict(device_id=None, num_threads=threads, py_workers=w, crop=crop, fused_cpu_resize=fused)
-        return lambda seed: make_dali_loader(path, batch, train=True, seed=seed, **options)
+        return lambda seed: make_dali_loader(
+            ReadSpec(path=path, batch_size=batch, train=True, seed=seed, crop=crop),
+            dali_threads=threads,
+            py_workers=w,
+            fused_cpu_resize=fused,
+        )
 
     def torch_on(path: Path) -> Callable[[int], Iterable]:
-        return lambda seed: make_torch_loader(path, batch, train=True, seed=seed, workers=args.cores, crop=crop)
+        return lambda seed: make_torch_loader(
+            ReadSpec(path=path, batch_size=batch, train=True, seed=seed, crop=crop), workers=args.cores
+        )
 
     def dali_memory(seed: int) -> Iterable:
         source = MemorySource(memory.payloads, memory.labels, RankPlan(len(memory.payloads), batch, seed=seed))

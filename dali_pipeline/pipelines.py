@@ -11,7 +11,7 @@ normalizes; validation resizes the shorter side and center crops with torchvisio
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nvidia.dali import fn, pipeline_def, types
@@ -49,15 +49,21 @@ class PipelineOptions:
     seed: int = 0
     # CPU graphs: resize, flip and normalize in one operator (``fused_resize``) where it builds, else DALI's
     fused_cpu_resize: bool = True
+    # what the train graph does, decided once, as the options are made (``uses_fused_resize_for``)
+    uses_fused_resize: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uses_fused_resize", uses_fused_resize_for(self.device_id, self.fused_cpu_resize))
 
     @property
     def on_gpu(self) -> bool:
         return self.device_id is not None
 
-    @property
-    def uses_fused_resize(self) -> bool:
-        """Whether the train graph resizes with ``fused_resize``'s operator (CPU only, once it has loaded)."""
-        return not self.on_gpu and self.fused_cpu_resize and fused_resize.available()
+
+def uses_fused_resize_for(device_id: int | None, wanted: bool) -> bool:
+    """Whether a train graph resizes with ``fused_resize``'s operator: on the CPU only, when ``wanted``, and
+    once the operator has loaded (built on first use; where it cannot be, one warning says why)."""
+    return device_id is None and wanted and fused_resize.available()
 
 
 def _read(source: Callable, opts: PipelineOptions) -> list:

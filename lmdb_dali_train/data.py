@@ -13,6 +13,7 @@ import torch
 
 from lmdb_dali_train.loaders.batch import BatchLoader
 from lmdb_io import LmdbIoError
+from lmdb_io.reading.spec import ReadSpec
 
 from .config import RunConfig
 from .distributed import Placement
@@ -122,8 +123,11 @@ def make_loader(
     workers = data.workers
     if not train:
         threads, workers = val_share(threads), None if workers is None else val_share(workers)
-    common: dict[str, Any] = dict(
+    spec = ReadSpec(
+        path=path,
+        lmdb=data.lmdb,
         train=train,
+        batch_size=optim.batch_size,
         rank=rank,
         world_size=world_size,
         seed=optim.seed,
@@ -133,35 +137,13 @@ def make_loader(
         first_epoch=first_epoch,
         skip=skip if train else 0,
     )
+    output: dict[str, Any] = dict(device=device, dtype=config.image_dtype, channels_last=optim.channels_last)
     if data.loader == "torch":
         from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 
-        return make_torch_loader(
-            path,
-            optim.batch_size,
-            workers=threads if workers is None else workers,
-            device=device,
-            dtype=config.image_dtype,
-            channels_last=optim.channels_last,
-            lmdb=data.lmdb,
-            **common,
-        )
-    device_id = device.index if device.type == "cuda" else None
-    options: dict[str, Any] = dict(
-        num_threads=threads,
-        hw_decoder_load=data.hw_decoder_load,
-        fp16_output=config.image_dtype != torch.float32,
-        channels_last=optim.channels_last,
+        return make_torch_loader(spec, workers=threads if workers is None else workers, **output)
+    from lmdb_dali_train.loaders.dali_loader import make_dali_loader
+
+    return make_dali_loader(
+        spec, dali_threads=threads, py_workers=workers, hw_decoder_load=data.hw_decoder_load, **output
     )
-    if data.lmdb:
-        from lmdb_dali_train.loaders.dali_loader import make_dali_loader
-
-        if workers is not None:
-            options["py_workers"] = workers
-        return make_dali_loader(path, optim.batch_size, device_id=device_id, **common, **options)
-    from dali_pipeline.pipelines import PipelineOptions
-    from lmdb_dali_train.loaders.dali_loader import DALIFolderLoader
-    from lmdb_io.reading.presets import preset_for
-
-    opts = PipelineOptions(batch_size=optim.batch_size, device_id=device_id, seed=optim.seed + rank, **options)
-    return DALIFolderLoader(path, opts, preset_for(train, data.crop_size, data.val_resize), rank, world_size)

@@ -11,6 +11,7 @@ guard regressed, can write into a source dataset.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import shutil
@@ -21,9 +22,12 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from datagen import GeneratedDataset, make_dataset
+
+from lmdb_io.reading.spec import ReadSpec
 
 REPO = Path(__file__).resolve().parents[1]
 try:
@@ -196,6 +200,14 @@ def reserved_port() -> Iterator[int]:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         yield sock.getsockname()[1]
+
+
+def read_spec(path: Path | str, batch: int, **kw: Any) -> tuple[ReadSpec, dict[str, Any]]:
+    """A ``ReadSpec`` of ``path`` in batches of ``batch`` from the keywords that name its fields, and the
+    other keywords: the loader factory's own (device, dtype, workers, ...)."""
+    fields = {f.name for f in dataclasses.fields(ReadSpec)}
+    spec = ReadSpec(path=path, batch_size=batch, **{k: v for k, v in kw.items() if k in fields})
+    return spec, {k: v for k, v in kw.items() if k not in fields}
 
 
 def all_entries(path: Path) -> dict[bytes, bytes]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, assert_one_line_error, convert, needs_dali, repo_pythonpath, run_main
+from conftest import REPO, assert_one_line_error, convert, needs_dali, read_spec, repo_pythonpath, run_main
 from datagen import huge_png
 from PIL import Image
 
@@ -94,13 +94,14 @@ def expected_indices(order: list[int], bad: set[int]) -> list[int]:
 
 
 def make_loader(kind: str, path: Path, batch: int, workers: int, **kw):
+    spec, options = read_spec(path, batch, **kw)
     if kind == "torch":
         from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 
-        return make_torch_loader(path, batch, workers=workers, **kw)
+        return make_torch_loader(spec, workers=workers, **options)
     from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
-    return make_dali_loader(path, batch, py_workers=workers, **kw)
+    return make_dali_loader(spec, py_workers=workers, **options)
 
 
 @pytest.fixture(autouse=True, scope="module")

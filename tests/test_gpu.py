@@ -1,6 +1,6 @@
 """The gpu tier: what only a CUDA machine shows (``make test-gpu``; ``python -m bench.gpu_check`` runs it first).
 
-- the DALI loader with ``device_id=0`` (mixed decoding), train and val, float16 in channels-last memory and
+- the DALI loader on ``cuda:0`` (mixed decoding), train and val, float16 in channels-last memory and
   float32 contiguous, checked through the ``Batch`` contract;
 - one ``train.py`` step with each loader under AMP bf16 and fp16 (grad scaler), a checkpoint written;
 - checkpoint save and ``--resume`` / ``--evaluate --resume`` on the GPU (the checkpoint is loaded to the CPU);
@@ -38,6 +38,7 @@ from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 from lmdb_io import open_database
 from lmdb_io.reading.constants import IMAGENET_MEAN, IMAGENET_STD
 from lmdb_io.reading.plan import RankPlan
+from lmdb_io.reading.spec import ReadSpec
 
 pytestmark = pytest.mark.gpu
 
@@ -52,10 +53,6 @@ SUBPROCESS_TIMEOUT = 300.0
 
 def _dali() -> None:
     pytest.importorskip("nvidia.dali")
-
-
-def _device_id(device: torch.device) -> int | None:
-    return device.index if device.type == "cuda" else None
 
 
 # -- the DALI loader through the Batch contract ----------------------------------------------------
@@ -79,14 +76,9 @@ def dali_epoch(
     database = open_database(db)
     n, targets = len(database), torch.from_numpy(database.targets.copy())
     loader = make_dali_loader(
-        db,
-        BATCH,
-        train=train,
-        seed=seed,
-        device_id=_device_id(device),
-        crop=CROP,
-        val_resize=VAL_RESIZE,
-        fp16_output=half,
+        ReadSpec(path=db, batch_size=BATCH, train=train, seed=seed, crop=CROP, val_resize=VAL_RESIZE),
+        device=device,
+        dtype=torch.float16 if half else torch.float32,
         channels_last=channels_last,
         **options,
     )
@@ -318,8 +310,9 @@ def val_parity(db: Path, device: torch.device, batch: int = 16) -> dict[str, flo
     from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
     database = open_database(db)
-    dali = make_dali_loader(db, batch, train=False, device_id=_device_id(device), py_workers=0)
-    reference = make_torch_loader(db, batch, train=False, workers=0)
+    spec = ReadSpec(path=db, batch_size=batch, train=False)
+    dali = make_dali_loader(spec, device=device, py_workers=0)
+    reference = make_torch_loader(spec, workers=0)
     diffs: dict[int, float] = {}
     for a, b in zip(dali, reference, strict=True):
         same = torch.equal(a.indices.cpu(), b.indices) and torch.equal(a.padding.cpu(), b.padding)

@@ -14,17 +14,19 @@ import multiprocessing
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import convert, copy_tree, lmdb_io_cli, needs_dali
+from conftest import convert, copy_tree, lmdb_io_cli, needs_dali, read_spec
 
 from lmdb_dali_train.exit_codes import ExitCode
 from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 from lmdb_io import open_database
 from lmdb_io.reading.constants import IMAGENET_MEAN, IMAGENET_STD
 from lmdb_io.reading.plan import RankPlan
+from lmdb_io.reading.spec import ReadSpec
 
 KINDS = [pytest.param("dali", marks=needs_dali), "torch"]
 PARITY_BAD_IMAGES = ("hopper_orientation_6.jpg", "hopper_gray.jpg", "pil_sample_cmyk.jpg")  # EXIF 6, gray, CMYK
@@ -50,12 +52,13 @@ def _one_torch_thread_here() -> Iterator[None]:
 
 
 def make_loader(kind: str, path: Path, batch: int, **kw):
+    spec, options = read_spec(path, batch, **kw)
     if kind == "torch":
-        kw.setdefault("workers", 0)
-        return make_torch_loader(path, batch, **kw)
+        options.setdefault("workers", 0)
+        return make_torch_loader(spec, **options)
     from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
-    return make_dali_loader(path, batch, **kw)
+    return make_dali_loader(spec, **options)
 
 
 def _epoch_indices(loader) -> tuple[int, list[int], list[bool]]:
@@ -81,8 +84,9 @@ def worst_val_difference(db: Path, batch: int = 16, **kw) -> tuple[float, str, i
     from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
     database = open_database(db)
-    dali = make_dali_loader(db, batch, train=False, **kw)
-    reference = make_torch_loader(db, batch, train=False, workers=0, **kw)
+    spec = ReadSpec(path=db, batch_size=batch, train=False, **kw)
+    dali = make_dali_loader(spec)
+    reference = make_torch_loader(spec, workers=0)
     worst, worst_key, count = 0.0, "", 0
     with one_torch_thread():
         for a, b in zip(dali, reference, strict=True):
@@ -121,9 +125,8 @@ def test_dali_batch_contract(train_db: Path, val_db: Path, channels_last: bool, 
     tolerance = 0.5 if fp16 else 1e-3  # float16 spacing near |x| = 2.6 is 2**-9, x std x 255 = 0.13 px
     for db, train in ((train_db, True), (val_db, False)):
         database = open_database(db)
-        loader = make_dali_loader(
-            db, 8, train=train, crop=32, val_resize=40, channels_last=channels_last, fp16_output=fp16
-        )
+        spec = ReadSpec(path=db, batch_size=8, train=train, crop=32, val_resize=40)
+        loader = make_dali_loader(spec, channels_last=channels_last, dtype=dtype)
         batch = next(iter(loader))
         assert batch.images.shape == (8, 3, 32, 32) and batch.images.dtype == dtype
         if channels_last:
@@ -137,7 +140,9 @@ def test_dali_batch_contract(train_db: Path, val_db: Path, channels_last: bool, 
         assert -tolerance <= float(pixels.min()) and float(pixels.max()) <= 255 + tolerance
         assert float(pixels.std()) > 10  # photo content, not a constant or a collapsed range
     # validation is deterministic: per-channel statistics equal the torch loader's on the same images
-    reference = next(iter(make_torch_loader(val_db, 8, train=False, workers=0, crop=32, val_resize=40)))
+    reference = next(
+        iter(make_torch_loader(ReadSpec(path=val_db, batch_size=8, train=False, crop=32, val_resize=40), workers=0))
+    )
     assert torch.equal(batch.indices, reference.indices)
     ours, theirs = pixels.transpose(0, 1).reshape(3, -1), to_pixels(reference.images).transpose(0, 1).reshape(3, -1)
     torch.testing.assert_close(ours.mean(dim=1), theirs.mean(dim=1), rtol=0, atol=0.25)  # measured: < 0.01
@@ -150,7 +155,8 @@ def test_torch_batch_contract(val_db: Path, channels_last: bool, dtype: torch.dt
     asked for, normalised with the ImageNet constants: ToTensor then Normalize of those very pixels."""
     from torchvision.transforms import Normalize
 
-    loader = make_torch_loader(val_db, 8, train=False, crop=32, val_resize=40, channels_last=channels_last, dtype=dtype)
+    spec = ReadSpec(path=val_db, batch_size=8, train=False, crop=32, val_resize=40)
+    loader = make_torch_loader(spec, channels_last=channels_last, dtype=dtype)
     batch = next(iter(loader))
     assert batch.images.shape == (8, 3, 32, 32) and batch.images.dtype == dtype
     assert batch.images.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -175,7 +181,7 @@ def test_torch_workers_persist_across_epochs_and_ignore_group_signals(train_db: 
     """The workers the first epoch starts serve every later one (no re-fork per epoch), drop a SIGINT or
     SIGTERM sent to them as to the process group, and exit when the loader is closed."""
     before = set(multiprocessing.active_children())
-    loader = make_torch_loader(train_db, 8, train=True, crop=32, workers=2, seed=1)
+    loader = make_torch_loader(ReadSpec(path=train_db, batch_size=8, train=True, crop=32, seed=1), workers=2)
     first = _epoch_indices(loader)[1]
     workers = set(multiprocessing.active_children()) - before
     assert len(workers) == 2
@@ -197,7 +203,7 @@ def test_a_torch_loader_dropped_mid_epoch_ends_its_persistent_workers(train_db: 
     """Without close() and without the garbage collector: the last reference to the loader going away
     ends its workers (no loader <-> epoch cycle keeps them waiting for a collection)."""
     before = set(multiprocessing.active_children())
-    loader = make_torch_loader(train_db, 8, train=True, crop=32, workers=2)
+    loader = make_torch_loader(ReadSpec(path=train_db, batch_size=8, train=True, crop=32), workers=2)
     next(iter(loader))
     workers = set(multiprocessing.active_children()) - before
     assert len(workers) == 2
@@ -216,10 +222,10 @@ def test_torch_loader_normalises_on_the_gpu_as_on_the_cpu(val_db: Path) -> None:
     """On CUDA: uint8 batches through pinned memory (persistent workers), normalised on the GPU into
     bfloat16 channels-last; the same values as the CPU loader's float32, to bfloat16's rounding."""
     device = torch.device("cuda", 0)
-    kw = dict(train=False, crop=32, val_resize=40)
-    gpu = make_torch_loader(val_db, 8, workers=2, device=device, dtype=torch.bfloat16, channels_last=True, **kw)
+    spec = ReadSpec(path=val_db, batch_size=8, train=False, crop=32, val_resize=40)
+    gpu = make_torch_loader(spec, workers=2, device=device, dtype=torch.bfloat16, channels_last=True)
     try:
-        for a, b in zip(gpu, make_torch_loader(val_db, 8, workers=0, **kw), strict=True):
+        for a, b in zip(gpu, make_torch_loader(spec, workers=0), strict=True):
             assert a.images.device == device and a.images.dtype == torch.bfloat16
             assert a.images.is_contiguous(memory_format=torch.channels_last)
             assert a.labels.device == device and torch.equal(a.indices, b.indices)
@@ -283,8 +289,9 @@ def test_dali_parallel_source_with_two_workers(train_db: Path) -> None:
     from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
     n = len(open_database(train_db))
-    serial = make_dali_loader(train_db, 16, train=True, seed=2, crop=32, py_workers=0)
-    parallel = make_dali_loader(train_db, 16, train=True, seed=2, crop=32, py_workers=2)
+    spec = ReadSpec(path=train_db, batch_size=16, train=True, seed=2, crop=32)
+    serial = make_dali_loader(spec, py_workers=0)
+    parallel = make_dali_loader(spec, py_workers=2)
     assert _epoch_indices(parallel)[1] == _epoch_indices(serial)[1]  # epoch 0
     assert (
         _epoch_indices(parallel)[1]
@@ -296,8 +303,8 @@ def test_dali_parallel_source_with_two_workers(train_db: Path) -> None:
 def test_two_pipelines_on_one_database(train_db: Path) -> None:
     from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
-    train = make_dali_loader(train_db, 8, train=True, crop=32)
-    val = make_dali_loader(train_db, 8, train=False, crop=32, val_resize=40)
+    train = make_dali_loader(ReadSpec(path=train_db, batch_size=8, train=True, crop=32))
+    val = make_dali_loader(ReadSpec(path=train_db, batch_size=8, train=False, crop=32, val_resize=40))
     t, v = iter(train), iter(val)
     for _ in range(3):
         assert next(t).images.shape == next(v).images.shape == (8, 3, 32, 32)
@@ -312,15 +319,16 @@ def test_torch_loader_seeding_leaves_the_global_rng_alone(train_db: Path) -> Non
     torch.manual_seed(1234)
     expected = torch.rand(8)
     torch.manual_seed(1234)
-    first = next(iter(make_torch_loader(train_db, 8, train=True, workers=0, crop=32, seed=3)))
+    spec = ReadSpec(path=train_db, batch_size=8, train=True, crop=32, seed=3)
+    first = next(iter(make_torch_loader(spec, workers=0)))
     assert torch.equal(torch.rand(8), expected), "iterating the torch loader changed the global torch RNG"
 
     torch.manual_seed(999)  # another global state: the same crops and flips
-    again = next(iter(make_torch_loader(train_db, 8, train=True, workers=0, crop=32, seed=3)))
+    again = next(iter(make_torch_loader(spec, workers=0)))
     assert torch.equal(again.indices, first.indices) and torch.equal(again.images, first.images)
-    in_workers = next(iter(make_torch_loader(train_db, 8, train=True, workers=2, crop=32, seed=3)))
+    in_workers = next(iter(make_torch_loader(spec, workers=2)))
     assert torch.equal(in_workers.images, first.images)
-    other_seed = next(iter(make_torch_loader(train_db, 8, train=True, workers=0, crop=32, seed=4)))
+    other_seed = next(iter(make_torch_loader(replace(spec, seed=4), workers=0)))
     assert not torch.equal(other_seed.images, first.images)
 
 
@@ -423,7 +431,7 @@ def test_forked_workers_leave_the_parents_dali_pipelines_alone(val_db: Path, mon
     from lmdb_dali_train.loaders import torch_loader
     from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
-    dali = make_dali_loader(val_db, 4, train=False, crop=32, val_resize=40)
+    dali = make_dali_loader(ReadSpec(path=val_db, batch_size=4, train=False, crop=32, val_resize=40))
     next(iter(dali))
     dali.cycle = dali  # only the garbage collector can free it now
     del dali
@@ -435,7 +443,9 @@ def test_forked_workers_leave_the_parents_dali_pipelines_alone(val_db: Path, mon
 
     monkeypatch.setattr(torch_loader, "ignore_stop_signals", collect_then_initialise)
     loader = make_torch_loader(
-        val_db, 8, train=False, crop=32, val_resize=40, workers=2, multiprocessing_context="fork"
+        ReadSpec(path=val_db, batch_size=8, train=False, crop=32, val_resize=40),
+        workers=2,
+        multiprocessing_context="fork",
     )
     assert sum(1 for _ in loader) == len(loader)
     gc.collect()  # the parent finalises it, safely

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, assert_one_line_error, needs_dali, repo_pythonpath, run_main
+from conftest import REPO, assert_one_line_error, needs_dali, read_spec, repo_pythonpath, run_main
 
 from lmdb_dali_train.main import main as train_main
 from lmdb_io import open_database
@@ -35,13 +35,14 @@ def _one_torch_thread() -> object:
 
 
 def make_loader(kind: str, path: Path, workers: int, **kw):
+    spec, options = read_spec(path, BATCH, **kw)
     if kind == "torch":
         from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 
-        return make_torch_loader(path, BATCH, workers=workers, **kw)
+        return make_torch_loader(spec, workers=workers, **options)
     from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
-    return make_dali_loader(path, BATCH, py_workers=workers, num_threads=1, **kw)
+    return make_dali_loader(spec, py_workers=workers, dali_threads=1, **options)
 
 
 def epoch_sizes(loader) -> tuple[set[tuple[int, ...]], list[int], int]:
@@ -76,8 +77,7 @@ def test_each_epoch_crops_at_the_scheduled_size(train_db: Path, kind: str) -> No
 def test_on_the_gpu_each_epoch_crops_at_the_scheduled_size(train_db: Path, kind: str) -> None:
     """On CUDA (DALI: mixed decoding, the GPU resize taking the CPU source's sizes as argument inputs)."""
     device = torch.device("cuda", 0)
-    place: dict = {"device_id": 0} if kind == "dali" else {"device": device}
-    loader = make_loader(kind, train_db, 2, train=True, crop=224, resolution=SCHEDULE, **place)
+    loader = make_loader(kind, train_db, 2, train=True, crop=224, resolution=SCHEDULE, device=device)
     try:
         for epoch in range(3):
             size = SCHEDULE.for_epoch(epoch)

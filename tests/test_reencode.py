@@ -18,6 +18,7 @@ from PIL import Image
 
 from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 from lmdb_io import ImageFolderLMDB, open_database
+from lmdb_io.reading.spec import ReadSpec
 from lmdb_io.reencode import Reencode
 
 CAP = 128
@@ -277,12 +278,13 @@ def test_image_folder_lmdb_trains_on_a_reencoded_database(capped: tuple[Path, di
 @pytest.mark.parametrize("train", [True, False])
 def test_loaders_read_a_reencoded_database(capped: tuple[Path, dict, str], kind: str, train: bool) -> None:
     db = open_database(capped[0])
+    spec = ReadSpec(path=capped[0], batch_size=4, train=train, crop=64, val_resize=72)
     if kind == "torch":
-        loader = make_torch_loader(capped[0], 4, train=train, workers=0, crop=64, val_resize=72)
+        loader = make_torch_loader(spec, workers=0)
     else:
         from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
-        loader = make_dali_loader(capped[0], 4, train=train, crop=64, val_resize=72)
+        loader = make_dali_loader(spec)
     seen = 0
     for batch in loader:
         assert batch.images.shape == (4, 3, 64, 64) and bool(torch.isfinite(batch.images).all())

@@ -25,6 +25,7 @@ from test_train import SMALL, _env, _events
 from lmdb_dali_train.exit_codes import ExitCode
 from lmdb_io import open_database
 from lmdb_io.reading.plan import RankPlan
+from lmdb_io.reading.spec import ReadSpec
 from lmdb_io.reading.workers import ignore_stop_signals, stop_signals_blocked
 
 RUN_TIMEOUT = 150  # a run that does not end by then is stuck (they take well under a minute)
@@ -141,14 +142,15 @@ def test_a_loader_worker_drops_signals_from_others_and_obeys_its_parent() -> Non
 @pytest.mark.parametrize("loader", [pytest.param("dali", marks=needs_dali), "torch"])
 def test_closing_a_loader_mid_epoch_ends_its_worker_processes(train_db: Path, loader: str) -> None:
     before = set(multiprocessing.active_children())
+    spec = ReadSpec(path=train_db, batch_size=8, train=True, crop=32)
     if loader == "dali":
         from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
-        made = make_dali_loader(train_db, 8, train=True, crop=32, py_workers=2, num_threads=1)
+        made = make_dali_loader(spec, py_workers=2, dali_threads=1)
     else:
         from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 
-        made = make_torch_loader(train_db, 8, train=True, crop=32, workers=2)
+        made = make_torch_loader(spec, workers=2)
     batches = iter(made)
     next(batches)
     workers = set(multiprocessing.active_children()) - before

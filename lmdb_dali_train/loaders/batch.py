@@ -1,9 +1,11 @@
-"""The loader contract: every loader (torchvision, DALI, synthetic) yields ``Batch`` and knows its length,
-so the trainer never branches on the loader."""
+"""The loader contract: every loader (torchvision, DALI, synthetic) yields ``Batch``, knows its length and
+closes, so the trainer never branches on the loader; ``RunningEpoch`` is how each one holds the epoch in
+progress."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import weakref
+from collections.abc import Generator, Iterator
 from typing import NamedTuple, Protocol
 
 import torch
@@ -25,13 +27,36 @@ class Batch(NamedTuple):
 
 class BatchLoader(Protocol):
     """What the trainer needs of a loader: ``len()`` is the number of batches the next ``iter()`` yields
-    (each ``iter()`` runs the next epoch)."""
+    (each ``iter()`` runs the next epoch); ``close()`` ends the epoch in progress and shuts the loader's
+    worker processes down (they ignore the signals that stop the run); a second call does nothing."""
 
     def __len__(self) -> int: ...
 
     def __iter__(self) -> Iterator[Batch]: ...
 
     def close(self) -> None: ...
+
+
+class RunningEpoch:
+    """A loader's epoch in progress, held weakly: the epoch's generator holds the loader, and a cycle would
+    leave the loader's workers or pipeline to the garbage collector (which may run in a forked child, a
+    DataLoader worker, where finalising a DALI pipeline crashes) instead of ending with its last reference.
+    """
+
+    def __init__(self) -> None:
+        self._epoch: weakref.ref[Generator[Batch, None, None]] | None = None
+
+    def start(self, epoch: Generator[Batch, None, None]) -> Generator[Batch, None, None]:
+        """Hold ``epoch`` (what the loader's ``iter()`` returns) as the one in progress, and return it."""
+        self._epoch = weakref.ref(epoch)
+        return epoch
+
+    def close(self) -> None:
+        """End the epoch in progress, if one is still alive."""
+        epoch = self._epoch() if self._epoch is not None else None
+        if epoch is not None:
+            epoch.close()
+        self._epoch = None
 
 
 class LoaderLengthError(RuntimeError):

@@ -9,6 +9,8 @@ import weakref
 from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
+import torch
+
 from dali_pipeline.pipelines import (
     FILE_READER_NAME,
     OUTPUT_NAMES,
@@ -19,12 +21,12 @@ from dali_pipeline.pipelines import (
 from dali_pipeline.source import LMDBSource, PlanSource
 from lmdb_io.database import ImageDatabase
 from lmdb_io.reading.bad_records import BadRecord
-from lmdb_io.reading.plan import EpochOrder, RankPlan
-from lmdb_io.reading.presets import Preset, TrainPreset, preset_for
-from lmdb_io.reading.resolution import ResolutionSchedule
+from lmdb_io.reading.plan import EpochOrder
+from lmdb_io.reading.presets import Preset, TrainPreset
+from lmdb_io.reading.spec import ReadSpec
 from lmdb_io.trainable import reason
 
-from .batch import Batch
+from .batch import Batch, RunningEpoch
 
 
 def _to_batch(out: dict[str, Any], channels_last: bool) -> Batch:
@@ -40,18 +42,18 @@ def _batches(iterator: Iterable, channels_last: bool) -> Generator[Batch, None, 
         yield _to_batch(out, channels_last)
 
 
-def _shut_down(loader: DALILoader | DALIFolderLoader) -> None:
-    """End the epoch in progress and drop the loader's iterator and pipeline: with the pipeline's last
-    reference gone, DALI stops its threads and closes its worker pool (asking the workers to exit, then
-    terminating them). The loader cannot be iterated again; a second call does nothing."""
-    current = loader._current() if loader._current is not None else None
-    if current is not None:
-        current.close()
-    loader._current = None
-    if not hasattr(loader, "pipeline"):
+def _release_pipeline(loader: DALILoader | DALIFolderLoader) -> None:
+    """The one DALI teardown: drop the loader's iterator and pipeline and shut the pipeline down (its threads
+    stop); once the pipeline object is freed, DALI closes its Python worker pool (asking the workers to exit,
+    then terminating them): collected here and now if a reference cycle holds it. A second call does nothing.
+    """
+    pipeline = getattr(loader, "pipeline", None)
+    if pipeline is None:
         return
-    alive = weakref.ref(loader.pipeline)
     del loader._iterator, loader.pipeline
+    pipeline._shutdown()
+    alive = weakref.ref(pipeline)
+    del pipeline
     if alive() is not None:  # held in a reference cycle
         gc.collect()
 
@@ -74,10 +76,7 @@ class DALILoader:
         self.bad_records: dict[int, BadRecord] = {}
         self._build()
         self._epoch = source.plan.first_epoch
-        # the epoch in progress, weakly: ``_run``'s generator holds the loader, and a cycle would leave the
-        # pipeline to the garbage collector, which may run in a forked child (a DataLoader worker), where
-        # finalising a DALI pipeline crashes
-        self._current: weakref.ref[Generator[Batch, None, None]] | None = None
+        self._running = RunningEpoch()
 
     def _build(self) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -97,13 +96,13 @@ class DALILoader:
     def __iter__(self) -> Iterator[Batch]:
         epoch = self._epoch
         self._epoch += 1
-        current = self._run(epoch)
-        self._current = weakref.ref(current)
-        return current
+        return self._running.start(self._run(epoch))
 
     def close(self) -> None:
-        """Shut the pipeline down, its Python workers with it (they ignore signals to the process group)."""
-        _shut_down(self)
+        """End the epoch in progress and shut the pipeline down, its Python workers with it (they ignore
+        signals to the process group). The loader cannot be iterated again; a second call does nothing."""
+        self._running.close()
+        _release_pipeline(self)
 
     def _run(self, epoch: int) -> Generator[Batch, None, None]:
         order = self.source.plan.for_epoch(epoch)
@@ -137,7 +136,7 @@ class DALILoader:
             raise error
         for index, why in found:
             self.bad_records[index] = BadRecord(index, *self.source.describe(index), why)
-        self._discard_pipeline()
+        _release_pipeline(self)  # its threads and Python workers stop before a new one is built
         self.source.restart_at(epoch, position)
         self._build()
 
@@ -162,14 +161,6 @@ class DALILoader:
             found += bad
             self.source.bad.update(i for i, _ in bad)
 
-    def _discard_pipeline(self) -> None:
-        """Drop the failed pipeline (its threads and Python workers stop) before a new one is built."""
-        pipeline = self.pipeline
-        del self._iterator, self.pipeline
-        pipeline._shutdown()
-        del pipeline
-        gc.collect()
-
 
 class DALIFolderLoader:
     """An ImageFolder tree through DALI's file reader (sharded by global rank, padded; no resume
@@ -189,52 +180,92 @@ class DALIFolderLoader:
             last_batch_policy=LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL,
             prepare_first_batch=False,
         )
-        self._current: weakref.ref[Generator[Batch, None, None]] | None = None
+        self._running = RunningEpoch()
 
     def __len__(self) -> int:
         return len(self._iterator)
 
     def __iter__(self) -> Iterator[Batch]:
-        current = _batches(self._iterator, self.opts.channels_last)
-        self._current = weakref.ref(current)
-        return current
+        return self._running.start(_batches(self._iterator, self.opts.channels_last))
 
     def close(self) -> None:
-        """Shut the pipeline down."""
-        _shut_down(self)
+        """End the epoch in progress and shut the pipeline down; a second call does nothing."""
+        self._running.close()
+        _release_pipeline(self)
+
+
+def _device_id(device: torch.device) -> int | None:
+    """The CUDA device a pipeline runs on (None: DALI's CPU operators)."""
+    if device.type == "cpu":
+        return None
+    if device.type != "cuda":
+        raise ValueError(f"DALI runs on the CPU or a CUDA device, not {device}")
+    return torch.cuda.current_device() if device.index is None else device.index
+
+
+def _fp16_output(dtype: torch.dtype) -> bool:
+    """Whether the pipeline hands float16 (for either half-precision dtype: DALI has no bfloat16, and bf16
+    autocast takes float16 images) or float32."""
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"DALI hands float32 or float16 images, not {dtype}")
+    return dtype != torch.float32
 
 
 def make_dali_loader(
-    path: str | os.PathLike,
-    batch_size: int,
+    spec: ReadSpec,
     *,
-    train: bool,
-    device_id: int | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    seed: int = 0,
-    crop: int = 224,
-    val_resize: int = 256,
-    resolution: ResolutionSchedule | None = None,
-    first_epoch: int = 0,
-    skip: int = 0,
-    verify: bool = True,
-    **options: Any,
-) -> DALILoader:
-    """The DALI loader over an lmdb_io database for one rank (global ``rank``): train drops the shard's
-    remainder, val pads and masks. ``skip``: positions of ``first_epoch``'s global order already trained
-    on (see ``RankPlan``). ``resolution``: progressive resizing (training only); without it every epoch
-    crops ``crop``.
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+    dali_threads: int | None = None,
+    py_workers: int | None = None,
+    prefetch: int | None = None,
+    hw_decoder_load: float | None = None,
+    fused_cpu_resize: bool = True,
+) -> DALILoader | DALIFolderLoader:
+    """The DALI loader reading ``spec`` for one rank, on ``device`` (a CUDA device: mixed decoding and GPU
+    operators; the CPU: DALI's CPU operators).
 
-    ``options`` are ``PipelineOptions`` fields (num_threads, py_workers, hw_decoder_load, ...). On a GPU
-    the source runs in Python workers unless ``py_workers=0`` is given: 4 for train, 2 for val, which
-    also queues one batch ahead instead of two (it idles between evaluations, holding what it has).
+    A database goes through ``DALILoader`` in ``RankPlan`` order (train drops the shard's remainder, val
+    pads and masks; resumes mid-epoch). An ImageFolder tree goes through DALI's file reader
+    (``DALIFolderLoader``: its own sharding and shuffle, no resume mid-epoch, ``first_epoch`` and ``skip``
+    not followed, no resolution schedule).
+
+    Images come in ``dtype`` (float32, or float16 for either half-precision dtype), NCHW-shaped, in
+    channels-last memory with ``channels_last``. How it runs (``None``: ``PipelineOptions``' default):
+
+    - ``dali_threads``: DALI's CPU threads;
+    - ``py_workers``: Python processes running a database's source (0: in the pipeline's thread; default
+      on a GPU 4 for train and 2 for val, else 0; a tree has none);
+    - ``prefetch``: batches queued ahead (a database's val: 1 by default, as it idles between evaluations
+      holding what it has);
+    - ``hw_decoder_load``: the share of train JPEGs sent to the GPU's hardware decoder;
+    - ``fused_cpu_resize``: the CPU train graph resizes with the fused operator where it builds.
     """
-    options.setdefault("py_workers", (4 if train else 2) if device_id is not None else 0)
-    if not train:
-        options.setdefault("prefetch", 1)
-    db = ImageDatabase(path, verify=verify)
-    plan = RankPlan.for_split(len(db), batch_size, train, rank, world_size, seed, first_epoch, skip)
-    source = LMDBSource(db, plan, resolution=resolution)
-    opts = PipelineOptions(batch_size=batch_size, device_id=device_id, seed=seed + rank, **options)
-    return DALILoader(source, opts, preset_for(train, crop, val_resize))
+    device_id = _device_id(torch.device(device))
+    database = spec.is_database()
+    if not database and spec.resolution is not None:
+        raise ValueError("a resolution schedule needs a database: DALI's file reader has no per-epoch source")
+    if not database:
+        py_workers = None  # the file reader runs no Python source
+    elif py_workers is None:
+        py_workers = (4 if spec.train else 2) if device_id is not None else 0
+    if database and prefetch is None and not spec.train:
+        prefetch = 1
+    chosen: dict[str, Any] = dict(
+        num_threads=dali_threads, py_workers=py_workers, prefetch=prefetch, hw_decoder_load=hw_decoder_load
+    )
+    opts = PipelineOptions(
+        batch_size=spec.batch_size,
+        device_id=device_id,
+        seed=spec.rank_seed,
+        fp16_output=_fp16_output(dtype),
+        channels_last=channels_last,
+        fused_cpu_resize=fused_cpu_resize,
+        **{name: value for name, value in chosen.items() if value is not None},
+    )
+    if not database:
+        return DALIFolderLoader(os.fspath(spec.path), opts, spec.preset(), spec.rank, spec.world_size)
+    db = ImageDatabase(spec.path, verify=spec.verify)
+    source = LMDBSource(db, spec.plan(len(db)), resolution=spec.resolution)
+    return DALILoader(source, opts, spec.preset())

@@ -39,4 +39,4 @@ class SyntheticLoader:
             yield Batch(self.images, self.labels, self.indices, self.padding)
 
     def close(self) -> None:
-        """Nothing to shut down: no workers."""
+        """Nothing to shut down: no workers, no pipeline."""

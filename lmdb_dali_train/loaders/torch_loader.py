@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -27,23 +27,23 @@ from lmdb_io import ImageFolderLMDB, is_database
 from lmdb_io.dataset import decode_rgb
 from lmdb_io.reading.bad_records import BadRecord
 from lmdb_io.reading.plan import RankPlan, first_good
-from lmdb_io.reading.presets import Preset, TrainPreset, preset_for
+from lmdb_io.reading.presets import Preset, TrainPreset
 from lmdb_io.reading.resolution import ResolutionSchedule
+from lmdb_io.reading.spec import ReadSpec
 from lmdb_io.reading.workers import ignore_stop_signals, parent_garbage_frozen, stop_signals_blocked
 from lmdb_io.trainable import BadRecordError, read_checked, reason
 
-from .batch import Batch
+from .batch import Batch, RunningEpoch
 from .normalize import DeviceNormalizer
-
-_CPU = torch.device("cpu")
 
 
 def open_image_dataset(
-    path: str | os.PathLike, transform: Callable | None = None, lmdb: bool | None = None
+    path: str | os.PathLike, *, lmdb: bool | None = None, verify: bool = True, transform: Callable | None = None
 ) -> ImageFolderLMDB | ImageFolder:
-    """An lmdb_io database as ImageFolderLMDB, or a plain ImageFolder tree (``lmdb=None``: by the path)."""
+    """An lmdb_io database as ImageFolderLMDB (``verify``: checksums checked as records are read), or a
+    plain ImageFolder tree (``lmdb=None``: by the path)."""
     if is_database(path) if lmdb is None else lmdb:
-        return ImageFolderLMDB(path, transform=transform)
+        return ImageFolderLMDB(path, transform=transform, verify=verify)
     return ImageFolder(os.fspath(path), transform=transform)
 
 
@@ -110,12 +110,15 @@ class _SeededItems(Dataset):
     def _load(self, index: int, transform: Callable[[Any], Any]) -> tuple[Any, int]:
         """The transformed sample; ``BadRecordError`` if the record is bad (the transform is not guarded)."""
         dataset = self.dataset
+        decode: Callable[[], Any]
         if isinstance(dataset, ImageFolderLMDB):  # checksum and the header's pixel count before decoding
             payload, label = read_checked(dataset.db.read, index)
+            decode = partial(decode_rgb, payload)
         else:
             path, label = dataset.samples[index]
+            decode = partial(dataset.loader, path)
         try:
-            image = decode_rgb(payload) if isinstance(dataset, ImageFolderLMDB) else dataset.loader(path)
+            image = decode()
         except Exception as exc:  # Pillow raises many types for broken files
             raise BadRecordError(f"does not decode with Pillow ({reason(exc)})") from None
         image = transform(image)
@@ -134,7 +137,6 @@ class _SeededItems(Dataset):
         # CUDA device and other backends, ~130 us per sample against ~1 us here. A replacement is seeded as
         # the sample it replaces.
         def load(chosen: int) -> tuple[Any, int]:
-            # a replacement is seeded as the sample it replaces
             torch.default_generator.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
             return self._load(chosen, transform)
 
@@ -204,25 +206,18 @@ class TorchLoader:
             or multiprocessing.get_all_start_methods()[0]  # the default
         )
         self._spawns = workers > 0 and method != "fork"
-        # the epoch in progress, weakly: its generator holds the loader, and a cycle would keep the persistent
-        # workers alive, after the loader is dropped, until the garbage collector runs
-        self._current: weakref.ref[Generator[Batch, None, None]] | None = None
+        self._running = RunningEpoch()  # weakly: dropping the loader ends its persistent workers at once
 
     def __len__(self) -> int:
         """Batches in the coming epoch."""
         return self.plan.num_batches(self._epoch)
 
     def __iter__(self) -> Iterator[Batch]:
-        current = self._batches()
-        self._current = weakref.ref(current)
-        return current
+        return self._running.start(self._batches())
 
     def close(self) -> None:
         """End the epoch in progress and shut the worker processes down (a later ``iter()`` starts new ones)."""
-        current = self._current() if self._current is not None else None
-        if current is not None:
-            current.close()
-        self._current = None
+        self._running.close()
         workers, self.loader._iterator = self.loader._iterator, None  # the persistent workers' iterator
         shut_down = getattr(workers, "_shutdown_workers", None)
         if shut_down is not None:
@@ -252,40 +247,30 @@ class TorchLoader:
 
 
 def make_torch_loader(
-    path: str | os.PathLike,
-    batch_size: int,
+    spec: ReadSpec,
     *,
-    train: bool,
-    rank: int = 0,
-    world_size: int = 1,
-    seed: int = 0,
-    workers: int = 2,
-    device: torch.device = _CPU,
+    device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    crop: int = 224,
-    val_resize: int = 256,
-    resolution: ResolutionSchedule | None = None,
     channels_last: bool = False,
-    first_epoch: int = 0,
-    skip: int = 0,
-    lmdb: bool | None = None,
+    workers: int = 2,
     multiprocessing_context: str | None = None,
 ) -> TorchLoader:
-    """The torchvision loader for one rank: train drops the shard's remainder, val pads and masks.
+    """The torchvision loader reading ``spec`` (a database or an ImageFolder tree) for one rank: train
+    drops the shard's remainder, val pads and masks.
 
-    ``skip``: positions of ``first_epoch``'s global order already trained on (see ``RankPlan``).
-    ``resolution``: progressive resizing (training only); without it every epoch crops ``crop``.
+    Batches come on ``device``, images in ``dtype`` (channels-last memory with ``channels_last``).
+    ``workers``: DataLoader worker processes (0: read in this process), started by
+    ``multiprocessing_context`` (None: multiprocessing's default).
     """
-    dataset = open_image_dataset(path, None, lmdb)
-    plan = RankPlan.for_split(len(dataset), batch_size, train, rank, world_size, seed, first_epoch, skip)
+    dataset = open_image_dataset(spec.path, lmdb=spec.is_database(), verify=spec.verify)
     return TorchLoader(
         dataset,
-        plan,
-        preset_for(train, crop, val_resize),
+        spec.plan(len(dataset)),
+        spec.preset(),
         workers=workers,
-        device=device,
+        device=torch.device(device),
         dtype=dtype,
         channels_last=channels_last,
-        resolution=resolution,
+        resolution=spec.resolution,
         multiprocessing_context=multiprocessing_context,
     )

@@ -71,6 +71,7 @@ class RankPlan:
     @classmethod
     def for_split(
         cls,
+        *,
         length: int,
         batch_size: int,
         train: bool,
@@ -81,7 +82,17 @@ class RankPlan:
         skip: int = 0,
     ) -> RankPlan:
         """Training (shuffled, whole batches) or evaluation (in order, last batch padded) for one rank."""
-        return cls(length, batch_size, rank, world_size, seed, train, train, first_epoch, skip)
+        return cls(
+            length=length,
+            batch_size=batch_size,
+            rank=rank,
+            world_size=world_size,
+            seed=seed,
+            shuffle=train,
+            drop_last=train,
+            first_epoch=first_epoch,
+            skip=skip,
+        )
 
     def __post_init__(self) -> None:
         if self.length <= 0:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 
 def _exit_after_commits(commits: int) -> None:
@@ -103,14 +104,14 @@ def _signal_at_step(spec: str) -> None:
 class _Wrapped:
     """A training loader that calls ``after(i)`` once its i-th batch (from 1) has been handed over."""
 
-    def __init__(self, loader: object, after: Callable[[int], None]) -> None:
+    def __init__(self, loader: Any, after: Callable[[int], None]) -> None:
         self.loader, self.after = loader, after
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def close(self) -> None:
-        getattr(self.loader, "close", lambda: None)()
+        self.loader.close()
 
     def __iter__(self) -> object:
         for i, batch in enumerate(self.loader, 1):
