@@ -14,6 +14,7 @@ from typing import Any
 
 import psutil
 
+from . import BenchError, last_line
 from .data import REPO
 
 POLL_SECONDS = 0.02
@@ -74,7 +75,7 @@ def peak_rss(cmd: Sequence[str]) -> tuple[int, int]:
         time.sleep(POLL_SECONDS)
     out, err = proc.communicate()
     if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err.decode()[-2000:]}")
+        raise BenchError(f"{' '.join(cmd)} failed ({proc.returncode}): {last_line(err.decode())}")
     return peak, int(out.split()[-1]) * 1024
 
 
@@ -135,7 +136,7 @@ def time_epoch(
             first_batch = time.perf_counter() - first_at
             dtype = str(batch.images.dtype)
         if len(batch.labels) != batch_size:
-            raise SystemExit(f"batch {batches} holds {len(batch.labels)} samples, not {batch_size}")
+            raise BenchError(f"batch {batches} holds {len(batch.labels)} samples, not {batch_size}")
         indices += batch.indices.tolist()
         images += batch_size if batches > warmup else 0
         if batches == warmup or batches == total or (total is None and batches > warmup):
@@ -145,9 +146,9 @@ def time_epoch(
             if batches == warmup:
                 started, cpu_start = last, cpu_last
     if started is None or last is None or images == 0:
-        raise SystemExit(f"an epoch of {batches} batches leaves none to time after {warmup} warm-up batches")
+        raise BenchError(f"an epoch of {batches} batches leaves none to time after {warmup} warm-up batches")
     if total is not None and batches != total:
-        raise SystemExit(f"the loader announced {total} batches and delivered {batches}")
+        raise BenchError(f"the loader announced {total} batches and delivered {batches}")
     own = cpu_last[1] - cpu_start[1]
     return EpochTiming(
         batches, images, last - started, own, cpu_last[0] - cpu_start[0] - own, indices, first_batch, dtype
@@ -297,7 +298,7 @@ def run_rounds(
         else:
             same = len(set(got)) == len(got) and len(want) - c.max_short * batch_size <= len(got) <= len(want)
         if not same:
-            raise SystemExit(f"{c.key}: round {seed} delivered other samples than the epoch plan")
+            raise BenchError(f"{c.key}: round {seed} delivered other samples than the epoch plan")
         return timing
 
     for w in range(warmup_rounds):
@@ -318,10 +319,3 @@ def run_rounds(
         (clean if worst <= max_foreign else disturbed).append(run)
     used = clean if len(clean) == runs else sorted(clean + disturbed)
     return Rounds(timings, used, disturbed, max_foreign, cores, warmups)
-
-
-def plan_indices(length: int, batch: int) -> Callable[[int], list[int]]:
-    """The train plan's epoch-0 indices for seed ``s``: what every contender's first epoch must deliver."""
-    from lmdb_io.reading.plan import RankPlan
-
-    return lambda seed: RankPlan(length, batch, seed=seed).for_epoch(0).indices.tolist()
