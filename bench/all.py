@@ -1,18 +1,10 @@
 """`make bench`: every benchmark on one data set: one table, JSON, a bar chart and bench/RESULTS.md's section.
 
-Runs ``bench.convert`` (converter and reader) and ``bench.loaders`` (loaders alone) as subprocesses, then
-training through train.py (``--synthetic``, ``--loader dali --lmdb``, ``--loader torch --lmdb``, read with
-bench.lib.runlog's one warm-up rule), all on the JPEGs of ``--data`` (default: the hymenoptera photos
-where ``../shared/datasets/hymenoptera`` is beside the checkout, else the demo's generated ImageFolder).
-The loaders run against FFCV, LitData and WebDataset where the ``bench`` extra is installed. Writes
-``OUT/bench.json`` and ``OUT/bench.md``, and, unless ``--quick``, rewrites this machine kind's
-``make-bench`` section of bench/RESULTS.md and its chart ``bench/results-KIND-make-bench.png`` (a panel
-per kind: converter, loaders, training).
-
-    python -m bench.all [--data DIR] [--out bench/results] [--quick]
+Runs ``bench.convert`` and ``bench.loaders`` as subprocesses, then train.py (synthetic, DALI, torch; read
+by bench.lib.runlog's one warm-up rule), on ``--data`` (default: hymenoptera where it is beside the checkout,
+else the demo's JPEGs). Writes ``OUT/bench.json`` and ``OUT/bench.md`` and, unless ``--quick``, this machine
+kind's ``make-bench`` section of bench/RESULTS.md with its chart. ``python -m bench.all [--data DIR] [--quick]``
 """
-
-from __future__ import annotations
 
 import argparse
 import subprocess

@@ -6,8 +6,6 @@ hot page cache, contenders interleaved run by run; one Markdown table of medians
     python -m bench.convert --images 5000 --runs 3 --rss-sizes 5000,20000 --json bench/results/convert.json
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import statistics

@@ -6,8 +6,6 @@ subfolders they are used as such, else DIR is used for both. On a GPU the demo t
 CPU at 112 px (``--crop``) so it ends in a few minutes.
 """
 
-from __future__ import annotations
-
 import argparse
 import platform
 import subprocess

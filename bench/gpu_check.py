@@ -1,20 +1,12 @@
 """One command for a GPU machine: the gpu test tier, the DALI pipeline, the torchvision loader and train.py,
 in one table (and this GPU's section of bench/RESULTS.md).
 
-The suites of ``bench.lib.gpu`` plan the rows in this order: the gpu test tier (``tier``), the loaders alone
-on ``--images`` JPEGs (``--data DIR``, or generated) in one LMDB (``loader``), and training each ``--archs``
-model through train.py (``train``). Every row that touches the GPU runs in a process of its own within its
-budget, killed whole after it (``child``). A missing GPU, DALI, lmdb or model turns the rows that need it
-into "not run: <reason>"; failures are rows too; the exit status is 0. ``--budget`` bounds the whole run:
-rows that would not fit are not run. ``--cpu`` is a dry run of the same code on the CPU with tiny sizes (the
-test tier with CUDA hidden), which leaves RESULTS.md alone. Examples::
-
-    python -m bench.gpu_check                      # at most 9 minutes (--budget 540) on one H100/H200
-    python -m bench.gpu_check --quick --data /data/imagenet/train --out /tmp/res
-    python -m bench.gpu_check --cpu --out /tmp/dry
+The suites of ``bench.lib.gpu`` plan the rows: ``tier``, ``loader`` (on ``--images`` JPEGs of ``--data`` or
+generated, in one LMDB) and ``train``. A missing GPU, DALI, lmdb or model makes its rows "not run: <reason>";
+failures are rows too; the exit status is 0; ``--budget`` bounds the run. ``--cpu``: a dry run with tiny
+sizes that leaves RESULTS.md alone. Examples: ``python -m bench.gpu_check`` (at most 9 minutes on one
+H100/H200), ``python -m bench.gpu_check --quick --data /data/imagenet/train``, ``--cpu --out /tmp/dry``.
 """
-
-from __future__ import annotations
 
 import argparse
 import os

@@ -1,9 +1,6 @@
-"""One row of ``bench.gpu_check`` in a process of its own (the GPU probe or a loader-only row), started by
-``bench.lib.gpu.child.in_child`` with a spec file and a result file. Not meant to be run by hand.
-
-The import stays under the ``__main__`` guard: DALI's source workers start by spawn and re-run this module
-(as ``__mp_main__``), and must not load torch, as in training (``train.py``).
-"""
+"""One row of ``bench.gpu_check`` in a process of its own (``bench.lib.gpu.child``); not run by hand. The
+import stays under the ``__main__`` guard: DALI's spawned source workers re-run this module and must not load
+torch."""
 
 import sys
 

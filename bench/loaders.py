@@ -1,19 +1,10 @@
 """Loaders alone: the DALI CPU train pipeline against the torchvision DataLoader, side by side, no model.
 
-Real JPEGs (hymenoptera, replicated by hard links) in one LMDB, hot page cache. One train epoch per
-contender per round, the first ``--warmup-batches`` untimed, contenders interleaved round by round on
-fresh loaders; a round in which other processes took more than ``--max-foreign`` of the CPUs is
-disturbed and replaced (up to ``--extra-runs``); ``--warmup-rounds`` untimed rounds come first (FFCV's
-JIT, first pipeline builds). Contenders: the DALI pipeline with the LMDB source in its thread and in
-Python workers, the torchvision DataLoader with a worker per core, the same DALI graph fed the same bytes
-from memory (``MemorySource``: the LMDB source's cost), and the peers (``bench.lib.comparison``): FFCV
-(full resolution and ``max_resolution=256``), LitData, WebDataset, with this project's loaders on FFCV's
-stored bytes and on ``convert.py --quality 90`` / ``--max-size 256`` as controls. Example::
-
-    python -m bench.loaders --images 1000 --runs 3 --batch 64 --json bench/results/loaders.json
+JPEGs replicated by hard links into one LMDB, hot page cache; one train epoch per contender per round on
+fresh loaders, contenders interleaved, disturbed rounds replaced (``--max-foreign``, ``--extra-runs``). Also
+the same DALI graph fed from memory (the LMDB source's cost) and the peers of ``bench.lib.comparison``.
+Example: ``python -m bench.loaders --images 1000 --runs 3 --batch 64 --json bench/results/loaders.json``
 """
-
-from __future__ import annotations
 
 import argparse
 import os

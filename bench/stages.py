@@ -1,19 +1,11 @@
 """Where the DALI CPU train pipeline's time goes: the product's train graph cut after each of its stages.
 
-``dali_pipeline.pipelines.train_stages`` gives the graph's stages in order (crop decode, resize, flip +
-normalize with DALI's operators; crop decode, then one fused resize + flip + normalize with the product's
-``dali_pipeline.fused_resize`` operator, the CPU default); each cut is a pipeline that ends at one stage,
-plus a full-frame decode for reference (what FFCV does before cropping). Both graphs are measured. Every
-cut is fed whole batches of the same in-memory JPEGs (one batched ``external_source``: no per-sample
-Python), the cuts interleaved round by round, the first round untimed.
-A stage's cost is the CPU time per image (this process: DALI's threads) that its cut adds to the previous
-cut's. Two data sets: the JPEGs as they are, and through ``convert.py --max-size 256 --quality 90`` (FFCV's
-ImageNet speed setting). Example::
-
-    python -m bench.stages --images 512 --runs 5
+Each cut (``dali_pipeline.pipelines.train_stages``, with DALI's resize and with the fused operator, plus a
+full-frame decode for reference) is fed whole batches of the same in-memory JPEGs, cuts interleaved round by
+round, the first untimed; a stage's cost is the CPU time per image its cut adds to the previous one's. On the
+JPEGs as they are and through ``convert.py --max-size 256 --quality 90``. Example:
+``python -m bench.stages --images 512 --runs 5``
 """
-
-from __future__ import annotations
 
 import argparse
 import os

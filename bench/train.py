@@ -1,14 +1,9 @@
 """Acceptance run: resnet18 from scratch on hymenoptera through train.py, several seeds, both loaders.
 
-Converts the hymenoptera set (train, and val with the train class map), trains with ``train.py --loader
-dali|torch --lmdb`` per seed on the CPU, and prints one table: the mean training loss of the first and last
-epochs, how far it fell, and the final val top-1, per run and as mean / spread per loader. The set is small
-and noisy: the table reports, nobody tunes to it. Example::
-
-    python -m bench.train --seeds 0 1 2 --epochs 16
+Per loader and seed: the mean training loss of the first and last epochs, how far it fell, and the final
+val top-1, then mean / spread per loader (the set is small and noisy: the table reports, nobody tunes to it).
+Example: ``python -m bench.train --seeds 0 1 2 --epochs 16``
 """
-
-from __future__ import annotations
 
 import argparse
 import statistics

@@ -1,8 +1,6 @@
 """The bench library: machine, data, timing, this project's loaders, train.py's log, tables, RESULTS.md and
 the gpu check's rows. Suites import only this; it fails with ``BenchError``, which ``entry`` reports."""
 
-from __future__ import annotations
-
 import functools
 import sys
 from collections.abc import Callable, Sequence

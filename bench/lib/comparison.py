@@ -4,8 +4,6 @@ resolution and with ``max_resolution=256``) or what ``convert.py --quality 90`` 
 store; their contenders and the rows holding the issue's ratio targets. Every build is skipped with a
 reason ("not run: ...") where its package or convert.py flag is missing, and the rows say so."""
 
-from __future__ import annotations
-
 import subprocess
 import sys
 from collections.abc import Callable, Iterable

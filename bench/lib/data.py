@@ -1,8 +1,6 @@
 """Benchmark data: real JPEGs found (or generated), a tree of N hard links to them, converted to an LMDB
 with convert.py, and the page cache warmed so every contender starts hot. Also the flags every suite takes."""
 
-from __future__ import annotations
-
 import argparse
 import math
 import os

@@ -1,8 +1,6 @@
 """This project's train loaders as the benchmarks build them: the one place bench calls the loader factories
 and builds a ``RankPlan``."""
 
-from __future__ import annotations
-
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any

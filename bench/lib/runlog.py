@@ -1,13 +1,7 @@
-"""train.py run from the benchmarks, and its ``log.jsonl`` read one way.
-
-The one warm-up rule is train.py's own (``lmdb_dali_train.speed``): its "speed" record, written at every
-stop, gives images/s and data-wait of the run after its warm-up, the first print window (start-up, first
-batches, cuDNN autotuning), the rest pooled by duration, on clock readings taken after the device finished
-its work. A benchmark run needs a steady state: a warm-up of less than a whole window (a run that ended
-within its first window) or no step after it is an error (raise --max-steps or lower --print-freq).
+"""train.py run from the benchmarks, and its ``log.jsonl`` read one way: train.py's own "speed" record
+(``lmdb_dali_train.speed``: its first print window left out as warm-up). A run without a whole window and a
+step after it is an error (raise --max-steps or lower --print-freq).
 """
-
-from __future__ import annotations
 
 import json
 import os

@@ -3,8 +3,6 @@ loaders alone; ``train``: train.py) plans its ``Check`` s, ``run_check`` measure
 ``probe`` finds what the machine lacks and builds the data, ``child`` runs a row in a process of its own,
 ``report`` renders the table."""
 
-from __future__ import annotations
-
 import argparse
 import time
 import traceback

@@ -2,8 +2,6 @@
 hung pipeline costs only its row, and the gpu check itself never creates a CUDA context that would hold GPU
 memory through the training rows."""
 
-from __future__ import annotations
-
 import argparse
 import json
 import os

@@ -1,11 +1,6 @@
-"""The loader-only rows, each in a ``child`` process on GPU 0: the DALI train pipeline (``make_dali_loader``,
-mixed decode, float16 NHWC as train.py sets it) at every ``--hw-loads`` x ``--py-workers`` pair, the same
-graph fed the same bytes from memory at each load, the LMDB source's cost (derived), and the torchvision
-DataLoader (channels-last, as train.py). One epoch per run on a fresh loader, the first ``--warmup-batches``
-untimed (the torchvision loader: also every batch its workers finish before the first is taken),
-``torch.cuda.synchronize()`` before each clock read."""
-
-from __future__ import annotations
+"""The loader-only rows: the DALI train pipeline (as train.py sets it) at every ``--hw-loads`` x
+``--py-workers``, the same graph fed from memory per load, the LMDB source's cost, and the torchvision loader;
+each in a ``child`` process, one epoch per run on a fresh loader, the warm-up batches untimed."""
 
 import argparse
 import os

@@ -2,8 +2,6 @@
 lmdb, torchvision, ARCH, dali, pytest, tests); ``setup_data`` builds the LMDB the rows read, or adds why not
 (db, memory), and sizes /dev/shm against the torchvision loader's workers."""
 
-from __future__ import annotations
-
 import argparse
 import os
 import shutil

@@ -1,7 +1,5 @@
 """The gpu check's table: ratios between its rows, the header saying how they were measured, a summary."""
 
-from __future__ import annotations
-
 import argparse
 from collections import Counter
 from collections.abc import Sequence

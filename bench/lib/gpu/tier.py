@@ -2,8 +2,6 @@
 within ``--tests-budget`` seconds; the row gives the outcome counts (per-test outcomes in the JSON, pytest's
 output in ``OUT/gpu_tests.txt``)."""
 
-from __future__ import annotations
-
 import argparse
 import os
 import re

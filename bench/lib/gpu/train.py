@@ -2,8 +2,6 @@
 --channels-last``) with ``--synthetic``, ``--loader dali --lmdb`` and ``--loader torch --lmdb``, read with
 bench.lib.runlog's one warm-up rule."""
 
-from __future__ import annotations
-
 import argparse
 from functools import partial
 from pathlib import Path

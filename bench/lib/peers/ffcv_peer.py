@@ -2,8 +2,6 @@
 quality 90, optionally capped by ``max_resolution``) and its ``Loader`` as its users run it. Also reads
 the stored JPEG bytes back out, so this project's loaders can be fed exactly what FFCV decodes."""
 
-from __future__ import annotations
-
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path

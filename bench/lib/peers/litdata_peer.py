@@ -1,8 +1,6 @@
 """LitData: the JPEG bytes ``optimize``d into a chunked dataset directory, read by ``StreamingDataset``
 and ``StreamingDataLoader`` with a worker per core, decoded by torchvision (its ImageNet example's way)."""
 
-from __future__ import annotations
-
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path

@@ -1,8 +1,6 @@
 """WebDataset: the JPEG files in tar shards (``ShardWriter``), read by ``wds.WebDataset`` with shard and
 sample shuffling, PIL decode and torchvision transforms in a ``DataLoader`` with a worker per core."""
 
-from __future__ import annotations
-
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
