@@ -1,8 +1,6 @@
-"""The peer comparison of ``bench.loaders``: FFCV, LitData and WebDataset built from the same images, and
-the control databases that feed this project's loaders what FFCV stores (its q90 re-encode at full
-resolution and with ``max_resolution=256``) or what ``convert.py --quality 90`` / ``--max-size 256``
-store; their contenders and the rows holding the issue's ratio targets. Every build is skipped with a
-reason ("not run: ...") where its package or convert.py flag is missing, and the rows say so."""
+"""The peer comparison of ``bench.loaders``: FFCV, LitData and WebDataset on the same images, control LMDBs
+of what FFCV stores or ``convert.py --quality 90`` / ``--max-size 256`` store, their contenders and the ratio
+rows; what cannot be built (a package or convert.py flag missing) is a "not run: ..." row."""
 
 import subprocess
 import sys
@@ -56,8 +54,7 @@ class Built:
 
 
 def ffcv_tree(beton: Path, classes: list[str], root: Path) -> Path:
-    """FFCV's stored JPEG bytes as files of an ImageFolder tree (``CLASS/INDEX.jpg``): convert.py takes
-    them losslessly, so an LMDB holds exactly what FFCV decodes."""
+    """FFCV's stored JPEG bytes as an ImageFolder tree, which convert.py stores as they are."""
     data.remove(root)
     for index, label, jpeg in stored_jpegs(beton):
         path = root / classes[label] / f"{index:08d}.jpg"
@@ -111,8 +108,7 @@ Mine = dict[str, tuple[dict[str, Any], int, str]]  # kind -> (ours.loader option
 
 
 def contenders(built: Built, batch: int, crop: int, workers: int, mine: Mine) -> list[Contender]:
-    """Peer and control contenders in the order they run within a round: each FFCV row next to its
-    controls; ``mine``: this project's loaders on the control databases."""
+    """Peer and control contenders, each FFCV row next to its controls; ``mine``: ours on the controls."""
 
     def never(seed: int) -> Iterable[Any]:
         raise AssertionError("a skipped contender is never built")

@@ -1,5 +1,4 @@
-"""This project's train loaders as the benchmarks build them: the one place bench calls the loader factories
-and builds a ``RankPlan``."""
+"""This project's train loaders as the benchmarks build them: bench's one caller of the loader factories."""
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,9 +27,8 @@ def memory_source(db: Path, length: int, batch: int) -> Any:
 
 
 def loader(kind: str, db: Path, batch: int, crop: int, *, memory: Any = None, **options: Any) -> Make:
-    """``make(seed)``, a fresh train loader over ``db``: ``kind`` "dali" (``make_dali_loader``; ``options``
-    are ``PipelineOptions`` fields), "torch" (``make_torch_loader``, ``options`` its keywords), or "memory"
-    (the DALI train graph over ``memory``'s bytes, a ``MemorySource``'s, read in the same plan order)."""
+    """``make(seed)``, a fresh train loader over ``db``: "dali", "torch" (the factories, ``options`` their
+    keywords) or "memory" (the DALI train graph over a ``MemorySource``'s bytes, in the same plan order)."""
 
     def make(seed: int) -> Iterable[Any]:
         if kind == "torch":

@@ -1,7 +1,5 @@
-"""The rows of ``python -m bench.gpu_check``: each suite (``tier``: the gpu test tier; ``loader``: the
-loaders alone; ``train``: train.py) plans its ``Check`` s, ``run_check`` measures one or says why not.
-``probe`` finds what the machine lacks and builds the data, ``child`` runs a row in a process of its own,
-``report`` renders the table."""
+"""The rows of ``python -m bench.gpu_check``: its suites (``tier``, ``loader``, ``train``) plan ``Check`` s,
+``run_check`` measures one or says why not; ``probe``, ``child`` and ``report`` serve them."""
 
 import argparse
 import time
@@ -35,8 +33,7 @@ def describe(exc: BaseException) -> str:
 
 @dataclass
 class Check:
-    """A planned row: what it needs, the least budget it needs, and how to measure it (seconds left ->
-    rate/result/data_wait and details)."""
+    """A planned row: what it needs, the least budget it needs, and ``measure(seconds left)``."""
 
     kind: str  # tests | loader | train | derived
     key: str

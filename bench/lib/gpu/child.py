@@ -1,6 +1,5 @@
-"""A row in a process of its own (``python -m bench.gpu_row SPEC OUT``), killed whole after its budget: a
-hung pipeline costs only its row, and the gpu check itself never creates a CUDA context that would hold GPU
-memory through the training rows."""
+"""A row in a process of its own (``python -m bench.gpu_row``), killed whole after its budget: a hung row
+costs only itself, and the check never holds a CUDA context through the training rows."""
 
 import argparse
 import json

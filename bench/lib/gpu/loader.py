@@ -67,8 +67,7 @@ def contender(args: argparse.Namespace, d: Data, key: str) -> Contender:
 
 
 def torch_warmup(args: argparse.Namespace) -> int:
-    """Untimed batches of the torchvision loader row: its workers hold ``workers x prefetch_factor`` finished
-    batches before the first is taken; the clock starts after those are gone."""
+    """Untimed batches of the torchvision row: more than its workers finish before the first is taken."""
     return untimed_batches(args.torch_workers * DATALOADER_PREFETCH, args.warmup_batches)
 
 

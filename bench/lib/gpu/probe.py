@@ -1,6 +1,5 @@
-"""What the machine has for the gpu check: ``probe`` names each unmet need with its reason (torch, gpu,
-lmdb, torchvision, ARCH, dali, pytest, tests); ``setup_data`` builds the LMDB the rows read, or adds why not
-(db, memory), and sizes /dev/shm against the torchvision loader's workers."""
+"""The machine: ``probe`` names each unmet need (torch, gpu, lmdb, torchvision, ARCH, dali, pytest, tests)
+with its reason; ``setup_data`` builds the LMDB the rows read (or says why not) and sizes /dev/shm."""
 
 import argparse
 import os
@@ -87,8 +86,7 @@ class Data:
 
 
 def setup_data(args: argparse.Namespace, missing: dict[str, str], d: Data) -> None:
-    """Build the LMDB (the in-memory rows copy it in their own process) and size /dev/shm; on failure record
-    why under ``missing['db']``."""
+    """Build the LMDB and size /dev/shm; on failure record why under ``missing['db']``."""
     unmet = next((missing[n] for n in ("torch", "gpu", "lmdb") if n in missing), None)
     if unmet:
         missing["db"], d.description = unmet, f"none (not built: {unmet})"
@@ -111,8 +109,7 @@ def setup_data(args: argparse.Namespace, missing: dict[str, str], d: Data) -> No
 
 
 def shm_note(args: argparse.Namespace, d: Data) -> str:
-    """A warning when ``/dev/shm`` has less room than the torchvision loader's workers can fill: each holds up
-    to ``prefetch_factor`` finished batches there. Empty when it fits or cannot be told."""
+    """A warning when ``/dev/shm`` has less room than the torchvision loader's workers' finished batches."""
     if d.db is None or not os.path.isdir("/dev/shm") or args.torch_workers == 0:
         return ""
     try:

@@ -1,7 +1,5 @@
-"""The loaders users pick instead of this project (FFCV, LitData, WebDataset), as comparison rows for
-``bench.loaders``: one module per peer, each with ``build`` (its dataset files from ``Samples``) and
-``loader`` (``make(seed)``: a fresh loader yielding ``Batch`` es). A peer whose package is missing is a row
-that says "not run: <reason>" (``missing``), so the bench runs on a clone without the ``bench`` extra."""
+"""The loaders users pick instead of this project (FFCV, LitData, WebDataset): one module per peer with
+``build`` (its files from ``Samples``) and ``loader`` (``make(seed)`` yielding ``Batch`` es)."""
 
 from __future__ import annotations
 
@@ -29,8 +27,7 @@ def _installed(package: str) -> bool:
 
 @dataclass(frozen=True)
 class Peer:
-    """A peer loader: the packages it needs, how its users run it, and the module of its ``build`` and
-    ``loader`` (imported only when the packages are there)."""
+    """A peer loader: the packages it needs, how its users run it, and its module."""
 
     key: str
     what: str
@@ -67,8 +64,7 @@ PEERS: dict[str, Peer] = {
 
 @dataclass(frozen=True)
 class Samples:
-    """An ImageFolder tree as a list: ``files[i]`` of class ``labels[i]`` (``classes[label]`` its folder
-    name), in ImageFolder's order (sorted classes, sorted files), so index i means the same image everywhere."""
+    """An ImageFolder tree as a list in ImageFolder's order, so index i means the same image everywhere."""
 
     files: list[Path]
     labels: list[int]
@@ -87,8 +83,7 @@ class Samples:
 
 
 class Batches:
-    """A peer loader's (images, labels, indices) tuples as ``Batch`` es, no padding (peers drop the last
-    partial batch). No length: the streaming peers know none, and the timing loop checks one it is given."""
+    """A peer loader's (images, labels, indices) as ``Batch`` es (no length: the streaming peers know none)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
