@@ -1,18 +1,10 @@
 """`make bench`: every benchmark on one data set: one table, JSON, a bar chart and bench/RESULTS.md's section.
 
-Runs ``bench.convert`` (converter and reader) and ``bench.loaders`` (loaders alone) as subprocesses, then
-training through train.py (``--synthetic``, ``--loader dali --lmdb``, ``--loader torch --lmdb``, read with
-bench.lib.runlog's one warm-up rule), all on the JPEGs of ``--data`` (default: the hymenoptera photos
-where ``../shared/datasets/hymenoptera`` is beside the checkout, else the demo's generated ImageFolder).
-The loaders run against FFCV, LitData and WebDataset where the ``bench`` extra is installed. Writes
-``OUT/bench.json`` and ``OUT/bench.md``, and, unless ``--quick``, rewrites this machine kind's
-``make-bench`` section of bench/RESULTS.md and its chart ``bench/results-KIND-make-bench.png`` (a panel
-per kind: converter, loaders, training).
-
-    python -m bench.all [--data DIR] [--out bench/results] [--quick]
+Runs ``bench.convert`` and ``bench.loaders`` as subprocesses, then train.py (synthetic, DALI, torch; read
+by bench.lib.runlog's one warm-up rule), on ``--data`` (default: hymenoptera where it is beside the checkout,
+else the demo's JPEGs). Writes ``OUT/bench.json`` and ``OUT/bench.md`` and, unless ``--quick``, this machine
+kind's ``make-bench`` section of bench/RESULTS.md with its chart. ``python -m bench.all [--data DIR] [--quick]``
 """
-
-from __future__ import annotations
 
 import argparse
 import subprocess
@@ -22,13 +14,23 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.lib import data, machine, results, runlog
+from bench.lib import BenchError, data, entry, machine, results, runlog
 from bench.lib.table import Table
 
+# each suite's flags: (make bench, --quick); the loaders take 5 rounds: with 15 batches an epoch, 3 left the
+# LMDB-vs-memory verdict (a 1% cost against a <= 5% target) to run-to-run spread
+SIZES = {
+    "convert": ("--images 5000 --runs 3 --rss-sizes 5000,20000", "--images 500 --runs 1 --rss-sizes 500,2000"),
+    "loaders": ("--images 1000 --runs 5 --quiet-wait 60", "--images 256 --runs 1 --quiet-wait 0"),
+}
 
-def suite(name: str, json_path: Path, *flags: str) -> Table:
-    """``python -m bench.NAME FLAGS --json FILE``, its table read back."""
-    subprocess.run([sys.executable, "-m", f"bench.{name}", *flags, "--json", str(json_path)], cwd=data.REPO, check=True)
+
+def suite(name: str, work: Path, *flags: str) -> Table:
+    """``python -m bench.NAME FLAGS --json WORK/NAME.json``, its table read back."""
+    json_path = work / f"{name}.json"
+    cmd = [sys.executable, "-m", f"bench.{name}", *flags, "--json", str(json_path)]
+    if subprocess.run(cmd, cwd=data.REPO).returncode:
+        raise BenchError(f"python -m bench.{name} failed (its error above)")
     return Table.load(json_path)
 
 
@@ -38,6 +40,7 @@ def default_source() -> Path:
     return data.HYMENOPTERA if data.HYMENOPTERA.is_dir() else data.demo_folder(data.REPO / "demo-data" / "images")[0]
 
 
+@entry
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.all", description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, help="a JPEG tree (default: hymenoptera if beside, else the demo's images)")
@@ -51,20 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         source = args.data or default_source()
         quick = args.quick
-        convert = suite(
-            "convert",
-            work / "convert.json",
-            *("--source", str(source), "--images", "500" if quick else "5000", "--runs", "1" if quick else "3"),
-            *("--rss-sizes", "500,2000" if quick else "5000,20000"),
-        )
-        loaders = suite(
-            "loaders",
-            work / "loaders.json",
-            # 5 rounds: with 15 batches an epoch, 3 left the LMDB-vs-memory verdict (a 1% cost against a
-            # <= 5% target) to run-to-run spread
-            *("--source", str(source), "--images", "256" if quick else "1000", "--runs", "1" if quick else "5"),
-            *("--quiet-wait", "0" if quick else "60"),
-        )
+        convert, loaders = (suite(n, work, "--source", str(source), *SIZES[n][quick].split()) for n in SIZES)
         db = work / "train.lmdb"
         data.run_checked(data.convert_cmd(source, db))
         crop, batch, steps = (224, 256, 30) if gpu else (112, 32, 30)
@@ -72,22 +62,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = ["-a", "resnet18", "-b", str(batch), "--crop-size", str(crop), "--max-steps", str(steps)]
         model += ["--print-freq", str(max(1, steps // 3)), "--epochs", "1000"]
         model += ["--amp", "bf16", "--channels-last"] if gpu else []
-        variants = {"synthetic": ["--synthetic"], "dali": ["--loader", "dali"], "torch": ["--loader", "torch"]}
         train = []
-        for name, flags in variants.items():
-            flags = flags + ([] if name == "synthetic" else ["--lmdb", "--train", str(db)]) + model
+        for name in ("synthetic", "dali", "torch"):
+            flags = runlog.variant_flags(name, db) + model
             train.append(runlog.train_row(f"train: resnet18, {name}", flags, work / f"train-{name}"))
             train[-1].how = train[-1].how.replace(str(db), "DB")
         runlog.ratios_to_synthetic(train)
     title = f"make bench on {source.name}: {info['cpu']}, {info['cores_usable']} cores, {info.get('gpu', 'no GPU')}"
-    header = "\n".join(
-        [
-            machine.line(info),
-            f"Data: the JPEGs of {source}. Converter and reader: {convert.header.splitlines()[-1]}",
-            f"Loaders: {' '.join(loaders.header.splitlines()[1:])}",
-            f"Training: resnet18, batch {batch}, crop {crop}, {steps} steps per run; {runlog.RULE}",
-        ]
-    )
+    header = f"{machine.line(info)}\nData: the JPEGs of {source}. "
+    header += f"Converter and reader: {convert.header.splitlines()[-1]}"
+    header += f"\nLoaders: {' '.join(loaders.header.splitlines()[1:])}"
+    header += f"\nTraining: resnet18, batch {batch}, crop {crop}, {steps} steps per run; {runlog.RULE}"
     table = Table(title, header, convert.rows + loaders.rows + train, {"machine": info, "data": str(source)})
     table.headings = {"result": "images/s (reads/s)"}
     table.report(args.out / "bench.json")
@@ -101,4 +86,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

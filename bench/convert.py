@@ -6,8 +6,6 @@ hot page cache, contenders interleaved run by run; one Markdown table of medians
     python -m bench.convert --images 5000 --runs 3 --rss-sizes 5000,20000 --json bench/results/convert.json
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import statistics
@@ -20,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.lib import data, machine
+from bench.lib import BenchError, data, entry, machine
 from bench.lib.baseline import BaselineReader
 from bench.lib.table import Row, Table, yes_no
 from bench.lib.timing import peak_rss, timed
@@ -28,13 +26,18 @@ from bench.lib.timing import peak_rss, timed
 MIB = 1 << 20
 RSS_LIMIT = 1 << 30
 RSS_FLAT = 0.10  # the larger tree's peak RSS within 10% of the smaller's
-HOW = {
-    "baseline": "`python -m bench.lib.baseline` subprocess as users ran folder2lmdb.py: ImageFolder + "
-    "DataLoader(batch 1, 2 workers) + pickle, put per image",
-    "tar": "`tar --hard-dereference -cf` subprocess (no fsync)",
-    "ours": "`convert.py -q` subprocess, startup included",
-    "ours_verify_decode": "`convert.py -q --verify-decode` subprocess (full Pillow decode)",
+BASELINE = "`python -m bench.lib.baseline` subprocess as users ran folder2lmdb.py: ImageFolder + DataLoader(batch 1, "
+CONVERTERS = {  # name: (row label, how, target)
+    "baseline": ("baseline PyTorch-LMDB", BASELINE + "2 workers) + pickle, put per image", ""),
+    "tar": ("tar", "`tar --hard-dereference -cf` subprocess (no fsync)", ""),
+    "ours": ("ours, default checks", "`convert.py -q` subprocess, startup included", ">= 5x vs baseline"),
 }
+DECODE = "`convert.py -q --verify-decode` subprocess (full Pillow decode)"
+CONVERTERS["ours_verify_decode"] = ("ours, --verify-decode", DECODE, "(info)")
+READS: dict[str, tuple[str, float | None]] = {"baseline": ("txn per read, get, pickle.loads", None)}  # how, target
+READS["ours_verify"] = ("`db.read(i, verify=True)`: get, header parse, xxh3", 2.0)
+READS["ours_noverify"] = ("`db.read(i, verify=False)`: get, header parse", 5.0)
+RSS_HOW = "sum of RSS over the process tree every 20 ms (psutil; ru_maxrss cross-check)"
 
 
 def converters(tree: data.Tree) -> dict[str, list[str]]:
@@ -77,7 +80,7 @@ def bench_reads(base_path: Path, ours_path: Path, runs: int) -> tuple[dict[str, 
     base, db = BaselineReader(str(base_path)), lmdb_io.open_database(ours_path)
     order = np.random.default_rng(0).permutation(len(db)).tolist()
     if len(base) != len(db) or any(base.read(i) != (bytes(db.read(i)[0]), db.read(i)[1]) for i in order[:32]):
-        raise SystemExit("the baseline and our database hold different records")
+        raise BenchError("the baseline and our database hold different records")
     readers: dict[str, Callable[[int], tuple]] = {
         "baseline": base.read,
         "ours_verify": partial(db.read, verify=True),
@@ -85,7 +88,7 @@ def bench_reads(base_path: Path, ours_path: Path, runs: int) -> tuple[dict[str, 
     }
     nbytes = {name: read_all(read, order) for name, read in readers.items()}  # the untimed pass
     if len(set(nbytes.values())) != 1:
-        raise SystemExit(f"contenders read different byte counts: {nbytes}")
+        raise BenchError(f"contenders read different byte counts: {nbytes}")
     seconds: dict[str, list[float]] = defaultdict(list)
     for _ in range(runs):
         for name, read in readers.items():
@@ -97,44 +100,25 @@ def bench_reads(base_path: Path, ours_path: Path, runs: int) -> tuple[dict[str, 
 
 def converter_rows(sec: dict[str, list[float]], tree: data.Tree) -> list[Row]:
     med = {name: statistics.median(s) for name, s in sec.items()}
-    names = {"baseline": "baseline PyTorch-LMDB", "tar": "tar", "ours": "ours, default checks"}
-    names["ours_verify_decode"] = "ours, --verify-decode"
     rows = []
     for name, t in med.items():
-        speedup = med["baseline"] / t
-        target = {"ours": ">= 5x vs baseline", "ours_verify_decode": "(info)"}.get(name, "")
-        met = yes_no(speedup >= 5) if name == "ours" else ""
-        rate = tree.images / t
-        rows.append(
-            Row(f"convert: {names[name]}", HOW[name], f"{rate:,.0f} img/s", rate, f"{tree.nbytes / 1e6 / t:,.0f}")
-        )
-        rows[-1].ratio, rows[-1].target, rows[-1].met = f"{speedup:.2f}x", target, met
-    vs_tar = med["ours"] / med["tar"]
-    rows.insert(
-        3,
-        Row(
-            "convert: ours time / tar time",
-            "median seconds ratio",
-            f"{med['ours']:.2f} s / {med['tar']:.2f} s",
-            ratio=f"{vs_tar:.2f}x",
-            target="<= 2x",
-            met=yes_no(vs_tar <= 2),
-        ),
-    )
-    return rows
+        rate, speedup = tree.images / t, med["baseline"] / t
+        label, how, target = CONVERTERS[name]
+        row = Row(f"convert: {label}", how, f"{rate:,.0f} img/s", rate, f"{tree.nbytes / 1e6 / t:,.0f}")
+        row.ratio, row.target = f"{speedup:.2f}x", target
+        row.met = yes_no(speedup >= 5) if name == "ours" else ""
+        rows.append(row)
+    vs_tar, times = med["ours"] / med["tar"], f"{med['ours']:.2f} s / {med['tar']:.2f} s"
+    row = Row("convert: ours time / tar time", "median seconds ratio", times, ratio=f"{vs_tar:.2f}x", target="<= 2x")
+    row.met = yes_no(vs_tar <= 2)
+    return rows[:3] + [row] + rows[3:]
 
 
 def read_rows(sec: dict[str, list[float]], reads: int, nbytes: int) -> list[Row]:
-    targets = {"ours_verify": 2.0, "ours_noverify": 5.0}
-    hows = {
-        "baseline": "txn per read, get, pickle.loads",
-        "ours_verify": "`db.read(i, verify=True)`: get, header parse, xxh3",
-        "ours_noverify": "`db.read(i, verify=False)`: get, header parse",
-    }
     base, rows = statistics.median(sec["baseline"]), []
     for name, s in sec.items():
-        t, target = statistics.median(s), targets.get(name)
-        row = Row(f"random read: {name.replace('_', ' ')}", hows[name], f"{reads / t:,.0f} reads/s", reads / t)
+        t, (how, target) = statistics.median(s), READS[name]
+        row = Row(f"random read: {name.replace('_', ' ')}", how, f"{reads / t:,.0f} reads/s", reads / t)
         row.mb_per_s, row.ratio = f"{nbytes / 1e6 / t:,.0f}", f"{base / t:.2f}x"
         if target:
             row.target, row.met = f">= {target:g}x vs baseline", yes_no(base / t >= target)
@@ -148,16 +132,11 @@ def rss_rows(rss: dict[int, tuple[int, int]]) -> list[Row]:
     for size, (polled, maxrss) in sorted(rss.items()):
         ratio = polled / rss[first_size][0]
         ok = max(polled, maxrss) < RSS_LIMIT and (size == first_size or abs(ratio - 1) <= RSS_FLAT)
-        rows.append(
-            Row(
-                f"convert peak RSS: ours, {size} images",
-                "sum of RSS over the process tree every 20 ms (psutil; ru_maxrss cross-check)",
-                f"{polled / MIB:,.0f} MiB (ru_maxrss {maxrss / MIB:,.0f})",
-                ratio=f"{ratio:.2f}x vs {first_size}" if size != first_size else "",
-                target="< 1 GiB" + ("" if size == first_size else f", within 10% of {first_size}"),
-                met=yes_no(ok),
-            )
-        )
+        result = f"{polled / MIB:,.0f} MiB (ru_maxrss {maxrss / MIB:,.0f})"
+        row = Row(f"convert peak RSS: ours, {size} images", RSS_HOW, result, met=yes_no(ok), target="< 1 GiB")
+        if size != first_size:
+            row.ratio, row.target = f"{ratio:.2f}x vs {first_size}", f"< 1 GiB, within 10% of {first_size}"
+        rows.append(row)
     return rows
 
 
@@ -183,26 +162,25 @@ def run(args: argparse.Namespace, work: Path) -> Table:
         f"Data: {tree.describe()} of {args.source.name} (MB = 1e6 bytes); hot page cache; median of {args.runs} runs."
     )
     rows = converter_rows(conv_sec, tree) + read_rows(read_sec, reads, read_bytes) + rss_rows(rss)
-    raw: dict[str, Any] = {
-        "machine": info,
-        "params": {k: str(v) for k, v in vars(args).items()},
-        "convert_seconds": conv_sec,
-    }
-    raw |= {"read_seconds": read_sec, "reads_per_pass": reads, "read_bytes_per_pass": read_bytes}
+    raw: dict[str, Any] = {"machine": info, "params": {k: str(v) for k, v in vars(args).items()}}
+    raw |= {"convert_seconds": conv_sec, "read_seconds": read_sec, "reads_per_pass": reads}
+    raw["read_bytes_per_pass"] = read_bytes
     raw |= {"peak_rss_bytes": {str(n): {"polled_tree_rss": p, "ru_maxrss": m} for n, (p, m) in rss.items()}}
     return Table("Converter and reader: lmdb_io vs the original PyTorch-LMDB and tar", header, rows, raw)
 
 
+def sizes(text: str) -> list[int]:
+    return sorted({data.positive(s) for s in text.split(",") if s.strip()}) or [data.positive("")]
+
+
+@entry
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.convert", description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, default=5000, help="images in the throughput/read tree (default 5000)")
-    p.add_argument("--runs", type=int, default=3, help="runs per measurement; the median is reported (default 3)")
-    p.add_argument("--rss-sizes", default="5000,20000", help="tree sizes for the peak-RSS runs (default 5000,20000)")
+    p.add_argument("--images", type=data.positive, default=5000, help="images in the throughput/read tree (5000)")
+    p.add_argument("--runs", type=data.positive, default=3, help="runs per measurement; the median is reported (3)")
+    p.add_argument("--rss-sizes", type=sizes, default="5000,20000", help="tree sizes of the peak-RSS runs (5000,20000)")
     data.add_common_flags(p)
     args = p.parse_args(argv)
-    args.rss_sizes = sorted({int(s) for s in args.rss_sizes.split(",") if s.strip()})
-    if args.images < 1 or args.runs < 1 or not args.rss_sizes or min(args.rss_sizes) < 1:
-        p.error("--images, --runs and --rss-sizes must be positive")
     with data.workdir(args.workdir, "bench_convert_") as work:
         return run(args, work).report(args.json)
 

@@ -6,8 +6,6 @@ subfolders they are used as such, else DIR is used for both. On a GPU the demo t
 CPU at 112 px (``--crop``) so it ends in a few minutes.
 """
 
-from __future__ import annotations
-
 import argparse
 import platform
 import subprocess
@@ -15,11 +13,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from bench.lib import data, runlog
+from bench.lib import data, entry, ours, runlog
 from bench.lib.table import Row, Table
 
 
@@ -52,18 +49,8 @@ def convert(train_dir: Path, val_dir: Path, work: Path) -> tuple[Path, Path]:
 
 def loader_only(kind: str, db: Path, batch: int, crop: int, epochs: int = 2) -> float:
     """Images/s of the training loader alone over two epochs, the first batch (start-up) left out."""
-    from lmdb_io.reading.spec import ReadSpec
-
-    loader: Any
-    if kind == "dali":
-        from lmdb_dali_train.loaders.dali_loader import make_dali_loader
-
-        spec = ReadSpec(path=db, batch_size=batch, train=True, crop=crop)
-        loader = make_dali_loader(spec, device="cuda:0" if torch.cuda.is_available() else "cpu")
-    else:
-        from lmdb_dali_train.loaders.torch_loader import make_torch_loader
-
-        loader = make_torch_loader(ReadSpec(path=db, batch_size=batch, train=True, crop=crop), workers=2)
+    options = {"device_id": 0 if torch.cuda.is_available() else None} if kind == "dali" else {"workers": 2}
+    loader = ours.loader(kind, db, batch, crop, **options)(0)
     images, started = 0, None
     for _ in range(epochs):
         for b in loader:
@@ -78,35 +65,25 @@ def loader_only(kind: str, db: Path, batch: int, crop: int, epochs: int = 2) -> 
 
 
 def train(kind: str, dbs: tuple[Path, Path], work: Path, args: argparse.Namespace) -> Row:
-    flags = ["--loader", kind, "--lmdb", "--train", str(dbs[0]), "--val", str(dbs[1]), "-a", args.arch]
-    flags += ["--epochs", str(args.epochs), "-b", str(args.batch), "--crop-size", str(args.crop)]
-    flags += [
-        "--val-resize",
-        str(args.crop * 8 // 7),
-        "--lr",
-        str(args.lr),
-        "--warmup-epochs",
-        "0.5",
-        "--print-freq",
-        "5",
-    ]
+    flags = runlog.fit_flags(kind, dbs, args.arch, args.epochs, args.batch, args.crop, args.lr)
+    flags += ["--warmup-epochs", "0.5"]
     print(f"$ {sys.executable} train.py {' '.join(flags)} --output-dir {work / f'run-{kind}'}", flush=True)
     row = runlog.train_row(kind, flags, work / f"run-{kind}")
-    row.how = ""
     val = runlog.events(work / f"run-{kind}" / "log.jsonl", "val")
     row.target = f"{val[-1]['top1']:.1f}%" if val else "n/a"
     return row
 
 
+@entry
 def main(argv: Sequence[str] | None = None) -> int:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="python -m bench.demo", description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, help="an ImageFolder tree (default: generate one)")
     p.add_argument("--work", type=Path, default=Path("demo-data"), help="where data, databases and runs go (demo-data)")
     p.add_argument("--arch", default="resnet18", help="torchvision model (default resnet18)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs (default 3)")
-    p.add_argument("--batch", type=int, default=64 if gpu else 32, help="batch size (default 64 on a GPU, else 32)")
-    p.add_argument("--crop", type=int, default=224 if gpu else 112, help="crop (default 224 on a GPU, else 112)")
+    p.add_argument("--epochs", type=data.positive, default=3, help="epochs (default 3)")
+    p.add_argument("--batch", type=data.positive, default=64 if gpu else 32, help="batch size (64 on a GPU, else 32)")
+    p.add_argument("--crop", type=data.positive, default=224 if gpu else 112, help="crop (224 on a GPU, else 112)")
     p.add_argument("--lr", type=float, default=0.2, help="learning rate for a batch of 256, scaled (default 0.2)")
     args = p.parse_args(argv)
     started = time.perf_counter()
@@ -134,4 +111,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -1,14 +1,10 @@
-"""One row of ``bench.gpu_check`` in a process of its own (the GPU probe or a loader-only row): started by
-gpu_check with a spec file and a result file, so a hang is killed with its process and the parent never
-creates a CUDA context. Not meant to be run by hand.
-
-The import stays under the ``__main__`` guard: DALI's source workers start by spawn and re-run this module
-(as ``__mp_main__``), and must not load torch, as in training (``train.py``).
-"""
+"""One row of ``bench.gpu_check`` in a process of its own (``bench.lib.gpu.child``); not run by hand. The
+import stays under the ``__main__`` guard: DALI's spawned source workers re-run this module and must not load
+torch."""
 
 import sys
 
 if __name__ == "__main__":
-    from bench.gpu_check import run_row
+    from bench.lib.gpu.child import run_row
 
     sys.exit(run_row(sys.argv[1], sys.argv[2]))

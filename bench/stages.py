@@ -1,19 +1,11 @@
 """Where the DALI CPU train pipeline's time goes: the product's train graph cut after each of its stages.
 
-``dali_pipeline.pipelines.train_stages`` gives the graph's stages in order (crop decode, resize, flip +
-normalize with DALI's operators; crop decode, then one fused resize + flip + normalize with the product's
-``dali_pipeline.fused_resize`` operator, the CPU default); each cut is a pipeline that ends at one stage,
-plus a full-frame decode for reference (what FFCV does before cropping). Both graphs are measured. Every
-cut is fed whole batches of the same in-memory JPEGs (one batched ``external_source``: no per-sample
-Python), the cuts interleaved round by round, the first round untimed.
-A stage's cost is the CPU time per image (this process: DALI's threads) that its cut adds to the previous
-cut's. Two data sets: the JPEGs as they are, and through ``convert.py --max-size 256 --quality 90`` (FFCV's
-ImageNet speed setting). Example::
-
-    python -m bench.stages --images 512 --runs 5
+Each cut (``dali_pipeline.pipelines.train_stages``, with DALI's resize and with the fused operator, plus a
+full-frame decode for reference) is fed whole batches of the same in-memory JPEGs, cuts interleaved round by
+round, the first untimed; a stage's cost is the CPU time per image its cut adds to the previous one's. On the
+JPEGs as they are and through ``convert.py --max-size 256 --quality 90``. Example:
+``python -m bench.stages --images 512 --runs 5``
 """
-
-from __future__ import annotations
 
 import argparse
 import os
@@ -25,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.lib import data, machine, results
+from bench.lib import data, entry, machine, ours, results
 from bench.lib.comparison import CONVERT_FLAGS
 from bench.lib.table import Row, Table
 from bench.lib.timing import cpu_snapshot, wait_for_quiet
@@ -110,22 +102,22 @@ def rows_for(label: str, timed: dict, describe: str) -> list[Row]:
     return rows
 
 
+@entry
 def main(argv: Sequence[str] | None = None) -> int:
-    cores = len(os.sched_getaffinity(0))
+    cores, positive = len(os.sched_getaffinity(0)), data.positive
     p = argparse.ArgumentParser(prog="python -m bench.stages", description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, default=512, help="JPEGs per data set (default 512)")
-    p.add_argument("--runs", type=int, default=5, help="timed rounds; medians are reported (default 5)")
-    p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
-    p.add_argument("--threads", type=int, default=cores + 1, help=f"DALI CPU threads (default cores + 1, {cores + 1})")
-    p.add_argument("--epochs", type=int, default=2, help="passes over the data per timed round (default 2)")
+    p.add_argument("--images", type=positive, default=512, help="JPEGs per data set (default 512)")
+    p.add_argument("--runs", type=positive, default=5, help="timed rounds; medians are reported (default 5)")
+    p.add_argument("--batch", type=positive, default=64, help="batch size (default 64)")
+    p.add_argument(
+        "--threads", type=positive, default=cores + 1, help=f"DALI CPU threads (default cores + 1, {cores + 1})"
+    )
+    p.add_argument("--epochs", type=positive, default=2, help="passes over the data per timed round (default 2)")
     p.add_argument("--quiet-wait", type=float, default=30.0, help="wait up to this long for quiet before a cut (30)")
     data.add_common_flags(p)
     args = p.parse_args(argv)
-    if min(args.images, args.runs, args.batch, args.threads, args.epochs) < 1 or args.images < args.batch:
-        p.error("--images, --runs, --batch, --threads and --epochs must be positive, --images >= --batch")
-    from dali_pipeline.source import MemorySource
-    from lmdb_io.reading.plan import RankPlan
-
+    if args.images < args.batch:
+        p.error("--images must be at least --batch")
     started, kind = time.monotonic(), machine.kind(machine.describe(gpu=False))
     table = Table(f"Where the DALI CPU train pipeline's time goes ({kind})")
     raw: dict[str, Any] = {}
@@ -133,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with data.workdir(args.workdir, "bench_stages_") as work:
         for data_label, flags in SETS.items():
             prepared = data.prepare_database(args.source, args.images, work / data_label.replace(" ", "_"), *flags)
-            payloads = MemorySource.from_database(prepared.db, RankPlan(prepared.tree.images, args.batch)).payloads
+            payloads = ours.memory_source(prepared.db, prepared.tree.images, args.batch).payloads
             iterations = args.epochs * (len(payloads) // args.batch)
             how = f"{prepared.describe()}; batch {args.batch}, {args.threads} DALI threads, crop 224, float32 CHW"
             for n, (graph, fused) in enumerate(GRAPHS.items()):

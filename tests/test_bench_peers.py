@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.lib import comparison, results
-from bench.lib.peers import PEERS, Peer
-from bench.lib.peers.common import Samples
+from bench.lib import BenchError, comparison, results
+from bench.lib.ours import plan_indices
+from bench.lib.peers import PEERS, Peer, Samples
 from bench.lib.table import Row, Table
-from bench.lib.timing import Contender, plan_indices, run_rounds
+from bench.lib.timing import Contender, run_rounds
 from lmdb_dali_train.loaders.batch import Batch
 from lmdb_io.reading.plan import RankPlan
 
@@ -58,10 +58,10 @@ def test_a_peer_with_its_own_order_must_deliver_distinct_samples() -> None:
     own_order = Contender("peer", "peer", "", lambda seed: FakeLoader(list(range(LENGTH))[::-1]), follows_plan=False)
     assert rounds_of(Contender("ours", "ours", "", plan_loader), own_order).ran("peer")
     repeats = Contender("peer", "peer", "", lambda seed: FakeLoader([0] * LENGTH), follows_plan=False)
-    with pytest.raises(SystemExit, match="peer: round 0 delivered other samples"):
+    with pytest.raises(BenchError, match="peer: round 0 delivered other samples"):
         rounds_of(repeats)
     reordered = Contender("ours", "ours", "", lambda seed: FakeLoader(list(range(LENGTH))))
-    with pytest.raises(SystemExit, match="ours: round 0 delivered other samples"):
+    with pytest.raises(BenchError, match="ours: round 0 delivered other samples"):
         rounds_of(reordered)
 
 
@@ -69,7 +69,7 @@ def test_a_short_peer_is_accepted_only_within_its_allowance() -> None:
     short = FakeLoader(list(range(LENGTH - BATCH)))
     allowed = Contender("peer", "peer", "", lambda seed: short, follows_plan=False, max_short=1)
     assert rounds_of(allowed).ran("peer")
-    with pytest.raises(SystemExit):
+    with pytest.raises(BenchError):
         rounds_of(Contender("peer", "peer", "", lambda seed: short, follows_plan=False))
 
 
@@ -91,9 +91,7 @@ def test_skipped_peers_and_controls_become_not_run_rows() -> None:
     built = comparison.Built(skipped={k: f"not run: {k} missing" for k in ("ffcv_full", "ffcv_256", "litdata", "wds")})
     built.skipped |= {"lmdb_ffcv_full": "not run: ffcv_full missing", "lmdb_ffcv_256": "not run: ffcv_256 missing"}
     built.skipped |= {"lmdb_q90": "not run: convert.py has no --quality", "lmdb_max256": "not run: no --max-size"}
-    found = comparison.contenders(
-        built, BATCH, 16, 1, lambda p: plan_loader, lambda p: plan_loader, {"dali": 0, "torch": 0}, "", ""
-    )
+    found = comparison.contenders(built, BATCH, 16, 1, {"dali": ({}, 0, ""), "torch": ({}, 0, "")})
     assert all(c.skip for c in found)
     rounds = rounds_of(Contender("dali_lmdb_w0", "ours", "", plan_loader), *found)
     rows = comparison.rows(found, rounds, "dali_lmdb_w0", built)

@@ -17,6 +17,9 @@ import pytest
 from conftest import FAULTS_DIR, needs_dali
 
 from bench import gpu_check
+from bench.lib import gpu
+from bench.lib.gpu import child, loader, probe
+from bench.lib.table import Row
 from lmdb_io import open_database
 
 
@@ -33,29 +36,29 @@ def with_faults(monkeypatch: pytest.MonkeyPatch, **faults: str) -> None:
 
 def test_a_hung_row_is_killed_and_costs_only_its_row(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with_faults(monkeypatch, gpu_row_hangs="1")
-    with pytest.raises(gpu_check.RowTimedOut, match="timed out after 3 s"):
-        gpu_check.in_child({"kind": "probe"}, timeout=3)
+    with pytest.raises(gpu.RowTimedOut, match="timed out after 3 s"):
+        child.in_child({"kind": "probe"}, timeout=3)
 
     def hung(left: float) -> dict:
-        raise gpu_check.RowTimedOut("timed out after 3 s (--row-budget)")
+        raise gpu.RowTimedOut("timed out after 3 s (--row-budget)")
 
-    row = gpu_check.Check("loader", "dali-w4-hw1", gpu_check.Row("DALI", "how"), (), 0.0, hung)
-    gpu_check.run_check(row, {}, deadline=float("inf"), budget=600)
+    row = gpu.Check("loader", "dali-w4-hw1", Row("DALI", "how"), (), 0.0, hung)
+    gpu.run_check(row, {}, deadline=float("inf"), budget=600)
     assert (row.status, row.row.result) == ("not run", "not run: timed out after 3 s (--row-budget)")
 
 
 def test_torchvision_row_warms_up_past_what_its_workers_hold() -> None:
     args = cpu_args("--torch-workers", "16", "--warmup-batches", "5")
-    assert gpu_check.torch_warmup(args) == 16 * 2 + 1
-    assert gpu_check.torch_warmup(cpu_args("--torch-workers", "1", "--warmup-batches", "5")) == 5
+    assert loader.torch_warmup(args) == 16 * 2 + 1
+    assert loader.torch_warmup(cpu_args("--torch-workers", "1", "--warmup-batches", "5")) == 5
 
 
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this machine")
 def test_a_dev_shm_too_small_for_the_torchvision_workers_is_named(train_db: Path, tmp_path: Path) -> None:
-    d = gpu_check.Data(tmp_path, train_db, len(open_database(train_db)))
-    assert gpu_check.shm_note(cpu_args("--torch-workers", "1"), d) == ""  # 2 batches of 8 small images fit
+    d = probe.Data(tmp_path, train_db, len(open_database(train_db)))
+    assert probe.shm_note(cpu_args("--torch-workers", "1"), d) == ""  # 2 batches of 8 small images fit
     workers = shutil.disk_usage("/dev/shm").free // (2 * 8 * 3 * 32 * 32) + 1  # more than fit even as uint8
-    note = gpu_check.shm_note(cpu_args("--torch-workers", str(workers)), d)
+    note = probe.shm_note(cpu_args("--torch-workers", str(workers)), d)
     assert note.startswith("/dev/shm has") and f"{workers} workers" in note and "--shm-size" in note, note
 
 
@@ -67,10 +70,10 @@ def test_loader_rows_run_in_their_own_process_without_torch_in_dali_workers(
     witness = tmp_path / "imports"
     witness.mkdir()
     with_faults(monkeypatch, spawned_imports=str(witness))
-    d = gpu_check.Data(tmp_path, train_db, len(open_database(train_db)))
-    found = gpu_check.loader_in_child(cpu_args("--warmup-batches", "2"), d, "dali-w1-hw0.65", left=300)
+    d = probe.Data(tmp_path, train_db, len(open_database(train_db)))
+    found = loader.loader_in_child(cpu_args("--warmup-batches", "2"), d, "dali-w1-hw0.65", left=300)
     assert found["rate"] > 0 and found["warmup_batches"] == 2, found
     assert list(witness.glob("source-*")), "the row's DALI source worker did not start"
     assert not list(witness.glob("torch-*")), "a DALI source worker of the row imported torch"
-    torch_row = gpu_check.loader_in_child(cpu_args("--warmup-batches", "2"), d, "torch", left=300)
+    torch_row = loader.loader_in_child(cpu_args("--warmup-batches", "2"), d, "torch", left=300)
     assert torch_row["rate"] > 0 and torch_row["warmup_batches"] == 2 * 2 + 1, torch_row

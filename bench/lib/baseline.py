@@ -1,15 +1,7 @@
-"""The original PyTorch-LMDB converter and reader (``folder2lmdb.py``), re-implemented as the baseline.
-
-Faithful to the original algorithm: ``torchvision.datasets.ImageFolder`` with a loader returning the raw
-file bytes, a ``DataLoader`` with batch size 1 and an identity collate, one ``txn.put`` per image of
-``pickle.dumps((raw_bytes, label))`` under the key ``str(idx)``, a commit every ``write_frequency``
-images (at ``idx % write_frequency == 0``, as the original does), then pickled ``__keys__`` and
-``__len__`` and a sync. The original serialised with pyarrow, whose ``serialize`` is gone; pickle is what
-its current forks use. The reader is the original ``ImageFolderLMDB.__getitem__`` minus image decoding:
-one read transaction per sample and ``pickle.loads``.
+"""The original PyTorch-LMDB converter and reader (``folder2lmdb.py``), re-implemented as the baseline:
+its algorithm as written, with pickle where it used pyarrow's removed ``serialize`` (as its current forks do);
+the reader is its ``ImageFolderLMDB.__getitem__`` minus image decoding.
 """
-
-from __future__ import annotations
 
 import os
 import pickle

@@ -1,10 +1,6 @@
-"""The peer comparison of ``bench.loaders``: FFCV, LitData and WebDataset built from the same images, and
-the control databases that feed this project's loaders what FFCV stores (its q90 re-encode at full
-resolution and with ``max_resolution=256``) or what ``convert.py --quality 90`` / ``--max-size 256``
-store; their contenders and the rows holding the issue's ratio targets. Every build is skipped with a
-reason ("not run: ...") where its package or convert.py flag is missing, and the rows say so."""
-
-from __future__ import annotations
+"""The peer comparison of ``bench.loaders``: FFCV, LitData and WebDataset on the same images, control LMDBs
+of what FFCV stores or ``convert.py --quality 90`` / ``--max-size 256`` store, their contenders and the ratio
+rows; what cannot be built (a package or convert.py flag missing) is a "not run: ..." row."""
 
 import subprocess
 import sys
@@ -14,9 +10,8 @@ from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
-from . import data
-from .peers import PEERS
-from .peers.common import Samples
+from . import data, ours
+from .peers import PEERS, Samples
 from .peers.ffcv_peer import BATCHES_AHEAD as FFCV_BATCHES_AHEAD, JPEG_QUALITY as QUALITY, jpeg_bytes, stored_jpegs
 from .table import Row, yes_no
 from .timing import DATALOADER_PREFETCH, Contender, Rounds
@@ -59,8 +54,7 @@ class Built:
 
 
 def ffcv_tree(beton: Path, classes: list[str], root: Path) -> Path:
-    """FFCV's stored JPEG bytes as files of an ImageFolder tree (``CLASS/INDEX.jpg``): convert.py takes
-    them losslessly, so an LMDB holds exactly what FFCV decodes."""
+    """FFCV's stored JPEG bytes as an ImageFolder tree, which convert.py stores as they are."""
     data.remove(root)
     for index, label, jpeg in stored_jpegs(beton):
         path = root / classes[label] / f"{index:08d}.jpg"
@@ -110,19 +104,11 @@ WHAT: dict[str, str] = {
 }
 
 
-def contenders(
-    built: Built,
-    batch: int,
-    crop: int,
-    workers: int,
-    dali: Callable[[Path], Callable[[int], Iterable[Any]]],
-    torch_on: Callable[[Path], Callable[[int], Iterable[Any]]],
-    ours_held: dict[str, int],
-    dali_how: str,
-    torch_how: str,
-) -> list[Contender]:
-    """Peer and control contenders in the order they run within a round: each FFCV row next to its
-    controls. ``dali(path)``/``torch_on(path)`` make this project's loaders over another LMDB."""
+Mine = dict[str, tuple[dict[str, Any], int, str]]  # kind -> (ours.loader options, batches held ahead, how)
+
+
+def contenders(built: Built, batch: int, crop: int, workers: int, mine: Mine) -> list[Contender]:
+    """Peer and control contenders, each FFCV row next to its controls; ``mine``: ours on the controls."""
 
     def never(seed: int) -> Iterable[Any]:
         raise AssertionError("a skipped contender is never built")
@@ -132,14 +118,12 @@ def contenders(
     for key in [*order, "litdata", "wds", "torch_ffcv_full"]:
         source = "lmdb_ffcv_full" if key == "torch_ffcv_full" else key
         path, skip = built.paths.get(source), built.skipped.get(source, "")
-        if key.startswith("ffcv"):
-            how, peer = f"{PEERS['ffcv'].how}; RGBImageField(write_mode='jpg', jpeg_quality={QUALITY})", "ffcv"
-        elif key in PEERS:
-            how, peer = PEERS[key].how, key
-        else:
-            how, peer = (torch_how if key.startswith("torch") else dali_how), ""
-        ours = "torch" if key.startswith("torch") else "dali"
-        held = (FFCV_BATCHES_AHEAD if peer == "ffcv" else workers * DATALOADER_PREFETCH) if peer else ours_held[ours]
+        peer = "ffcv" if key.startswith("ffcv") else key if key in PEERS else ""
+        kind = "torch" if key.startswith("torch") else "dali"
+        options, held, how = mine[kind]
+        if peer:
+            held, how = FFCV_BATCHES_AHEAD if peer == "ffcv" else workers * DATALOADER_PREFETCH, PEERS[peer].how
+            how += f"; RGBImageField(write_mode='jpg', jpeg_quality={QUALITY})" * (peer == "ffcv")
         if path is None:
             found.append(Contender(key, WHAT[key], how, never, follows_plan=not peer, skip=skip))
         elif peer:
@@ -147,8 +131,7 @@ def contenders(
             short = workers if key == "wds" else 0  # an IterableDataset: each worker drops its partial batch
             found.append(Contender(key, WHAT[key], how, make, follows_plan=False, max_short=short, held=held))
         else:
-            make = (torch_on if ours == "torch" else dali)(path)
-            found.append(Contender(key, WHAT[key], how, make, held=held))
+            found.append(Contender(key, WHAT[key], how, ours.loader(kind, path, batch, crop, **options), held=held))
     return found
 
 

@@ -1,7 +1,5 @@
 """Benchmark data: real JPEGs found (or generated), a tree of N hard links to them, converted to an LMDB
-with convert.py, and the page cache warmed so every contender starts hot."""
-
-from __future__ import annotations
+with convert.py, and the page cache warmed so every contender starts hot. Also the flags every suite takes."""
 
 import argparse
 import math
@@ -15,10 +13,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import BenchError, last_line
+
 REPO = Path(__file__).resolve().parents[2]
 HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
 JPEG_MAGIC = b"\xff\xd8\xff"
 MB = 1e6
+
+
+def positive(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
 
 
 def add_common_flags(p: argparse.ArgumentParser, source: Path | None = HYMENOPTERA) -> None:
@@ -47,10 +54,10 @@ def remove(path: Path) -> None:
 
 
 def run_checked(cmd: Sequence[str]) -> None:
-    """Run a command from the repo root, output discarded; fail loudly with the end of its stderr."""
+    """Run a command from the repo root, output discarded; ``BenchError`` with its last stderr line."""
     proc = subprocess.run(list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
     if proc.returncode:
-        raise SystemExit(f"{' '.join(map(str, cmd))} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
+        raise BenchError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}): {last_line(proc.stderr.decode())}")
 
 
 def convert_cmd(root: Path, out: Path, *extra: str, quiet: bool = True) -> list[str]:
@@ -73,7 +80,7 @@ def find_jpegs(source: Path) -> list[Path]:
                 if f.read(3) == JPEG_MAGIC:
                     found.append(path)
     if not found:
-        raise SystemExit(f"no JPEG files under {source}")
+        raise BenchError(f"no JPEG files under {source}")
     return found
 
 
@@ -132,13 +139,11 @@ class Prepared:
         return f"{self.tree.describe()} in one LMDB ({self.db_bytes / MB:,.1f} MB), hot page cache"
 
 
-def prepare_database(
-    source: Path, images: int, workdir: Path, *convert_flags: str, keep_tree: bool = False
-) -> Prepared:
-    """``images`` JPEGs cycled from ``source`` by hard links, converted to ``workdir/train.lmdb`` (the tree
+def prepare_database(source: Path, images: int, work: Path, *flags: str, keep_tree: bool = False) -> Prepared:
+    """``images`` JPEGs cycled from ``source`` by hard links, converted to ``work/train.lmdb`` (the tree
     deleted after unless ``keep_tree``: other formats are built from it), the database's pages warmed."""
-    tree = build_tree(find_jpegs(source), workdir / "tree", images)
-    db = convert(tree.root, workdir / "train.lmdb", *convert_flags)
+    tree = build_tree(find_jpegs(source), work / "tree", images)
+    db = convert(tree.root, work / "train.lmdb", *flags)
     if not keep_tree:
         remove(tree.root)
     warm(db)
@@ -154,10 +159,10 @@ def generate_jpegs(root: Path, classes: int, per_class: int, procs: int = 1, see
     from lmdb_io.demo_images import make_image_folder
 
     parts = max(1, min(procs, per_class))
-    each = math.ceil(per_class / parts)
     if parts == 1:
         make_image_folder(str(root), classes, per_class, seed)
         return root
+    each = math.ceil(per_class / parts)
     with ProcessPoolExecutor(parts, mp_context=multiprocessing.get_context("spawn")) as pool:
         jobs = [
             pool.submit(make_image_folder, str(root / f"part{k:02d}"), classes, each, seed + k) for k in range(parts)

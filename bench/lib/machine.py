@@ -1,8 +1,6 @@
 """The machine a benchmark ran on (CPU, cores, memory, GPU and driver, versions) and its kind: the key of
 its sections in bench/RESULTS.md (``cpu-2core``, ``gpu-nvidia-h100-80gb-hbm3``)."""
 
-from __future__ import annotations
-
 import importlib
 import os
 import platform

@@ -1,8 +1,6 @@
 """bench/RESULTS.md: one section per machine kind and runner, between ``<!-- BEGIN kind runner -->`` and
 ``<!-- END kind runner -->``; a runner rewrites only its own section, and its bar chart beside the file."""
 
-from __future__ import annotations
-
 import re
 import textwrap
 from pathlib import Path

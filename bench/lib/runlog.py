@@ -1,13 +1,7 @@
-"""train.py run from the benchmarks, and its ``log.jsonl`` read one way.
-
-The one warm-up rule is train.py's own (``lmdb_dali_train.speed``): its "speed" record, written at every
-stop, gives images/s and data-wait of the run after its warm-up, the first print window (start-up, first
-batches, cuDNN autotuning), the rest pooled by duration, on clock readings taken after the device finished
-its work. A benchmark run needs a steady state: a warm-up of less than a whole window (a run that ended
-within its first window) or no step after it is an error (raise --max-steps or lower --print-freq).
+"""train.py run from the benchmarks, and its ``log.jsonl`` read one way: train.py's own "speed" record
+(``lmdb_dali_train.speed``: its first print window left out as warm-up). A run without a whole window and a
+step after it is an error (raise --max-steps or lower --print-freq).
 """
-
-from __future__ import annotations
 
 import json
 import os
@@ -18,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import BenchError
 from .data import REPO
 from .table import Row
 
@@ -27,8 +22,8 @@ RULE = (
 )
 
 
-class RunFailed(Exception):
-    """train.py failed, timed out or logged too little: the message is one line."""
+class RunFailed(BenchError):
+    """train.py failed, timed out or logged too little."""
 
 
 def events(log: Path, kind: str | None = None) -> list[dict[str, Any]]:
@@ -87,6 +82,20 @@ def train_row(what: str, flags: list[str], out: Path, timeout: float | None = No
     s = steady(run_train(flags, out, timeout))
     how = f"`train.py {' '.join(flags)}`, steps {s.steps}"
     return Row(what, how, f"{s.images_per_s:,.1f}", s.images_per_s, data_wait=f"{100 * s.data_wait:.1f} %")
+
+
+def variant_flags(variant: str, db: Path | None) -> list[str]:
+    """train.py's data flags of the speed rows: ``synthetic``, or ``dali``/``torch`` from the LMDB ``db``."""
+    return ["--synthetic"] if variant == "synthetic" else ["--loader", variant, "--lmdb", "--train", str(db)]
+
+
+def fit_flags(
+    loader: str, dbs: tuple[Path, ...], arch: str, epochs: int, batch: int, crop: int, lr: float
+) -> list[str]:
+    """train.py's flags to train ``arch`` on ``dbs`` (train, val) and validate every epoch (val resize crop*8/7)."""
+    flags = ["--loader", loader, "--lmdb", "--train", str(dbs[0]), "--val", str(dbs[1]), "-a", arch]
+    flags += ["--epochs", str(epochs), "-b", str(batch), "--crop-size", str(crop), "--lr", str(lr)]
+    return flags + ["--val-resize", str(crop * 8 // 7), "--print-freq", "5"]
 
 
 def ratios_to_synthetic(rows: list[Row]) -> None:

@@ -1,8 +1,6 @@
 """Timing: rounds that interleave contenders, each on a fresh loader, warm-up batches untimed, medians;
 the CPU that this process tree and everybody else used meanwhile, and a process tree's peak RSS (psutil)."""
 
-from __future__ import annotations
-
 import gc
 import statistics
 import subprocess
@@ -14,9 +12,11 @@ from typing import Any
 
 import psutil
 
+from . import BenchError, last_line
 from .data import REPO
 
 POLL_SECONDS = 0.02
+Sync = Callable[[], None] | None
 # A fresh wrapper whose only child is the measured command, so RUSAGE_CHILDREN's ru_maxrss is that command's.
 RUSAGE_WRAPPER = (
     "import resource, subprocess, sys\n"
@@ -74,15 +74,13 @@ def peak_rss(cmd: Sequence[str]) -> tuple[int, int]:
         time.sleep(POLL_SECONDS)
     out, err = proc.communicate()
     if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err.decode()[-2000:]}")
+        raise BenchError(f"{' '.join(cmd)} failed ({proc.returncode}): {last_line(err.decode())}")
     return peak, int(out.split()[-1]) * 1024
 
 
 @dataclass
 class EpochTiming:
-    """One epoch after its warm-up batches: images, seconds, CPU seconds of this process tree and of the
-    others (or the host, as steal) meanwhile, the dataset indices delivered, and the seconds from the
-    call that built the loader to its first batch (JIT, pipeline build, worker start-up, first decode)."""
+    """One epoch after its warm-up batches; ``first_batch``: seconds from building the loader to its first batch."""
 
     batches: int
     images: int
@@ -101,27 +99,19 @@ class EpochTiming:
         return max(self.foreign_cpu, 0.0) / (self.seconds * cores)
 
     def summary(self, cores: int) -> dict[str, float]:
-        return {"timed_images": self.images, "seconds": self.seconds, "images_per_s": self.rate} | {
-            "cores_used": self.own_cpu / self.seconds,
-            "others_cpu_share": self.foreign_share(cores),
-            "first_batch_s": self.first_batch,
-        }
+        found = {"timed_images": self.images, "seconds": self.seconds, "images_per_s": self.rate}
+        found |= {"cores_used": self.own_cpu / self.seconds, "others_cpu_share": self.foreign_share(cores)}
+        return found | {"first_batch_s": self.first_batch}
 
 
-def time_epoch(
-    loader: Iterable[Any],
-    batch_size: int,
-    warmup: int,
-    sync: Callable[[], None] | None,
-    built_at: float | None = None,
-) -> EpochTiming:
+def time_epoch(loader: Iterable[Any], batch_size: int, warmup: int, sync: Sync, built_at: float = 0.0) -> EpochTiming:
     """One epoch; the clock starts on receiving batch ``warmup`` (1-based) and stops on the last, each time
     after ``sync()`` where given. With a loader length only those two batches sync and snapshot the CPU.
     ``built_at`` (perf_counter before the loader was built) gives the time to its first batch."""
     if warmup < 1:
         raise ValueError("warmup must be at least 1 batch (the clock starts on receiving one)")
     started = last = None
-    first_at = time.perf_counter() if built_at is None else built_at
+    first_at = built_at or time.perf_counter()
     first_batch, dtype = 0.0, ""
     cpu_start = cpu_last = (0.0, 0.0)
     batches = images = 0
@@ -135,7 +125,7 @@ def time_epoch(
             first_batch = time.perf_counter() - first_at
             dtype = str(batch.images.dtype)
         if len(batch.labels) != batch_size:
-            raise SystemExit(f"batch {batches} holds {len(batch.labels)} samples, not {batch_size}")
+            raise BenchError(f"batch {batches} holds {len(batch.labels)} samples, not {batch_size}")
         indices += batch.indices.tolist()
         images += batch_size if batches > warmup else 0
         if batches == warmup or batches == total or (total is None and batches > warmup):
@@ -145,9 +135,9 @@ def time_epoch(
             if batches == warmup:
                 started, cpu_start = last, cpu_last
     if started is None or last is None or images == 0:
-        raise SystemExit(f"an epoch of {batches} batches leaves none to time after {warmup} warm-up batches")
+        raise BenchError(f"an epoch of {batches} batches leaves none to time after {warmup} warm-up batches")
     if total is not None and batches != total:
-        raise SystemExit(f"the loader announced {total} batches and delivered {batches}")
+        raise BenchError(f"the loader announced {total} batches and delivered {batches}")
     own = cpu_last[1] - cpu_start[1]
     return EpochTiming(
         batches, images, last - started, own, cpu_last[0] - cpu_start[0] - own, indices, first_batch, dtype
@@ -179,11 +169,9 @@ def untimed_batches(held: int, base: int) -> int:
 
 @dataclass
 class Contender:
-    """One loader configuration: ``make(seed)`` builds a fresh loader. A contender that follows the epoch
-    plan delivers its exact indices; another (a peer library with its own shuffle) must deliver as many
-    distinct samples (up to ``max_short`` batches fewer); ``skip`` says why it is not run (its row shows it).
-    ``held``: batches it may finish ahead before the first is taken (DataLoader workers x prefetch, DALI's
-    queue, FFCV's ``batches_ahead``): they stay untimed (``untimed_batches``)."""
+    """One loader configuration: ``make(seed)`` builds a fresh loader that delivers the epoch plan's indices
+    (or, not ``follows_plan``, as many distinct samples); ``skip``: why it is not run; ``held``: batches it may
+    finish before the first is taken (they stay untimed)."""
 
     key: str
     what: str
@@ -268,17 +256,13 @@ def run_rounds(
     max_foreign: float = 1.0,
     extra_runs: int = 0,
     quiet_wait: float = 0.0,
-    sync: Callable[[], None] | None = None,
+    sync: Sync = None,
     log: Callable[[str], None] = lambda s: None,
     warmup_rounds: int = 0,
 ) -> Rounds:
-    """Rounds of one timed epoch per contender (those without ``skip``), each on a loader built afresh
-    (seed = round) and deleted before the next starts; first ``warmup_rounds`` untimed rounds (JIT,
-    first pipeline builds), kept apart. A round where others took more than ``max_foreign`` of the CPUs
-    during any timed epoch is disturbed; up to ``extra_runs`` more rounds replace disturbed ones, each first
-    waiting up to ``quiet_wait`` s for quiet. The first ``runs`` quiet rounds count, else every round. Every
-    epoch must deliver ``expected(seed)``, the plan's indices (or, for a contender that does not follow the
-    plan, as many distinct samples, less ``max_short`` batches at most), so all contenders do the same work."""
+    """Rounds of one timed epoch per contender, each on a fresh loader (seed = round), after ``warmup_rounds``
+    untimed ones. A round where others took more than ``max_foreign`` of the CPUs is disturbed; up to
+    ``extra_runs`` more replace disturbed ones. Every epoch must deliver ``expected(seed)`` (see ``Contender``)."""
     active = [c for c in contenders if not c.skip]
     timings: dict[str, list[EpochTiming]] = {c.key: [] for c in active}
     warmups: dict[str, list[EpochTiming]] = {c.key: [] for c in active}
@@ -297,7 +281,7 @@ def run_rounds(
         else:
             same = len(set(got)) == len(got) and len(want) - c.max_short * batch_size <= len(got) <= len(want)
         if not same:
-            raise SystemExit(f"{c.key}: round {seed} delivered other samples than the epoch plan")
+            raise BenchError(f"{c.key}: round {seed} delivered other samples than the epoch plan")
         return timing
 
     for w in range(warmup_rounds):
@@ -318,10 +302,3 @@ def run_rounds(
         (clean if worst <= max_foreign else disturbed).append(run)
     used = clean if len(clean) == runs else sorted(clean + disturbed)
     return Rounds(timings, used, disturbed, max_foreign, cores, warmups)
-
-
-def plan_indices(length: int, batch: int) -> Callable[[int], list[int]]:
-    """The train plan's epoch-0 indices for seed ``s``: what every contender's first epoch must deliver."""
-    from lmdb_io.reading.plan import RankPlan
-
-    return lambda seed: RankPlan(length, batch, seed=seed).for_epoch(0).indices.tolist()

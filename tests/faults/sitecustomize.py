@@ -187,13 +187,13 @@ def _witness_spawned_imports(folder: str) -> None:
 def _gpu_row_hangs() -> None:
     import time
 
-    from bench import gpu_check
+    from bench.lib.gpu import child
 
     def hanging(*args: object, **kwargs: object) -> int:
         time.sleep(3600)
         return 0
 
-    gpu_check.run_row = hanging
+    child.run_row = hanging
 
 
 if os.environ.get("FAULT_EXIT_AFTER_COMMITS"):

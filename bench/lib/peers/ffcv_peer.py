@@ -2,8 +2,6 @@
 quality 90, optionally capped by ``max_resolution``) and its ``Loader`` as its users run it. Also reads
 the stored JPEG bytes back out, so this project's loaders can be fed exactly what FFCV decodes."""
 
-from __future__ import annotations
-
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -11,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from .common import Samples, SizedBatches
+from .. import BenchError
+from . import Samples, SizedBatches
 
 JPEG_QUALITY = 90  # RGBImageField's default, the recipe's setting
 BATCHES_AHEAD = 3  # Loader's default: batches it prepares before the one being taken
@@ -38,11 +37,8 @@ def build(samples: Samples, out: Path, max_resolution: int | None = None, worker
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
-    fields = {
-        "image": RGBImageField(write_mode="jpg", max_resolution=max_resolution, jpeg_quality=JPEG_QUALITY),
-        "label": IntField(),
-        "index": IntField(),
-    }
+    image = RGBImageField(write_mode="jpg", max_resolution=max_resolution, jpeg_quality=JPEG_QUALITY)
+    fields = {"image": image, "label": IntField(), "index": IntField()}
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = DatasetWriter(str(out), fields, num_workers=workers or len(os.sched_getaffinity(0)))
     writer.from_indexed_dataset(_Images(samples))
@@ -62,7 +58,7 @@ def stored_jpegs(beton: Path) -> Iterator[tuple[int, int, bytes]]:
     images, labels, indices = (meta[f"f{reader.field_names.index(name)}"] for name in ("image", "label", "index"))
     for row in range(len(meta)):
         if images[row]["mode"] != 0:  # IMAGE_MODES["jpg"]
-            raise SystemExit(f"{beton}: sample {row} is not stored as JPEG")
+            raise BenchError(f"{beton}: sample {row} is not stored as JPEG")
         ptr = int(images[row]["data_ptr"])
         yield int(indices[row]), int(labels[row]), raw[ptr : ptr + sizes[ptr]].tobytes()
 
@@ -92,28 +88,14 @@ def loader(path: Path, batch: int, crop: int, workers: int) -> Callable[[int], I
     def make(seed: int) -> Iterable[Any]:
         if built:
             return SizedBatches(built[0])
-        pipelines = {
-            "image": [
-                RandomResizedCropRGBImageDecoder((crop, crop), scale=preset.area, ratio=preset.aspect_ratio),
-                RandomHorizontalFlip(),
-                NormalizeImage(mean, std, np.float32),  # after ToTorchImage (the GPU recipe's place) it hangs
-                ToTensor(),  # the Loader on a CPU: a jitted op after non-jitted ones (libffcv/ffcv#396)
-                ToTorchImage(),
-            ],
-            "label": [IntDecoder(), ToTensor(), Squeeze()],
-            "index": [IntDecoder(), ToTensor(), Squeeze()],
-        }
-        ffcv_loader = Loader(
-            str(path),
-            batch_size=batch,
-            num_workers=workers,
-            os_cache=True,
-            order=OrderOption.RANDOM,
-            batches_ahead=BATCHES_AHEAD,
-            seed=seed,
-            pipelines=pipelines,
-            drop_last=True,
-        )
+        decode = RandomResizedCropRGBImageDecoder((crop, crop), scale=preset.area, ratio=preset.aspect_ratio)
+        # NormalizeImage after ToTorchImage (the GPU recipe's place) hangs the Loader on a CPU: a jitted op
+        # after non-jitted ones (libffcv/ffcv#396)
+        image = [decode, RandomHorizontalFlip(), NormalizeImage(mean, std, np.float32), ToTensor(), ToTorchImage()]
+        pipelines = {"image": image, "label": [IntDecoder(), ToTensor(), Squeeze()]}
+        pipelines["index"] = [IntDecoder(), ToTensor(), Squeeze()]
+        options = dict(batch_size=batch, num_workers=workers, os_cache=True, order=OrderOption.RANDOM, seed=seed)
+        ffcv_loader = Loader(str(path), **options, batches_ahead=BATCHES_AHEAD, pipelines=pipelines, drop_last=True)
         built.append(ffcv_loader)
         return SizedBatches(ffcv_loader)
 

@@ -1,14 +1,12 @@
 """LitData: the JPEG bytes ``optimize``d into a chunked dataset directory, read by ``StreamingDataset``
 and ``StreamingDataLoader`` with a worker per core, decoded by torchvision (its ImageNet example's way)."""
 
-from __future__ import annotations
-
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .common import Batches, Samples, tensor_transform
+from . import Batches, Samples, tensor_transform
 
 CHUNK_BYTES = "16MB"  # several chunks per worker on a 1,000-image set (ImageNet has thousands)
 
@@ -24,15 +22,9 @@ def build(samples: Samples, out: Path, workers: int = 0) -> Path:
     import litdata
 
     inputs = [(i, str(f), label) for i, (f, label) in enumerate(zip(samples.files, samples.labels, strict=True))]
-    litdata.optimize(
-        fn=_item,
-        inputs=inputs,
-        output_dir=str(out),
-        chunk_bytes=CHUNK_BYTES,
-        num_workers=workers or len(os.sched_getaffinity(0)),
-        mode="overwrite",
-        verbose=False,
-    )
+    workers = workers or len(os.sched_getaffinity(0))
+    options = dict(chunk_bytes=CHUNK_BYTES, num_workers=workers, mode="overwrite", verbose=False)
+    litdata.optimize(fn=_item, inputs=inputs, output_dir=str(out), **options)
     return out
 
 

@@ -1,13 +1,11 @@
 """WebDataset: the JPEG files in tar shards (``ShardWriter``), read by ``wds.WebDataset`` with shard and
 sample shuffling, PIL decode and torchvision transforms in a ``DataLoader`` with a worker per core."""
 
-from __future__ import annotations
-
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .common import Batches, Samples
+from . import Batches, Samples
 
 SHARD_SAMPLES = 100  # small shards so every worker gets several on a 1,000-image set
 SHUFFLE_BUFFER = 1000
@@ -39,14 +37,9 @@ def loader(path: Path, batch: int, crop: int, workers: int) -> Callable[[int], I
 
     shards = sorted(str(p) for p in path.glob("shard-*.tar"))
     p = TrainPreset(crop)  # as WebDataset's users write it: PIL in the workers, ToTensor, Normalize there too
-    transform = transforms.Compose(
-        [
-            transforms.RandomResizedCrop(crop, scale=p.area, ratio=p.aspect_ratio),
-            transforms.RandomHorizontalFlip(p.flip_probability),
-            transforms.ToTensor(),
-            transforms.Normalize(p.mean, p.std),
-        ]
-    )
+    crop_op = transforms.RandomResizedCrop(crop, scale=p.area, ratio=p.aspect_ratio)
+    flip = transforms.RandomHorizontalFlip(p.flip_probability)
+    transform = transforms.Compose([crop_op, flip, transforms.ToTensor(), transforms.Normalize(p.mean, p.std)])
 
     def make(seed: int) -> Iterable[Any]:
         torch.manual_seed(seed)

@@ -1,0 +1,63 @@
+"""A row in a process of its own (``python -m bench.gpu_row``), killed whole after its budget: a hung row
+costs only itself, and the check never holds a CUDA context through the training rows."""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from subprocess import PIPE, STDOUT
+from typing import Any
+
+from .. import last_line
+from ..data import REPO
+from . import RowFailed, RowTimedOut, describe
+
+
+def repo_env(cpu: bool = False) -> dict[str, str]:
+    """This environment with the repo first on PYTHONPATH; ``cpu`` hides every GPU."""
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": pythonpath, **({"CUDA_VISIBLE_DEVICES": ""} if cpu else {})}
+
+
+def in_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """``python -m bench.gpu_row`` on ``spec`` in its own process group, killed whole after ``timeout`` s
+    (``RowTimedOut``); its result, or ``RowFailed`` with its error."""
+    with tempfile.TemporaryDirectory(prefix="gpu_row_") as tmp:
+        spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_file.write_text(json.dumps(spec, default=str))
+        cmd = [sys.executable, "-m", "bench.gpu_row", str(spec_file), str(out_file)]
+        proc = subprocess.Popen(cmd, cwd=REPO, env=repo_env(), stdout=PIPE, stderr=STDOUT, start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise RowTimedOut(f"timed out after {timeout:.0f} s (--row-budget)") from None
+        found = json.loads(out_file.read_text()) if out_file.is_file() and out_file.stat().st_size else None
+    if found is None or "error" in found:
+        why = found["error"] if found else f"exit {proc.returncode}: {last_line(output.decode(errors='replace'))}"
+        raise RowFailed(why, {"output": output.decode(errors="replace")[-4000:]})
+    return found
+
+
+def run_row(spec_path: str, out_path: str) -> int:
+    """``bench.gpu_row``'s body: the GPU probe or one loader row measured here, its result (or error) as JSON."""
+    from .loader import time_loader
+    from .probe import Data, gpu_facts
+
+    spec = json.loads(Path(spec_path).read_text())
+    try:
+        if spec["kind"] == "probe":
+            found = gpu_facts()
+        else:
+            args, d = argparse.Namespace(**spec["args"]), Data(Path(spec["work"]), Path(spec["db"]), spec["length"])
+            found = time_loader(args, d, spec["key"])
+    except (Exception, SystemExit) as e:
+        found = {"error": e.args[0] if isinstance(e, RowFailed) else describe(e), "traceback": traceback.format_exc()}
+    Path(out_path).write_text(json.dumps(found, default=str))
+    return 0
