@@ -21,7 +21,7 @@ def _dali_factory_options(options: dict[str, Any]) -> dict[str, Any]:
 
     options = dict(options)
     device_id = options.pop("device_id", None)
-    renamed = {"device": "cpu" if device_id is None else f"cuda:{device_id}"}
+    renamed: dict[str, Any] = {"device": "cpu" if device_id is None else f"cuda:{device_id}"}
     if "num_threads" in options:
         renamed["dali_threads"] = options.pop("num_threads")
     if options.pop("fp16_output", False):
