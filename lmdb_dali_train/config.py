@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from lmdb_io import is_database
+from lmdb_io.errors import convert_command
 from lmdb_io.reading.resolution import ResolutionSchedule
 
 from .errors import ConfigError
@@ -214,7 +215,7 @@ def _check_data_path(flag: str, path: str, lmdb: bool) -> None:
         raise ConfigError(f"{flag} {path}: no such file or directory")
     if lmdb and not is_database(path):
         raise ConfigError(
-            f"{flag} {path}: not an LMDB database (no data.mdb); convert it with convert.py "
+            f"{flag} {path}: not an LMDB database (no data.mdb); convert it with {convert_command()} "
             f"or drop --lmdb to read an ImageFolder tree"
         )
     if not lmdb and is_database(path):

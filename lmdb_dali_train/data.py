@@ -13,6 +13,7 @@ import torch
 
 from lmdb_dali_train.loaders.batch import BatchLoader
 from lmdb_io import LmdbIoError
+from lmdb_io.errors import convert_command
 from lmdb_io.reading.spec import ReadSpec
 
 from .config import RunConfig
@@ -57,7 +58,11 @@ def describe_dataset(path: str, lmdb: bool) -> DatasetInfo:
     return DatasetInfo(len(folder), folder.classes, identity, lambda i: rel[i])
 
 
-def check_class_maps(train: DatasetInfo, val: DatasetInfo | None, train_path: str | None, val_path: str | None) -> None:
+def check_class_maps(
+    train: DatasetInfo, val: DatasetInfo | None, train_path: str | None, val_path: str | None, lmdb: bool
+) -> None:
+    """The validation data must number its classes as the training data does; the hint says how, for
+    databases (the converter's ``--classes-from``) or for trees (ImageFolder numbers the sorted folders)."""
     if val is not None and val.classes != train.classes:
         differ = next(
             (i for i, (a, b) in enumerate(zip(train.classes, val.classes, strict=False)) if a != b),
@@ -65,8 +70,12 @@ def check_class_maps(train: DatasetInfo, val: DatasetInfo | None, train_path: st
         )
         raise ConfigError(
             f"class maps differ: {train_path} has {len(train.classes)} classes, {val_path} has "
-            f"{len(val.classes)}, first difference at index {differ}; convert the val set with "
-            f"--classes-from {train_path}"
+            f"{len(val.classes)}, first difference at index {differ}; "
+            + (
+                f"convert the val set with {convert_command()} --classes-from {train_path}"
+                if lmdb
+                else f"give {val_path} the same class folders as {train_path} (an empty one for a class it lacks)"
+            )
         )
 
 

@@ -47,7 +47,7 @@ def run(config: RunConfig, place: Placement, stop: StopSignal, resume_from: str 
     train_info = describe_dataset(data.train, data.lmdb) if data.train else None
     val_info = describe_dataset(data.val, data.lmdb) if data.val else None
     if train_info is not None:
-        check_class_maps(train_info, val_info, data.train, data.val)
+        check_class_maps(train_info, val_info, data.train, data.val, data.lmdb)
     init_process_group(place, device, config.dist.dist_backend, config.dist.dist_url, config.dist.dist_timeout)
     config = run_folder.claim(config, place, stop.host_group)  # the same folder on every rank, or none
     run_control, evaluating = config.run, config.run.evaluate

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import pathtext, schema
 from .env import data_file, shared_env
-from .errors import CorruptRecordError, IncompleteDatabaseError, NotADatabaseError
+from .errors import CorruptRecordError, IncompleteDatabaseError, NotADatabaseError, convert_command
 from .record import ImageFormat, decode_record
 from .reencode import Reencode, from_meta
 
@@ -44,7 +44,7 @@ class ImageDatabase:
                     committed = json.loads(progress).get("stored", "?")
                     raise IncompleteDatabaseError(
                         f"{self.path}: incomplete database (its conversion stopped after {committed} images "
-                        f"were committed); finish it with: python convert.py --dataset DIR -o {self.path} "
+                        f"were committed); finish it with: {convert_command()} --dataset DIR -o {self.path} "
                         f"--resume"
                     )
                 if txn.stat()["entries"] == 0:
@@ -54,7 +54,7 @@ class ImageDatabase:
             if missing:
                 raise IncompleteDatabaseError(
                     f"{self.path}: incomplete database (missing {', '.join(missing)}); rebuild it with "
-                    f"convert.py --overwrite"
+                    f"{convert_command()} --overwrite"
                 )
             keys_blob = txn.get(schema.KEYS_KEY)
             length_raw = txn.get(schema.LEN_KEY)

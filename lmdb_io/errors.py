@@ -4,6 +4,16 @@ Command-line entry points print ``str(error)`` and exit non-zero, no traceback: 
 sense on its own.
 """
 
+import os
+import sys
+
+
+def convert_command() -> str:
+    """The converter as this user runs it, for hints: ``lmdb-convert`` beside the installed commands
+    (``lmdb-convert``, ``lmdb-io``, ``lmdb-train``), else the checkout's ``python convert.py``."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "lmdb-convert" if invoked.startswith("lmdb-") else "python convert.py"
+
 
 class LmdbIoError(Exception):
     """Base class: a problem the user can act on."""

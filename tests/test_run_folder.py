@@ -153,3 +153,29 @@ def test_evaluate_needs_only_the_checkpoint_and_pads_a_small_val_set(
     (val,) = _events(folder, "val")
     assert val["count"] == len(open_database(val_db)) < 48
     assert _events(folder, "start")[-1]["config"]["optim"]["arch"] == "resnet18"
+
+
+# -- hints that name what the user runs -----------------------------------------------------------------
+
+
+def test_trees_with_other_classes_get_a_hint_for_trees(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for split, classes in (("train", "ab"), ("val", "a")):
+        for name in classes:
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / name / "x.jpg")
+    trees = ["--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--loader", "torch"]
+    result = run_main(main, *trees, *TINY, "--output-dir", str(tmp_path / "run"))
+    assert_one_line_error(result, "class maps differ", "the same class folders")
+    assert "--classes-from" not in result.stderr  # a converter flag, which refuses trees
+
+
+@pytest.mark.parametrize(("argv0", "command"), [("lmdb-train", "lmdb-convert"), ("train.py", "python convert.py")])
+def test_hints_name_the_converter_as_the_user_runs_it(
+    monkeypatch: pytest.MonkeyPatch, argv0: str, command: str
+) -> None:
+    from lmdb_io.errors import convert_command
+
+    monkeypatch.setattr("sys.argv", [f"/usr/bin/{argv0}"])
+    assert convert_command() == command
