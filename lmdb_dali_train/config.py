@@ -66,6 +66,7 @@ class OptimConfig:
     """The model and how it learns: the ``model and optimisation`` flags."""
 
     arch: str = "resnet50"
+    weights: str | None = None
     epochs: int = 90
     batch_size: int = 256
     lr: float = 0.1
@@ -81,6 +82,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs", "lr"):
             _positive(name, getattr(self, name))
+        if self.weights is not None and not os.path.isfile(self.weights):
+            raise ConfigError(f"--weights {self.weights}: no such file")
         for flag, value in (("--momentum", self.momentum), ("--label-smoothing", self.label_smoothing)):
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{flag} must be in [0, 1), not {value:g}")

@@ -25,7 +25,7 @@ SECTION_OF_GROUP = {DATA: "data", OPTIMISATION: "optim", RUN: "run", DISTRIBUTED
 META = {"help", "version", "config"}  # flags about the flags: not part of the run's configuration
 
 # never taken from a checkpoint: what this invocation asks for, and how it is launched
-PER_INVOCATION = {"resume", "force_resume", "evaluate", "max_steps"} | {
+PER_INVOCATION = {"resume", "force_resume", "evaluate", "max_steps", "weights"} | {
     "multiprocessing_distributed",
     "procs_per_node",
     "world_size",

@@ -132,7 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--arch",
         default="resnet50",
         metavar="ARCH",
-        help="any torchvision classification model name (default resnet50)",
+        help="a torchvision classification model (resnet50, vit_b_16, ...), or timm/NAME for a timm model "
+        "(pip install timm) (default resnet50)",
+    )
+    model.add_argument(
+        "--weights",
+        metavar="PATH",
+        help="start from these weights (fine-tuning): a state dict saved with torch.save, e.g. torchvision's "
+        "or a run's weights; a classifier head of another class count is re-initialised (one line says so)",
     )
     model.add_argument("--epochs", type=int, default=90, help="total epochs (default 90)")
     model.add_argument(

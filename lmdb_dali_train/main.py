@@ -13,6 +13,7 @@ from lmdb_dali_train.loaders.batch import BatchLoader
 from lmdb_io.reading.plan import RankPlan
 
 from . import checkpoint, run_folder
+from .architectures import check_arch
 from .bad_records import BadRecordLog
 from .config import RunConfig
 from .config_file import read_flags, under_checkpoint
@@ -29,7 +30,7 @@ from .distributed import (
 from .engine import KeyLog, NonFiniteLossError, StopSignal, TrainState, evaluate, log_speed, train_epoch
 from .errors import ConfigError
 from .exit_codes import ExitCode, for_signal
-from .model import build_state, check_arch
+from .model import build_state
 from .progname import prog_name
 from .resume import restore, resume_path, save, saved_flags
 from .runlog import RunLog, warn

@@ -1,32 +1,18 @@
-"""The model and what trains it: a torchvision classifier (channels-last, DDP, compiled as asked), SGD
-with the linearly scaled learning rate and its schedule, the loss and the fp16 grad scaler."""
+"""What trains: the model (``architectures``; channels-last, DDP, compiled as asked), SGD with the linearly
+scaled learning rate and its schedule, the loss and the fp16 grad scaler."""
 
 from __future__ import annotations
 
 from typing import cast
 
 import torch
-import torchvision
 from torch import nn
 
+from .architectures import build_model, load_weights
 from .config import RunConfig
 from .distributed import Placement
 from .engine import TrainState
-from .errors import ConfigError
 from .schedule import SamplesLR
-
-
-def check_arch(arch: str) -> None:
-    names = torchvision.models.list_models(module=torchvision.models)
-    if arch not in names:
-        raise ConfigError(
-            f"--arch {arch}: not a torchvision classification model (e.g. resnet18, resnet50, "
-            f"vit_b_16; {len(names)} in all)"
-        )
-
-
-def build_model(arch: str, num_classes: int) -> nn.Module:
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
 def build_state(
@@ -34,7 +20,10 @@ def build_state(
 ) -> TrainState:
     """Model, optimizer and schedule for one rank, before any checkpoint is restored."""
     optim = config.optim
-    module = build_model(optim.arch, num_classes).to(device)
+    module = build_model(optim.arch, num_classes)
+    if optim.weights is not None:
+        print(load_weights(module, optim.weights), flush=True)
+    module = module.to(device)
     if optim.channels_last:
         module = module.to(memory_format=torch.channels_last)
     model: nn.Module = module
