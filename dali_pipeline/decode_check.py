@@ -5,7 +5,9 @@ a later pipeline of the same process (seen here: SIGSEGV in ``Pipeline.build`` a
 of the next check), and a decoder that crashes on a record must be a finding, not the end of
 ``verify``. The child decodes records in batches; a batch that fails is checked again one record at a
 time, and after any failure the child is replaced by a fresh one, so every bad record is named and no
-pipeline runs in a process where one has failed.
+pipeline runs in a process where one has failed. What the decoder prints while it decodes (libjpeg's
+"Corrupt JPEG data: ..." warnings: the image decodes, part of it lost) is captured from the child's
+stderr and, through ``on_warning``, attributed to its record the same way.
 
 Memory stays bounded: the parent reads each record's size from its header first (``lmdb_io.imagecheck``),
 reports a record too large to decode without sending it, and closes a batch before its pixels would
@@ -15,7 +17,9 @@ exceed ``BATCH_PIXELS``.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterable, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +35,9 @@ from .compat import no_exif_rotation
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
-# The child's answer to one batch: None if every record decoded, else the DALI error's first line.
-Answer = str | None
+# The child's answer to one batch: None if every record decoded, else the DALI error's first line; and
+# what the decoder printed meanwhile
+Answer = tuple[str | None, str]
 
 # Pixels per batch handed to DALI (read at each call): one record at the cap, or many smaller ones; about
 # 0.5 GB of decoded RGB. A record whose size cannot be read from its header counts as a full batch.
@@ -62,9 +67,20 @@ def _child(path: str, batch_size: int, num_threads: int, conn: Connection) -> No
         encoded = fn.external_source(name="encoded", dtype=types.UINT8)
         return fn.decoders.image(encoded, device="cpu", output_type=types.RGB, **no_exif_rotation("decoders__Image"))
 
+    printed = tempfile.TemporaryFile()
+    os.dup2(printed.fileno(), 2)  # the decoder's own messages (libjpeg writes to stderr), read per batch
     db = ImageDatabase(path)
     pipe = decode()
     pipe.build()
+    seen = os.lseek(2, 0, os.SEEK_END)
+
+    def said() -> str:
+        nonlocal seen
+        end = os.lseek(2, 0, os.SEEK_END)
+        text = os.pread(2, end - seen, seen).decode(errors="replace") if end > seen else ""
+        seen = end
+        return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
     while True:
         indices = conn.recv()
         if indices is None:
@@ -73,9 +89,9 @@ def _child(path: str, batch_size: int, num_threads: int, conn: Connection) -> No
             pipe.feed_input("encoded", [np.frombuffer(db.read(i)[0], dtype=np.uint8) for i in indices])
             pipe.run()
         except RuntimeError as exc:
-            conn.send(_reason(exc))
+            conn.send((_reason(exc), said()))
             return  # a process in which a pipeline failed runs no further pipeline
-        conn.send(None)
+        conn.send((None, said()))
 
 
 class _Worker:
@@ -116,7 +132,12 @@ class _Crashed(Exception):
 
 
 def undecodable_records(
-    db: ImageDatabase, indices: Iterable[int], num_threads: int = 2, *, batch_size: int = 64
+    db: ImageDatabase,
+    indices: Iterable[int],
+    num_threads: int = 2,
+    *,
+    batch_size: int = 64,
+    on_warning: Callable[[int, str], None] | None = None,
 ) -> list[tuple[int, str]]:
     """(index, reason) for each record among ``indices`` that DALI's CPU decoder rejects or crashes on, or
     that is too large to decode (reported from its header, never decoded), sorted by index.
@@ -136,19 +157,22 @@ def undecodable_records(
         try:
             answer = worker.check(chunk)
         except _Crashed as exc:
-            answer = str(exc)
-        if answer is not None:
+            answer = (str(exc), "")
+        if answer[0] is not None:
             worker.close()
             worker = None
         return answer
 
     def check(chunk: list[int]) -> None:
-        if ask(chunk) is None:
+        reason, printed = ask(chunk)
+        if reason is None and (not printed or on_warning is None):
             return
         for i in chunk:
-            reason = ask([i])
+            reason, printed = ask([i]) if len(chunk) > 1 else (reason, printed)
             if reason is not None:
                 bad.append((i, f"record {db.key(i).decode()}: does not decode with DALI's CPU decoder ({reason})"))
+            elif printed and on_warning is not None:
+                on_warning(i, printed)
 
     chunk: list[int] = []
     chunk_pixels = 0

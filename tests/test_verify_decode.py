@@ -150,3 +150,32 @@ def test_dali_check_batches_are_bounded_in_pixels(val_db: Path, monkeypatch: pyt
     assert len(batches) > 1
     for batch in batches:
         assert len(batch) == 1 or sum(pixels[i] for i in batch) <= budget, (batch, budget)
+
+
+@needs_dali
+def test_a_decoder_warning_names_its_record(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A JPEG whose scan ends early (an end-of-image marker after part of its data) decodes, part of it
+    grey: libjpeg says "Corrupt JPEG data: premature end of data segment" on stderr. verify names the
+    record and its path in a warning line; it is no failure, and nothing reaches stderr unattributed."""
+    import io
+
+    import numpy as np
+    from conftest import convert
+
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    encoded = io.BytesIO()
+    Image.fromarray(pixels).save(encoded, "JPEG", quality=90)
+    whole = encoded.getvalue()
+    (tmp_path / "tree" / "a").mkdir(parents=True)
+    (tmp_path / "tree" / "a" / "good.jpg").write_bytes(whole)
+    (tmp_path / "tree" / "a" / "short.jpg").write_bytes(whole[: whole.find(b"\xff\xda") + 200] + b"\xff\xd9")
+    convert(tmp_path / "tree", tmp_path / "db")
+    capfd.readouterr()
+    result = lmdb_io_cli("verify", str(tmp_path / "db"), "--decode", "-q")
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    short = open_database(tmp_path / "db").paths().index("a/short.jpg")
+    key = open_database(tmp_path / "db").key(short).decode()
+    (warning,) = [line for line in result.stdout.splitlines() if line.strip().startswith("warning:")]
+    assert f"record {key}" in warning and "premature end of data segment" in warning and "[a/short.jpg]" in warning
+    assert "1 with warnings" in result.stdout
+    assert "Corrupt JPEG" not in capfd.readouterr().err
