@@ -53,17 +53,19 @@ def contender(args: argparse.Namespace, d: Data, key: str) -> Contender:
     import torch
 
     assert d.db is not None  # run_check runs the rows that need "db" only once it is built
-    if key == "torch":
+    kind = key.split("-")[0]  # dali, memory or torch
+    if kind == "torch":
         device = torch.device("cpu") if args.cpu else torch.device("cuda", 0)
-        options = dict(workers=args.torch_workers, device=device, channels_last=True, dtype=torch.float16)
-        return Contender(key, "", "", ours.loader("torch", d.db, args.batch, args.crop, **options))
-    load = float(key.rsplit("-hw", 1)[1])
-    if key.startswith("memory"):
-        memory = ours.memory_source(d.db, d.length, args.batch)
-        options = dali_options(args, 0, load)
-        return Contender(key, "", "", ours.loader("memory", d.db, args.batch, args.crop, memory=memory, **options))
-    options = dali_options(args, int(key.split("-w")[1].split("-")[0]), load)
-    return Contender(key, "", "", ours.loader("dali", d.db, args.batch, args.crop, **options))
+        options: dict[str, Any] = dict(
+            workers=args.torch_workers, device=device, channels_last=True, dtype=torch.float16
+        )
+    elif kind == "memory":
+        options = dali_options(args, 0, float(key.rsplit("-hw", 1)[1]))
+        options["memory"] = ours.memory_source(d.db, d.length, args.batch)
+    else:
+        workers, load = key.removeprefix("dali-w").split("-hw")
+        options = dali_options(args, int(workers), float(load))
+    return Contender(key, "", "", ours.loader(kind, d.db, args.batch, args.crop, **options))
 
 
 def torch_warmup(args: argparse.Namespace) -> int:
