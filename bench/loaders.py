@@ -7,6 +7,7 @@ Example: ``python -m bench.loaders --images 1000 --runs 3 --batch 64 --json benc
 """
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -29,13 +30,11 @@ SampleInfo = namedtuple("SampleInfo", "idx_in_epoch epoch_idx")  # what the sour
 
 def check_same_samples(a: Callable, b: Callable, count: int) -> None:
     """Two sources must give the same bytes, labels, indices and padding for the same sample infos."""
-    for epoch in (0, 1):
-        for i in range(count):
-            for name, x, y in zip(
-                ("bytes", "label", "index", "padding"), a(SampleInfo(i, epoch)), b(SampleInfo(i, epoch)), strict=True
-            ):
-                if not np.array_equal(np.asarray(x), np.asarray(y)):
-                    raise BenchError(f"sources differ at epoch {epoch}, sample {i}: {name}")
+    for epoch, i in itertools.product((0, 1), range(count)):
+        info = SampleInfo(i, epoch)
+        for name, x, y in zip(("bytes", "label", "index", "padding"), a(info), b(info), strict=True):
+            if not np.array_equal(np.asarray(x), np.asarray(y)):
+                raise BenchError(f"sources differ at epoch {epoch}, sample {i}: {name}")
 
 
 def time_source(source: Callable, samples: int, repeats: int = 3) -> float:

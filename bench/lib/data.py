@@ -60,7 +60,6 @@ def convert_cmd(root: Path, out: Path, *extra: str, quiet: bool = True) -> list[
 
 
 def convert(root: Path, out: Path, *flags: str) -> Path:
-    """``convert.py`` of ``root`` into ``out`` (replaced), as a subprocess."""
     remove(out)
     run_checked(convert_cmd(root, out, *flags))
     return out

@@ -86,7 +86,6 @@ def train_row(what: str, flags: list[str], out: Path, timeout: float | None = No
 
 
 def variant_flags(variant: str, db: Path | None) -> list[str]:
-    """train.py's data flags of the speed rows: ``synthetic``, or ``dali``/``torch`` from the LMDB ``db``."""
     return ["--synthetic"] if variant == "synthetic" else ["--loader", variant, "--lmdb", "--train", str(db)]
 
 

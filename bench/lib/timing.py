@@ -38,7 +38,6 @@ def _tree(pid: int | None = None) -> list[psutil.Process]:
 
 
 def _sum(procs: list[psutil.Process], measure: Callable[[psutil.Process], float]) -> float:
-    """``measure`` summed over ``procs``, leaving out those gone meanwhile."""
     total = 0.0
     for proc in procs:
         try:
@@ -154,9 +153,8 @@ DATALOADER_PREFETCH = 2  # torch DataLoader's prefetch_factor default, which lmd
 
 
 def untimed_batches(held: int, base: int) -> int:
-    """Batches to leave untimed at an epoch's start: at least ``base``, and every batch the loader may have
-    finished before the first is taken (``held``) plus one, so the clock never counts work done before it
-    started."""
+    """Batches to leave untimed at an epoch's start: at least ``base``, and more than the ``held`` batches a
+    loader may have finished before the first is taken (work done before the clock started)."""
     return max(base, held + 1)
 
 
@@ -191,7 +189,6 @@ class Rounds:
         return bool(self.timings.get(key))
 
     def dtypes(self) -> dict[str, set[str]]:
-        """The image dtypes each contender delivered (one each, where all is well)."""
         return {k: {t.dtype for t in ts} for k, ts in self.timings.items()}
 
     def first_batch(self, key: str) -> tuple[float, float]:
@@ -211,7 +208,6 @@ class Rounds:
         return statistics.median(self.timings[num][r].rate / self.timings[den][r].rate for r in self.used)
 
     def spread(self, key: str) -> str:
-        """``median (min-max)`` images/s, or the one figure of a single round."""
         rates = self.rates(key)
         median = statistics.median(rates)
         return f"{median:,.0f}" if len(rates) == 1 else f"{median:,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"

@@ -22,7 +22,6 @@ def dali_options(args: argparse.Namespace, workers: int, load: float) -> dict[st
 
 
 def rows(args: argparse.Namespace, d: Data) -> list[Check]:
-    """DALI per load x workers and the in-memory source per load, the LMDB cost, the torchvision loader."""
     decode, found = "CPU decode (--cpu)" if args.cpu else "mixed decode", []
     needs = ("torch", "gpu", "lmdb", "dali", "db")
 
@@ -53,19 +52,17 @@ def contender(args: argparse.Namespace, d: Data, key: str) -> Contender:
     import torch
 
     assert d.db is not None  # run_check runs the rows that need "db" only once it is built
-    kind = key.split("-")[0]  # dali, memory or torch
-    if kind == "torch":
+    if key == "torch":
         device = torch.device("cpu") if args.cpu else torch.device("cuda", 0)
-        options: dict[str, Any] = dict(
-            workers=args.torch_workers, device=device, channels_last=True, dtype=torch.float16
-        )
-    elif kind == "memory":
-        options = dali_options(args, 0, float(key.rsplit("-hw", 1)[1]))
-        options["memory"] = ours.memory_source(d.db, d.length, args.batch)
-    else:
-        workers, load = key.removeprefix("dali-w").split("-hw")
-        options = dali_options(args, int(workers), float(load))
-    return Contender(key, "", "", ours.loader(kind, d.db, args.batch, args.crop, **options))
+        options = dict(workers=args.torch_workers, device=device, channels_last=True, dtype=torch.float16)
+        return Contender(key, "", "", ours.loader("torch", d.db, args.batch, args.crop, **options))
+    load = float(key.rsplit("-hw", 1)[1])
+    if key.startswith("memory"):
+        memory = ours.memory_source(d.db, d.length, args.batch)
+        options = dali_options(args, 0, load)
+        return Contender(key, "", "", ours.loader("memory", d.db, args.batch, args.crop, memory=memory, **options))
+    options = dali_options(args, int(key.split("-w")[1].split("-")[0]), load)
+    return Contender(key, "", "", ours.loader("dali", d.db, args.batch, args.crop, **options))
 
 
 def torch_warmup(args: argparse.Namespace) -> int:

@@ -49,7 +49,6 @@ class Peer:
     loader: Callable[[Path, int, int, int], Make]
 
     def missing(self) -> str | None:
-        """Why the peer cannot run here (a package it needs is not installed), or None."""
         absent = [p for p in self.packages if not _installed(p)]
         return f"not run: {', '.join(absent)} not installed (pip install '.[bench]')" if absent else None
 
@@ -87,8 +86,6 @@ class Batches:
 
 
 class SizedBatches(Batches):
-    """``Batches`` of a loader that announces its length (FFCV's ``Loader``)."""
-
     def __len__(self) -> int:
         return len(self.inner)
 
@@ -188,7 +185,6 @@ def _litdata_item(sample: tuple[int, str, int]) -> dict[str, Any]:
 
 
 def litdata_build(samples: Samples, out: Path, workers: int = 0) -> Path:
-    """``out``: a LitData dataset directory holding each file's bytes, label and index."""
     import litdata
 
     inputs = [(i, str(f), label) for i, (f, label) in enumerate(zip(samples.files, samples.labels, strict=True))]
@@ -221,7 +217,6 @@ class _LitDataDecode:
 
 
 def litdata_loader(path: Path, batch: int, crop: int, workers: int) -> Make:
-    """A shuffled ``StreamingDataset`` over ``path`` in a ``StreamingDataLoader``."""
     from litdata import StreamingDataLoader, StreamingDataset
 
     def make(seed: int) -> Iterable[Any]:
@@ -248,7 +243,6 @@ def _wds_key(key: str) -> int:
 
 
 def wds_loader(path: Path, batch: int, crop: int, workers: int) -> Make:
-    """``WebDataset`` over the shards under ``path`` (shard and sample shuffling) in a ``DataLoader``."""
     import webdataset as wds
     from torchvision import transforms
 
