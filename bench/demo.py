@@ -65,7 +65,7 @@ def loader_only(kind: str, db: Path, batch: int, crop: int, epochs: int = 2) -> 
 
 
 def train(kind: str, dbs: tuple[Path, Path], work: Path, args: argparse.Namespace) -> Row:
-    flags = runlog.fit_flags(kind, dbs, args.arch, args.epochs, args.batch, args.crop, args.lr)
+    flags = runlog.fit_flags(kind, dbs, args.arch, args)
     flags += ["--warmup-epochs", "0.5"]
     print(f"$ {sys.executable} train.py {' '.join(flags)} --output-dir {work / f'run-{kind}'}", flush=True)
     row = runlog.train_row(kind, flags, work / f"run-{kind}")

@@ -71,8 +71,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     a("--dali-threads", type=n, default=min(8, cores), help=f"DALI CPU threads (min(8, cores) = {min(8, cores)})")
     a("--torch-workers", type=n, default=cores, help=f"DataLoader workers, loader rows and train.py -j ({cores})")
     a("--runs", type=n, default=1, help="loader-only epochs per row, median reported (default 1)")
-    warm = "untimed loader-only batches per epoch (default 5; the torchvision row: at least --torch-workers x 2 + 1)"
-    a("--warmup-batches", type=n, help=warm)
+    a("--warmup-batches", type=n, help="untimed batches per loader-only epoch (5; torchvision: >= workers x 2 + 1)")
     a("--budget", type=float, help="seconds for the whole run, test tier included; rows that would not fit are not run")
     a("--tests-budget", type=float, help=f"seconds for the gpu test tier ({tier.GPU_TESTS}, run first; 0: not run)")
     a("--row-budget", type=float, help="seconds for each loader-only row's process, killed after (default 120)")

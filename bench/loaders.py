@@ -7,10 +7,12 @@ Example: ``python -m bench.loaders --images 1000 --runs 3 --batch 64 --json benc
 """
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
 import time
+from collections import namedtuple
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,27 +20,21 @@ from typing import Any
 import numpy as np
 
 from bench.lib import BenchError, comparison, data, entry, machine, ours
+from bench.lib.comparison import rate_row, ratio_row
 from bench.lib.peers import FLOAT, PEERS, Samples
 from bench.lib.table import Row, Table, yes_no
 from bench.lib.timing import DATALOADER_PREFETCH, Contender, Rounds, run_rounds
 
-
-class SampleInfo:
-    """The two fields of ``nvidia.dali.types.SampleInfo`` that the sources read."""
-
-    def __init__(self, idx_in_epoch: int, epoch_idx: int) -> None:
-        self.idx_in_epoch, self.epoch_idx = idx_in_epoch, epoch_idx
+SampleInfo = namedtuple("SampleInfo", "idx_in_epoch epoch_idx")  # what the sources read of DALI's SampleInfo
 
 
 def check_same_samples(a: Callable, b: Callable, count: int) -> None:
     """Two sources must give the same bytes, labels, indices and padding for the same sample infos."""
-    for epoch in (0, 1):
-        for i in range(count):
-            for name, x, y in zip(
-                ("bytes", "label", "index", "padding"), a(SampleInfo(i, epoch)), b(SampleInfo(i, epoch)), strict=True
-            ):
-                if not np.array_equal(np.asarray(x), np.asarray(y)):
-                    raise BenchError(f"sources differ at epoch {epoch}, sample {i}: {name}")
+    for epoch, i in itertools.product((0, 1), range(count)):
+        info = SampleInfo(i, epoch)
+        for name, x, y in zip(("bytes", "label", "index", "padding"), a(info), b(info), strict=True):
+            if not np.array_equal(np.asarray(x), np.asarray(y)):
+                raise BenchError(f"sources differ at epoch {epoch}, sample {i}: {name}")
 
 
 def time_source(source: Callable, samples: int, repeats: int = 3) -> float:
@@ -99,29 +95,21 @@ def contenders(db: Path, memory: Any, args: argparse.Namespace, built: compariso
 def build_rows(found: Sequence[Contender], rounds: Rounds, source_us: dict[str, float]) -> list[Row]:
     """Per-row ratios are medians of per-round ratios (the contenders of a round ran together)."""
     by_key = {c.key: c for c in found}
+    vs_torch = {key: rounds.median_ratio(key, "torch") for key in by_key}
     dali_keys = [k for k in by_key if k.startswith("dali_lmdb")]
     rows = []
-
-    def row(key: str, ratio: str, target: str = "", met: str = "") -> Row:
-        c, first = by_key[key], comparison.first_batch(rounds, key)
-        row = Row(c.what, c.how, rounds.spread(key), rounds.median_rate(key), ratio=ratio, first_batch=first)
-        row.target, row.met = target, met
-        return row
-
     for key in dali_keys:
-        ratio = rounds.median_ratio(key, "torch")
         extra = "" if key == "dali_lmdb_w0" else f"; {rounds.median_ratio(key, 'dali_lmdb_w0'):.2f}x vs py_workers=0"
-        rows.append(row(key, f"{ratio:.2f}x vs torch{extra}", ">= 1.8x vs torch", yes_no(ratio >= 1.8)))
+        said = f"{vs_torch[key]:.2f}x vs torch{extra}"
+        rows.append(rate_row(rounds, by_key[key], said, target=">= 1.8x vs torch", met=yes_no(vs_torch[key] >= 1.8)))
     gain = rounds.median_ratio("dali_lmdb_w0", "dali_ops_lmdb_w0")
-    said = f"{rounds.median_ratio('dali_ops_lmdb_w0', 'torch'):.2f}x vs torch; the fused graph is {gain:.2f}x it"
-    rows.append(row("dali_ops_lmdb_w0", said, "(reference)"))
-    rows.append(row("torch", "1.00x", "baseline"))
-    best = max(dali_keys, key=lambda key: rounds.median_ratio(key, "torch"))
-    ratio = rounds.median_ratio(best, "torch")
-    result = f"{rounds.median_rate(best):,.0f} / {rounds.median_rate('torch'):,.0f}"
-    what, how = "DALI / torch: best DALI LMDB setting", f"`{best}` / `torch`, same cores, per-round ratio"
-    rows.append(Row(what, how, result, ratio=f"{ratio:.2f}x", target=">= 1.8x", met=yes_no(ratio >= 1.8)))
-    rows.append(row("dali_memory_w0", f"{rounds.median_ratio('dali_memory_w0', 'torch'):.2f}x vs torch", "(reference)"))
+    said = f"{vs_torch['dali_ops_lmdb_w0']:.2f}x vs torch; the fused graph is {gain:.2f}x it"
+    rows.append(rate_row(rounds, by_key["dali_ops_lmdb_w0"], said, target="(reference)"))
+    rows.append(rate_row(rounds, by_key["torch"], "1.00x", target="baseline"))
+    best = max(dali_keys, key=vs_torch.__getitem__)
+    rows.append(ratio_row(rounds, "DALI / torch: best DALI LMDB setting", best, "torch", 1.8))
+    said = f"{vs_torch['dali_memory_w0']:.2f}x vs torch"
+    rows.append(rate_row(rounds, by_key["dali_memory_w0"], said, target="(reference)"))
     cost = rounds.median_ratio("dali_memory_w0", "dali_lmdb_w0") - 1  # extra time per image from the LMDB
     result = f"{rounds.median_rate('dali_lmdb_w0'):,.0f} vs {rounds.median_rate('dali_memory_w0'):,.0f}"
     how = "time per image: LMDB (py_workers=0) / memory - 1, per round"
@@ -154,7 +142,7 @@ def run(args: argparse.Namespace, work: Path) -> Table:
     options = {k: getattr(args, k) for k in ("cores", "max_foreign", "extra_runs", "quiet_wait", "warmup_rounds")}
     expected = ours.plan_indices(length, args.batch)
     rounds = run_rounds(own + compared, args.runs, args.batch, args.warmup_batches, expected, log=log, **options)
-    want = {str(torch_dtype(FLOAT))}
+    want = {f"torch.{FLOAT.split()[0]}"}  # as torch names it
     for key, found in rounds.dtypes().items():
         if found != want:
             raise BenchError(f"{key} delivered {', '.join(sorted(found))} images, not {FLOAT}: the rows would differ")
@@ -176,13 +164,6 @@ def run(args: argparse.Namespace, work: Path) -> Table:
     rows.append(comparison.first_batch_row(rounds, "dali_lmdb_w0"))
     title = "Loaders alone: DALI CPU vs torchvision, FFCV, LitData, WebDataset"
     return Table(title, header, rows, raw, {"result": "images/s"})
-
-
-def torch_dtype(what: str) -> Any:
-    """``FLOAT``'s dtype as torch names it (``float32 CHW`` -> ``torch.float32``)."""
-    import torch
-
-    return getattr(torch, what.split()[0])
 
 
 def parse_workers(text: str) -> list[int]:

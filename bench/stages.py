@@ -1,10 +1,9 @@
 """Where the DALI CPU train pipeline's time goes: the product's train graph cut after each of its stages.
 
-Each cut (``dali_pipeline.pipelines.train_stages``, with DALI's resize and with the fused operator, plus a
-full-frame decode for reference) is fed whole batches of the same in-memory JPEGs, cuts interleaved round by
-round, the first untimed; a stage's cost is the CPU time per image its cut adds to the previous one's. On the
-JPEGs as they are and through ``convert.py --max-size 256 --quality 90``. Example:
-``python -m bench.stages --images 512 --runs 5``
+Each cut (``dali_pipeline.pipelines.train_stages``, DALI's resize or the fused operator; a full-frame decode
+for reference) runs on the same in-memory JPEGs, as they are and through ``convert.py --max-size 256
+--quality 90``, cuts interleaved, round 0 untimed; a stage costs the CPU time per image its cut adds to the
+previous one's. Example: ``python -m bench.stages --images 512 --runs 5``
 """
 
 import argparse
@@ -27,12 +26,9 @@ GRAPHS = {"DALI's resize": False, "fused resize": True}  # label: PipelineOption
 REFERENCE = "full-frame decode (reference)"
 
 
-def build_cuts(
-    payloads: list[np.ndarray], batch: int, threads: int, fused: bool = True, reference: bool = True
-) -> dict[str, Any]:
-    """One built CPU pipeline per cut, in the graph's order: the reference (unless ``reference`` is off: it
-    does not depend on the graph), then each train stage; ``fused``: the graph with the fused resize
-    operator (raises ``RuntimeError`` saying why where it is unavailable)."""
+def build_cuts(payloads: list[np.ndarray], batch: int, threads: int, fused: bool, reference: bool) -> dict[str, Any]:
+    """A built CPU pipeline per cut in the graph's order: the reference (where ``reference``), each train stage;
+    ``fused``: the graph with the fused resize operator (``RuntimeError`` saying why where it is unavailable)."""
     from nvidia.dali import fn, pipeline_def
 
     from dali_pipeline import fused_resize
@@ -64,11 +60,9 @@ def build_cuts(
     return {name: cut(name) for name in ((REFERENCE,) if reference else ()) + names}
 
 
-def time_cuts(
-    cuts: dict[str, Any], runs: int, iterations: int, batch: int, cores: int, quiet: Callable[[], float]
-) -> dict:
-    """Per cut: images/s and CPU microseconds per image (this process: DALI's threads) of each timed round
-    (round 0 untimed), and the share of the CPUs others took while cuts were timed."""
+def time_cuts(cuts: dict[str, Any], runs: int, iterations: int, batch: int, cores: int, quiet: Callable) -> dict:
+    """Per cut: images/s and CPU microseconds per image (this process: DALI's threads) of each timed round,
+    and the share of the CPUs others took while cuts were timed."""
     found: dict[str, dict[str, list[float]]] = {name: {"rate": [], "cpu_us": []} for name in cuts}
     others = []
     for r in range(runs + 1):
@@ -109,9 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--images", type=positive, default=512, help="JPEGs per data set (default 512)")
     p.add_argument("--runs", type=positive, default=5, help="timed rounds; medians are reported (default 5)")
     p.add_argument("--batch", type=positive, default=64, help="batch size (default 64)")
-    p.add_argument(
-        "--threads", type=positive, default=cores + 1, help=f"DALI CPU threads (default cores + 1, {cores + 1})"
-    )
+    p.add_argument("--threads", type=positive, default=cores + 1, help=f"DALI CPU threads (cores + 1, {cores + 1})")
     p.add_argument("--epochs", type=positive, default=2, help="passes over the data per timed round (default 2)")
     p.add_argument("--quiet-wait", type=float, default=30.0, help="wait up to this long for quiet before a cut (30)")
     data.add_common_flags(p)
@@ -145,8 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"cuts interleaved, {args.runs} timed rounds after an untimed one, medians; CPU time is this process's "
         f"(DALI's threads). Others' median share of the CPUs while a cut was timed: {shares}."
     )
-    table.headings = {"ratio": "stage's cost"}
-    table.raw = raw
+    table.headings, table.raw = {"ratio": "stage's cost"}, raw
     status = table.report(args.json)
     command = "python -m bench.stages " + " ".join(argv if argv is not None else sys.argv[1:])
     minutes = (time.monotonic() - started) / 60

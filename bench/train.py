@@ -21,7 +21,7 @@ LOADERS = ("dali", "torch")
 
 def one_run(loader: str, seed: int, dbs: tuple[Path, Path], out: Path, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
-    flags = runlog.fit_flags(loader, dbs, "resnet18", args.epochs, args.batch, args.crop, args.lr)
+    flags = runlog.fit_flags(loader, dbs, "resnet18", args)
     log = runlog.run_train([*flags, "--warmup-epochs", "1", "--seed", str(seed), "--device", "cpu"], out)
     per_epoch: dict[int, list[float]] = {}
     for e in runlog.events(log, "train"):

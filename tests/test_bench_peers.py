@@ -44,9 +44,9 @@ def rounds_of(*found: Contender, warmup_rounds: int = 0):  # type: ignore[no-unt
 
 
 def test_missing_package_is_a_not_run_reason() -> None:
-    peer = Peer("x", "X", "how", ("no_such_package_for_bench_xyz",), "ffcv_peer")
+    peer = Peer("X", "how", ("no_such_package_for_bench_xyz",), PEERS["ffcv"].build, PEERS["ffcv"].loader)
     assert peer.missing() == "not run: no_such_package_for_bench_xyz not installed (pip install '.[bench]')"
-    assert Peer("y", "Y", "how", ("json",), "ffcv_peer").missing() is None
+    assert Peer("Y", "how", ("json",), PEERS["ffcv"].build, PEERS["ffcv"].loader).missing() is None
 
 
 def test_a_blocked_package_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,7 +127,7 @@ def test_ffcv_stored_bytes_are_the_jpegs_it_decodes(tmp_path: Path) -> None:
     pytest.importorskip("ffcv", reason="ffcv is not installed (the bench extra)")
     from PIL import Image
 
-    from bench.lib.peers.ffcv_peer import stored_jpegs
+    from bench.lib.peers import stored_jpegs
     from lmdb_io.demo_images import make_image_folder
 
     make_image_folder(str(tmp_path / "tree"), classes=2, per_class=3)

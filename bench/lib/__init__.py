@@ -25,7 +25,6 @@ def entry(main: Callable[..., int]) -> Callable[..., int]:
 
 
 def last_line(text: str, limit: int = 240) -> str:
-    """The last non-blank line of ``text``, cut to ``limit`` characters."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     line = lines[-1] if lines else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -5,6 +5,7 @@ the reader is its ``ImageFolderLMDB.__getitem__`` minus image decoding.
 
 import os
 import pickle
+import sys
 from typing import Any
 
 import lmdb
@@ -16,7 +17,6 @@ WRITE_FREQUENCY = 5000
 
 
 def raw_reader(path: str) -> bytes:
-    """ImageFolder loader returning the file's encoded bytes."""
     with open(path, "rb") as f:
         return f.read()
 
@@ -78,8 +78,6 @@ class BaselineReader:
 
 def main() -> None:
     """``python -m bench.lib.baseline DATASET OUT``: run it as users ran folder2lmdb.py."""
-    import sys
-
     print(f"{folder2lmdb(sys.argv[1], sys.argv[2])} images -> {sys.argv[2]}")
 
 

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data, ours
-from .peers import PEERS, Samples
-from .peers.ffcv_peer import BATCHES_AHEAD as FFCV_BATCHES_AHEAD, JPEG_QUALITY as QUALITY, jpeg_bytes, stored_jpegs
+from .peers import FFCV_BATCHES_AHEAD, FFCV_QUALITY as QUALITY, PEERS, Samples, jpeg_bytes, stored_jpegs
 from .table import Row, yes_no
 from .timing import DATALOADER_PREFETCH, Contender, Rounds
 
@@ -121,23 +120,35 @@ def contenders(built: Built, batch: int, crop: int, workers: int, mine: Mine) ->
         peer = "ffcv" if key.startswith("ffcv") else key if key in PEERS else ""
         kind = "torch" if key.startswith("torch") else "dali"
         options, held, how = mine[kind]
+        c = Contender(key, WHAT[key], how, never, follows_plan=not peer, skip=skip, held=held)
         if peer:
-            held, how = FFCV_BATCHES_AHEAD if peer == "ffcv" else workers * DATALOADER_PREFETCH, PEERS[peer].how
-            how += f"; RGBImageField(write_mode='jpg', jpeg_quality={QUALITY})" * (peer == "ffcv")
-        if path is None:
-            found.append(Contender(key, WHAT[key], how, never, follows_plan=not peer, skip=skip))
-        elif peer:
-            make = PEERS[peer].loader(path, batch, crop, workers)
-            short = workers if key == "wds" else 0  # an IterableDataset: each worker drops its partial batch
-            found.append(Contender(key, WHAT[key], how, make, follows_plan=False, max_short=short, held=held))
-        else:
-            found.append(Contender(key, WHAT[key], how, ours.loader(kind, path, batch, crop, **options), held=held))
+            c.held = FFCV_BATCHES_AHEAD if peer == "ffcv" else workers * DATALOADER_PREFETCH
+            c.how = PEERS[peer].how + f"; RGBImageField(write_mode='jpg', jpeg_quality={QUALITY})" * (peer == "ffcv")
+            c.max_short = workers if key == "wds" else 0  # an IterableDataset: each worker drops its partial batch
+        if path is not None and peer:
+            c.make = PEERS[peer].loader(path, batch, crop, workers)
+        elif path is not None:
+            c.make = ours.loader(kind, path, batch, crop, **options)
+        found.append(c)
     return found
 
 
-def first_batch(rounds: Rounds, key: str) -> str:
-    cold, warm = rounds.first_batch(key)
-    return f"{cold:.2f} / {warm:.2f}"
+def rate_row(rounds: Rounds, c: Contender, ratio: str, how: str = "", **fields: str) -> Row:
+    """``c``'s row: images/s (median, min-max), ``ratio``, seconds to the first batch (cold / warm)."""
+    cold, warm = rounds.first_batch(c.key)
+    result, rate = rounds.spread(c.key), rounds.median_rate(c.key)
+    return Row(c.what, how or c.how, result, rate, ratio=ratio, first_batch=f"{cold:.2f} / {warm:.2f}", **fields)
+
+
+def ratio_row(rounds: Rounds, what: str, num: str, den: str, goal: float | None, why: str = "") -> Row:
+    """The per-round ratio of contender ``num``'s rate to ``den``'s, met where at least ``goal``; where either
+    did not run, ``why``."""
+    target, met = f">= {goal:.1f}x" if goal else "(info)", "not run" * bool(goal)
+    if not (rounds.ran(num) and rounds.ran(den)):
+        return Row(what, "per-round ratio of the two rows above", why or "not run", target=target, met=met)
+    ratio, result = rounds.median_ratio(num, den), f"{rounds.median_rate(num):,.0f} / {rounds.median_rate(den):,.0f}"
+    how, met = f"`{num}` / `{den}`, same cores, per-round ratio", yes_no(ratio >= goal) if goal else ""
+    return Row(what, how, result, ratio=f"{ratio:.2f}x", target=target, met=met)
 
 
 def rows(found: list[Contender], rounds: Rounds, ours: str, built: Built) -> list[Row]:
@@ -146,13 +157,10 @@ def rows(found: list[Contender], rounds: Rounds, ours: str, built: Built) -> lis
     for c in found:
         if c.skip:
             out.append(Row(c.what, c.how, c.skip, target="(info)"))
-            continue
-        size = built.nbytes.get(c.key if c.key != "torch_ffcv_full" else "lmdb_ffcv_full", 0)
-        how = f"{c.how}; {size / data.MB:,.1f} MB stored" if size else c.how
-        row = Row(c.what, how, rounds.spread(c.key), rounds.median_rate(c.key))
-        row.ratio = f"{rounds.median_ratio(c.key, ours):.2f}x vs DALI CPU (`{ours}`)"
-        row.first_batch = first_batch(rounds, c.key)
-        out.append(row)
+        else:
+            size = built.nbytes.get(c.key if c.key != "torch_ffcv_full" else "lmdb_ffcv_full", 0)
+            how = f"{c.how}; {size / data.MB:,.1f} MB stored" if size else c.how
+            out.append(rate_row(rounds, c, f"{rounds.median_ratio(c.key, ours):.2f}x vs DALI CPU (`{ours}`)", how))
     targets = [
         ("lmdb_ffcv_full", "ffcv_full", 1.1, "FFCV's exact q90 bytes"),
         ("lmdb_q90", "ffcv_full", 1.1, f"`convert.py {' '.join(CONVERT_FLAGS['lmdb_q90'])}`"),
@@ -161,17 +169,7 @@ def rows(found: list[Contender], rounds: Rounds, ours: str, built: Built) -> lis
     ]
     for num, den, goal, held in targets:
         what = f"DALI CPU / FFCV: {held} vs FFCV {'full resolution' if den == 'ffcv_full' else f'{FFCV_CAP} cap'}"
-        target = f">= {goal:.1f}x" if goal else "(info)"
-        if not (rounds.ran(num) and rounds.ran(den)):
-            why = built.skipped.get(num) or built.skipped.get(den, "not run")
-            met = "not run" if goal else ""
-            out.append(Row(what, "per-round ratio of the two rows above", why, target=target, met=met))
-            continue
-        ratio = rounds.median_ratio(num, den)
-        result = f"{rounds.median_rate(num):,.0f} / {rounds.median_rate(den):,.0f}"
-        row = Row(what, f"`{num}` / `{den}`, same cores, per-round ratio", result, ratio=f"{ratio:.2f}x")
-        row.target, row.met = target, yes_no(ratio >= goal) if goal else ""
-        out.append(row)
+        out.append(ratio_row(rounds, what, num, den, goal, built.skipped.get(num) or built.skipped.get(den, "")))
     return out
 
 

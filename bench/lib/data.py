@@ -2,6 +2,7 @@
 with convert.py, and the page cache warmed so every contender starts hot. Also the flags every suite takes."""
 
 import argparse
+import contextlib
 import math
 import os
 import shutil
@@ -9,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,28 +22,23 @@ MB = 1e6
 
 
 def positive(text: str) -> int:
-    """argparse type: an integer of at least 1."""
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return int(text)
 
 
 def add_common_flags(p: argparse.ArgumentParser, source: Path | None = HYMENOPTERA) -> None:
-    """``--source``, ``--workdir`` and ``--json``: every benchmark takes them."""
     p.add_argument("--source", type=Path, default=source, help=f"JPEG source tree (default {source})")
     p.add_argument("--workdir", type=Path, help="where trees, databases and runs go (default: a temp dir, deleted)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the table and every number as JSON")
 
 
-@contextmanager
+@contextlib.contextmanager
 def workdir(path: Path | None, prefix: str) -> Iterator[Path]:
     """``path`` (created), or a temp dir deleted afterwards."""
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        yield Path(tmp)
+    with tempfile.TemporaryDirectory(prefix=prefix) if path is None else contextlib.nullcontext(path) as found:
+        Path(found).mkdir(parents=True, exist_ok=True)
+        yield Path(found)
 
 
 def remove(path: Path) -> None:
@@ -65,7 +60,6 @@ def convert_cmd(root: Path, out: Path, *extra: str, quiet: bool = True) -> list[
 
 
 def convert(root: Path, out: Path, *flags: str) -> Path:
-    """``convert.py`` of ``root`` into ``out`` (replaced), as a subprocess; returns ``out``."""
     remove(out)
     run_checked(convert_cmd(root, out, *flags))
     return out
@@ -164,11 +158,8 @@ def generate_jpegs(root: Path, classes: int, per_class: int, procs: int = 1, see
         return root
     each = math.ceil(per_class / parts)
     with ProcessPoolExecutor(parts, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = [
-            pool.submit(make_image_folder, str(root / f"part{k:02d}"), classes, each, seed + k) for k in range(parts)
-        ]
-        for job in jobs:
-            job.result()
+        folders = [str(root / f"part{k:02d}") for k in range(parts)]
+        list(pool.map(make_image_folder, folders, [classes] * parts, [each] * parts, range(seed, seed + parts)))
     return root
 
 

@@ -69,7 +69,6 @@ def kind(info: dict[str, Any]) -> str:
 
 
 def line(info: dict[str, Any]) -> str:
-    """One line: GPU (driver, CUDA), CPU, cores, memory, versions."""
     gpu = ""
     if "gpu" in info:
         gpu = f"GPU {info['gpu']} ({info['gpu_memory_gib']} GiB, driver {info['driver']}, CUDA {info['cuda']}); "

@@ -8,7 +8,6 @@ Make = Callable[[int], Iterable[Any]]  # seed -> a fresh loader, one epoch
 
 
 def plan(length: int, batch: int, seed: int = 0) -> Any:
-    """The train ``RankPlan`` of one rank over ``length`` samples."""
     from lmdb_io.reading.plan import RankPlan
 
     return RankPlan(length, batch, seed=seed)
@@ -35,7 +34,6 @@ def plan_indices(length: int, batch: int) -> Callable[[int], list[int]]:
 
 
 def memory_source(db: Path, length: int, batch: int) -> Any:
-    """The database's samples copied into a ``MemorySource`` (the same bytes, no LMDB)."""
     from dali_pipeline.source import MemorySource
 
     return MemorySource.from_database(db, plan(length, batch))

@@ -13,7 +13,6 @@ PLACEHOLDER = "gpu not-measured"  # the GPU section until a GPU run writes its o
 
 
 def rewrite_section(kind: str, runner: str, body: str, path: Path = RESULTS) -> None:
-    """Replace the section ``kind runner`` of ``path`` with ``body`` (appended when new)."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     block = f"<!-- BEGIN {kind} {runner} -->\n{body.strip()}\n<!-- END {kind} {runner} -->"
     pattern = re.compile(

@@ -3,6 +3,7 @@
 step after it is an error (raise --max-steps or lower --print-freq).
 """
 
+import argparse
 import json
 import os
 import signal
@@ -85,17 +86,14 @@ def train_row(what: str, flags: list[str], out: Path, timeout: float | None = No
 
 
 def variant_flags(variant: str, db: Path | None) -> list[str]:
-    """train.py's data flags of the speed rows: ``synthetic``, or ``dali``/``torch`` from the LMDB ``db``."""
     return ["--synthetic"] if variant == "synthetic" else ["--loader", variant, "--lmdb", "--train", str(db)]
 
 
-def fit_flags(
-    loader: str, dbs: tuple[Path, ...], arch: str, epochs: int, batch: int, crop: int, lr: float
-) -> list[str]:
-    """train.py's flags to train ``arch`` on ``dbs`` (train, val) and validate every epoch (val resize crop*8/7)."""
+def fit_flags(loader: str, dbs: tuple[Path, ...], arch: str, args: argparse.Namespace) -> list[str]:
+    """train.py's flags to fit ``arch`` on ``dbs`` (train, val), validating every epoch (val resize crop*8/7)."""
     flags = ["--loader", loader, "--lmdb", "--train", str(dbs[0]), "--val", str(dbs[1]), "-a", arch]
-    flags += ["--epochs", str(epochs), "-b", str(batch), "--crop-size", str(crop), "--lr", str(lr)]
-    return flags + ["--val-resize", str(crop * 8 // 7), "--print-freq", "5"]
+    flags += ["--epochs", str(args.epochs), "-b", str(args.batch), "--crop-size", str(args.crop), "--lr", str(args.lr)]
+    return flags + ["--val-resize", str(args.crop * 8 // 7), "--print-freq", "5"]
 
 
 def ratios_to_synthetic(rows: list[Row]) -> None:

@@ -53,7 +53,7 @@ class Table:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"title": self.title, "header": self.header, "rows": [asdict(r) for r in self.rows], "raw": self.raw}
-        doc["headings"] = self.headings
+        doc |= {"headings": self.headings}
         path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
 
     @classmethod

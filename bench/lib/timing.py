@@ -37,29 +37,26 @@ def _tree(pid: int | None = None) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
+def _sum(procs: list[psutil.Process], measure: Callable[[psutil.Process], float]) -> float:
+    total = 0.0
+    for proc in procs:
+        try:
+            total += measure(proc)
+        except psutil.Error:
+            pass
+    return total
+
+
+def _cpu(proc: psutil.Process) -> float:
+    c = proc.cpu_times()
+    return c.user + c.system + c.children_user + c.children_system
+
+
 def cpu_snapshot() -> tuple[float, float]:
     """(busy CPU seconds of the whole machine, CPU seconds of this process tree), both cumulative; the tree
     counts its reaped children too (children_user/system), so a worker that exits keeps counting."""
     t = psutil.cpu_times()
-    busy = sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
-    own = 0.0
-    for proc in _tree():
-        try:
-            c = proc.cpu_times()
-            own += c.user + c.system + c.children_user + c.children_system
-        except psutil.Error:  # gone meanwhile
-            pass
-    return busy, own
-
-
-def descendants_rss(pid: int) -> int:
-    total = 0
-    for proc in _tree(pid)[1:]:
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
+    return sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal")), _sum(_tree(), _cpu)
 
 
 def peak_rss(cmd: Sequence[str]) -> tuple[int, int]:
@@ -68,14 +65,14 @@ def peak_rss(cmd: Sequence[str]) -> tuple[int, int]:
     proc = subprocess.Popen(
         [sys.executable, "-c", RUSAGE_WRAPPER, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO
     )
-    peak = 0
+    peak = 0.0
     while proc.poll() is None:
-        peak = max(peak, descendants_rss(proc.pid))
+        peak = max(peak, _sum(_tree(proc.pid)[1:], lambda p: p.memory_info().rss))
         time.sleep(POLL_SECONDS)
     out, err = proc.communicate()
     if proc.returncode:
         raise BenchError(f"{' '.join(cmd)} failed ({proc.returncode}): {last_line(err.decode())}")
-    return peak, int(out.split()[-1]) * 1024
+    return int(peak), int(out.split()[-1]) * 1024
 
 
 @dataclass
@@ -110,38 +107,33 @@ def time_epoch(loader: Iterable[Any], batch_size: int, warmup: int, sync: Sync, 
     ``built_at`` (perf_counter before the loader was built) gives the time to its first batch."""
     if warmup < 1:
         raise ValueError("warmup must be at least 1 batch (the clock starts on receiving one)")
-    started = last = None
-    first_at = built_at or time.perf_counter()
-    first_batch, dtype = 0.0, ""
-    cpu_start = cpu_last = (0.0, 0.0)
-    batches = images = 0
-    total = len(loader) if isinstance(loader, Sized) else None
-    indices: list[int] = []
+
+    def now() -> float:
+        if sync is not None:
+            sync()
+        return time.perf_counter()
+
+    first_at, total = built_at or time.perf_counter(), len(loader) if isinstance(loader, Sized) else None
+    t = EpochTiming(batches=0, images=0, seconds=0.0, own_cpu=0.0, foreign_cpu=0.0, indices=[])
+    start = last = None  # (perf_counter, cpu_snapshot()) at batch ``warmup`` and at the last batch timed
     for batch in loader:
-        batches += 1
-        if batches == 1:
-            if sync is not None:
-                sync()
-            first_batch = time.perf_counter() - first_at
-            dtype = str(batch.images.dtype)
+        t.batches += 1
+        if t.batches == 1:
+            t.first_batch, t.dtype = now() - first_at, str(batch.images.dtype)
         if len(batch.labels) != batch_size:
-            raise BenchError(f"batch {batches} holds {len(batch.labels)} samples, not {batch_size}")
-        indices += batch.indices.tolist()
-        images += batch_size if batches > warmup else 0
-        if batches == warmup or batches == total or (total is None and batches > warmup):
-            if sync is not None:
-                sync()
-            last, cpu_last = time.perf_counter(), cpu_snapshot()
-            if batches == warmup:
-                started, cpu_start = last, cpu_last
-    if started is None or last is None or images == 0:
-        raise BenchError(f"an epoch of {batches} batches leaves none to time after {warmup} warm-up batches")
-    if total is not None and batches != total:
-        raise BenchError(f"the loader announced {total} batches and delivered {batches}")
-    own = cpu_last[1] - cpu_start[1]
-    return EpochTiming(
-        batches, images, last - started, own, cpu_last[0] - cpu_start[0] - own, indices, first_batch, dtype
-    )
+            raise BenchError(f"batch {t.batches} holds {len(batch.labels)} samples, not {batch_size}")
+        t.indices += batch.indices.tolist()
+        t.images += batch_size if t.batches > warmup else 0
+        if t.batches == warmup or t.batches == total or (total is None and t.batches > warmup):
+            last = now(), cpu_snapshot()
+            start = start or last
+    if start is None or last is None or t.images == 0:
+        raise BenchError(f"an epoch of {t.batches} batches leaves none to time after {warmup} warm-up batches")
+    if total is not None and t.batches != total:
+        raise BenchError(f"the loader announced {total} batches and delivered {t.batches}")
+    t.seconds, t.own_cpu = last[0] - start[0], last[1][1] - start[1][1]
+    t.foreign_cpu = last[1][0] - start[1][0] - t.own_cpu
+    return t
 
 
 def wait_for_quiet(cores: int, max_foreign: float, timeout: float, interval: float = 1.0) -> float:
@@ -161,9 +153,8 @@ DATALOADER_PREFETCH = 2  # torch DataLoader's prefetch_factor default, which lmd
 
 
 def untimed_batches(held: int, base: int) -> int:
-    """Batches to leave untimed at an epoch's start: at least ``base``, and every batch the loader may have
-    finished before the first is taken (``held``) plus one, so the clock never counts work done before it
-    started."""
+    """Batches to leave untimed at an epoch's start: at least ``base``, and more than the ``held`` batches a
+    loader may have finished before the first is taken (work done before the clock started)."""
     return max(base, held + 1)
 
 
@@ -198,7 +189,6 @@ class Rounds:
         return bool(self.timings.get(key))
 
     def dtypes(self) -> dict[str, set[str]]:
-        """The image dtypes each contender delivered (one each, where all is well)."""
         return {k: {t.dtype for t in ts} for k, ts in self.timings.items()}
 
     def first_batch(self, key: str) -> tuple[float, float]:
@@ -218,7 +208,6 @@ class Rounds:
         return statistics.median(self.timings[num][r].rate / self.timings[den][r].rate for r in self.used)
 
     def spread(self, key: str) -> str:
-        """``median (min-max)`` images/s, or the one figure of a single round."""
         rates = self.rates(key)
         median = statistics.median(rates)
         return f"{median:,.0f}" if len(rates) == 1 else f"{median:,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
@@ -229,11 +218,9 @@ class Rounds:
         used = [self.timings[k][r].foreign_share(self.cores) for k in self.timings for r in self.used]
         note = f"Others took {statistics.median(used):.0%} of the CPUs (median; max {max(used):.0%}) while timed"
         if self.disturbed:
-            counted = (
-                "COUNTED: too few quiet rounds, unreliable" if set(self.disturbed) & set(self.used) else "left out"
-            )
-            note += f"; {len(self.disturbed)} disturbed round(s) (> {self.max_foreign:.0%}, up to {max(share):.0%})"
-            note += f" {counted}"
+            unreliable = set(self.disturbed) & set(self.used)
+            note += f"; {len(self.disturbed)} disturbed round(s) (> {self.max_foreign:.0%}, up to {max(share):.0%}) "
+            note += "COUNTED: too few quiet rounds, unreliable" if unreliable else "left out"
         return note + "."
 
     def raw(self) -> dict[str, Any]:
@@ -264,10 +251,7 @@ def run_rounds(
     untimed ones. A round where others took more than ``max_foreign`` of the CPUs is disturbed; up to
     ``extra_runs`` more replace disturbed ones. Every epoch must deliver ``expected(seed)`` (see ``Contender``)."""
     active = [c for c in contenders if not c.skip]
-    timings: dict[str, list[EpochTiming]] = {c.key: [] for c in active}
-    warmups: dict[str, list[EpochTiming]] = {c.key: [] for c in active}
-    clean: list[int] = []
-    disturbed: list[int] = []
+    found = Rounds({c.key: [] for c in active}, [], [], max_foreign, cores, {c.key: [] for c in active})
 
     def one(c: Contender, seed: int) -> EpochTiming:
         built_at = time.perf_counter()
@@ -286,19 +270,19 @@ def run_rounds(
 
     for w in range(warmup_rounds):
         for c in active:
-            warmups[c.key].append(one(c, runs + extra_runs + w))
-            log(f"warm-up {w + 1} {c.key}: first batch after {warmups[c.key][-1].first_batch:.2f} s")
+            found.warmups[c.key].append(one(c, runs + extra_runs + w))
+            log(f"warm-up {w + 1} {c.key}: first batch after {found.warmups[c.key][-1].first_batch:.2f} s")
     for run in range(runs + extra_runs):
-        if len(clean) == runs:
+        if len(found.used) == runs:  # the clean rounds, until the end
             break
         if quiet_wait > 0:
             log(f"round {run + 1}: others take {wait_for_quiet(cores, max_foreign, quiet_wait):.0%} of the CPUs")
-        worst = 0.0
         for c in active:
             timing = one(c, run)
-            timings[c.key].append(timing)
-            worst = max(worst, timing.foreign_share(cores))
+            found.timings[c.key].append(timing)
             log(f"round {run + 1} {c.key}: {timing.rate:,.1f} img/s, others {timing.foreign_share(cores):.0%}")
-        (clean if worst <= max_foreign else disturbed).append(run)
-    used = clean if len(clean) == runs else sorted(clean + disturbed)
-    return Rounds(timings, used, disturbed, max_foreign, cores, warmups)
+        worst = max((found.timings[c.key][-1].foreign_share(cores) for c in active), default=0.0)
+        (found.used if worst <= max_foreign else found.disturbed).append(run)
+    if len(found.used) < runs:
+        found.used = sorted(found.used + found.disturbed)
+    return found

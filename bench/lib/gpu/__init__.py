@@ -21,7 +21,7 @@ class RowFailed(Exception):
 
 
 class RowTimedOut(Exception):
-    pass
+    """A row ran past its budget and was killed."""
 
 
 def describe(exc: BaseException) -> str:

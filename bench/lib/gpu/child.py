@@ -19,7 +19,6 @@ from . import RowFailed, RowTimedOut, describe
 
 
 def repo_env(cpu: bool = False) -> dict[str, str]:
-    """This environment with the repo first on PYTHONPATH; ``cpu`` hides every GPU."""
     pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": pythonpath, **({"CUDA_VISIBLE_DEVICES": ""} if cpu else {})}
 

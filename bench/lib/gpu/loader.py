@@ -22,7 +22,6 @@ def dali_options(args: argparse.Namespace, workers: int, load: float) -> dict[st
 
 
 def rows(args: argparse.Namespace, d: Data) -> list[Check]:
-    """DALI per load x workers and the in-memory source per load, the LMDB cost, the torchvision loader."""
     decode, found = "CPU decode (--cpu)" if args.cpu else "mixed decode", []
     needs = ("torch", "gpu", "lmdb", "dali", "db")
 
