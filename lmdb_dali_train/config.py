@@ -20,6 +20,8 @@ import torch
 from lmdb_io import is_database
 from lmdb_io.reading.resolution import ResolutionSchedule
 
+from .schedule import SCHEDULES
+
 
 class ConfigError(Exception):
     """A bad flag or path: reported as one line, exit code ``ExitCode.USAGE``."""
@@ -71,6 +73,7 @@ class OptimConfig:
     batch_size: int = 256
     lr: float = 0.1
     warmup_epochs: float = 1.0
+    lr_schedule: str = "cosine"
     momentum: float = 0.9
     wd: float = 1e-4
     label_smoothing: float = 0.0
@@ -85,6 +88,8 @@ class OptimConfig:
         for flag, value in (("--momentum", self.momentum), ("--label-smoothing", self.label_smoothing)):
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{flag} must be in [0, 1), not {value:g}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(f"--lr-schedule {self.lr_schedule}: one of {', '.join(SCHEDULES)}")
         if self.wd < 0 or self.warmup_epochs < 0:
             raise ConfigError(
                 f"--wd and --warmup-epochs must not be negative (--wd {self.wd:g}, --warmup-epochs "

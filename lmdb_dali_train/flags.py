@@ -150,9 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--warmup-epochs",
+        "--lr-peak-epoch",
         type=float,
         default=1.0,
-        help="linear warm-up from 0 over this many epochs, then cosine decay (default 1)",
+        dest="warmup_epochs",
+        help="epochs of linear warm-up, at whose end the lr peaks (--lr-peak-epoch: FFCV's name), then the "
+        "--lr-schedule decay (default 1)",
+    )
+    model.add_argument(
+        "--lr-schedule",
+        choices=("cosine", "triangular"),  # schedule.SCHEDULES (not imported here: it imports torch)
+        default="cosine",
+        help="cosine: warm-up from 0, then cosine decay to 0. triangular: FFCV's cyclic schedule, linear from "
+        "1e-4 x lr up to lr at --lr-peak-epoch, then linear down to 0 at the last step. Both move every step "
+        "and count samples seen, so a resume on another global batch continues (default cosine)",
     )
     model.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     model.add_argument("--wd", "--weight-decay", type=float, default=1e-4, dest="wd", help="weight decay (1e-4)")

@@ -53,6 +53,7 @@ def build_state(
         total_samples=optim.epochs * steps_per_epoch * global_batch,
         warmup_samples=int(optim.warmup_epochs * steps_per_epoch) * global_batch,
         global_batch=global_batch,
+        kind=optim.lr_schedule,
     )
     return TrainState(
         model=model,
