@@ -20,6 +20,7 @@ import torch
 from lmdb_io import is_database
 from lmdb_io.reading.resolution import ResolutionSchedule
 
+from .blurpool import applies_to as blurpool_applies_to
 from .schedule import SCHEDULES
 
 
@@ -74,8 +75,11 @@ class OptimConfig:
     lr: float = 0.1
     warmup_epochs: float = 1.0
     lr_schedule: str = "cosine"
+    opt: str = "sgd"
     momentum: float = 0.9
     wd: float = 1e-4
+    no_bn_weight_decay: bool = False
+    blurpool: bool = False
     label_smoothing: float = 0.0
     amp: str | None = None  # None: chosen by the device (amp_dtype)
     channels_last: bool = False
@@ -88,6 +92,12 @@ class OptimConfig:
         for flag, value in (("--momentum", self.momentum), ("--label-smoothing", self.label_smoothing)):
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{flag} must be in [0, 1), not {value:g}")
+        if self.opt not in ("sgd", "adamw"):
+            raise ConfigError(f"--opt {self.opt}: one of sgd, adamw")
+        if self.blurpool and not blurpool_applies_to(self.arch):
+            raise ConfigError(
+                f"--blurpool applies to torchvision ResNets (resnet*, resnext*, wide_resnet*), not --arch {self.arch}"
+            )
         if self.lr_schedule not in SCHEDULES:
             raise ConfigError(f"--lr-schedule {self.lr_schedule}: one of {', '.join(SCHEDULES)}")
         if self.wd < 0 or self.warmup_epochs < 0:

@@ -165,8 +165,28 @@ def build_parser() -> argparse.ArgumentParser:
         "1e-4 x lr up to lr at --lr-peak-epoch, then linear down to 0 at the last step. Both move every step "
         "and count samples seen, so a resume on another global batch continues (default cosine)",
     )
+    model.add_argument(
+        "--opt",
+        choices=("sgd", "adamw"),
+        default="sgd",
+        help="sgd: SGD with --momentum, --wd as L2 weight decay. adamw: AdamW (betas 0.9, 0.999), --wd as "
+        "decoupled weight decay, --momentum unused; it wants a far smaller --lr than SGD, e.g. --lr 0.00025 "
+        "(1e-3 at a global batch of 1024) with --wd 0.05 (default sgd)",
+    )
     model.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     model.add_argument("--wd", "--weight-decay", type=float, default=1e-4, dest="wd", help="weight decay (1e-4)")
+    model.add_argument(
+        "--no-bn-weight-decay",
+        action="store_true",
+        help="no weight decay on batch-norm layers' weights and biases (FFCV's recipe); other biases and the "
+        "classifier keep --wd",
+    )
+    model.add_argument(
+        "--blurpool",
+        action="store_true",
+        help="blur (3x3 binomial filter) the input of every strided convolution with 16 or more input "
+        "channels, as FFCV's ImageNet recipe does; torchvision ResNets only (resnet*, resnext*, wide_resnet*)",
+    )
     model.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (0)")
     model.add_argument(
         "--amp",

@@ -1,5 +1,5 @@
-"""The model and what trains it: a torchvision classifier (channels-last, DDP, compiled as asked), SGD
-with the linearly scaled learning rate and its schedule, the loss and the fp16 grad scaler."""
+"""The model and what trains it: a torchvision classifier (BlurPool, channels-last, DDP, compiled as asked),
+SGD or AdamW with the linearly scaled learning rate and its schedule, the loss and the fp16 grad scaler."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 import torchvision
 from torch import nn
 
-from .config import ConfigError, RunConfig
+from .blurpool import add_blurpool
+from .config import ConfigError, OptimConfig, RunConfig
 from .distributed import Placement
 from .engine import TrainState
 from .schedule import SamplesLR
@@ -24,8 +25,35 @@ def check_arch(arch: str) -> None:
         )
 
 
-def build_model(arch: str, num_classes: int) -> nn.Module:
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+def build_model(arch: str, num_classes: int, blurpool: bool = False) -> nn.Module:
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    if blurpool:  # config checked that it applies to arch
+        add_blurpool(model)
+    return model
+
+
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def param_groups(module: nn.Module, optim: OptimConfig) -> list[dict[str, object]]:
+    """The optimizer's parameter groups: one, decayed by --wd; with --no-bn-weight-decay always two (so a
+    checkpoint's group count does not depend on the model): every other parameter decayed, then the
+    batch-norm layers' weights and biases (found by module type) not decayed."""
+    params = list(module.parameters())
+    if not optim.no_bn_weight_decay:
+        return [{"params": params, "weight_decay": optim.wd}]
+    norms = {id(p) for m in module.modules() if isinstance(m, BATCH_NORMS) for p in m.parameters(recurse=False)}
+    return [
+        {"params": [p for p in params if id(p) not in norms], "weight_decay": optim.wd},
+        {"params": [p for p in params if id(p) in norms], "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(module: nn.Module, optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    groups = param_groups(module, optim)
+    if optim.opt == "adamw":  # decoupled weight decay; --momentum does not apply
+        return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum)
 
 
 def build_state(
@@ -33,7 +61,7 @@ def build_state(
 ) -> TrainState:
     """Model, optimizer and schedule for one rank, before any checkpoint is restored."""
     optim = config.optim
-    module = build_model(optim.arch, num_classes).to(device)
+    module = build_model(optim.arch, num_classes, optim.blurpool).to(device)
     if optim.channels_last:
         module = module.to(memory_format=torch.channels_last)
     model: nn.Module = module
@@ -45,9 +73,7 @@ def build_state(
         # given an nn.Module, torch.compile returns an OptimizedModule (an nn.Module); its stubs say Callable
         model = cast(nn.Module, torch.compile(model))
     global_batch = optim.global_batch(place.world_size)
-    optimizer = torch.optim.SGD(
-        module.parameters(), lr=optim.scaled_lr(place.world_size), momentum=optim.momentum, weight_decay=optim.wd
-    )
+    optimizer = build_optimizer(module, optim, optim.scaled_lr(place.world_size))
     scheduler = SamplesLR(
         optimizer,
         total_samples=optim.epochs * steps_per_epoch * global_batch,
