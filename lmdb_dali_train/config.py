@@ -47,6 +47,8 @@ class DataConfig:
     hw_decoder_load: float = 0.65
     crop_size: int = 224
     val_resize: int = 256
+    val_crop_size: int | None = None  # None: crop_size (the property val_crop)
+    val_tta: bool = False
     min_res: int | None = None
     max_res: int | None = None
     start_ramp: int | None = None
@@ -60,9 +62,16 @@ class DataConfig:
                 _check_data_path(flag, path, self.lmdb)
         for name in ("crop_size", "val_resize"):
             _positive(name, getattr(self, name))
+        if self.val_crop_size is not None:
+            _positive("val_crop_size", self.val_crop_size)
         if not 0.0 <= self.hw_decoder_load <= 1.0:
             raise ConfigError("--hw-decoder-load must be between 0 and 1")
         object.__setattr__(self, "resolution", _resolution_schedule(self))
+
+    @property
+    def val_crop(self) -> int:
+        """Validation's center crop: --val-crop-size, else --crop-size."""
+        return self.crop_size if self.val_crop_size is None else self.val_crop_size
 
 
 @dataclass(frozen=True)

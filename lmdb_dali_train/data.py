@@ -105,12 +105,13 @@ def make_loader(
     global order, see ``lmdb_io.reading.plan.RankPlan``)."""
     data, optim = config.data, config.optim
     rank, world_size = place.rank, place.world_size
+    crop = data.crop_size if train else data.val_crop
     if data.synthetic:
         from lmdb_dali_train.loaders.synthetic import SyntheticLoader
 
         return SyntheticLoader(
             optim.batch_size,
-            data.crop_size,
+            crop,
             num_classes,
             synthetic_steps,
             device,
@@ -126,7 +127,7 @@ def make_loader(
         rank=rank,
         world_size=world_size,
         seed=optim.seed,
-        crop=data.crop_size,
+        crop=crop,
         val_resize=data.val_resize,
         resolution=data.resolution if train else None,  # progressive resizing: training only
         first_epoch=first_epoch,
@@ -163,4 +164,4 @@ def make_loader(
     from lmdb_io.reading.presets import preset_for
 
     opts = PipelineOptions(batch_size=optim.batch_size, device_id=device_id, seed=optim.seed + rank, **options)
-    return DALIFolderLoader(path, opts, preset_for(train, data.crop_size, data.val_resize), rank, world_size)
+    return DALIFolderLoader(path, opts, preset_for(train, crop, data.val_resize), rank, world_size)

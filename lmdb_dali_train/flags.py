@@ -77,13 +77,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="share of JPEGs for the GPU's hardware decoder (A100/H100/H200), 0-1 (default 0.65)",
     )
-    data.add_argument("--crop-size", type=int, default=224, metavar="PX", help="training and validation crop (224)")
+    data.add_argument(
+        "--crop-size",
+        type=int,
+        default=224,
+        metavar="PX",
+        help="training crop, and validation's unless --val-crop-size (224)",
+    )
     data.add_argument(
         "--val-resize",
         type=int,
         default=256,
         metavar="PX",
         help="validation: shorter side resized to this before the center crop (256)",
+    )
+    data.add_argument(
+        "--val-crop-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="validation: the center crop's side, both loaders (default --crop-size). FFCV's ImageNet recipe "
+        "validates at 256 px from the center 224/256 of the shorter side: --val-resize 293 --val-crop-size 256",
+    )
+    data.add_argument(
+        "--val-tta",
+        action="store_true",
+        help="validation: test-time augmentation, the average of the model's outputs on each image and on its "
+        "horizontal mirror (FFCV's lr_tta; twice the validation compute)",
     )
     data.add_argument(
         "--min-res",
@@ -115,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="EPOCH",
         help=f"progressive resizing: the first epoch at --max-res; in between the crop grows linearly, rounded "
-        f"to a multiple of {ROUND_TO}. The batch size stays, validation keeps --crop-size and --val-resize, "
+        f"to a multiple of {ROUND_TO}. The batch size stays, validation keeps its own crop (--val-crop-size), "
         "a resumed run trains at its epoch's size. Needs --lmdb with --loader dali",
     )
     data.add_argument(

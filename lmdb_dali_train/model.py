@@ -90,4 +90,5 @@ def build_state(
         criterion=nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing),
         device=device,
         amp_dtype=config.amp_dtype,
+        val_tta=config.data.val_tta,
     )
