@@ -56,6 +56,20 @@ def build_optimizer(module: nn.Module, optim: OptimConfig, lr: float) -> torch.o
     return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum)
 
 
+def build_schedule(
+    optimizer: torch.optim.Optimizer, optim: OptimConfig, world_size: int, steps_per_epoch: int
+) -> SamplesLR:
+    """The --lr-schedule over --epochs of ``steps_per_epoch`` global batches, its warm-up --warmup-epochs."""
+    global_batch = optim.global_batch(world_size)
+    return SamplesLR(
+        optimizer,
+        total_samples=optim.epochs * steps_per_epoch * global_batch,
+        warmup_samples=int(optim.warmup_epochs * steps_per_epoch) * global_batch,
+        global_batch=global_batch,
+        kind=optim.lr_schedule,
+    )
+
+
 def build_state(
     config: RunConfig, place: Placement, device: torch.device, num_classes: int, steps_per_epoch: int
 ) -> TrainState:
@@ -72,15 +86,8 @@ def build_state(
     if optim.compile:
         # given an nn.Module, torch.compile returns an OptimizedModule (an nn.Module); its stubs say Callable
         model = cast(nn.Module, torch.compile(model))
-    global_batch = optim.global_batch(place.world_size)
     optimizer = build_optimizer(module, optim, optim.scaled_lr(place.world_size))
-    scheduler = SamplesLR(
-        optimizer,
-        total_samples=optim.epochs * steps_per_epoch * global_batch,
-        warmup_samples=int(optim.warmup_epochs * steps_per_epoch) * global_batch,
-        global_batch=global_batch,
-        kind=optim.lr_schedule,
-    )
+    scheduler = build_schedule(optimizer, optim, place.world_size, steps_per_epoch)
     return TrainState(
         model=model,
         module=module,
