@@ -21,7 +21,9 @@ from lmdb_io import is_database
 from lmdb_io.errors import convert_command
 from lmdb_io.reading.resolution import ResolutionSchedule
 
+from .blurpool import applies_to as blurpool_applies_to
 from .errors import ConfigError
+from .schedule import SCHEDULES
 
 
 def _derived() -> Any:
@@ -43,6 +45,8 @@ class DataConfig:
     hw_decoder_load: float = 0.65
     crop_size: int = 224
     val_resize: int = 256
+    val_crop_size: int | None = None  # None: crop_size (the property val_crop)
+    val_tta: bool = False
     min_res: int | None = None
     max_res: int | None = None
     start_ramp: int | None = None
@@ -56,9 +60,16 @@ class DataConfig:
                 _check_data_path(flag, path, self.lmdb)
         for name in ("crop_size", "val_resize"):
             _positive(name, getattr(self, name))
+        if self.val_crop_size is not None:
+            _positive("val_crop_size", self.val_crop_size)
         if not 0.0 <= self.hw_decoder_load <= 1.0:
             raise ConfigError("--hw-decoder-load must be between 0 and 1")
         object.__setattr__(self, "resolution", _resolution_schedule(self))
+
+    @property
+    def val_crop(self) -> int:
+        """Validation's center crop: --val-crop-size, else --crop-size."""
+        return self.crop_size if self.val_crop_size is None else self.val_crop_size
 
 
 @dataclass(frozen=True)
@@ -71,8 +82,12 @@ class OptimConfig:
     batch_size: int = 256
     lr: float = 0.1
     warmup_epochs: float = 1.0
+    lr_schedule: str = "cosine"
+    opt: str = "sgd"
     momentum: float = 0.9
     wd: float = 1e-4
+    no_bn_weight_decay: bool = False
+    blurpool: bool = False
     label_smoothing: float = 0.0
     amp: str | None = None  # None: chosen by the device (amp_dtype)
     channels_last: bool = False
@@ -87,6 +102,14 @@ class OptimConfig:
         for flag, value in (("--momentum", self.momentum), ("--label-smoothing", self.label_smoothing)):
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{flag} must be in [0, 1), not {value:g}")
+        if self.opt not in ("sgd", "adamw"):
+            raise ConfigError(f"--opt {self.opt}: one of sgd, adamw")
+        if self.blurpool and not blurpool_applies_to(self.arch):
+            raise ConfigError(
+                f"--blurpool applies to torchvision ResNets (resnet*, resnext*, wide_resnet*), not --arch {self.arch}"
+            )
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(f"--lr-schedule {self.lr_schedule}: one of {', '.join(SCHEDULES)}")
         if self.wd < 0 or self.warmup_epochs < 0:
             raise ConfigError(
                 f"--wd and --warmup-epochs must not be negative (--wd {self.wd:g}, --warmup-epochs "

@@ -116,12 +116,13 @@ def make_loader(
     global order, see ``lmdb_io.reading.plan.RankPlan``)."""
     data, optim = config.data, config.optim
     rank, world_size = place.rank, place.world_size
+    crop = data.crop_size if train else data.val_crop
     if data.synthetic:
         from lmdb_dali_train.loaders.synthetic import SyntheticLoader
 
         return SyntheticLoader(
             optim.batch_size,
-            data.crop_size,
+            crop,
             num_classes,
             synthetic_steps,
             device,
@@ -140,7 +141,7 @@ def make_loader(
         rank=rank,
         world_size=world_size,
         seed=optim.seed,
-        crop=data.crop_size,
+        crop=crop,
         val_resize=data.val_resize,
         resolution=data.resolution if train else None,  # progressive resizing: training only
         first_epoch=first_epoch,

@@ -88,6 +88,7 @@ class TrainState:
     epoch_position: int = 0  # samples of ``epoch``'s global order consumed by all ranks (RankPlan's skip)
     global_step: int = 0
     first_nonfinite: torch.Tensor | None = None  # on the device: the first global step with a NaN/inf loss, else inf
+    val_tta: bool = False  # evaluate averages the outputs on each image and its horizontal mirror (--val-tta)
 
 
 class NonFiniteLossError(Exception):
@@ -296,7 +297,8 @@ def log_speed(log: RunLog, meter: Speedometer, reason: str) -> None:
 @torch.no_grad()
 def evaluate(state: TrainState, loader: BatchLoader, stop: StopSignal | None = None) -> dict[str, float] | None:
     """Loss and top-1/top-5 over all ranks; padding is not counted. With ``stop``: None once a stop is
-    agreed (asked before each batch), and no metrics over part of the set."""
+    agreed (asked before each batch), and no metrics over part of the set. With ``state.val_tta`` the logits
+    are the mean of the model's on each image and on its mirror (FFCV sums them: the same top-k)."""
     state.model.eval()
     device = state.device
     sums = torch.zeros(4, device=device)
@@ -307,6 +309,8 @@ def evaluate(state: TrainState, loader: BatchLoader, stop: StopSignal | None = N
         real = (~batch.padding).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None):
             logits = state.model(batch.images)
+            if state.val_tta:
+                logits = (logits + state.model(batch.images.flip(3))) / 2  # NCHW: dim 3 is the width
         losses = loss_fn(logits.float(), batch.labels) * real
         sums += torch.cat([losses.sum().view(1), topk_correct(logits, batch.labels, real), real.sum().float().view(1)])
     loss, top1, top5, count = all_reduce_sum(sums).tolist()

@@ -78,13 +78,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="share of JPEGs for the GPU's hardware decoder (A100/H100/H200), 0-1 (default 0.65)",
     )
-    data.add_argument("--crop-size", type=int, default=224, metavar="PX", help="training and validation crop (224)")
+    data.add_argument(
+        "--crop-size",
+        type=int,
+        default=224,
+        metavar="PX",
+        help="training crop, and validation's unless --val-crop-size (224)",
+    )
     data.add_argument(
         "--val-resize",
         type=int,
         default=256,
         metavar="PX",
         help="validation: shorter side resized to this before the center crop (256)",
+    )
+    data.add_argument(
+        "--val-crop-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="validation: the center crop's side, both loaders (default --crop-size). FFCV's ImageNet recipe "
+        "validates at 256 px from the center 224/256 of the shorter side: --val-resize 293 --val-crop-size 256",
+    )
+    data.add_argument(
+        "--val-tta",
+        action="store_true",
+        help="validation: test-time augmentation, the average of the model's outputs on each image and on its "
+        "horizontal mirror (FFCV's lr_tta; twice the validation compute)",
     )
     data.add_argument(
         "--min-res",
@@ -116,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="EPOCH",
         help=f"progressive resizing: the first epoch at --max-res; in between the crop grows linearly, rounded "
-        f"to a multiple of {ROUND_TO}. The batch size stays, validation keeps --crop-size and --val-resize, "
+        f"to a multiple of {ROUND_TO}. The batch size stays, validation keeps its own crop (--val-crop-size), "
         "a resumed run trains at its epoch's size. Needs --lmdb with --loader dali",
     )
     data.add_argument(
@@ -158,12 +178,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--warmup-epochs",
+        "--lr-peak-epoch",
         type=float,
         default=1.0,
-        help="linear warm-up from 0 over this many epochs, then cosine decay (default 1)",
+        dest="warmup_epochs",
+        help="epochs of linear warm-up, at whose end the lr peaks (--lr-peak-epoch: FFCV's name), then the "
+        "--lr-schedule decay (default 1)",
+    )
+    model.add_argument(
+        "--lr-schedule",
+        choices=("cosine", "triangular"),  # schedule.SCHEDULES (not imported here: it imports torch)
+        default="cosine",
+        help="cosine: warm-up from 0, then cosine decay to 0. triangular: FFCV's cyclic schedule, linear from "
+        "1e-4 x lr up to lr at --lr-peak-epoch, then linear down to 0 at the last step. Both move every step "
+        "and count samples seen, so a resume on another global batch continues (default cosine)",
+    )
+    model.add_argument(
+        "--opt",
+        choices=("sgd", "adamw"),
+        default="sgd",
+        help="sgd: SGD with --momentum, --wd as L2 weight decay. adamw: AdamW (betas 0.9, 0.999), --wd as "
+        "decoupled weight decay, --momentum unused; it wants a far smaller --lr than SGD, e.g. --lr 0.00025 "
+        "(1e-3 at a global batch of 1024) with --wd 0.05 (default sgd)",
     )
     model.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     model.add_argument("--wd", "--weight-decay", type=float, default=1e-4, dest="wd", help="weight decay (1e-4)")
+    model.add_argument(
+        "--no-bn-weight-decay",
+        action="store_true",
+        help="no weight decay on batch-norm layers' weights and biases (FFCV's recipe); other biases and the "
+        "classifier keep --wd",
+    )
+    model.add_argument(
+        "--blurpool",
+        action="store_true",
+        help="blur (3x3 binomial filter) the input of every strided convolution with 16 or more input "
+        "channels, as FFCV's ImageNet recipe does; torchvision ResNets only (resnet*, resnext*, wide_resnet*)",
+    )
     model.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (0)")
     model.add_argument(
         "--amp",

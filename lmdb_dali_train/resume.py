@@ -83,6 +83,7 @@ def restore(
                 f"or database metadata differ); pass --force-resume to use it anyway"
             )
         warn(f"resuming {path} on a different dataset (--force-resume)")
+    _check_same_shape(saved, state, path)
     state.module.load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
     if state.scaler is not None and saved.get("scaler"):
@@ -107,6 +108,33 @@ def restore(
         f"resumed from {path}, global step {state.global_step}: at sample {state.epoch_position} of epoch "
         f"{state.epoch} on {world_size} ranks x {batch} ({schedule.samples_seen} samples seen): {lr_note}"
     )
+
+
+def _check_same_shape(saved: dict[str, Any], state: TrainState, path: str) -> None:
+    """ConfigError, naming the flag, for a checkpoint whose model or optimizer is built otherwise than this
+    run's: --blurpool (the model's layers), --no-bn-weight-decay (the optimizer's parameter groups), --opt."""
+
+    def blurred(model: dict[str, Any]) -> bool:
+        return any(key.endswith("blur_filter") for key in model)
+
+    def optimizer(groups: list[dict[str, Any]]) -> str:
+        return "adamw" if "betas" in groups[0] else "sgd"
+
+    here = (
+        blurred(state.module.state_dict()),
+        len(state.optimizer.param_groups) > 1,
+        optimizer(state.optimizer.param_groups),
+    )
+    groups = saved["optimizer"]["param_groups"]
+    there = (blurred(saved["model"]), len(groups) > 1, optimizer(groups))
+    for flag, was, now in zip(("--blurpool", "--no-bn-weight-decay"), there[:2], here[:2], strict=True):
+        if was != now:
+            raise ConfigError(
+                f"--resume {path}: the checkpoint was trained {'with' if was else 'without'} {flag}; resume "
+                f"{'with' if was else 'without'} it, or start a new --output-dir"
+            )
+    if there[2] != here[2]:
+        raise ConfigError(f"--resume {path}: the checkpoint was trained with --opt {there[2]}, not --opt {here[2]}")
 
 
 def save(state: TrainState, config: RunConfig, train_info: DatasetInfo | None, place: Placement) -> None:

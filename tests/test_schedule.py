@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 
-from lmdb_dali_train.config import RunConfig
+from lmdb_dali_train.config import OptimConfig, RunConfig
 from lmdb_dali_train.distributed import Placement
 from lmdb_dali_train.engine import TrainState
+from lmdb_dali_train.errors import ConfigError
 from lmdb_dali_train.flags import parse_args
 from lmdb_dali_train.model import build_state
 from lmdb_dali_train.schedule import lr_schedule
@@ -168,3 +170,64 @@ def test_resume_with_another_arch_is_a_one_line_refusal(tmp_path) -> None:
     assert first.returncode == 0, first.stderr
     refused = run_main(train_main, *common, "-a", "resnet34", "--resume", "auto", "--max-steps", "1")
     assert_one_line_error(refused, "resnet18", "--arch resnet34")
+
+
+# -- --lr-schedule triangular: FFCV's cyclic schedule, per step and by samples -------------------------
+
+
+def _ffcv_step_lrs(lr: float, epochs: int, peak: int, iters: int) -> list[float]:
+    """FFCV's train_imagenet.py: ``get_cyclic_lr(epoch)`` is np.interp([epoch], [0, lr_peak_epoch, epochs],
+    [1e-4 * lr, lr, 0]), and ``train_loop`` interpolates each epoch's iterations between get_lr(epoch) and
+    get_lr(epoch + 1): np.interp(np.arange(iters), [0, iters], [lr_start, lr_end])."""
+
+    def get_cyclic_lr(epoch: int) -> float:
+        return float(np.interp([epoch], [0, peak, epochs], [1e-4 * lr, lr, 0])[0])
+
+    out: list[float] = []
+    for epoch in range(epochs):
+        start, end = get_cyclic_lr(epoch), get_cyclic_lr(epoch + 1)
+        out += np.interp(np.arange(iters), [0, iters], [start, end]).tolist()
+    return out
+
+
+def test_triangular_is_ffcvs_cyclic_schedule_per_step() -> None:
+    f = lr_schedule(total_steps=6 * 7, warmup_steps=2 * 7, kind="triangular")
+    assert [f(s) for s in range(6 * 7)] == pytest.approx(_ffcv_step_lrs(1.0, epochs=6, peak=2, iters=7), abs=1e-12)
+    assert f(0) == pytest.approx(1e-4) and f(14) == 1.0 and f(42) == 0.0 and f(50) == 0.0
+
+
+def test_triangular_without_warmup_starts_at_the_peak() -> None:
+    f = lr_schedule(total_steps=10, warmup_steps=0, kind="triangular")
+    assert [f(s) for s in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
+
+
+def test_build_state_follows_lr_schedule_triangular() -> None:
+    args = _args("-b", "64", "--lr", "0.2", "--lr-schedule", "triangular", "--lr-peak-epoch", "1")
+    assert (args.optim.lr_schedule, args.optim.warmup_epochs) == ("triangular", 1.0)
+    state = build_state(args, Placement(0, 1, 0), torch.device("cpu"), num_classes=2, steps_per_epoch=10)
+    base = 0.2 * 64 / 256
+    expected = [lr * base for lr in _ffcv_step_lrs(1.0, epochs=2, peak=1, iters=10)]
+    assert _lrs(state, 20) == pytest.approx(expected, abs=1e-12)
+
+
+def test_the_default_schedule_stays_cosine() -> None:
+    assert _args().optim.lr_schedule == "cosine"
+    with pytest.raises(ConfigError, match="--lr-schedule step: one of cosine, triangular"):
+        OptimConfig(lr_schedule="step")
+
+
+def test_triangular_resumes_on_another_batch_by_samples(tmp_path) -> None:
+    """Batch 32 for 7 steps (past the peak at 5), resumed on batch 16: the schedule goes on by samples seen."""
+    from lmdb_dali_train.resume import restore
+    from lmdb_dali_train.runlog import RunLog
+
+    tri = ("--lr-schedule", "triangular")
+    path, factor = _checkpoint_after(tmp_path, 7, "-b", "32", "--lr", "0.1", *tri)
+    state = build_state(
+        _args("-b", "16", "--lr", "0.1", *tri), Placement(0, 1, 0), torch.device("cpu"), 2, steps_per_epoch=20
+    )
+    restore(state, path, None, False, RunLog(str(tmp_path), enabled=False))
+    base = 0.1 * 16 / 256
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(base * factor)
+    by_samples = lr_schedule(total_steps=640 / 16, warmup_steps=160 / 16, kind="triangular")
+    assert _lrs(state, 30) == pytest.approx([base * by_samples((32 * 7 + 16 * k) / 16) for k in range(30)])
