@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmdb_dali_train.blurpool import BlurPoolConv2d
+from lmdb_dali_train.architectures import build_model
+from lmdb_dali_train.blurpool import BlurPoolConv2d, add_blurpool
 from lmdb_dali_train.config import OptimConfig, RunConfig
 from lmdb_dali_train.distributed import Placement
 from lmdb_dali_train.engine import TrainState
 from lmdb_dali_train.errors import ConfigError
 from lmdb_dali_train.flags import parse_args
-from lmdb_dali_train.model import BATCH_NORMS, build_model, build_state
+from lmdb_dali_train.model import BATCH_NORMS, build_state
 
 ONE = Placement(0, 1, 0)
 CPU = torch.device("cpu")
@@ -41,7 +42,8 @@ def _blurred(model: nn.Module) -> list[str]:
 
 @pytest.mark.parametrize("arch, expected", [("resnet18", RESNET18_BLURRED), ("resnet50", RESNET50_BLURRED)])
 def test_blurpool_wraps_the_strided_convolutions_ffcv_wraps(arch: str, expected: list[str]) -> None:
-    model = build_model(arch, num_classes=5, blurpool=True)
+    model = build_model(arch, num_classes=5)
+    add_blurpool(model)
     assert _blurred(model) == expected
     assert _blurred(build_model(arch, num_classes=5)) == []
     assert isinstance(model.conv1, nn.Conv2d)  # the RGB stem (3 input channels) stays as it is
@@ -51,7 +53,9 @@ def test_blurpool_wraps_the_strided_convolutions_ffcv_wraps(arch: str, expected:
 
 def test_blurpool_keeps_the_output_shape_and_blurs_before_the_convolution() -> None:
     torch.manual_seed(0)
-    model = build_model("resnet18", num_classes=7, blurpool=True).eval()
+    model = build_model("resnet18", num_classes=7)
+    add_blurpool(model)
+    model.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert model(x).shape == (2, 7)

@@ -19,6 +19,7 @@ from conftest import REPO
 
 from lmdb_dali_train import flags
 from lmdb_dali_train.config import DataConfig, DistConfig, OptimConfig, RunConfig, RunControl
+from lmdb_dali_train.config_file import read_flags
 from lmdb_dali_train.model import build_schedule
 from lmdb_io.reading.plan import RankPlan
 
@@ -118,12 +119,9 @@ def load_fields(path: Path) -> dict[str, Any]:
 
 
 def build_config(path: Path, data: Path) -> RunConfig:
-    """The RunConfig of the file's fields over the parser's defaults, with --train/--val given as on its
-    command line."""
-    args = flags.parse_args(["--train", str(data), "--val", str(data)])
-    for key, value in load_fields(path).items():
-        setattr(args, key, value)
-    return RunConfig.from_args(args)
+    """The RunConfig train.py builds from ``--config path`` with --train/--val given on its command line."""
+    load_fields(path)  # its structure and types, checked field by field
+    return RunConfig.from_args(read_flags(["--config", str(path), "--train", str(data), "--val", str(data)]).values)
 
 
 @pytest.fixture(scope="module")
