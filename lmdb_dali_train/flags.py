@@ -198,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoints and the JSON-lines log log.jsonl (default runs/latest)",
     )
     run.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=2,
+        metavar="N",
+        help="how many resumable checkpoints (checkpoint-step<N>.pt, the ones --resume auto picks from) to keep: "
+        "the newest N (default 2)",
+    )
+    run.add_argument(
         "--resume",
         metavar="PATH|auto",
         help="continue from a checkpoint; auto: the latest in --output-dir (none found: start fresh)",

@@ -133,5 +133,6 @@ def _write(state: TrainState, config: RunConfig, train_info: DatasetInfo | None,
             "rng": checkpoint.rng_state(),
             "dataset": train_info.identity if train_info is not None else None,
         },
+        keep=config.run.keep_checkpoints,
     )
     print(f"saved {path}", flush=True)

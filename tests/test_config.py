@@ -81,6 +81,13 @@ def test_the_resolution_schedule_is_part_of_the_data_section(tmp_path: Path) -> 
     assert "resolution" not in RunConfig.from_args(flags.parse_args(["--synthetic"])).as_dict()["data"]
 
 
+def test_keep_checkpoints_is_a_run_control_flag() -> None:
+    assert _config().run.keep_checkpoints == 2  # what was always kept
+    assert _config("--keep-checkpoints", "3").run.keep_checkpoints == 3
+    with pytest.raises(ConfigError, match="--keep-checkpoints must be positive"):
+        _config("--keep-checkpoints", "0")
+
+
 def test_as_dict_holds_every_flag_by_section() -> None:
     recorded = _config("-a", "resnet18", "--epochs", "3").as_dict()
     assert set(recorded) == {"data", "optim", "run", "dist"}
