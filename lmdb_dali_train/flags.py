@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         metavar="N",
         help="how many resumable checkpoints (checkpoint-step<N>.pt, the ones --resume auto picks from) to keep: "
-        "the newest N (default 2)",
+        "the newest N (default 2); best.pt (best val top-1) and weights.pt (the final weights) are apart from them",
     )
     run.add_argument(
         "--resume",

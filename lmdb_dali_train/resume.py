@@ -13,7 +13,7 @@ from .config import ConfigError, RunConfig, RunControl
 from .data import DatasetInfo
 from .distributed import Placement, all_reduce_max
 from .engine import TrainState, check_finite
-from .runlog import RunLog, warn
+from .runlog import RunLog, stamp, warn
 from .schedule import SamplesLR
 
 
@@ -135,4 +135,4 @@ def _write(state: TrainState, config: RunConfig, train_info: DatasetInfo | None,
         },
         keep=config.run.keep_checkpoints,
     )
-    print(f"saved {path}", flush=True)
+    print(f"{stamp()} saved {path}", flush=True)
