@@ -1,5 +1,6 @@
 """A run users can watch and the files they keep from it: timestamped console lines with the ETA,
-summary.csv, TensorBoard event files, best.pt and weights.pt, --keep-checkpoints.
+summary.csv, TensorBoard event files, best.pt and weights.pt, --keep-checkpoints, and the curves PNG
+(``python -m lmdb_dali_train.plot``).
 
 The pieces are checked in this process on made-up records (no clock is read: the ETA gets its clock readings
 as arguments); one short training run with validation (``watched``, marked ``slow``) checks them together.
@@ -18,8 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from conftest import run_cli, run_main
 from test_train import SMALL, _events, _ok, _run
 
+from lmdb_dali_train import plot
 from lmdb_dali_train.runlog import RunLog
 from lmdb_dali_train.watch import COLUMNS, Eta, SummaryCsv
 from lmdb_io import open_database
@@ -99,6 +102,78 @@ def test_summary_rows_are_appended_and_a_redone_epoch_replaces_its_row(tmp_path:
     summary.append({"epoch": 2, "train_loss": 0.25})
     assert [(r["epoch"], r["train_loss"]) for r in _rows(path)] == [("0", "2.0000"), ("1", "0.5000"), ("2", "0.2500")]
     assert not list(tmp_path.glob("*.tmp-*"))
+
+
+# -- the plot command ---------------------------------------------------------------------------------
+
+
+def _write_log(run: Path, events: list[dict]) -> None:
+    run.mkdir(exist_ok=True)
+    (run / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+def _train_event(step: int, per_epoch: int = 4, loss: float = 1.0) -> dict:
+    epoch, done = divmod(step - 1, per_epoch)
+    return {
+        "event": "train",
+        "epoch": epoch,
+        "step": step,
+        "step_in_epoch": done + 1,
+        "steps_in_epoch": per_epoch,
+        "loss": loss,
+        "top1": 10.0 * step,
+        "top5": 50.0,
+        "lr": 0.01 * step,
+        "images_per_s": 100.0 + step,
+        "data_wait": 0.05,
+    }
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, len(data)
+
+
+def test_plot_draws_a_png_from_the_log(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    start = {"event": "start", "config": {"optim": {"arch": "resnet18", "epochs": 3}}, "steps_per_epoch": 4}
+    events = [start, *(_train_event(s) for s in range(1, 9))]
+    events.insert(5, {"event": "val", "epoch": 0, "loss": 1.5, "top1": 40.0, "top5": 90.0, "count": 10})
+    _write_log(run, [*events, {"event": "val", "epoch": 1, "loss": 1.2, "top1": 50.0, "top5": 95.0, "count": 10}])
+    result = run_main(plot.main, str(run))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(run / "curves.png")
+    _assert_png(run / "curves.png")
+
+
+def test_plot_draws_the_newest_of_redone_steps(tmp_path: Path) -> None:
+    """A resumed run redoes the steps after its checkpoint; a new run in the folder starts over."""
+    run = tmp_path / "run"
+    first = [_train_event(s, loss=9.0) for s in range(1, 7)]
+    resumed = [_train_event(s, loss=1.0) for s in range(5, 9)]
+    _write_log(run, [*first, {"event": "start"}, *resumed])
+    curves = plot.read_log(str(run))
+    assert [(e["step"], e["loss"]) for e in curves.train] == [(s, 9.0) for s in range(1, 5)] + [
+        (s, 1.0) for s in range(5, 9)
+    ]
+    _write_log(run, [*first, {"event": "val", "epoch": 0, "loss": 2.0, "top1": 1.0, "top5": 2.0}, _train_event(1)])
+    curves = plot.read_log(str(run))
+    assert [e["step"] for e in curves.train] == [1] and curves.val == {}
+
+
+def test_plot_of_a_folder_without_a_log_is_one_line_naming_it(tmp_path: Path) -> None:
+    empty = tmp_path / "nothing-here"
+    empty.mkdir()
+    for folder in (empty, tmp_path / "missing"):
+        result = run_main(plot.main, str(folder))
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and str(folder) in lines[0], result.stderr
+        assert "no log.jsonl" in lines[0] and not (folder / "curves.png").exists()
+    _write_log(empty, [{"event": "start"}])
+    result = run_main(plot.main, str(empty))
+    assert result.returncode == 2 and "no training window" in result.stderr and str(empty) in result.stderr
+    help_text = run_main(plot.main, "--help")
+    assert help_text.returncode == 0 and "RUN_DIR" in help_text.stdout and "curves.png" in help_text.stdout
 
 
 # -- one short run with validation --------------------------------------------------------------------
@@ -197,6 +272,15 @@ def test_tensorboard_events_per_window_and_per_epoch(watched: tuple[Path, str]) 
         scalars = events.Scalars(f"val/{name}")
         assert [s.step for s in scalars] == [(v["epoch"] + 1) * per_epoch for v in vals]
         assert [s.value for s in scalars] == pytest.approx([v[name] for v in vals], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_plot_command_draws_the_run(watched: tuple[Path, str], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(watched[0], out, ignore=shutil.ignore_patterns("*.pt"))
+    proc = run_cli("-m", "lmdb_dali_train.plot", str(out))
+    assert proc.returncode == 0, proc.stderr
+    _assert_png(out / "curves.png")
 
 
 @pytest.mark.slow
