@@ -52,6 +52,19 @@ def test_console_lines_start_with_the_time_and_hooks_extend_records(
     assert [(r["event"], r.get("extra")) for r in records] == [("train", 1), ("val", None)]
 
 
+def test_a_run_without_tensorboard_says_so_once_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmdb_dali_train.main import main as train_main
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were not installed
+    out = tmp_path / "run"
+    args = ["--synthetic", "--device", "cpu", "-a", "resnet18", "-b", "2", "--crop-size", "32", "--max-steps", "2"]
+    result = run_main(train_main, *args, "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    said = [line for line in result.stdout.splitlines() if "TensorBoard" in line]
+    assert len(said) == 1 and "pip install tensorboard" in said[0], result.stdout
+    assert not list(out.glob("events.out.tfevents.*")) and "TensorBoard" not in result.stderr
+
+
 def _window(epoch: int, steps: int, done: int, in_epoch: int = 10) -> dict:
     return {"epoch": epoch, "steps": steps, "step_in_epoch": done, "steps_in_epoch": in_epoch}
 
