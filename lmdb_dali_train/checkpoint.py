@@ -149,42 +149,57 @@ def clean_stale_temps(output_dir: str) -> list[str]:
     """Remove the temporary files (``*.pt.tmp-PID``) of saves that never finished; returns their paths.
 
     Call it at the start of a run, before any save of this run, from one process."""
-    stale = [p for p in glob.glob(os.path.join(glob.escape(output_dir), "checkpoint-step*.pt.tmp-*")) if _is_temp(p)]
+    stale = [p for p in glob.glob(os.path.join(glob.escape(output_dir), "*.pt.tmp-*")) if _is_temp(p)]
     for path in stale:
         os.remove(path)
     return stale
 
 
 def _is_temp(path: str) -> bool:
-    return re.search(r"checkpoint-step\d+\.pt\.tmp-\d+$", path) is not None
+    return re.search(r"(checkpoint-step\d+|best|weights)\.pt\.tmp-\d+$", path) is not None
 
 
-def save(output_dir: str, state: dict[str, Any]) -> str:
-    """Write ``state`` as the checkpoint of its global step; keep the newest ``KEEP``. Returns the path.
+def write_file(output_dir: str, name: str, obj: Any) -> str:
+    """``torch.save(obj)`` as ``output_dir/name``, atomically (a temporary file, fsynced, renamed, the directory
+    fsynced): a crash leaves the previous file or the new one, never a torn one. No digest is added (the file
+    is exactly what ``torch.save`` writes). A failed write removes its temporary file and raises
+    ``CheckpointWriteError``. Returns the path."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return _commit(output_dir, name, buffer.getvalue())
 
-    The new file is read back and verified before older checkpoints are rotated away: a write that does
-    not verify is removed and raises ``CorruptCheckpointError``, leaving the older checkpoints in place.
-    Durable: the file is fsynced before the rename and its directory after it. A write that fails (disk
-    full) removes its temporary file and raises ``CheckpointWriteError``, one line with the size needed.
-    """
+
+def _commit(output_dir: str, name: str, data: bytes, check: bool = False) -> str:
+    """``data`` into ``output_dir/name`` through a temporary file; with ``check``, verified before the rename."""
     os.makedirs(output_dir, exist_ok=True)
-    name = _NAME.format(state["global_step"])
     path = os.path.join(output_dir, name)
     tmp = f"{path}.tmp-{os.getpid()}"
-    data = _encode(state)
     try:
         try:
             _write(tmp, data)
         except OSError as exc:
             raise _write_error(output_dir, name, len(data), exc) from exc
-        verify(tmp)
+        if check:
+            verify(tmp)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     os.replace(tmp, path)
     _fsync_dir(output_dir)
-    for old in all_checkpoints(output_dir)[:-KEEP]:
+    return path
+
+
+def save(output_dir: str, state: dict[str, Any], keep: int = KEEP) -> str:
+    """Write ``state`` as the checkpoint of its global step; keep the newest ``keep``. Returns the path.
+
+    The new file is read back and verified before older checkpoints are rotated away: a write that does
+    not verify is removed and raises ``CorruptCheckpointError``, leaving the older checkpoints in place.
+    Durable: the file is fsynced before the rename and its directory after it. A write that fails (disk
+    full) removes its temporary file and raises ``CheckpointWriteError``, one line with the size needed.
+    """
+    path = _commit(output_dir, _NAME.format(state["global_step"]), _encode(state), check=True)
+    for old in all_checkpoints(output_dir)[:-keep]:
         if old != path:
             os.remove(old)
     return path

@@ -133,6 +133,7 @@ class RunControl:
     max_steps: int | None = None
     print_freq: int = 10
     output_dir: str | None = None  # None: main names a new folder under runs/
+    keep_checkpoints: int = 2
     resume: str | None = None
     force_resume: bool = False
     evaluate: bool = False
@@ -140,6 +141,7 @@ class RunControl:
 
     def __post_init__(self) -> None:
         _positive("print_freq", self.print_freq)
+        _positive("keep_checkpoints", self.keep_checkpoints)
         if self.max_steps is not None:
             _positive("max_steps", self.max_steps)
         if self.max_bad_records < 0:

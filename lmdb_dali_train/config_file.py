@@ -49,6 +49,10 @@ CHANGEABLE = {
     "device",
     "compile",
     "batch_size",  # a resume on another batch rescales the lr and goes on by samples seen
+    "keep_checkpoints",
+    "val_resize",  # how validation measures: no effect on training
+    "val_crop_size",
+    "val_tta",
 }
 
 

@@ -262,6 +262,9 @@ def _log_window(
         images_per_s=figures.images_per_s,
         data_wait=figures.data_wait,
         steps=figures.steps,
+        images=n,
+        seconds=round(figures.seconds, 4),
+        steps_in_epoch=batches,
         lr=state.optimizer.param_groups[0]["lr"],
         world_size=world_size,
     )

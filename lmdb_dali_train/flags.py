@@ -258,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
         "holds another run; default: a new folder runs/<arch>-<date>-<time>, printed at the start",
     )
     run.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=2,
+        metavar="N",
+        help="how many resumable checkpoints (checkpoint-step<N>.pt, the ones --resume auto picks from) to keep: "
+        "the newest N (default 2); best.pt (best val top-1) and weights.pt (the final weights) are apart from them",
+    )
+    run.add_argument(
         "--resume",
         metavar="PATH|auto",
         help="continue a run from a checkpoint, with the flags it was trained with (give only what changes: "

@@ -35,6 +35,7 @@ from .progname import prog_name
 from .resume import restore, resume_path, save, saved_flags
 from .runlog import RunLog, warn
 from .speed import Speedometer
+from .watch import RunWatch
 
 
 def run(config: RunConfig, place: Placement, stop: StopSignal, resume_from: str | None = None) -> int:
@@ -115,7 +116,7 @@ def run(config: RunConfig, place: Placement, stop: StopSignal, resume_from: str 
     if evaluating:
         assert val_loader is not None  # RunConfig requires --val with --evaluate
         return _evaluate_only(state, val_loader, log, bad, stop)
-    return _fit(config, place, state, train_info, loader_for, val_loader, log, bad, stop)
+    return _fit(config, place, state, train_info, loader_for, val_loader, log, bad, stop, steps_per_epoch)
 
 
 def _evaluate_only(state: TrainState, val_loader: BatchLoader, log: RunLog, bad: BadRecordLog, stop: StopSignal) -> int:
@@ -168,6 +169,7 @@ def _fit(
     log: RunLog,
     bad: BadRecordLog,
     stop: StopSignal,
+    steps_per_epoch: int,
 ) -> int:
     data, run_control, epochs = config.data, config.run, config.optim.epochs
     max_steps = run_control.max_steps
@@ -181,12 +183,16 @@ def _fit(
     steps_run = 0
     outcome = "stopped" if stop.agreed() else "done"  # a signal while the run was starting
     meter, finished = Speedometer(state.device, place.world_size), False
+    watch = RunWatch(
+        config, place, log, steps_per_epoch=steps_per_epoch, epoch=state.epoch, global_step=state.global_step
+    )
     try:
         while outcome == "done" and state.epoch < epochs:
             left = None if max_steps is None else max_steps - steps_run
             if data.resolution is not None:  # the loaders follow the same schedule, by the epoch of each sample
                 size = data.resolution.for_epoch(state.epoch)
                 log.record("resolution", f"epoch {state.epoch}: training crop {size} px", epoch=state.epoch, size=size)
+            watch.epoch_start(state.epoch)
             outcome, steps = train_epoch(
                 state,
                 train_loader,
@@ -203,6 +209,7 @@ def _fit(
             if outcome == "done":  # the loader ran out: the epoch is complete
                 state.epoch, state.step_in_epoch, state.epoch_position = state.epoch + 1, 0, 0
                 outcome = _validate(state, val_loader, stop, log, bad)
+                watch.epoch_end(state.epoch - 1, state.module, state.device)  # summary.csv, best.pt
                 too_many_bad = bad.agree()  # every rank, at each epoch end
                 if outcome == "done" and state.epoch < epochs:
                     if too_many_bad:
@@ -215,8 +222,11 @@ def _fit(
                 break
             save(state, config, train_info, place)  # each completed epoch
         save(state, config, train_info, place)
+        if outcome == "done":
+            watch.finish(state.module, state.device)  # weights.pt
         finished = True
     finally:
+        watch.close()
         _log_speed(log, meter, outcome if finished else "error")
         if key_log is not None:
             key_log.close()

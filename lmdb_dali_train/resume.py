@@ -14,7 +14,7 @@ from .data import DatasetInfo
 from .distributed import Placement, all_reduce_max
 from .engine import TrainState, check_finite
 from .errors import ConfigError
-from .runlog import RunLog, warn
+from .runlog import RunLog, stamp, warn
 from .schedule import SamplesLR
 
 
@@ -172,5 +172,6 @@ def _write(state: TrainState, config: RunConfig, train_info: DatasetInfo | None,
             "rng": checkpoint.rng_state(),
             "dataset": train_info.identity if train_info is not None else None,
         },
+        keep=config.run.keep_checkpoints,
     )
-    print(f"saved {path}", flush=True)
+    print(f"{stamp()} saved {path}", flush=True)

@@ -1,4 +1,7 @@
-"""Human lines on stdout and JSON lines in OUTPUT_DIR/log.jsonl, from rank 0 only."""
+"""Human lines on stdout and JSON lines in OUTPUT_DIR/log.jsonl, from rank 0 only.
+
+Each human line starts with the local time it was written (``stamp``). Hooks (``RunLog.hooks``) see every
+record before it is written: they may add fields to it and text to its line (the ETA of ``watch``)."""
 
 from __future__ import annotations
 
@@ -6,14 +9,24 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from .progname import prog_name
+
+# a record's hook: (kind, fields) -> text appended to its human line ("" for none); it may add fields
+Hook = Callable[[str, dict[str, Any]], str]
+
+
+def stamp(when: float | None = None) -> str:
+    """The local time of a console line: ``2025-01-31 14:05:09``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
 
 
 class RunLog:
     def __init__(self, output_dir: str, enabled: bool) -> None:
         self.enabled = enabled
+        self.hooks: list[Hook] = []
         self._file: TextIO | None = None
         if enabled:
             os.makedirs(output_dir, exist_ok=True)
@@ -21,15 +34,18 @@ class RunLog:
 
     def info(self, message: str) -> None:
         if self.enabled:
-            print(message, flush=True)
+            print(f"{stamp()} {message}", flush=True)
 
     def record(self, kind: str, human: str, **fields: Any) -> None:
         """One event: printed as ``human``, appended to log.jsonl with its fields."""
         if not self.enabled:
             return
-        print(human, flush=True)
+        now = time.time()
+        for hook in self.hooks:
+            human += hook(kind, fields)
+        print(f"{stamp(now)} {human}", flush=True)
         assert self._file is not None  # opened in __init__ when enabled; only close() drops it
-        self._file.write(json.dumps({"event": kind, "time": round(time.time(), 3), **fields}) + "\n")
+        self._file.write(json.dumps({"event": kind, "time": round(now, 3), **fields}) + "\n")
 
     def close(self) -> None:
         if self._file is not None:

@@ -47,6 +47,34 @@ def test_rotation_is_by_step_not_by_save_order(tmp_path: Path) -> None:
     assert checkpoint.load(checkpoint.latest(out))["global_step"] == 100
 
 
+def test_keep_sets_how_many_are_kept(tmp_path: Path) -> None:
+    """--keep-checkpoints N: the newest N by step stay; the default keeps KEEP."""
+    out = str(tmp_path)
+    for step in (1, 2, 3, 4):
+        checkpoint.save(out, _state(step), keep=3)
+    assert _steps(checkpoint.all_checkpoints(out)) == [2, 3, 4]
+    checkpoint.save(out, _state(5), keep=1)
+    assert _steps(checkpoint.all_checkpoints(out)) == [5]
+
+
+def test_write_file_is_a_plain_torch_file_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """best.pt and weights.pt: exactly what torch.save writes (no digest, no wrapping dict), through a temporary
+    file; a full disk leaves the previous file and no temporary one."""
+    out = tmp_path / "run"
+    weights = {"fc.weight": torch.ones(2, 3), "fc.bias": torch.zeros(2)}
+    path = checkpoint.write_file(str(out), "weights.pt", weights)
+    assert path == str(out / "weights.pt") and os.listdir(out) == ["weights.pt"]
+    loaded = torch.load(path, weights_only=True)
+    assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], v) for k, v in weights.items())
+    _disk_fills(monkeypatch)
+    with pytest.raises(ConfigError, match="no space left"):
+        checkpoint.write_file(str(out), "weights.pt", {"fc.weight": torch.full((2, 3), 2.0)})
+    monkeypatch.undo()
+    assert os.listdir(out) == ["weights.pt"] and torch.equal(
+        torch.load(path, weights_only=True)["fc.weight"], 1 + 0 * weights["fc.weight"]
+    )
+
+
 def test_numeric_not_lexical_order(tmp_path: Path) -> None:
     """Names without zero padding (older runs, hand copies, steps past 9 digits) still sort by number."""
     for step in (9, 10, 100):
@@ -284,6 +312,15 @@ def test_stale_temporary_files_are_cleaned_at_the_start_of_a_run(tmp_path: Path)
     assert result.returncode == 0, result.stderr
     assert not any(p.exists() for p in stale) and (out / "notes.tmp-1").exists()
     assert [checkpoint.load(p)["global_step"] for p in checkpoint.all_checkpoints(str(out))] == [1]
+
+
+def test_stale_temporary_files_of_best_and_weights_are_cleaned_too(tmp_path: Path) -> None:
+    stale = [tmp_path / "best.pt.tmp-12", tmp_path / "weights.pt.tmp-345", tmp_path / "checkpoint-step5.pt.tmp-6"]
+    kept = [tmp_path / "best.pt", tmp_path / "other.pt.tmp-7", tmp_path / "weights.pt.tmp-x"]
+    for path in stale + kept:
+        path.write_bytes(b"x")
+    assert sorted(checkpoint.clean_stale_temps(str(tmp_path))) == sorted(map(str, stale))
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
 
 
 def test_save_is_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -83,6 +83,13 @@ def test_the_resolution_schedule_is_part_of_the_data_section(tmp_path: Path) -> 
     assert "resolution" not in RunConfig.from_args(flags.parse_args(["--synthetic"])).as_dict()["data"]
 
 
+def test_keep_checkpoints_is_a_run_control_flag() -> None:
+    assert _config().run.keep_checkpoints == 2  # what was always kept
+    assert _config("--keep-checkpoints", "3").run.keep_checkpoints == 3
+    with pytest.raises(ConfigError, match="--keep-checkpoints must be positive"):
+        _config("--keep-checkpoints", "0")
+
+
 def test_as_dict_holds_every_flag_by_section() -> None:
     recorded = _config("-a", "resnet18", "--epochs", "3").as_dict()
     assert set(recorded) == {"data", "optim", "run", "dist"}
@@ -92,8 +99,8 @@ def test_as_dict_holds_every_flag_by_section() -> None:
 
 def test_only_the_flags_and_config_modules_see_the_namespace() -> None:
     """Below the command line, the trainer passes the frozen configuration or its fields, never argparse's
-    namespace (``cli`` is the database commands' own parser)."""
-    allowed = {"flags.py", "config_file.py", "config.py", "cli.py"}
+    namespace (``cli`` is the database commands' own parser, ``plot`` the curves command's)."""
+    allowed = {"flags.py", "config_file.py", "config.py", "cli.py", "plot.py"}  # plot: a command of its own
     users = [
         path.name
         for path in sorted((REPO / "lmdb_dali_train").rglob("*.py"))
