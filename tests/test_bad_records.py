@@ -149,7 +149,7 @@ def test_image_size_is_read_from_the_header() -> None:
 # -- the loaders -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: worker processes
 @pytest.mark.parametrize("kind", KINDS)
 def test_loader_replaces_bad_records_and_reports_them(bad_records_db: Path, kind: str, workers: int) -> None:
     """Two epochs of training: every batch comes, each bad sample replaced by the next good one of the

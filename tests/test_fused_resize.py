@@ -161,6 +161,7 @@ def test_switched_off_it_falls_back_silently(tmp_path: Path) -> None:
     assert done.stdout.split() == ["dali", "dali"] and "fused" not in done.stderr
 
 
+@pytest.mark.slow  # two compilers at once
 def test_concurrent_first_builds_compile_once_and_agree(tmp_path: Path) -> None:
     """Ranks that start together on an empty cache: one compiles, the others wait and load the same file."""
     env = {**os.environ, "LMDB_DALI_TRAIN_CACHE": str(tmp_path / "cache")}

@@ -34,6 +34,7 @@ def with_faults(monkeypatch: pytest.MonkeyPatch, **faults: str) -> None:
         monkeypatch.setenv(f"FAULT_{name.upper()}", value)
 
 
+@pytest.mark.slow  # a row process left to hang until its timeout
 def test_a_hung_row_is_killed_and_costs_only_its_row(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with_faults(monkeypatch, gpu_row_hangs="1")
     with pytest.raises(gpu.RowTimedOut, match="timed out after 3 s"):

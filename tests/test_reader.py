@@ -84,7 +84,7 @@ def test_pickles_and_reads_after_unpickling(val_db: Path) -> None:
 SHRINK = operator.methodcaller("resize", (8, 8))
 
 
-@pytest.mark.parametrize("context, workers", [("spawn", 1), ("fork", 2)])
+@pytest.mark.parametrize("context, workers", [pytest.param("spawn", 1, marks=pytest.mark.slow), ("fork", 2)])
 def test_dataloader_workers(val_db: Path, context: str, workers: int) -> None:
     """Spawn: the dataset pickles and reads in a fresh interpreter (one worker: each imports torch anew).
     Fork: workers inherit the parent's open Environment and must reopen their own."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -75,12 +76,17 @@ def test_a_missing_file_is_one_line() -> None:
 # -- one folder per run -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def run_dir(tmp_path: Path) -> Path:
-    """A finished 2-step synthetic run in its own folder."""
-    folder = tmp_path / "run"
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("finished") / "run"
     _train("--synthetic", *TINY, "--max-steps", "2", "--output-dir", str(folder))
     return folder
+
+
+@pytest.fixture
+def run_dir(finished_run: Path, tmp_path: Path) -> Path:
+    """A finished 2-step synthetic run in its own folder (a copy of one, for each test)."""
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
 
 
 def test_the_run_folder_holds_its_configuration_which_reads_back(run_dir: Path) -> None:
