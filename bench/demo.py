@@ -71,6 +71,7 @@ def train(kind: str, dbs: tuple[Path, Path], work: Path, args: argparse.Namespac
     row = runlog.train_row(kind, flags, work / f"run-{kind}")
     val = runlog.events(work / f"run-{kind}" / "log.jsonl", "val")
     row.target = f"{val[-1]['top1']:.1f}%" if val else "n/a"
+    run([sys.executable, "-m", "lmdb_dali_train.plot", str(work / f"run-{kind}")])
     return row
 
 
@@ -106,7 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n" + Table(title, f"Training images/s and data-wait: {runlog.RULE}", rows, headings=headings).markdown())
     if no_dali:
         print(f"\nDALI rows skipped: {no_dali}")
-    print(f"\n(demo took {time.perf_counter() - started:.0f} s; logs in {args.work}/run-*/log.jsonl)")
+    print(f"\n(demo took {time.perf_counter() - started:.0f} s)")
+    for kind in ("torch",) if no_dali else ("dali", "torch"):
+        folder = args.work / f"run-{kind}"
+        files = ", ".join(sorted(p.name for p in folder.iterdir() if not p.name.startswith(("std", "events."))))
+        print(f"run folder {folder}: {files}")
+    print(f"watch runs live with: tensorboard --logdir {args.work}")
     return 0
 
 

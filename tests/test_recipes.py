@@ -7,7 +7,10 @@ the one in FFCV's rn50_configs/ and rn18_configs/ files."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import NO_DALI, REPO, convert
 
 from lmdb_dali_train import flags
 from lmdb_dali_train.config import DataConfig, DistConfig, OptimConfig, RunConfig, RunControl
@@ -225,3 +228,32 @@ def test_the_smoke_recipe_builds_a_cpu_configuration(fake_db: Path) -> None:
     assert config.run.device == "cpu" and not config.cuda
     assert config.optim.arch == "resnet18" and config.optim.epochs <= 10 and config.data.val_crop <= 128
     assert config.optim.blurpool and config.optim.no_bn_weight_decay and config.data.val_tta
+
+
+# -- the smoke recipe learns ------------------------------------------------------------------------------
+
+SMOKE_MARGIN = 15.0  # points of val top-1 the two loaders may differ by: same data, same schedule, each its own crops
+
+
+@pytest.mark.slow
+def test_the_smoke_recipe_learns_with_both_loaders(tmp_path: Path) -> None:
+    """configs/smoke_cpu.yaml on the demo's generated data (4 classes: chance is 25%), as its header says
+    to run it: both loaders end well above chance, within SMOKE_MARGIN of each other."""
+    from lmdb_io.demo_images import make_image_folder
+
+    make_image_folder(str(tmp_path / "train"), classes=4, per_class=60, seed=0)
+    make_image_folder(str(tmp_path / "val"), classes=4, per_class=20, seed=1)
+    convert(tmp_path / "train", tmp_path / "train.lmdb")
+    convert(tmp_path / "val", tmp_path / "val.lmdb", "--classes-from", str(tmp_path / "train.lmdb"))
+    loaders = ["torch"] + ([] if NO_DALI else ["dali"])
+    top1 = {}
+    for loader in loaders:
+        out = tmp_path / f"run-{loader}"
+        data = ["--train", str(tmp_path / "train.lmdb"), "--val", str(tmp_path / "val.lmdb"), "--loader", loader]
+        cmd = [sys.executable, "train.py", "--config", "configs/smoke_cpu.yaml", *data, "--output-dir", str(out)]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+        events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        top1[loader] = [e for e in events if e["event"] == "val"][-1]["top1"]
+    assert all(value > 60.0 for value in top1.values()), top1
+    assert max(top1.values()) - min(top1.values()) <= SMOKE_MARGIN, top1

@@ -6,6 +6,7 @@ step after it is an error (raise --max-steps or lower --print-freq).
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,8 +62,10 @@ def steady(log: Path) -> Steady:
 
 def run_train(flags: list[str], out: Path, timeout: float | None = None) -> Path:
     """``python train.py FLAGS --output-dir OUT`` in its own process group, output in ``OUT/std*.txt``;
-    returns the log path. ``RunFailed`` on a non-zero exit (its last stderr line) or the timeout."""
-    out.mkdir(parents=True, exist_ok=True)
+    returns the log path. ``RunFailed`` on a non-zero exit (its last stderr line) or the timeout. OUT is the
+    benchmark's own: an earlier run there is removed (train.py refuses a fresh run in another run's folder)."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     cmd = [sys.executable, "train.py", *flags, "--output-dir", str(out)]
     with open(out / "stdout.txt", "wb") as so, open(out / "stderr.txt", "wb") as se:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=so, stderr=se, start_new_session=True)
