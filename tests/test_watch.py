@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+import yaml
 from conftest import run_cli, run_main
 from test_train import SMALL, _events, _ok, _run
 
@@ -194,13 +195,33 @@ def test_plot_of_a_folder_without_a_log_is_one_line_naming_it(tmp_path: Path) ->
 
 @pytest.fixture(scope="module")
 def watched(train_db: Path, val_db: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """3 epochs with validation, printing every 2 steps, keeping 3 checkpoints: (output dir, stdout)."""
+    """3 epochs with validation, printing every 2 steps, keeping 3 checkpoints: (output dir, stdout). The
+    run's flags come from a YAML file as a user writes one, with its epochs overridden on the command line."""
     out = tmp_path_factory.mktemp("watched") / "run"
-    cmd = [sys.executable, "train.py", "--loader", "torch", "--lmdb", "--train", str(train_db), "--val", str(val_db)]
-    cmd += ["--epochs", "3", "-b", "8", "-j", "0", "--lr", "0.05", "--output-dir", str(out), *SMALL]
-    proc = _run([*cmd, "--print-freq", "2", "--keep-checkpoints", "3"])
+    recipe = out.parent / "recipe.yaml"
+    recipe.write_text(
+        "data:\n  loader: torch\n  lmdb: true\n  workers: 0\n"
+        "optim:\n  epochs: 5\n  batch_size: 8\n  lr: 0.05\n"
+        "run:\n  print_freq: 2\n  keep_checkpoints: 3\n"
+    )
+    cmd = [sys.executable, "train.py", "--config", str(recipe), "--train", str(train_db), "--val", str(val_db)]
+    proc = _run([*cmd, *SMALL, "--print-freq", "2", "--epochs", "3", "--output-dir", str(out)])
     _ok(proc)
     return out, proc.stdout
+
+
+@pytest.mark.slow
+def test_the_run_from_a_file_holds_its_configuration_and_everything_to_watch(watched: tuple[Path, str]) -> None:
+    """The folder of a run from a YAML file: config.yaml (the file's values, the command line's override),
+    summary.csv, best.pt, checkpoints, TensorBoard's events where installed."""
+    out, _ = watched
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["optim"]["epochs"] == 3 and config["optim"]["batch_size"] == 8 and config["data"]["loader"] == "torch"
+    assert config["run"]["keep_checkpoints"] == 3 and config["data"]["workers"] == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"config.yaml", "log.jsonl", "summary.csv", "best.pt", "weights.pt"} <= names
+    assert list(out.glob("checkpoint-step*.pt"))
+    assert NO_TENSORBOARD is not None or list(out.glob("events.out.tfevents.*"))
 
 
 def _steps_per_epoch(out: Path) -> int:
