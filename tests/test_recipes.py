@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 from conftest import NO_DALI, REPO, convert
+from test_resolution import ffcv_get_resolution  # FFCV's get_resolution, as published
 
 from lmdb_dali_train import flags
 from lmdb_dali_train.config import DataConfig, DistConfig, OptimConfig, RunConfig, RunControl
@@ -69,17 +70,6 @@ def ffcv_step_lr(epoch: int, ix: int, iters: int, **cfg: Any) -> float:
     """train_loop: the iteration's lr, np.interp(np.arange(iters), [0, iters], [get_lr(epoch), get_lr(epoch + 1)])."""
     start, end = ffcv_get_cyclic_lr(epoch, **cfg), ffcv_get_cyclic_lr(epoch + 1, **cfg)
     return float(np.interp(ix, [0, iters], [start, end]))
-
-
-def ffcv_get_resolution(epoch: int, min_res: int, max_res: int, end_ramp: int, start_ramp: int) -> int:
-    """get_resolution: min_res up to start_ramp, max_res from end_ramp, in between linear, rounded (numpy's
-    round, half to even) to a multiple of 32."""
-    if epoch <= start_ramp:
-        return min_res
-    if epoch >= end_ramp:
-        return max_res
-    interp = np.interp([epoch], [start_ramp, end_ramp], [min_res, max_res])
-    return int(np.round(interp[0] / 32)) * 32
 
 
 # -- loading a recipe -----------------------------------------------------------------------------
