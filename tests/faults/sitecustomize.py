@@ -11,6 +11,9 @@ imports this module at start-up. Each ``FAULT_*`` variable set patches one point
   TARGET after global step STEP: ``self``; ``group``, its whole process group (as a terminal's Ctrl-C
   or SLURM signal a job, loader workers included); ``torchrun``, the process whose id is in
   ``FAULT_TORCHRUN_PID`` (torchrun forwards it to every rank's process group).
+- ``FAULT_KILL_AT_STEP=RANK:STEP``: the training process of global rank RANK kills itself with SIGKILL
+  (no cleanup, as a crashed node or the OOM killer would) after global step STEP, in torchrun's first
+  round only (``TORCHELASTIC_RESTART_COUNT`` 0 or unset): the restarted group runs on.
 - ``FAULT_SIGNAL_IN_VAL=RANK:BATCH:TARGET``: the same from inside validation, once the validation
   loader of rank RANK has handed over BATCH batches.
 - ``FAULT_LOADER_DELAY_S=SECONDS``: every training loader sleeps this long before each batch.
@@ -99,6 +102,25 @@ def _signal_at_step(spec: str) -> None:
         return result
 
     engine.train_step = signalling
+
+
+def _kill_at_step(spec: str) -> None:
+    import signal
+
+    from lmdb_dali_train import engine
+
+    rank, step = spec.split(":")
+    if not _this_rank(rank) or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        return
+    train_step = engine.train_step
+
+    def killing(state: engine.TrainState, batch: object) -> object:
+        result = train_step(state, batch)
+        if state.global_step == int(step):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    engine.train_step = killing
 
 
 class _Wrapped:
@@ -202,6 +224,8 @@ if os.environ.get("FAULT_SIGTERM_AT_STEP"):
     _sigterm_at_step(os.environ["FAULT_SIGTERM_AT_STEP"])
 if os.environ.get("FAULT_SIGNAL_AT_STEP"):
     _signal_at_step(os.environ["FAULT_SIGNAL_AT_STEP"])
+if os.environ.get("FAULT_KILL_AT_STEP"):
+    _kill_at_step(os.environ["FAULT_KILL_AT_STEP"])
 if os.environ.get("FAULT_SIGNAL_IN_VAL"):
     _signal_in_val(os.environ["FAULT_SIGNAL_IN_VAL"])
 if os.environ.get("FAULT_LOADER_DELAY_S"):
