@@ -7,10 +7,10 @@ imports this module at start-up. Each ``FAULT_*`` variable set patches one point
   kill -9 would) right after its N-th write transaction.
 - ``FAULT_SIGTERM_AT_STEP=STEP`` or ``RANK:STEP``: the training process (of that global rank) sends
   itself SIGTERM after global step STEP.
-- ``FAULT_SIGNAL_AT_STEP=RANK:STEP:TARGET``: the training process of global rank RANK sends SIGTERM to
-  TARGET after global step STEP: ``self``; ``group``, its whole process group (as a terminal's Ctrl-C
-  or SLURM signal a job, loader workers included); ``torchrun``, the process whose id is in
-  ``FAULT_TORCHRUN_PID`` (torchrun forwards it to every rank's process group).
+- ``FAULT_SIGNAL_AT_STEP=RANK:STEP:TARGET[:SIGNAL]``: the training process of global rank RANK sends SIGTERM
+  (or SIGNAL, e.g. ``USR1``) to TARGET after global step STEP: ``self``; ``group``, its whole process group
+  (as a terminal's Ctrl-C or SLURM signal a job, loader workers included); ``torchrun``, the process
+  whose id is in ``FAULT_TORCHRUN_PID`` (torchrun forwards it to every rank's process group).
 - ``FAULT_KILL_AT_STEP=RANK:STEP``: the training process of global rank RANK kills itself with SIGKILL
   (no cleanup, as a crashed node or the OOM killer would) after global step STEP, in torchrun's first
   round only (``TORCHELASTIC_RESTART_COUNT`` 0 or unset): the restarted group runs on.
@@ -69,28 +69,29 @@ def _sigterm_at_step(spec: str) -> None:
     engine.train_step = signalling
 
 
-def _send_sigterm(target: str) -> None:
+def _send_sigterm(target: str, name: str = "TERM") -> None:
     import signal
 
+    signum = signal.Signals[f"SIG{name}"]
     if target == "group":  # from another process, as a terminal or SLURM would (a rank signals no one)
         import subprocess
 
-        subprocess.run(["kill", "-TERM", "--", f"-{os.getpgrp()}"], check=False)
+        subprocess.run(["kill", f"-{name}", "--", f"-{os.getpgrp()}"], check=False)
     elif target == "torchrun":
-        os.kill(int(os.environ["FAULT_TORCHRUN_PID"]), signal.SIGTERM)
+        os.kill(int(os.environ["FAULT_TORCHRUN_PID"]), signum)
     else:
         assert target == "self", target
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
 
 
 def _this_rank(rank: str) -> bool:
-    return int(rank) == int(os.environ.get("RANK", "0"))
+    return int(rank) == int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
 def _signal_at_step(spec: str) -> None:
     from lmdb_dali_train import engine
 
-    rank, step, target = spec.split(":")
+    rank, step, target, *name = spec.split(":")
     if not _this_rank(rank):
         return
     train_step = engine.train_step
@@ -98,7 +99,7 @@ def _signal_at_step(spec: str) -> None:
     def signalling(state: engine.TrainState, batch: object) -> object:
         result = train_step(state, batch)
         if state.global_step == int(step):
-            _send_sigterm(target)
+            _send_sigterm(target, *name)
         return result
 
     engine.train_step = signalling
