@@ -109,3 +109,26 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_the_save_cadence_by_steps_and_by_rank_0s_clock() -> None:
+    from lmdb_dali_train.engine import SaveCadence, StopSignal
+
+    now = [0.0]
+    steps = SaveCadence(3, None, is_main=True, clock=lambda: now[0])
+    assert [s for s in range(1, 10) if steps.due(s, agreed=False)] == [3, 6, 9] and not steps.asks()
+    minutes = SaveCadence(None, 0.5, is_main=True, clock=lambda: now[0])
+    other_rank = SaveCadence(None, 0.5, is_main=False, clock=lambda: now[0])
+    now[0] = 29.0
+    assert not minutes.asks()
+    now[0] = 30.0
+    assert minutes.asks() and not other_rank.asks()  # rank 0's clock decides; the agreement tells the rest
+    assert minutes.due(7, agreed=True) and not minutes.due(7, agreed=False)
+    minutes.saved()
+    assert not minutes.asks()
+    stop = StopSignal()
+    try:  # one process: the wish to save is agreed as asked, a stop only after a signal
+        assert not stop.agreed(save=True) and stop.save_agreed
+        assert not stop.agreed() and not stop.save_agreed
+    finally:
+        stop.restore()
