@@ -138,10 +138,16 @@ class RunControl:
     force_resume: bool = False
     evaluate: bool = False
     max_bad_records: int = 10
+    save_every: int | None = None  # optimizer steps between mid-epoch checkpoints
+    save_every_minutes: float | None = None  # minutes (rank 0's clock) between mid-epoch checkpoints
 
     def __post_init__(self) -> None:
         _positive("print_freq", self.print_freq)
         _positive("keep_checkpoints", self.keep_checkpoints)
+        if self.save_every is not None:
+            _positive("save_every", self.save_every)
+        if self.save_every_minutes is not None:
+            _positive("save_every_minutes", self.save_every_minutes)
         if self.max_steps is not None:
             _positive("max_steps", self.max_steps)
         if self.max_bad_records < 0:

@@ -50,6 +50,8 @@ CHANGEABLE = {
     "compile",
     "batch_size",  # a resume on another batch rescales the lr and goes on by samples seen
     "keep_checkpoints",
+    "save_every",  # how often a run saves: no effect on training
+    "save_every_minutes",
     "val_resize",  # how validation measures: no effect on training
     "val_crop_size",
     "val_tta",

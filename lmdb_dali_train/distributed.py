@@ -10,6 +10,9 @@ same shard.
 from __future__ import annotations
 
 import os
+import socket
+import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -92,20 +95,86 @@ def init_process_group(
     place: Placement, device: torch.device, backend: str | None, url: str, timeout_s: float = 600.0
 ) -> None:
     """Join the process group (NCCL on GPUs, gloo on CPU); a single process joins none. ``timeout_s``
-    bounds every collective, the start-up rendezvous included."""
+    bounds every collective, the start-up rendezvous included. Under torchrun's agent store, the group
+    meets in a namespace of its own round (``round_store``)."""
     if not place.distributed:
         return
     if url == "env://":
         default_rendezvous(multi_node=spans_nodes())
     device_arg: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}  # CUDA only: binds NCCL to it
+    timeout = timedelta(seconds=timeout_s)
+    where: dict[str, Any] = {"init_method": url}
+    if url == "env://" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True):
+        where = {"store": round_store(place, timeout_s)}
     dist.init_process_group(
         backend or ("nccl" if device.type == "cuda" else "gloo"),
-        init_method=url,
         rank=place.rank,
         world_size=place.world_size,
-        timeout=timedelta(seconds=timeout_s),
+        timeout=timeout,
+        **where,
         **device_arg,
     )
+
+
+ROUND_KEY = "lmdb-dali-train/round"  # in torchrun's store: rank 0's beacon port and this round's namespace
+PROBE_TIMEOUT_S = 2.0  # how long a rank tries a beacon before it takes the round key for a stale one
+_beacon: dist.TCPStore | None = None  # rank 0's, kept for the life of the process
+
+
+def round_store(place: Placement, timeout_s: float) -> dist.Store:
+    """torchrun's store (``MASTER_ADDR:MASTER_PORT``), under a namespace only this round's ranks share.
+
+    torchrun's agent keeps one store for all the rounds of an elastic run (``--max-restarts``), and the
+    process group's keys (each rank's gloo or NCCL address) from a round whose rank died stay in it: a
+    restarted rank reads the dead rank's address and fails to connect (``Gloo connectFullMesh failed ...
+    Connection refused``), and ``TORCHELASTIC_RESTART_COUNT`` cannot tell the rounds apart (each agent
+    counts its own restarts). So rank 0 draws a fresh namespace, serves it from a small store of its own
+    (the beacon, on a free port of its node: the node of torchrun's store), and publishes the beacon's port
+    and the namespace under one key of torchrun's store; the other ranks take the key only once the beacon
+    it names answers with that namespace. A key left by an earlier round names a beacon that is gone (or
+    that answers with another namespace), so it is never taken for this round's."""
+    global _beacon
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    timeout = timedelta(seconds=timeout_s)
+    agent = dist.TCPStore(host, port, is_master=False, timeout=timeout)
+    if place.is_main:
+        namespace = uuid.uuid4().hex
+        _beacon = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False, timeout=timeout)
+        _beacon.set("namespace", namespace)
+        agent.set(ROUND_KEY, f"{_beacon.port} {namespace}")
+    else:
+        namespace = _this_rounds_namespace(agent, host, timeout_s)
+    return dist.PrefixStore(f"lmdb-dali-train/{namespace}/", agent)
+
+
+def _this_rounds_namespace(agent: dist.Store, host: str, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        agent.wait([ROUND_KEY])  # the first round: until rank 0 publishes
+        beacon_port, namespace = agent.get(ROUND_KEY).decode().split()
+        if _listening(host, int(beacon_port)):  # an earlier round's beacon is gone: refused at once, quietly
+            try:
+                beacon = dist.TCPStore(
+                    host, int(beacon_port), is_master=False, timeout=timedelta(seconds=PROBE_TIMEOUT_S)
+                )
+                if beacon.get("namespace").decode() == namespace:
+                    return namespace
+            except RuntimeError:  # not a store, or one without the namespace: its port was taken since
+                pass
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"rank 0 did not publish this round's rendezvous within --dist-timeout {timeout_s:g} s "
+                f"(the key {ROUND_KEY} in torchrun's store names a beacon that does not answer)"
+            )
+        time.sleep(0.2)
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -8,10 +8,11 @@ the model waits for data) are read after the device finished the window's work: 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -29,33 +30,40 @@ from .speed import Speedometer
 BAD_RECORDS_SHARED_EVERY = 5  # steps between the all-gathers that share bad records under DDP
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # SIGUSR1: a scheduler's warning (SLURM --signal)
+
+
 class StopSignal:
-    """Records SIGTERM/SIGINT; ``agreed()`` is True on every rank once any rank got one.
+    """Records SIGTERM/SIGINT/SIGUSR1; ``agreed()`` is True on every rank once any rank got one.
 
     Installed when a run starts, so a signal at any time stops it. Every rank must call ``agreed()`` at
     the same points: before training, after every step, at each epoch's end and before each validation
-    batch. It all-reduces one number on the host, over gloo (a gloo group of
+    batch. It all-reduces two numbers on the host, over gloo (a gloo group of
     its own when the run's backend is another, NCCL on GPUs), so asking at every step adds no device
-    synchronisation. A stop is agreed at the first such point after the signal, on every rank.
+    synchronisation. A stop is agreed at the first such point after the signal, on every rank. The second
+    number carries rank 0's wish to save a checkpoint now (``--save-every-minutes``: rank 0's clock
+    decides), so every rank learns it at the same step, at no extra cost (``save_agreed``).
     """
 
     def __init__(self) -> None:
         self.signum = 0  # the first signal this process got (0: none)
         self.agreed_signum = 0  # the signal the ranks stopped for (the highest number any rank got)
+        self.save_agreed = False  # some rank asked to save at the last agreement
         self._group: dist.ProcessGroup | None = None
         self._asked = False
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = self.signum or signum
 
-    def agreed(self) -> bool:
+    def agreed(self, save: bool = False) -> bool:
+        """Whether any rank got a stop signal; ``save``: this rank asks every rank to save (``save_agreed``)."""
         if not (dist.is_available() and dist.is_initialized()):
-            self.agreed_signum = self.signum  # one process: no collective
+            self.agreed_signum, self.save_agreed = self.signum, save  # one process: no collective
         else:
-            flag = torch.tensor([float(self.signum)])
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.host_group())
-            self.agreed_signum = int(flag.item())
+            flags = torch.tensor([float(self.signum), float(save)])
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.host_group())
+            self.agreed_signum, self.save_agreed = int(flags[0].item()), flags[1].item() > 0
         return self.agreed_signum > 0
 
     def host_group(self) -> dist.ProcessGroup | None:
@@ -68,9 +76,51 @@ class StopSignal:
                 self._group = group if isinstance(group, dist.ProcessGroup) else None  # every rank is a member
         return self._group
 
+    @contextlib.contextmanager
+    def deferred_to_default(self) -> Iterator[None]:
+        """While the block runs, the stop signals do what they do by default: end the process at once.
+        For the start-up rendezvous, a wait inside torch that never returns to Python (a peer that never
+        comes): a SIGTERM there (torchrun stopping its workers) must not wait out ``--dist-timeout``, and
+        there is nothing to save yet."""
+        handlers = {sig: signal.signal(sig, signal.SIG_DFL) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class SaveCadence:
+    """When to save a resumable checkpoint mid-epoch: every ``every_steps`` global steps (every rank
+    counts the same), and/or every ``every_minutes`` since the last save by rank 0's clock (rank 0 asks,
+    ``StopSignal.agreed`` carries it to every rank at the same step)."""
+
+    def __init__(
+        self,
+        every_steps: int | None,
+        every_minutes: float | None,
+        is_main: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.every_steps = every_steps
+        self.every_s = None if every_minutes is None else every_minutes * 60
+        self.is_main, self.clock = is_main, clock
+        self.last = clock()
+
+    def asks(self) -> bool:
+        """This rank's wish to save now (rank 0's clock only)."""
+        return self.is_main and self.every_s is not None and self.clock() - self.last >= self.every_s
+
+    def due(self, global_step: int, agreed: bool) -> bool:
+        """Whether every rank saves after ``global_step``: the steps' cadence, or the wish ``agreed`` on."""
+        return agreed or (self.every_steps is not None and global_step % self.every_steps == 0)
+
+    def saved(self) -> None:
+        self.last = self.clock()
 
 
 @dataclass
@@ -143,6 +193,7 @@ class KeyLog:
             if not pad
         ]
         self.file.writelines(rows)
+        self.file.flush()  # each step's keys reach the file: a rank killed later loses none of them
 
     def close(self) -> None:
         self.file.close()
@@ -179,6 +230,8 @@ def train_epoch(
     key_log: KeyLog | None = None,
     bad: BadRecordLog | None = None,
     meter: Speedometer | None = None,
+    cadence: SaveCadence | None = None,
+    save: Callable[[], None] | None = None,
 ) -> tuple[str, int]:
     """Run the rest of ``state.epoch``: the loader's ``len()`` batches, which it must yield exactly.
 
@@ -187,6 +240,8 @@ def train_epoch(
     agrees at the epoch's end (after validation), once.
     A window is logged at every print point and, when the loop stops between them, at the stop (every
     rank stops at the same step). ``meter`` carries the run's figures across epochs (see ``speed``).
+    ``save`` writes a resumable checkpoint (a collective) when ``cadence`` says so, on every rank at the same
+    step, never after the epoch's last one (the epoch's end saves) nor at a stop (the stop saves).
     """
     state.model.train()
     device = state.device
@@ -232,10 +287,12 @@ def train_epoch(
                 return ended("bad_records")
         if state.step_in_epoch == batches_in_epoch:
             continue  # the last batch: finish the epoch (the loader's end is its "done"; the caller asks then)
-        if stop.agreed():
+        if stop.agreed(save=cadence is not None and cadence.asks()):
             return ended("stopped")
         if steps_left is not None and steps >= steps_left:
             return ended("max_steps")
+        if save is not None and cadence is not None and cadence.due(state.global_step, stop.save_agreed):
+            save()
 
 
 def _log_window(

@@ -1,7 +1,8 @@
 """Every exit code of the project's commands (``lmdb-convert``/``convert.py``, ``lmdb-io``,
 ``lmdb-train``/``train.py``), each defined once; the README's table lists them.
 
-A stop by a signal (Ctrl-C's SIGINT, a scheduler's SIGTERM) is handled the same way by every command: it
+A stop by a signal (Ctrl-C's SIGINT, a scheduler's SIGTERM, or for the trainer the SIGUSR1 a scheduler
+sends as a warning before a time limit, SLURM's ``--signal=USR1@120``) is handled the same way by every command: it
 keeps what is done (the converter's committed images, the trainer's checkpoint), then exits 128 + the
 signal's number, as a shell reports a process the signal ended. The work is not complete, so a script
 (``train.py ... && upload``) must not go on as if it were; ``--resume`` continues it.
@@ -21,9 +22,10 @@ class ExitCode(enum.IntEnum):
     DIVERGED = 3  # lmdb-train: the loss became NaN or infinite; nothing is saved
     BAD_RECORDS = 4  # lmdb-train: more than --max-bad-records; lmdb-io verify: records failed a check
     INTERRUPTED = 128 + signal.SIGINT  # 130: stopped by SIGINT (Ctrl-C), what is done kept
+    WARNED = 128 + signal.SIGUSR1  # 138: lmdb-train stopped by SIGUSR1 (a time limit ahead), saved: requeue it
     TERMINATED = 128 + signal.SIGTERM  # 143: stopped by SIGTERM, what is done kept
 
 
 def for_signal(signum: int) -> ExitCode:
-    """The exit code of a command stopped, cleanly, by ``signum`` (SIGINT or SIGTERM)."""
+    """The exit code of a command stopped, cleanly, by ``signum`` (SIGINT, SIGTERM or SIGUSR1)."""
     return ExitCode(128 + signum)

@@ -266,6 +266,24 @@ def build_parser() -> argparse.ArgumentParser:
         "the newest N (default 2); best.pt (best val top-1) and weights.pt (the final weights) are apart from them",
     )
     run.add_argument(
+        "--save-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also save a resumable checkpoint every N optimizer steps (global steps), mid-epoch: a crash "
+        "then loses at most N steps (--resume auto). Checkpoints rotate as --keep-checkpoints says "
+        "(default: at each epoch's end and at a stop only)",
+    )
+    run.add_argument(
+        "--save-every-minutes",
+        type=float,
+        default=None,
+        metavar="M",
+        help="also save a resumable checkpoint when M minutes have passed since the last save (rank 0's "
+        "clock; every rank saves at the same step), e.g. 30 on a cluster: a killed node, an OOM or a "
+        "pre-emption loses at most M minutes (default: off)",
+    )
+    run.add_argument(
         "--resume",
         metavar="PATH|auto",
         help="continue a run from a checkpoint, with the flags it was trained with (give only what changes: "

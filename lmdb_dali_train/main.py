@@ -27,7 +27,16 @@ from .distributed import (
     shutdown,
     slurm_tasks_without_step,
 )
-from .engine import KeyLog, NonFiniteLossError, StopSignal, TrainState, evaluate, log_speed, train_epoch
+from .engine import (
+    KeyLog,
+    NonFiniteLossError,
+    SaveCadence,
+    StopSignal,
+    TrainState,
+    evaluate,
+    log_speed,
+    train_epoch,
+)
 from .errors import ConfigError
 from .exit_codes import ExitCode, for_signal
 from .model import build_state
@@ -50,7 +59,8 @@ def run(config: RunConfig, place: Placement, stop: StopSignal, resume_from: str 
     val_info = describe_dataset(data.val, data.lmdb) if data.val else None
     if train_info is not None:
         check_class_maps(train_info, val_info, data.train, data.val, data.lmdb)
-    init_process_group(place, device, config.dist.dist_backend, config.dist.dist_url, config.dist.dist_timeout)
+    with stop.deferred_to_default():  # a signal while the ranks meet ends this process at once
+        init_process_group(place, device, config.dist.dist_backend, config.dist.dist_url, config.dist.dist_timeout)
     config = run_folder.claim(config, place, stop.host_group)  # the same folder on every rank, or none
     run_control, evaluating = config.run, config.run.evaluate
     torch.manual_seed(config.optim.seed)
@@ -183,6 +193,13 @@ def _fit(
     steps_run = 0
     outcome = "stopped" if stop.agreed() else "done"  # a signal while the run was starting
     meter, finished = Speedometer(state.device, place.world_size), False
+    cadence = SaveCadence(run_control.save_every, run_control.save_every_minutes, place.is_main)
+
+    def checkpoint_now() -> None:
+        save(state, config, train_info, place)
+        cadence.saved()
+
+    periodic = run_control.save_every is not None or run_control.save_every_minutes is not None
     watch = RunWatch(
         config, place, log, steps_per_epoch=steps_per_epoch, epoch=state.epoch, global_step=state.global_step
     )
@@ -204,6 +221,8 @@ def _fit(
                 key_log=key_log,
                 bad=bad,
                 meter=meter,
+                cadence=cadence if periodic else None,
+                save=checkpoint_now if periodic else None,
             )
             steps_run += steps
             if outcome == "done":  # the loader ran out: the epoch is complete
@@ -220,8 +239,8 @@ def _fit(
                         outcome = "stopped"
             if outcome != "done" or state.epoch >= epochs:
                 break
-            save(state, config, train_info, place)  # each completed epoch
-        save(state, config, train_info, place)
+            checkpoint_now()  # each completed epoch
+        checkpoint_now()
         if outcome == "done":
             watch.finish(state.module, state.device)  # weights.pt
         finished = True

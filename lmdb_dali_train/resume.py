@@ -4,6 +4,7 @@ world size or batch size too), and saving one from rank 0 with every rank told w
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import torch
@@ -139,11 +140,13 @@ def _check_same_shape(saved: dict[str, Any], state: TrainState, path: str) -> No
 
 def save(state: TrainState, config: RunConfig, train_info: DatasetInfo | None, place: Placement) -> None:
     """Rank 0 writes the checkpoint; every rank learns whether it failed (no rank left waiting at a barrier)."""
+    started = time.perf_counter()
     check_finite(state)  # NaN weights are never saved (nor rotate a good checkpoint away)
     failure: ConfigError | None = None
+    path = None
     if place.is_main:
         try:
-            _write(state, config, train_info, place)
+            path = _write(state, config, train_info, place)
         except ConfigError as exc:  # disk full, or the written file did not verify
             failure = exc
     failed = all_reduce_max(torch.tensor([1.0 if failure else 0.0], device=state.device)).item() > 0
@@ -151,11 +154,14 @@ def save(state: TrainState, config: RunConfig, train_info: DatasetInfo | None, p
         raise failure
     if failed:
         raise ConfigError("rank 0 could not save the checkpoint (its error is in rank 0's output)")
+    if path is not None:  # what the save cost the run: every rank waited for it
+        size = os.path.getsize(path)
+        print(f"{stamp()} saved {path} ({size / 1e6:.1f} MB in {time.perf_counter() - started:.2f} s)", flush=True)
 
 
-def _write(state: TrainState, config: RunConfig, train_info: DatasetInfo | None, place: Placement) -> None:
-    """Rank 0's part of ``save``."""
-    path = checkpoint.save(
+def _write(state: TrainState, config: RunConfig, train_info: DatasetInfo | None, place: Placement) -> str:
+    """Rank 0's part of ``save``; returns the checkpoint's path."""
+    return checkpoint.save(
         config.output_dir,
         {
             "model": state.module.state_dict(),
@@ -174,4 +180,3 @@ def _write(state: TrainState, config: RunConfig, train_info: DatasetInfo | None,
         },
         keep=config.run.keep_checkpoints,
     )
-    print(f"{stamp()} saved {path}", flush=True)

@@ -134,31 +134,43 @@ def test_two_processes_cover_the_epoch(val_db: Path, tmp_path: Path, loader: str
 @pytest.mark.slow
 @needs_dali
 def test_two_nodes_shard_by_global_rank(val_db: Path, tmp_path: Path) -> None:
+    """Two torchrun launchers (node ranks 0 and 1, one process each) stop after 2 steps with one checkpoint
+    (rank 0's), then resume from it the same way: over both runs each sample of the epoch once."""
     length = len(open_database(val_db))
     batch, out = whole_epoch_batch(length, 2), tmp_path / "run"
-    with reserved_port() as port:
-        common = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
-        common += ["--master-addr", "127.0.0.1", "--master-port", str(port)]
-        nodes = [
-            subprocess.Popen(
-                [*common, "--node-rank", str(r), "train.py", *_epoch_args(val_db, out, batch)],
-                cwd=REPO,
-                env=_env(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for r in (0, 1)
-        ]
-        try:
-            results = [node.communicate(timeout=TIMEOUT) for node in nodes]
-        finally:
-            for node in nodes:
-                if node.poll() is None:
-                    node.kill()
-                    node.wait()
-    assert [node.returncode for node in nodes] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
-    _assert_sharding(_key_logs(out), 2, val_db, RankPlan(length, batch, world_size=2, drop_last=True).num_batches(0))
+    steps = RankPlan(length, batch, world_size=2, drop_last=True).num_batches(0)
+    assert steps > 2
+
+    def two_nodes(*extra: str) -> None:
+        with reserved_port() as port:
+            common = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+            common += ["--master-addr", "127.0.0.1", "--master-port", str(port)]
+            nodes = [
+                subprocess.Popen(
+                    [*common, "--node-rank", str(r), "train.py", *_epoch_args(val_db, out, batch), *extra],
+                    cwd=REPO,
+                    env=_env(),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for r in (0, 1)
+            ]
+            try:
+                results = [node.communicate(timeout=TIMEOUT) for node in nodes]
+            finally:
+                for node in nodes:
+                    if node.poll() is None:
+                        node.kill()
+                        node.wait()
+        assert [node.returncode for node in nodes] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+
+    two_nodes("--max-steps", "2")
+    assert [p.name for p in out.glob("checkpoint-step*.pt")] == ["checkpoint-step000000002.pt"]
+    two_nodes("--resume", "auto")
+    assert [e["global_step"] for e in _events(out, "end")] == [2, steps]  # the second run went on from step 2
+    assert sorted(p.name for p in out.glob("checkpoint-step*.pt"))[-1] == f"checkpoint-step{steps:09d}.pt"
+    _assert_sharding(_key_logs(out), 2, val_db, steps)
 
 
 @pytest.mark.slow

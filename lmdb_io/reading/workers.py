@@ -1,4 +1,4 @@
-"""Loader worker processes leave SIGINT and SIGTERM to the trainer.
+"""Loader worker processes leave SIGINT, SIGTERM and SIGUSR1 to the trainer.
 
 torchrun, SLURM and a terminal's Ctrl-C signal a whole process group: the trainer and its loader workers
 (DataLoader workers, DALI's Python workers) get the signal together. A worker that died of it would take
@@ -20,7 +20,8 @@ import signal
 import threading
 from collections.abc import Iterator
 
-STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+# SIGUSR1: the trainer's warning of a time limit (SLURM's --signal=USR1@120 signals every process of a step)
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGUSR1})
 PARENT_CHECK_S = 1.0  # how often the watcher looks whether the parent is still there
 
 _watched_in: int | None = None  # the process id the watcher thread runs in (a fork copies this)
@@ -28,7 +29,7 @@ _watched_in: int | None = None  # the process id the watcher thread runs in (a f
 
 @contextlib.contextmanager
 def stop_signals_blocked(spawn: bool = False) -> Iterator[None]:
-    """Block SIGINT/SIGTERM in this thread while worker processes are started; they keep the mask.
+    """Block the stop signals in this thread while worker processes are started; they keep the mask.
 
     A signal that arrives meanwhile waits, and is delivered when the block ends. ``spawn``: workers are
     started by exec (multiprocessing's spawn or forkserver): its resource tracker is started first,
@@ -61,7 +62,7 @@ def parent_garbage_frozen() -> Iterator[None]:
 
 
 def ignore_stop_signals(*_: object) -> None:
-    """In a worker process: drop SIGINT/SIGTERM, but end on its parent's SIGTERM or when the parent is
+    """In a worker process: drop the stop signals, but end on its parent's SIGTERM or when the parent is
     gone. Once per process; the arguments are ignored (so it serves as a DataLoader ``worker_init_fn``)."""
     global _watched_in
     if _watched_in == os.getpid():

@@ -7,10 +7,13 @@ imports this module at start-up. Each ``FAULT_*`` variable set patches one point
   kill -9 would) right after its N-th write transaction.
 - ``FAULT_SIGTERM_AT_STEP=STEP`` or ``RANK:STEP``: the training process (of that global rank) sends
   itself SIGTERM after global step STEP.
-- ``FAULT_SIGNAL_AT_STEP=RANK:STEP:TARGET``: the training process of global rank RANK sends SIGTERM to
-  TARGET after global step STEP: ``self``; ``group``, its whole process group (as a terminal's Ctrl-C
-  or SLURM signal a job, loader workers included); ``torchrun``, the process whose id is in
-  ``FAULT_TORCHRUN_PID`` (torchrun forwards it to every rank's process group).
+- ``FAULT_SIGNAL_AT_STEP=RANK:STEP:TARGET[:SIGNAL]``: the training process of global rank RANK sends SIGTERM
+  (or SIGNAL, e.g. ``USR1``) to TARGET after global step STEP: ``self``; ``group``, its whole process group
+  (as a terminal's Ctrl-C or SLURM signal a job, loader workers included); ``torchrun``, the process
+  whose id is in ``FAULT_TORCHRUN_PID`` (torchrun forwards it to every rank's process group).
+- ``FAULT_KILL_AT_STEP=RANK:STEP``: the training process of global rank RANK kills itself with SIGKILL
+  (no cleanup, as a crashed node or the OOM killer would) after global step STEP, in torchrun's first
+  round only (``TORCHELASTIC_RESTART_COUNT`` 0 or unset): the restarted group runs on.
 - ``FAULT_SIGNAL_IN_VAL=RANK:BATCH:TARGET``: the same from inside validation, once the validation
   loader of rank RANK has handed over BATCH batches.
 - ``FAULT_LOADER_DELAY_S=SECONDS``: every training loader sleeps this long before each batch.
@@ -66,28 +69,29 @@ def _sigterm_at_step(spec: str) -> None:
     engine.train_step = signalling
 
 
-def _send_sigterm(target: str) -> None:
+def _send_sigterm(target: str, name: str = "TERM") -> None:
     import signal
 
+    signum = signal.Signals[f"SIG{name}"]
     if target == "group":  # from another process, as a terminal or SLURM would (a rank signals no one)
         import subprocess
 
-        subprocess.run(["kill", "-TERM", "--", f"-{os.getpgrp()}"], check=False)
+        subprocess.run(["kill", f"-{name}", "--", f"-{os.getpgrp()}"], check=False)
     elif target == "torchrun":
-        os.kill(int(os.environ["FAULT_TORCHRUN_PID"]), signal.SIGTERM)
+        os.kill(int(os.environ["FAULT_TORCHRUN_PID"]), signum)
     else:
         assert target == "self", target
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
 
 
 def _this_rank(rank: str) -> bool:
-    return int(rank) == int(os.environ.get("RANK", "0"))
+    return int(rank) == int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
 def _signal_at_step(spec: str) -> None:
     from lmdb_dali_train import engine
 
-    rank, step, target = spec.split(":")
+    rank, step, target, *name = spec.split(":")
     if not _this_rank(rank):
         return
     train_step = engine.train_step
@@ -95,10 +99,29 @@ def _signal_at_step(spec: str) -> None:
     def signalling(state: engine.TrainState, batch: object) -> object:
         result = train_step(state, batch)
         if state.global_step == int(step):
-            _send_sigterm(target)
+            _send_sigterm(target, *name)
         return result
 
     engine.train_step = signalling
+
+
+def _kill_at_step(spec: str) -> None:
+    import signal
+
+    from lmdb_dali_train import engine
+
+    rank, step = spec.split(":")
+    if not _this_rank(rank) or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        return
+    train_step = engine.train_step
+
+    def killing(state: engine.TrainState, batch: object) -> object:
+        result = train_step(state, batch)
+        if state.global_step == int(step):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    engine.train_step = killing
 
 
 class _Wrapped:
@@ -202,6 +225,8 @@ if os.environ.get("FAULT_SIGTERM_AT_STEP"):
     _sigterm_at_step(os.environ["FAULT_SIGTERM_AT_STEP"])
 if os.environ.get("FAULT_SIGNAL_AT_STEP"):
     _signal_at_step(os.environ["FAULT_SIGNAL_AT_STEP"])
+if os.environ.get("FAULT_KILL_AT_STEP"):
+    _kill_at_step(os.environ["FAULT_KILL_AT_STEP"])
 if os.environ.get("FAULT_SIGNAL_IN_VAL"):
     _signal_in_val(os.environ["FAULT_SIGNAL_IN_VAL"])
 if os.environ.get("FAULT_LOADER_DELAY_S"):
