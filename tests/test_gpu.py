@@ -282,6 +282,26 @@ def test_evaluate_resume_on_gpu(two_step_run: Path, train_db: Path, val_db: Path
     evaluate_resumed(train_db, val_db, two_step_run / "checkpoint-step000000002.pt", tmp_path / "eval", "cuda")
 
 
+@pytest.mark.slow
+def test_a_checkpoint_saved_with_8_gpus_evaluates_and_resumes_on_one(
+    two_step_run: Path, train_db: Path, val_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step-2 checkpoint rewritten as an 8-GPU process saves its RNG (``get_rng_state_all``: 8 CUDA states),
+    then ``CUDA_VISIBLE_DEVICES=0 train.py --evaluate --resume`` and ``--resume auto``: each restores its own
+    device's state (before: IndexError from ``set_rng_state_all``)."""
+    from lmdb_dali_train import checkpoint
+
+    saved = checkpoint.load(str(two_step_run / "checkpoint-step000000002.pt"))
+    saved.pop("format_version")
+    (state,) = saved["rng"]["cuda"]
+    saved["rng"]["cuda"] = [state.clone() for _ in range(8)]
+    out = tmp_path / "run"
+    path = Path(checkpoint.save(str(out), saved))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])
+    evaluate_resumed(train_db, val_db, path, tmp_path / "eval", "cuda")  # run_train passes the environment on
+    resume_auto(train_db, out, "cuda")
+
+
 # -- val parity of the GPU decoder ------------------------------------------------------------------
 
 
