@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TextIO
 
 import torch
@@ -37,9 +38,12 @@ class StopSignal:
     batch. It all-reduces one number on the host, over gloo (a gloo group of
     its own when the run's backend is another, NCCL on GPUs), so asking at every step adds no device
     synchronisation. A stop is agreed at the first such point after the signal, on every rank.
+    ``timeout_s``: the side group's bound on each collective (``--dist-timeout``, as the run's own group;
+    None: torch's default, 30 minutes).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float | None = None) -> None:
+        self.timeout_s = timeout_s
         self.signum = 0  # the first signal this process got (0: none)
         self.agreed_signum = 0  # the signal the ranks stopped for (the highest number any rank got)
         self._group: dist.ProcessGroup | None = None
@@ -64,7 +68,8 @@ class StopSignal:
         if not self._asked:
             self._asked = True
             if dist.get_backend() != "gloo":
-                group = dist.new_group(backend="gloo")
+                timeout = None if self.timeout_s is None else timedelta(seconds=self.timeout_s)
+                group = dist.new_group(backend="gloo", timeout=timeout)
                 self._group = group if isinstance(group, dist.ProcessGroup) else None  # every rank is a member
         return self._group
 
