@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from conftest import FAULTS_DIR, needs_dali
 
 from bench import gpu_check
 from bench.lib import gpu
-from bench.lib.gpu import child, loader, probe
+from bench.lib.gpu import child, loader, probe, tier
 from bench.lib.table import Row
 from lmdb_io import open_database
 
@@ -78,3 +80,46 @@ def test_loader_rows_run_in_their_own_process_without_torch_in_dali_workers(
     assert not list(witness.glob("torch-*")), "a DALI source worker of the row imported torch"
     torch_row = loader.loader_in_child(cpu_args("--warmup-batches", "2"), d, "torch", left=300)
     assert torch_row["rate"] > 0 and torch_row["warmup_batches"] == 2 * 2 + 1, torch_row
+
+
+HANGING_TIER = """
+import subprocess, sys, time, pytest
+
+@pytest.mark.gpu
+def test_starts_a_session_and_hangs():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    open({pidfile!r}, "w").write(str(proc.pid))
+    time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.slow  # a tier left to hang until its budget
+def test_a_timed_out_tier_leaves_no_process_of_its_own_sessions(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The tier's train.py runs start sessions of their own (``run_in_session``): killing pytest's process group
+    left them holding the GPU while the rows after the tier were measured; now the whole tree goes."""
+    pidfile = tmp_path / "grandchild.pid"
+    tier_file = tmp_path / "test_hanging_tier.py"
+    tier_file.write_text(HANGING_TIER.format(pidfile=str(pidfile)))
+    monkeypatch.setattr(tier, "GPU_TESTS", str(tier_file))
+    with pytest.raises(gpu.RowFailed, match="timed out after 10 s"):
+        tier.run_gpu_tests(cpu_args("--tests-budget", "10", "--out", str(tmp_path / "out")), tmp_path, left=60)
+    assert pidfile.is_file(), "the hanging test never started its session"
+    pid = int(pidfile.read_text())
+    for _ in range(50):
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the tier's grandchild in a session of its own outlived the tier's timeout")
