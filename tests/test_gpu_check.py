@@ -19,8 +19,8 @@ import pytest
 from conftest import FAULTS_DIR, needs_dali
 
 from bench import gpu_check
-from bench.lib import gpu
-from bench.lib.gpu import child, loader, probe, tier
+from bench.lib import gpu, runlog
+from bench.lib.gpu import child, loader, probe, report, tier
 from bench.lib.table import Row
 from lmdb_io import open_database
 
@@ -123,3 +123,53 @@ def test_a_timed_out_tier_leaves_no_process_of_its_own_sessions(
     else:
         os.kill(pid, signal.SIGKILL)
         pytest.fail("the tier's grandchild in a session of its own outlived the tier's timeout")
+
+
+def test_a_row_cut_short_by_the_budget_is_not_run_and_a_hung_one_failed() -> None:
+    """A training row started with little of --budget left and killed at its end is "not run: budget"; one
+    killed at its own cap (half the budget) with time to spare hung, and failed."""
+
+    def timed_out(left: float) -> dict:
+        raise runlog.RunFailed(f"timed out after {left:.0f} s")
+
+    late = gpu.Check("train", "resnet50-dali", Row("training", "how"), (), 25.0, timed_out)
+    gpu.run_check(late, {}, deadline=time.monotonic() + 40, budget=540)
+    assert late.status == "not run" and late.row.result.startswith("not run: budget ("), late.row.result
+    hung = gpu.Check("train", "resnet50-dali", Row("training", "how"), (), 25.0, timed_out)
+    gpu.run_check(hung, {}, deadline=time.monotonic() + 500, budget=540)
+    assert hung.status == "failed" and hung.row.result == "failed: timed out after 270 s", hung.row.result
+
+
+def test_the_lmdb_cost_row_compares_like_with_like() -> None:
+    """LMDB against memory with the source in the pipeline's thread on both sides, not the best worker count."""
+    rates = {"dali-w0-hw0.65": 900.0, "dali-w4-hw0.65": 2000.0, "memory-hw0.65": 990.0, "dali-w0-hw1": 800.0}
+    checks = [gpu.Check("loader", k, Row(k, "", rate=r), (), 0.0, dict) for k, r in rates.items()]
+    cost = gpu.Check("derived", "cost", Row("cost", ""), (), 0.0, dict)
+    report.set_ratios([*checks, cost])
+    assert cost.row.result == "900 vs 990 (`dali-w0-hw0.65` vs `memory-hw0.65`)", cost.row.result
+    assert cost.row.ratio == "+10.0 %", cost.row.ratio
+
+
+def test_dev_shm_warning_counts_dalis_source_workers(
+    train_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = probe.Data(tmp_path, train_db, len(open_database(train_db)))
+    args = cpu_args("--py-workers", "0,8")
+    args.torch_workers = 0  # no torchvision workers: what is named is DALI's
+    usage = shutil.disk_usage("/")
+    monkeypatch.setattr(probe.shutil, "disk_usage", lambda path: usage._replace(free=1))
+    note = probe.shm_note(args, d)
+    assert note.startswith("/dev/shm has") and "DALI's 8 source workers x 2 batches" in note, note
+
+
+def test_the_8_rank_rows_use_train_pys_defaults_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rank of 8 on 16 cores: the rows' threads and the second load are what train.py would choose."""
+    from lmdb_dali_train import data
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "0")
+    assert loader.RANK8_THREADS == data.default_threads(8) == 2
+    assert loader.RANK8_LOADS == (0.65, data.default_hw_decoder_load(data.cores_per_rank(8)))
+    keys = [c.key for c in loader.rows(cpu_args(), probe.Data(Path(".")))]
+    assert {"rank8-hw0.65", "rank8-hw0.91"} <= set(keys), keys
