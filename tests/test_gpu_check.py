@@ -173,3 +173,34 @@ def test_the_8_rank_rows_use_train_pys_defaults_there(monkeypatch: pytest.Monkey
     assert loader.RANK8_LOADS == (0.65, data.default_hw_decoder_load(data.cores_per_rank(8)))
     keys = [c.key for c in loader.rows(cpu_args(), probe.Data(Path(".")))]
     assert {"rank8-hw0.65", "rank8-hw0.91"} <= set(keys), keys
+
+
+def test_the_demos_loader_rows_sync_before_each_clock_read_and_normalise_on_the_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``bench.demo``'s loader-only rows with a GPU faked: the clock starts and stops after a device sync, and
+    the torchvision loader is asked for batches on the GPU (where DALI's are), normalised there."""
+    import torch
+
+    from bench import demo
+
+    calls: list[str] = []
+    asked: dict[str, dict] = {}
+
+    def fake_loader(kind: str, db: Path, batch: int, crop: int, **options: object) -> object:
+        asked[kind] = options
+        return lambda seed: [argparse.Namespace(images=torch.zeros(batch, 3, 1, 1))] * 3
+
+    def clock() -> float:
+        calls.append("clock")
+        return float(len(calls))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: calls.append("sync"))
+    monkeypatch.setattr(demo.ours, "loader", fake_loader)
+    monkeypatch.setattr(demo.time, "perf_counter", clock)
+    for kind in ("dali", "torch"):
+        calls.clear()
+        assert demo.loader_only(kind, Path("db"), 4, 8) > 0
+        assert calls == ["sync", "clock", "sync", "clock"], calls
+    assert asked["torch"]["device"] == torch.device("cuda") and asked["dali"]["device_id"] == 0, asked
