@@ -17,13 +17,14 @@ STAMP := $(VENV)/.setup-stamp
 COMPAT_VENV ?= .venv-dali134
 FLOOR_VENV ?= .venv-floor
 
-.PHONY: setup test test-fast test-gpu demo bench lint test-dali-compat clean help
+.PHONY: setup test test-fast test-gpu gpu-check demo bench lint test-dali-compat clean help
 
 help:
 	@echo "make demo   set up, convert DATA=dir (default: a generated ImageFolder), train with both loaders, compare"
 	@echo "make test   set up and run the test suite, all but the gpu tier (what CI runs)"
 	@echo "make test-fast  the suite without the slow tier (torchrun and training subprocesses): under a minute"
 	@echo "make test-gpu   the gpu tier (needs CUDA)"
+	@echo "make gpu-check  a GPU machine's first command: the gpu tier, then bench.gpu_check's rows; one table, < 10 min"
 	@echo "make bench  all benchmarks on DATA=dir (default: hymenoptera if beside, else the demo data), with FFCV/LitData/WebDataset rows if .[bench] is installed: one table, JSON, a PNG chart and its section of bench/RESULTS.md"
 	@echo "make lint   ruff (lint + format check) and mypy over the repo, hadolint on docker/Dockerfile*"
 	@echo "make test-dali-compat  DALI tests on nvidia-dali-cuda110==1.34.0 and on the current DALI"
@@ -57,6 +58,9 @@ test-fast: setup
 
 test-gpu: setup
 	$(PY) -m pytest -q -m gpu tests
+
+gpu-check: setup
+	timeout 600 $(PY) -m bench.gpu_check
 
 demo: setup
 	$(PY) -m bench.demo --work $(DEMO_DIR) $(if $(DATA),--data $(DATA))

@@ -30,7 +30,7 @@ from lmdb_io.database import ImageDatabase
 from lmdb_io.errors import LmdbIoError
 from lmdb_io.imagecheck import PIXEL_CAP, image_size, size_problem, sniff_format
 
-from .compat import no_exif_rotation
+from .compat import no_exif_rotation, supported
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -52,20 +52,27 @@ def _reason(exc: RuntimeError) -> str:
     return lines[0][:200]
 
 
-def _child(path: str, batch_size: int, num_threads: int, conn: Connection) -> None:
-    """Decode the batches of indices the parent sends; answer each; exit after the first failure."""
+def _child(path: str, batch_size: int, num_threads: int, device_id: int | None, conn: Connection) -> None:
+    """Decode the batches of indices the parent sends; answer each; exit after the first failure. With
+    ``device_id``, each record is also decoded on that GPU, by nvJPEG's CUDA path and by the hardware decoder
+    (``hw_decoder_load`` 0 and 1), as a training pipeline there may send it either way."""
 
     @pipeline_def(
         batch_size=batch_size,
         num_threads=num_threads,
-        device_id=None,
+        device_id=device_id,
         exec_async=False,
         exec_pipelined=False,
         prefetch_queue_depth=1,
     )
     def decode() -> Any:  # a DALI graph
         encoded = fn.external_source(name="encoded", dtype=types.UINT8)
-        return fn.decoders.image(encoded, device="cpu", output_type=types.RGB, **no_exif_rotation("decoders__Image"))
+        args = dict(output_type=types.RGB, **no_exif_rotation("decoders__Image"))
+        outputs = [fn.decoders.image(encoded, device="cpu", **args)]
+        for load in (0.0, 1.0) if device_id is not None else ():
+            gpu = supported("decoders__Image", hw_decoder_load=load)
+            outputs.append(fn.decoders.image(encoded, device="mixed", **args, **gpu))
+        return tuple(outputs)
 
     printed = tempfile.TemporaryFile()
     os.dup2(printed.fileno(), 2)  # the decoder's own messages (libjpeg writes to stderr), read per batch
@@ -97,11 +104,14 @@ def _child(path: str, batch_size: int, num_threads: int, conn: Connection) -> No
 class _Worker:
     """The parent's handle on one child; ``check`` returns its answer, or raises ``_Crashed``."""
 
-    def __init__(self, path: str, batch_size: int, num_threads: int) -> None:
+    def __init__(self, path: str, batch_size: int, num_threads: int, device_id: int | None = None) -> None:
         ctx = multiprocessing.get_context("spawn")  # DALI cannot run in a forked child of a CUDA process
         self.conn, child_conn = ctx.Pipe()
         self.process: BaseProcess = ctx.Process(
-            target=_child, args=(path, batch_size, num_threads, child_conn), daemon=True, name="dali-decode-check"
+            target=_child,
+            args=(path, batch_size, num_threads, device_id, child_conn),
+            daemon=True,
+            name="dali-decode-check",
         )
         self.process.start()
         child_conn.close()
@@ -112,7 +122,7 @@ class _Worker:
             answer: Answer = self.conn.recv()
         except (EOFError, OSError):  # the child died without answering
             self.process.join()
-            raise _Crashed(f"DALI's CPU decoder crashed (exit code {self.process.exitcode})") from None
+            raise _Crashed(f"DALI's decoder crashed (exit code {self.process.exitcode})") from None
         return answer
 
     def close(self) -> None:
@@ -138,22 +148,25 @@ def undecodable_records(
     *,
     batch_size: int = 64,
     on_warning: Callable[[int, str], None] | None = None,
+    device_id: int | None = None,
 ) -> list[tuple[int, str]]:
     """(index, reason) for each record among ``indices`` that DALI's CPU decoder rejects or crashes on, or
-    that is too large to decode (reported from its header, never decoded), sorted by index.
+    that is too large to decode (reported from its header, never decoded), sorted by index. With
+    ``device_id``, also those its GPU decoders on that device reject (in the child, never in the caller).
 
     A ``lmdb_io.verify.DecodeCheck``. Records that cannot be read (checksum, label) are left to the record
     checks that report them, and not sent to DALI.
     """
     bad: list[tuple[int, str]] = []
     budget = BATCH_PIXELS
+    decoders = "CPU decoder" if device_id is None else f"CPU or GPU {device_id} decoders (nvJPEG, hardware)"
     worker: _Worker | None = None
 
     def ask(chunk: Sequence[int]) -> Answer:
         """The verdict on ``chunk``; a failed or crashed child is replaced before the next question."""
         nonlocal worker
         if worker is None:
-            worker = _Worker(db.path, batch_size, num_threads)
+            worker = _Worker(db.path, batch_size, num_threads, device_id)
         try:
             answer = worker.check(chunk)
         except _Crashed as exc:
@@ -170,7 +183,7 @@ def undecodable_records(
         for i in chunk:
             reason, printed = ask([i]) if len(chunk) > 1 else (reason, printed)
             if reason is not None:
-                bad.append((i, f"record {db.key(i).decode()}: does not decode with DALI's CPU decoder ({reason})"))
+                bad.append((i, f"record {db.key(i).decode()}: does not decode with DALI's {decoders} ({reason})"))
             elif printed and on_warning is not None:
                 on_warning(i, printed)
 

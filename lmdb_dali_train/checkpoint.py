@@ -54,7 +54,8 @@ class CorruptCheckpointError(ConfigError):
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # this process's own device only: a rank uses one GPU, and the run that resumes may see fewer
+        state["cuda"] = [torch.cuda.get_rng_state()]
     np_state = np.random.get_state(legacy=True)  # the default; numpy's stubs give the dict form to a bare call
     assert isinstance(np_state, tuple)  # the legacy form, since the global generator is MT19937
     kind, keys, pos, has_gauss, gauss = np_state
@@ -68,11 +69,27 @@ def rng_state() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
+    """Put the saved generators back; the CUDA one onto this process's current device only (``cuda_state_for``)."""
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if torch.cuda.is_available():
+        cuda = cuda_state_for(state.get("cuda") or [], torch.cuda.current_device())
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)  # the current device's
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+
+
+def cuda_state_for(saved: list[torch.Tensor], device: int) -> torch.Tensor | None:
+    """The saved CUDA generator state that applies to ``device`` (an index of this process's visible ones).
+
+    Checkpoints of this version hold one state, the saving rank's own device's, which every rank restores
+    onto its own device (``torch.manual_seed`` seeds every device alike, so the ranks' states start equal).
+    Older ones hold every device the saving process saw (``get_rng_state_all``): the entry of ``device``'s
+    index where there is one, else the first. Indexing every saved device, as ``set_rng_state_all`` does,
+    fails when fewer GPUs are visible than when it was saved (8 saved, ``CUDA_VISIBLE_DEVICES=0``)."""
+    if not saved:
+        return None
+    return saved[device] if device < len(saved) else saved[0]
 
 
 def _encode(state: dict[str, Any]) -> bytes:

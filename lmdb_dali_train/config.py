@@ -42,7 +42,7 @@ class DataConfig:
     synthetic: bool = False
     workers: int | None = None
     dali_threads: int | None = None
-    hw_decoder_load: float = 0.65
+    hw_decoder_load: float | None = None  # None: by the cores per rank (data.default_hw_decoder_load)
     crop_size: int = 224
     val_resize: int = 256
     val_crop_size: int | None = None  # None: crop_size (the property val_crop)
@@ -62,7 +62,7 @@ class DataConfig:
             _positive(name, getattr(self, name))
         if self.val_crop_size is not None:
             _positive("val_crop_size", self.val_crop_size)
-        if not 0.0 <= self.hw_decoder_load <= 1.0:
+        if self.hw_decoder_load is not None and not 0.0 <= self.hw_decoder_load <= 1.0:
             raise ConfigError("--hw-decoder-load must be between 0 and 1")
         object.__setattr__(self, "resolution", _resolution_schedule(self))
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,18 +87,56 @@ def require_dali() -> None:
         raise ConfigError(DALI_INSTALL_HINT) from None
 
 
-def default_threads(world_size: int) -> int:
+def local_ranks(world_size: int, env: Mapping[str, str] | None = None) -> int:
+    """How many ranks of this run share this node's cores: torchrun's LOCAL_WORLD_SIZE, SLURM's tasks on this
+    node in an ``srun`` step, else (one node, ``--multiprocessing-distributed``) one per visible GPU at most."""
+    env = os.environ if env is None else env
+    if "LOCAL_WORLD_SIZE" in env:
+        return max(1, int(env["LOCAL_WORLD_SIZE"]))
+    if "RANK" not in env and env.get("SLURM_STEP_TASKS_PER_NODE"):
+        return max(1, int(re.split(r"[(,]", env["SLURM_STEP_TASKS_PER_NODE"])[0]))  # "8(x2)": 8 on each of 2
+    return max(1, min(world_size, torch.cuda.device_count() or world_size))
+
+
+def cores_per_rank(world_size: int, env: Mapping[str, str] | None = None) -> int:
+    """The CPU cores this rank can count on: those it may run on, shared by the node's ranks, or SLURM's
+    ``--cpus-per-task`` for a rank that ``srun`` started."""
+    env = os.environ if env is None else env
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_process = max(1, cores // max(1, min(world_size, torch.cuda.device_count() or world_size)))
-    return min(8, per_process)
+    if "RANK" not in env and env.get("SLURM_CPUS_PER_TASK") and env.get("SLURM_STEP_NUM_TASKS"):
+        return max(1, min(cores, int(env["SLURM_CPUS_PER_TASK"])))
+    return max(1, cores // local_ranks(world_size, env))
+
+
+def default_threads(world_size: int) -> int:
+    """DALI's CPU threads per training pipeline: the rank's cores, at most 8."""
+    return min(8, cores_per_rank(world_size))
+
+
+FULL_CPU_SHARE_CORES = 8  # cores per rank from which the CPU takes DALI's default share of the JPEGs (35%)
+
+
+def default_hw_decoder_load(cores: int) -> float:
+    """The share of train JPEGs for the GPU's hardware decoder on a rank with ``cores`` CPU cores: DALI's 0.65
+    from 8 cores; with fewer, the CPU's share (Huffman decoding of the rest) shrinks with its cores, so 2
+    cores (8 GPUs on 16 cores) send 91% to the hardware decoder instead of leaving 35% to 2 cores."""
+    return round(1 - 0.35 * min(1.0, cores / FULL_CPU_SHARE_CORES), 2)
 
 
 def val_share(count: int) -> int:
-    """Threads or worker processes for a validation loader given ``count`` for training: half, at least one
+    """Worker processes for a validation loader given ``count`` for training: half, at least one
     (none stays none). Validation runs once an epoch, yet its pipeline holds its threads, workers and
     buffers all through training, and prefetches the next validation epoch right after each evaluation,
     competing with the training loader."""
     return max(1, count // 2) if count > 0 else 0
+
+
+def val_threads(threads: int) -> int:
+    """DALI threads for a validation pipeline given ``threads`` for training: half, but two where training
+    has two or more. Validation decodes every JPEG on the CPU-assisted path (``hw_decoder_load`` 0, for pixel
+    parity with torchvision), while the training pipeline waits: one thread would make it the bottleneck
+    on a rank of 2 or 3 cores."""
+    return max(min(2, threads), val_share(threads))
 
 
 def make_loader(
@@ -132,7 +171,11 @@ def make_loader(
     threads = data.dali_threads or default_threads(world_size)
     workers = data.workers
     if not train:
-        threads, workers = val_share(threads), None if workers is None else val_share(workers)
+        workers = None if workers is None else val_share(workers)
+        threads = val_threads(threads) if data.loader == "dali" else val_share(threads)
+    hw_load = data.hw_decoder_load
+    if hw_load is None:
+        hw_load = default_hw_decoder_load(cores_per_rank(world_size))
     spec = ReadSpec(
         path=path,
         lmdb=data.lmdb,
@@ -154,6 +197,4 @@ def make_loader(
         return make_torch_loader(spec, workers=threads if workers is None else workers, **output)
     from lmdb_dali_train.loaders.dali_loader import make_dali_loader
 
-    return make_dali_loader(
-        spec, dali_threads=threads, py_workers=workers, hw_decoder_load=data.hw_decoder_load, **output
-    )
+    return make_dali_loader(spec, dali_threads=threads, py_workers=workers, hw_decoder_load=hw_load, **output)

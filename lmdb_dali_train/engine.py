@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TextIO
 
 import torch
@@ -43,9 +44,12 @@ class StopSignal:
     synchronisation. A stop is agreed at the first such point after the signal, on every rank. The second
     number carries rank 0's wish to save a checkpoint now (``--save-every-minutes``: rank 0's clock
     decides), so every rank learns it at the same step, at no extra cost (``save_agreed``).
+    ``timeout_s``: the side group's bound on each collective (``--dist-timeout``, as the run's own group;
+    None: torch's default, 30 minutes).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float | None = None) -> None:
+        self.timeout_s = timeout_s
         self.signum = 0  # the first signal this process got (0: none)
         self.agreed_signum = 0  # the signal the ranks stopped for (the highest number any rank got)
         self.save_agreed = False  # some rank asked to save at the last agreement
@@ -72,7 +76,8 @@ class StopSignal:
         if not self._asked:
             self._asked = True
             if dist.get_backend() != "gloo":
-                group = dist.new_group(backend="gloo")
+                timeout = None if self.timeout_s is None else timedelta(seconds=self.timeout_s)
+                group = dist.new_group(backend="gloo", timeout=timeout)
                 self._group = group if isinstance(group, dist.ProcessGroup) else None  # every rank is a member
         return self._group
 

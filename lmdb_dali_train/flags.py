@@ -69,14 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="DALI's own CPU threads per pipeline (default: cores per process, at most 8)",
+        help="DALI's own CPU threads per training pipeline (default: CPU cores per rank, at most 8; validation "
+        "gets half, at least 2)",
     )
     data.add_argument(
         "--hw-decoder-load",
         type=float,
-        default=0.65,
+        default=None,
         metavar="F",
-        help="share of JPEGs for the GPU's hardware decoder (A100/H100/H200), 0-1 (default 0.65)",
+        help="share of train JPEGs for the GPU's hardware decoder (A100/H100/H200), 0-1 (default: 0.65 with 8 "
+        "or more CPU cores per rank, more with fewer: 0.91 with 2)",
     )
     data.add_argument(
         "--crop-size",

@@ -299,7 +299,8 @@ def _spawned(local_rank: int, config: RunConfig, procs: int, resume_from: str | 
 
 
 def _guarded(config: RunConfig, place: Placement, resume_from: str | None) -> int:
-    stop = StopSignal()  # from the start: a SIGTERM/SIGINT while the run starts stops it before training
+    # from the start: a SIGTERM/SIGINT while the run starts stops it before training
+    stop = StopSignal(config.dist.dist_timeout)
     try:
         return run(config, place, stop, resume_from)
     except ConfigError as exc:

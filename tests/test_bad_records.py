@@ -266,3 +266,63 @@ def test_max_bad_records_flag() -> None:
     assert "bad-records.tsv" in help_text
     result = run_main(train_main, "--synthetic", "--device", "cpu", "--max-bad-records", "-1")
     assert_one_line_error(result, "--max-bad-records")
+
+
+# -- a record only the GPU decoder rejects (issue 19) ----------------------------------------------------
+
+
+class _FailsOnce:
+    """A pipeline iterator whose ``fail_at``-th batch raises as DALI does when a decoder rejects a record."""
+
+    def __init__(self, inner: Iterator, fail_at: int) -> None:
+        self.inner, self.calls, self.fail_at = inner, 0, fail_at
+
+    def __iter__(self) -> _FailsOnce:
+        return self
+
+    def __next__(self) -> object:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("Critical error in pipeline: nvJPEG error (stand-in)")
+        return next(self.inner)
+
+
+@needs_dali
+def test_a_record_only_the_gpu_decoder_rejects_is_found_and_replaced(
+    train_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loader "on GPU 0" (DALI's CPU operators stand in; its options say device 0) fails on a record the
+    CPU decoder accepts: the check runs with the pipeline's device, so the culprit is found and replaced and
+    the epoch is complete; before, the check used the CPU decoder only, found nothing and ended the run."""
+    import dataclasses
+
+    from dali_pipeline import decode_check
+    from lmdb_dali_train.loaders import dali_loader
+
+    db = open_database(train_db)
+    order = RankPlan(len(db), BATCH, seed=1).for_epoch(0).indices.tolist()
+    culprit = order[BATCH + 1]  # in the second batch, the one that fails
+    asked: list[int | None] = []
+
+    def gpu_rejects_the_culprit(database: object, indices: list[int], **kw: object) -> list[tuple[int, str]]:
+        asked.append(kw.get("device_id"))  # type: ignore[arg-type]
+        gpu_only = culprit in indices and kw.get("device_id") == 0
+        return [(culprit, f"record {db.key(culprit).decode()}: does not decode with GPU 0's nvJPEG")] * gpu_only
+
+    real_build = dali_loader.build_pipeline
+    monkeypatch.setattr(
+        dali_loader, "build_pipeline", lambda s, opts, p: real_build(s, dataclasses.replace(opts, device_id=None), p)
+    )
+    monkeypatch.setattr(decode_check, "undecodable_records", gpu_rejects_the_culprit)
+    spec, options = read_spec(train_db, BATCH, train=True, seed=1, crop=32)
+    loader = dali_loader.make_dali_loader(spec, **options, py_workers=0)
+    assert isinstance(loader, dali_loader.DALILoader)
+    loader.opts = dataclasses.replace(loader.opts, device_id=0)  # as on GPU 0
+    loader._iterator = _FailsOnce(loader._iterator, fail_at=2)
+    try:
+        indices = [i for batch in loader for i in batch.indices.tolist()]
+    finally:
+        loader.close()
+    assert asked and set(asked) == {0}, asked
+    assert indices == expected_indices(order, {culprit}) and culprit not in indices
+    assert "GPU 0's nvJPEG" in loader.bad_records[culprit].reason

@@ -8,6 +8,7 @@ import io
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -397,3 +398,72 @@ def test_restore_onto_another_device_loads_the_checkpoint_to_the_cpu(tmp_path: P
         assert next(on_device.module.parameters()).device.type == "meta"
     finally:
         torch.set_rng_state(before)
+
+
+# -- the CUDA generator on resume: each rank restores its own device's (issue 19) ----------------------
+
+
+def _fake_gpus(monkeypatch: pytest.MonkeyPatch, visible: int, current: int) -> dict[int, torch.Tensor]:
+    """``visible`` CUDA devices on a CPU-only machine, ``current`` this process's: the generator functions
+    record what is set on which device and raise IndexError for a device that is not visible, as torch does
+    (``set_rng_state_all`` indexes every saved state)."""
+    restored: dict[int, torch.Tensor] = {}
+
+    def set_rng_state(state: torch.Tensor, device: int | str = "cuda") -> None:
+        index = current if device == "cuda" else int(device)
+        if index >= visible:
+            raise IndexError(f"device {index} of {visible}")
+        restored[index] = state
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_rng_state)  # what set_rng_state_all calls
+    monkeypatch.setattr(
+        torch.cuda, "get_rng_state", lambda device="cuda": torch.full((8,), 40 + current, dtype=torch.uint8)
+    )
+    return restored
+
+
+def _saved_with_gpus(tmp_path: Path, gpus: int) -> dict[str, Any]:
+    """A checkpoint's RNG states as a process that saw ``gpus`` devices wrote them (``get_rng_state_all``)."""
+    rng = {**checkpoint.rng_state(), "cuda": [torch.full((8,), i, dtype=torch.uint8) for i in range(gpus)]}
+    path = checkpoint.save(str(tmp_path), {"global_step": 1, "rng": rng})
+    return checkpoint.load(path)["rng"]
+
+
+@pytest.mark.parametrize("visible, current", [(1, 0), (4, 3)])
+def test_a_checkpoint_saved_with_8_gpus_restores_with_fewer_visible(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, visible: int, current: int
+) -> None:
+    """Saved with 8 GPUs, resumed with ``CUDA_VISIBLE_DEVICES=0`` (or as rank 3 of 4): the state of this
+    process's own device is restored, on that device only; before, ``set_rng_state_all`` raised IndexError."""
+    saved = _saved_with_gpus(tmp_path, 8)
+    torch_before = torch.get_rng_state()
+    restored = _fake_gpus(monkeypatch, visible, current)
+    try:
+        with pytest.raises(IndexError):  # what the old restore did
+            torch.cuda.set_rng_state_all(saved["cuda"])
+        restored.clear()
+        checkpoint.restore_rng(saved)
+    finally:
+        torch.set_rng_state(torch_before)
+    assert list(restored) == [current] and torch.equal(restored[current], saved["cuda"][current])
+
+
+def test_the_saving_rank_keeps_its_own_devices_state_which_every_rank_restores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_gpus(monkeypatch, visible=8, current=0)
+    rng = checkpoint.rng_state()
+    assert [t.tolist() for t in rng["cuda"]] == [[40] * 8]  # one state: rank 0's device
+    path = checkpoint.save(str(tmp_path), {"global_step": 1, "rng": rng})
+    torch_before = torch.get_rng_state()
+    restored = _fake_gpus(monkeypatch, visible=2, current=1)  # rank 1 of a 2-GPU resume
+    try:
+        checkpoint.restore_rng(checkpoint.load(path)["rng"])
+    finally:
+        torch.set_rng_state(torch_before)
+    assert list(restored) == [1] and restored[1].tolist() == [40] * 8

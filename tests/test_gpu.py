@@ -5,7 +5,11 @@
 - one ``train.py`` step with each loader under AMP bf16 and fp16 (grad scaler), a checkpoint written;
 - checkpoint save and ``--resume`` / ``--evaluate --resume`` on the GPU (the checkpoint is loaded to the CPU);
 - val parity of the GPU decoder against torchvision, chroma stress images included (the val decoder
-  upsamples chroma as libjpeg does: ``jpeg_fancy_upsampling``).
+  upsamples chroma as libjpeg does: ``jpeg_fancy_upsampling``);
+- a checkpoint saved "with 8 GPUs" evaluated and resumed with one visible; the decode check's child on the
+  GPU, and the GPU pipeline rebuilt after an (injected) GPU decode error;
+- with 2 or more GPUs: torchrun of two ranks, DALI with ``--lmdb --val`` over bad records, a checkpoint,
+  ``--resume auto`` (NCCL, DDP, the gloo side group, bad-record agreement, DALI per local rank together).
 
 Every test is marked ``gpu``: without CUDA the conftest skips it with one line. The helpers take the device
 as a parameter (``torch.device("cuda", 0)`` here; ``cpu`` runs the same code on DALI's CPU operators and
@@ -15,7 +19,8 @@ Time on one H100 (16 cores), estimated at 60-90 s, under the 2-minute target: st
 the generated data ~3 s, the three DALI epochs ~10 s (pipeline builds; the train one spawns its 4 source
 workers), seven ``train.py`` processes of one or two steps each, 5-10 s apiece (interpreter, torch and CUDA
 start-up, cuDNN autotuning of one shape; the ``-j 2`` DALI run starts two source workers), ~50 s, parity
-over 49 images ~3 s. ``python -m bench.gpu_check`` gives the whole file 150 s before it counts as a timeout.
+over 49 images ~3 s; issue 19 added ~30 s (a checkpoint of 8 GPUs resumed on one, two train.py runs; the decode
+check's child on the GPU). ``python -m bench.gpu_check`` gives the whole file 210 s before it counts as a timeout.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import pytest
 import torch
 from conftest import REPO, convert, copy_tree, repo_pythonpath, run_in_session
 from datagen import chroma_stress_jpegs
+from test_bad_records import BAD, GARBAGE, _FailsOnce, bad_records_db  # noqa: F401 (a fixture)
 
 from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 from lmdb_io import open_database
@@ -282,6 +288,26 @@ def test_evaluate_resume_on_gpu(two_step_run: Path, train_db: Path, val_db: Path
     evaluate_resumed(train_db, val_db, two_step_run / "checkpoint-step000000002.pt", tmp_path / "eval", "cuda")
 
 
+@pytest.mark.slow
+def test_a_checkpoint_saved_with_8_gpus_evaluates_and_resumes_on_one(
+    two_step_run: Path, train_db: Path, val_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step-2 checkpoint rewritten as an 8-GPU process saves its RNG (``get_rng_state_all``: 8 CUDA states),
+    then ``CUDA_VISIBLE_DEVICES=0 train.py --evaluate --resume`` and ``--resume auto``: each restores its own
+    device's state (before: IndexError from ``set_rng_state_all``)."""
+    from lmdb_dali_train import checkpoint
+
+    saved = checkpoint.load(str(two_step_run / "checkpoint-step000000002.pt"))
+    saved.pop("format_version")
+    (state,) = saved["rng"]["cuda"]
+    saved["rng"]["cuda"] = [state.clone() for _ in range(8)]
+    out = tmp_path / "run"
+    path = Path(checkpoint.save(str(out), saved))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])
+    evaluate_resumed(train_db, val_db, path, tmp_path / "eval", "cuda")  # run_train passes the environment on
+    resume_auto(train_db, out, "cuda")
+
+
 # -- val parity of the GPU decoder ------------------------------------------------------------------
 
 
@@ -351,3 +377,80 @@ def test_val_parity_gpu_decoder_vs_torchvision(parity_db: Path) -> None:
     assert sum(p.startswith(STRESS_DIR + "/") for p in diffs) == 8
     worst = max(diffs.values())
     assert worst <= MAX_MEAN_ABS_DIFF, f"per-image mean abs difference over 3/255: {parity_summary(diffs)}"
+
+
+# -- a decode error on the GPU: the check in a spawned child on the same GPU, the pipeline rebuilt --------
+
+
+def test_gpu_decode_check_and_rebuild_after_a_gpu_pipeline_error(
+    train_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decode check's child decodes on GPU 0 (nvJPEG and the hardware decoder): good records pass and a
+    record no decoder reads is named. Then a pipeline error on the GPU (injected: no JPEG is known that only
+    nvJPEG rejects) whose culprit the check names: the GPU pipeline is rebuilt and the epoch completes."""
+    _dali()
+    from dali_pipeline import decode_check
+    from lmdb_dali_train.loaders import dali_loader
+
+    db = open_database(train_db)
+    assert decode_check.undecodable_records(db, range(len(db)), device_id=0) == []
+    order = RankPlan(len(db), BATCH, seed=1).for_epoch(0).indices.tolist()
+    culprit, asked = order[BATCH + 1], []
+
+    def gpu_rejects(database: Any, indices: list[int], **kw: Any) -> list[tuple[int, str]]:
+        asked.append(kw.get("device_id"))
+        return [(culprit, "does not decode with GPU 0's nvJPEG (stand-in)")] * (culprit in indices)
+
+    monkeypatch.setattr(decode_check, "undecodable_records", gpu_rejects)
+    spec = ReadSpec(path=train_db, batch_size=BATCH, train=True, seed=1, crop=CROP)
+    loader = dali_loader.make_dali_loader(spec, device=CUDA0, py_workers=0)
+    assert isinstance(loader, dali_loader.DALILoader) and loader.opts.device_id == 0
+    loader._iterator = _FailsOnce(loader._iterator, fail_at=2)
+    try:
+        indices = [i for batch in loader for i in batch.indices.tolist()]
+    finally:
+        loader.close()
+    assert set(asked) == {0} and culprit not in indices and len(indices) == len(order) // BATCH * BATCH
+
+
+# -- two GPUs: torchrun, NCCL, DDP, the gloo side group, bad records, DALI per local rank ----------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_two_gpus_torchrun_dali_val_checkpoint_resume_and_bad_records(
+    bad_records_db: Path,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    """``torchrun --nproc-per-node 2`` with DALI on each local rank's GPU, --lmdb and --val, on a database with
+    bad records (a garbage JPEG that DALI fails on: the GPU check child names it, the ranks agree on it over
+    the gloo side group under NCCL); a checkpoint at the epoch's end and at --max-steps; then --resume auto."""
+    _dali()
+    out = tmp_path / "run"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    flags = ["--loader", "dali", "--lmdb", "--train", bad_records_db, "--val", bad_records_db, "-b", "4", "-j", "2"]
+    common = [*small_run("cuda", out)[8:], "-a", "resnet18", "--crop-size", "32", "--val-resize", "36", *flags]
+    env = {**os.environ, "PYTHONPATH": repo_pythonpath()}
+    first = run_in_session(
+        [*launcher, str(REPO / "train.py"), *map(str, common), "--epochs", "3", "--max-steps", "6"],
+        env,
+        SUBPROCESS_TIMEOUT,
+        "torchrun timed out",
+    )
+    assert first.returncode == 0, tail(first)
+    logged = events(out)
+    assert logged[0]["world_size"] == 2 and any(e["event"] == "val" for e in logged), logged[:3]
+    listed = (out / "bad-records.tsv").read_text()
+    assert open_database(bad_records_db).key(GARBAGE).decode() in listed, listed
+    assert len(listed.strip().splitlines()) == 1 + len(BAD), listed
+    assert checkpoint_at(out, 6)["world_size"] == 2
+    second = run_in_session(
+        [*launcher, str(REPO / "train.py"), *map(str, common), "--epochs", "3", "--max-steps", "2", "--resume", "auto"],
+        env,
+        SUBPROCESS_TIMEOUT,
+        "torchrun timed out",
+    )
+    assert second.returncode == 0, tail(second)
+    assert "resumed from" in second.stdout + second.stderr, tail(second)
+    assert [e["step"] for e in events(out) if e["event"] == "train"][-1] == 8
+    assert checkpoint_at(out, 8)["global_step"] == 8

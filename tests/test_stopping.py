@@ -15,7 +15,9 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -106,6 +108,63 @@ def _assert_stopped(out: Path, output: str) -> dict:
     assert saved["global_step"] == end["global_step"]
     assert output.count("saved ") == 1
     return saved
+
+
+# -- the host-side gloo group honours --dist-timeout (issue 19) -----------------------------------------
+
+SIDE_GROUP_TIMEOUT = 2.0  # seconds: the side group's, far below the main group's and torch's 30 minutes
+
+
+def _side_group_rank(rank: int, store: str, results: Any, release: Any) -> None:
+    """One of two gloo ranks whose run "uses NCCL" (``get_backend`` says so), so ``StopSignal`` makes its own
+    gloo side group; rank 1 then never joins the stop's collective, rank 0 asks and must fail in time."""
+    import torch.distributed as dist
+
+    from lmdb_dali_train.engine import StopSignal
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=timedelta(minutes=5)
+    )
+    dist.get_backend = lambda group=None: "nccl"  # type: ignore[assignment]  # the side group is made as under NCCL
+    stop = StopSignal(SIDE_GROUP_TIMEOUT)
+    stop.host_group()  # a collective: both ranks make it
+    if rank == 1:
+        release.wait(120)
+        os._exit(0)
+    start = time.monotonic()
+    try:
+        stop.agreed()
+        outcome = "returned"
+    except Exception as exc:  # gloo's timeout
+        outcome = type(exc).__name__
+    results.put((outcome, time.monotonic() - start))
+    results.close()
+    results.join_thread()  # sent before the exit below (which skips the queue's own flush)
+    os._exit(0)
+
+
+@pytest.mark.slow  # two spawned torch processes: ~15 s
+def test_the_side_group_times_out_at_dist_timeout(tmp_path: Path) -> None:
+    """Rank 0 waits on a rank that never joins the stop's all-reduce: it fails within the side group's
+    timeout (``--dist-timeout``), not after torch's default 30 minutes for a group made without one."""
+    spawn = multiprocessing.get_context("spawn")
+    results, release = spawn.Queue(), spawn.Event()
+    procs = [
+        spawn.Process(target=_side_group_rank, args=(r, str(tmp_path / "store"), results, release), daemon=True)
+        for r in (0, 1)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        outcome, waited = results.get(timeout=120)
+    finally:
+        release.set()
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    assert outcome != "returned", "the all-reduce returned without its peer"
+    assert waited < SIDE_GROUP_TIMEOUT + 8, f"failed after {waited:.1f} s, not at the {SIDE_GROUP_TIMEOUT} s timeout"
 
 
 # -- loader workers ------------------------------------------------------------------------------------

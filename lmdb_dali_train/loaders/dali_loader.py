@@ -141,8 +141,10 @@ class DALILoader:
         self._build()
 
     def _undecodable(self, order: EpochOrder, positions: range) -> list[tuple[int, str]]:
-        """(index, reason) of the records DALI's CPU decoder rejects among those the source delivers at
-        ``positions``; each one found is marked bad in the source, and the replacements are checked too."""
+        """(index, reason) of the records DALI's decoders reject among those the source delivers at
+        ``positions``, checked in a spawned child with this pipeline's decoders (on its GPU: nvJPEG and the
+        hardware decoder too, so a record only the GPU rejects is found); each one found is marked bad in
+        the source, and the replacements are checked too."""
         if not isinstance(self.source, LMDBSource):
             return []
         from dali_pipeline.decode_check import undecodable_records
@@ -155,7 +157,8 @@ class DALILoader:
             if not todo:
                 return found
             checked.update(todo)
-            bad = [(i, reason(why)) for i, why in undecodable_records(self.source.db, todo)]
+            found_now = undecodable_records(self.source.db, todo, device_id=self.opts.device_id)
+            bad = [(i, reason(why)) for i, why in found_now]
             if not bad:
                 return found
             found += bad

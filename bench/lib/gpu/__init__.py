@@ -63,9 +63,9 @@ def run_check(check: Check, missing: dict[str, str], deadline: float, budget: fl
     if reason:
         check.status, check.row.result = "not run", f"not run: {reason}"
         return
-    started = time.monotonic()
+    started, given = time.monotonic(), min(left - 5, budget / 2)  # no row may take more than half the budget
     try:
-        found = check.measure(min(left - 5, budget / 2))  # no row may take more than half the budget
+        found = check.measure(given)
         check.row.rate, wait = found.pop("rate", None), found.pop("data_wait", None)
         check.row.result = found.pop("result", None) or (f"{check.row.rate:,.0f}" if check.row.rate else "")
         check.row.data_wait = f"{100 * wait:.1f} %" if wait is not None else "n/a" * (check.kind != "tests")
@@ -75,5 +75,7 @@ def run_check(check: Check, missing: dict[str, str], deadline: float, budget: fl
         check.status, check.row.result = "not run", f"not run: {e}"
     except (Exception, SystemExit) as e:
         check.status, check.row.result = "failed", f"failed: {e if isinstance(e, RowFailed) else describe(e)}"
+        if given < budget / 2 and "timed out" in str(e):  # cut short by the budget's end, not hung: not run
+            check.status, check.row.result = "not run", f"not run: budget ({left:.0f} s of --budget left at its start)"
         check.detail = getattr(e, "detail", None) or {"traceback": traceback.format_exc()}
     check.seconds = time.monotonic() - started

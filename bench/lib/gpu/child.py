@@ -2,6 +2,7 @@
 costs only itself, and the check never holds a CUDA context through the training rows."""
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,29 @@ def repo_env(cpu: bool = False) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": pythonpath, **({"CUDA_VISIBLE_DEVICES": ""} if cpu else {})}
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``'s process group and every descendant, those in sessions of their own too (the tier's
+    ``train.py`` runs, started with ``start_new_session``, which ``killpg`` alone leaves holding the GPU):
+    the tree is stopped first, then listed again, so no process escapes by starting or being reparented."""
+    import psutil
+
+    def tree() -> dict[int, Any]:
+        try:
+            root = psutil.Process(pid)
+            return {p.pid: p for p in [root, *root.children(recursive=True)]}
+        except psutil.Error:
+            return {}
+
+    stopped = tree()
+    for sig, procs in ((signal.SIGSTOP, stopped), (signal.SIGKILL, stopped | tree())):
+        for proc in procs.values():
+            with contextlib.suppress(psutil.Error, OSError):
+                group = os.getpgid(proc.pid)
+                proc.send_signal(sig)
+                if group != os.getpgrp():
+                    os.killpg(group, sig)
+
+
 def in_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     """``python -m bench.gpu_row`` on ``spec`` in its own process group, killed whole after ``timeout`` s
     (``RowTimedOut``); its result, or ``RowFailed`` with its error."""
@@ -34,7 +58,7 @@ def in_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
         try:
             output, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)
             proc.communicate()
             raise RowTimedOut(f"timed out after {timeout:.0f} s (--row-budget)") from None
         found = json.loads(out_file.read_text()) if out_file.is_file() and out_file.stat().st_size else None

@@ -12,12 +12,16 @@ from .. import ours
 from ..timing import DATALOADER_PREFETCH, Contender, run_rounds, untimed_batches
 from . import Check, RowFailed, check
 from .child import in_child
-from .probe import Data
+from .probe import RANK8_WORKERS, Data
+
+# one rank of 8 on a 16-core node: train.py's defaults there (lmdb_dali_train.data: 2 threads, 4 source workers,
+# hw_decoder_load 0.91), and DALI's 0.65 they replace
+RANK8_THREADS, RANK8_LOADS = 2, (0.65, 0.91)
 
 
-def dali_options(args: argparse.Namespace, workers: int, load: float) -> dict[str, Any]:
+def dali_options(args: argparse.Namespace, workers: int, load: float, threads: int = 0) -> dict[str, Any]:
     """``PipelineOptions`` as train.py sets them for these flags (fp16 NHWC output on a GPU)."""
-    opts = dict(device_id=None if args.cpu else 0, num_threads=args.dali_threads, py_workers=workers)
+    opts = dict(device_id=None if args.cpu else 0, num_threads=threads or args.dali_threads, py_workers=workers)
     return opts | dict(hw_decoder_load=load, fp16_output=not args.cpu, channels_last=True)
 
 
@@ -37,8 +41,14 @@ def rows(args: argparse.Namespace, d: Data) -> list[Check]:
         what = f"DALI pipeline alone, in-memory source, hw_decoder_load {load:g}"
         how = f"`DALILoader(MemorySource)`, same graph, py_workers=0, {decode}"
         add(f"memory-hw{load:g}", what, how, (*needs, "memory"))
-    how = "time per image: best `dali` row / `memory` row at its load - 1"
-    found.append(check(args, "derived", "cost", "LMDB source cost vs memory: best LMDB setting", how, (), dict))
+    for load in RANK8_LOADS:
+        options = dali_options(args, RANK8_WORKERS, load, RANK8_THREADS).items()
+        opts = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in options)
+        what = f"DALI pipeline alone, one of 8 ranks on 16 cores: {RANK8_THREADS} threads, hw_decoder_load {load:g}"
+        add(f"rank8-hw{load:g}", what, f"`make_dali_loader({opts})`, {decode}", needs)
+    how = "time per image: best `dali-w0` row / `memory` row at its load - 1 (both sources in the pipeline thread)"
+    what = "LMDB source cost vs memory, py_workers 0"
+    found.append(check(args, "derived", "cost", what, how, (), dict))
     device, pinned = ("cpu", "") if args.cpu else ("cuda:0", "pinned ")
     how = f"`make_torch_loader(workers={args.torch_workers}, device={device}, channels_last=True, dtype=float16)`: "
     how += f"PIL decode, RandomResizedCrop, flip, uint8 from the workers, {pinned}copy, normalize on the device"
@@ -61,6 +71,9 @@ def contender(args: argparse.Namespace, d: Data, key: str) -> Contender:
         memory = ours.memory_source(d.db, d.length, args.batch)
         options = dali_options(args, 0, load)
         return Contender(key, "", "", ours.loader("memory", d.db, args.batch, args.crop, memory=memory, **options))
+    if key.startswith("rank8"):
+        options = dali_options(args, RANK8_WORKERS, load, RANK8_THREADS)
+        return Contender(key, "", "", ours.loader("dali", d.db, args.batch, args.crop, **options))
     options = dali_options(args, int(key.split("-w")[1].split("-")[0]), load)
     return Contender(key, "", "", ours.loader("dali", d.db, args.batch, args.crop, **options))
 

@@ -17,6 +17,8 @@ from ..timing import DATALOADER_PREFETCH
 from . import RowFailed, describe
 from .child import in_child, repo_env
 
+DALI_PREFETCH = 2  # PipelineOptions.prefetch: batches each DALI source worker holds in shared memory
+RANK8_WORKERS = 4  # the 8-rank rows' py_workers (make_dali_loader's default for training on a GPU)
 PROBE_SECONDS = 120.0  # the GPU probe's child: torch and CUDA start-up
 GIB = 1 << 30
 
@@ -109,8 +111,9 @@ def setup_data(args: argparse.Namespace, missing: dict[str, str], d: Data) -> No
 
 
 def shm_note(args: argparse.Namespace, d: Data) -> str:
-    """A warning when ``/dev/shm`` has less room than the torchvision loader's workers' finished batches."""
-    if d.db is None or not os.path.isdir("/dev/shm") or args.torch_workers == 0:
+    """A warning when ``/dev/shm`` has less room than a row's loader keeps there: the torchvision loader's
+    workers' finished batches, or DALI's source workers' (``py_workers`` x prefetch batches of records)."""
+    if d.db is None or not os.path.isdir("/dev/shm"):
         return ""
     try:
         import torch
@@ -120,12 +123,20 @@ def shm_note(args: argparse.Namespace, d: Data) -> str:
         per_sample = sum(t.numel() * t.element_size() for t in item if isinstance(t, torch.Tensor))
     except Exception as e:
         return f"/dev/shm: could not size the torchvision loader's batches ({describe(e)})"
-    need = args.torch_workers * DATALOADER_PREFETCH * args.batch * per_sample
+    db = Path(d.db)
+    size = db.stat().st_size if db.is_file() else sum(p.stat().st_size for p in db.rglob("*") if p.is_file())
+    workers = max([*args.py_workers, RANK8_WORKERS])
+    torch_need = args.torch_workers * DATALOADER_PREFETCH * args.batch * per_sample
+    dali_need = workers * DALI_PREFETCH * args.batch * size / max(1, d.length)
+    needs = {
+        f"torchvision loader's {args.torch_workers} workers x {DATALOADER_PREFETCH} batches": torch_need,
+        f"DALI's {workers} source workers x {DALI_PREFETCH} batches of records": dali_need,
+    }
+    what, need = max(needs.items(), key=lambda kv: kv[1])
     free = shutil.disk_usage("/dev/shm").free
     if free >= need:
         return ""
     return (
-        f"/dev/shm has {free / GIB:.1f} GiB free, less than the {need / GIB:.1f} GiB the torchvision loader's "
-        f"{args.torch_workers} workers x {DATALOADER_PREFETCH} batches can hold there: its rows may fail or "
-        f"stall (docker run --shm-size, or fewer --torch-workers)"
+        f"/dev/shm has {free / GIB:.1f} GiB free, less than the {need / GIB:.1f} GiB the {what} can hold "
+        f"there: its rows may fail or stall (docker run --shm-size, or fewer workers)"
     )

@@ -3,9 +3,7 @@ within ``--tests-budget`` seconds; the row gives the outcome counts (per-test ou
 output in ``OUT/gpu_tests.txt``)."""
 
 import argparse
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +16,7 @@ from typing import Any
 from .. import last_line
 from ..data import REPO
 from . import Check, RowFailed, check
-from .child import repo_env
+from .child import kill_tree, repo_env
 from .probe import Data
 
 GPU_TESTS = "tests/test_gpu.py"
@@ -64,7 +62,7 @@ def run_gpu_tests(args: argparse.Namespace, work: Path, left: float) -> dict[str
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)  # pytest's group and the train.py sessions it started
             proc.wait()
     seconds, text = time.monotonic() - started, output.read_text(errors="replace")
     detail: dict[str, Any] = {"command": " ".join(cmd), "exit_code": code, "seconds": seconds, "output": str(output)}
