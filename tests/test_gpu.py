@@ -5,7 +5,9 @@
 - one ``train.py`` step with each loader under AMP bf16 and fp16 (grad scaler), a checkpoint written;
 - checkpoint save and ``--resume`` / ``--evaluate --resume`` on the GPU (the checkpoint is loaded to the CPU);
 - val parity of the GPU decoder against torchvision, chroma stress images included (the val decoder
-  upsamples chroma as libjpeg does: ``jpeg_fancy_upsampling``).
+  upsamples chroma as libjpeg does: ``jpeg_fancy_upsampling``);
+- train: the mixed decoder's ROI decoding of the source's windows (hardware decoder share as trained)
+  gives each sample the crop and flip the torch loader gives it.
 
 Every test is marked ``gpu``: without CUDA the conftest skips it with one line. The helpers take the device
 as a parameter (``torch.device("cuda", 0)`` here; ``cpu`` runs the same code on DALI's CPU operators and
@@ -351,3 +353,17 @@ def test_val_parity_gpu_decoder_vs_torchvision(parity_db: Path) -> None:
     assert sum(p.startswith(STRESS_DIR + "/") for p in diffs) == 8
     worst = max(diffs.values())
     assert worst <= MAX_MEAN_ABS_DIFF, f"per-image mean abs difference over 3/255: {parity_summary(diffs)}"
+
+
+def test_train_gpu_roi_decoding_gives_each_sample_the_torch_loaders_crop(train_db: Path) -> None:
+    """Mixed ``image_slice`` of each sample's ``train_view`` window (``hw_decoder_load`` 0.65: the A100/H100
+    hardware decoder takes its share), GPU resize, flip and normalize: within decoder and resampler rounding
+    of the torch loader's crop of the same window for nearly every sample (a different crop differs by tens
+    of levels; the train decoder upsamples chroma its own way, so the bound is looser than validation's)."""
+    _dali()
+    from test_loaders import train_differences
+
+    found = sorted(train_differences(train_db, batch=BATCH, device=CUDA0, seed=5, crop=CROP).values())
+    assert len(found) >= BATCH
+    median, p95 = found[len(found) // 2], found[int(0.95 * (len(found) - 1))]
+    assert median <= MAX_MEAN_ABS_DIFF and p95 <= 2 * MAX_MEAN_ABS_DIFF, (median, p95, found[-5:])
