@@ -28,11 +28,11 @@ from bench.lib.timing import DATALOADER_PREFETCH, Contender, Rounds, run_rounds
 SampleInfo = namedtuple("SampleInfo", "idx_in_epoch epoch_idx")  # what the sources read of DALI's SampleInfo
 
 
-def check_same_samples(a: Callable, b: Callable, count: int) -> None:
-    """Two sources must give the same bytes, labels, indices and padding for the same sample infos."""
+def check_same_samples(a: Any, b: Any, count: int) -> None:
+    """Two sources must give the same bytes, labels, indices, padding and crops for the same sample infos."""
     for epoch, i in itertools.product((0, 1), range(count)):
         info = SampleInfo(i, epoch)
-        for name, x, y in zip(("bytes", "label", "index", "padding"), a(info), b(info), strict=True):
+        for name, x, y in zip(a.output_names, a(info), b(info), strict=True):
             if not np.array_equal(np.asarray(x), np.asarray(y)):
                 raise BenchError(f"sources differ at epoch {epoch}, sample {i}: {name}")
 
@@ -69,9 +69,12 @@ def contenders(db: Path, memory: Any, args: argparse.Namespace, built: compariso
         steps = f"resize {crop}, flip, normalize to {FLOAT} (fused resize unavailable: "
         steps += f"{fused_resize.unavailable_reason()})"
     lmdb, threads = "DALI CPU train from the LMDB", cpu["num_threads"]
-    how = f"`make_dali_loader(device_id=None, num_threads={threads}, py_workers=0)`: image_random_crop "
-    how += f"(libjpeg-turbo, crop fused into decoding), {steps}"
+    how = f"`make_dali_loader(device_id=None, num_threads={threads}, py_workers=0)`: image_slice of the source's "
+    how += f"crop window (`train_view`; libjpeg-turbo, crop fused into decoding), {steps}"
     add("dali_lmdb_w0", f"{lmdb}, source in the pipeline thread (py_workers=0)", how, py_workers=0)
+    what = f"{lmdb}, crops drawn by the decoder (py_workers=0; the graph before crops came from the source)"
+    how = "as py_workers=0, the source handing no crop windows: image_random_crop, a coin flip (`fn.random`)"
+    add("dali_random_w0", what, how, "random", py_workers=0)
     for w in args.py_workers:
         how = f"same, `py_workers={w}`: the LMDB source in {w} spawned Python process{'es' if w > 1 else ''}"
         add(f"dali_lmdb_w{w}", f"{lmdb}, parallel source (py_workers={w})", how, py_workers=w)
@@ -79,8 +82,8 @@ def contenders(db: Path, memory: Any, args: argparse.Namespace, built: compariso
     how = f"as py_workers=0, with fn.resize({crop}, linear, antialias) and fn.crop_mirror_normalize: "
     how += "the pre-fused graph"
     add("dali_ops_lmdb_w0", what, how, py_workers=0, fused_cpu_resize=False)
-    torch_how = f"`make_torch_loader(workers={cores})`: ImageFolderLMDB, PIL decode, RandomResizedCrop({crop}), "
-    torch_how += f"flip, uint8 from the workers (persistent), normalized to {FLOAT} in the loader"
+    torch_how = f"`make_torch_loader(workers={cores})`: ImageFolderLMDB, PIL decode, resized_crop({crop}) of the "
+    torch_how += f"`train_view` box, flip, uint8 from the workers (persistent), normalized to {FLOAT} in the loader"
     what = f"torchvision DataLoader train from the LMDB, {cores} workers"
     add("torch", what, torch_how, "torch", torch_held, workers=cores)
     what = "DALI CPU train from the same JPEG bytes in memory (py_workers=0)"
@@ -110,6 +113,14 @@ def build_rows(found: Sequence[Contender], rounds: Rounds, source_us: dict[str, 
     rows.append(ratio_row(rounds, "DALI / torch: best DALI LMDB setting", best, "torch", 1.8))
     said = f"{vs_torch['dali_memory_w0']:.2f}x vs torch"
     rows.append(rate_row(rounds, by_key["dali_memory_w0"], said, target="(reference)"))
+    cost = rounds.median_ratio("dali_random_w0", "dali_lmdb_w0") - 1  # extra time per image from the windows
+    result = f"{rounds.median_rate('dali_lmdb_w0'):,.0f} vs {rounds.median_rate('dali_random_w0'):,.0f}"
+    how = "time per image: crops from the source (py_workers=0) / drawn by the decoder - 1, per round"
+    said, met = f"{cost * 100:+.1f} %", yes_no(cost <= 0.03)
+    said_random = f"{vs_torch['dali_random_w0']:.2f}x vs torch"
+    rows.append(rate_row(rounds, by_key["dali_random_w0"], said_random, target="(reference)"))
+    what = "crop and flip from the source: cost vs DALI's random crop"
+    rows.append(Row(what, how, result, ratio=said, target="<= 3 %", met=met))
     cost = rounds.median_ratio("dali_memory_w0", "dali_lmdb_w0") - 1  # extra time per image from the LMDB
     result = f"{rounds.median_rate('dali_lmdb_w0'):,.0f} vs {rounds.median_rate('dali_memory_w0'):,.0f}"
     how = "time per image: LMDB (py_workers=0) / memory - 1, per round"
@@ -117,26 +128,35 @@ def build_rows(found: Sequence[Contender], rounds: Rounds, source_us: dict[str, 
     rows.append(Row("LMDB source cost vs memory", how, result, ratio=said, target="<= 5 %", met=met))
     per_image_us = 1e6 / rounds.median_rate("dali_lmdb_w0")
     share = (source_us["lmdb"] - source_us["memory"]) / per_image_us * 100
-    how = "`LMDBSource.__call__` (txn, get, header, xxh3) vs `MemorySource.__call__`, one thread, one epoch"
+    how = (
+        "`LMDBSource.__call__` (txn, get, header, xxh3, crop window) vs `MemorySource.__call__`, one thread, one epoch"
+    )
     result = f"{source_us['lmdb']:.1f} vs {source_us['memory']:.1f} us/sample"
     said = f"+{share:.1f} % of the pipeline's {per_image_us:,.0f} us/image"
     rows.append(Row("source callback alone, LMDB vs memory", how, result, ratio=said, target="(info)"))
+    share = (source_us["lmdb"] - source_us["lmdb_no_crops"]) / per_image_us * 100
+    how = "`LMDBSource.__call__` with crop windows (header size, `train_view`) vs without, one thread, one epoch"
+    result = f"{source_us['lmdb']:.1f} vs {source_us['lmdb_no_crops']:.1f} us/sample"
+    said = f"+{share:.1f} % of the pipeline's {per_image_us:,.0f} us/image"
+    rows.append(Row("source callback alone, with vs without crop windows", how, result, ratio=said, target="(info)"))
     return rows
 
 
 def run(args: argparse.Namespace, work: Path) -> Table:
     from dali_pipeline.source import LMDBSource
+    from lmdb_io.reading.presets import TrainPreset
 
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.verbose else (lambda s: None)
     prepared = data.prepare_database(args.source, args.images, work, keep_tree=True)
     length = prepared.tree.images
     built = comparison.build_all(Samples.from_tree(prepared.tree.root), prepared.tree.root, work, args.peers)
     data.remove(prepared.tree.root)
-    memory = ours.memory_source(prepared.db, length, args.batch)
-    lmdb_source = LMDBSource(prepared.db, ours.plan(length, args.batch))
+    memory = ours.memory_source(prepared.db, length, args.batch, args.crop)
+    lmdb_source = LMDBSource(prepared.db, ours.plan(length, args.batch), crops=TrainPreset(args.crop))
     check_same_samples(lmdb_source, memory, count=2 * args.batch)
     samples = len(lmdb_source.plan.for_epoch(0))
     source_us = {"lmdb": time_source(lmdb_source, samples) * 1e6, "memory": time_source(memory, samples) * 1e6}
+    source_us["lmdb_no_crops"] = time_source(LMDBSource(prepared.db, lmdb_source.plan), samples) * 1e6
     del lmdb_source
     own, compared = contenders(prepared.db, memory, args, built)
     options = {k: getattr(args, k) for k in ("cores", "max_foreign", "extra_runs", "quiet_wait", "warmup_rounds")}

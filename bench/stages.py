@@ -1,4 +1,5 @@
-"""Where the DALI CPU train pipeline's time goes: the product's train graph cut after each of its stages.
+"""Where the DALI CPU train pipeline's time goes: the product's train graph cut after each of its stages
+(crop windows and flips from ``lmdb_io.reading.augment``, as the LMDB source hands them).
 
 Each cut (``dali_pipeline.pipelines.train_stages``, DALI's resize or the fused operator; a full-frame decode
 for reference) runs on the same in-memory JPEGs, as they are and through ``convert.py --max-size 256
@@ -11,6 +12,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +35,8 @@ def build_cuts(payloads: list[np.ndarray], batch: int, threads: int, fused: bool
 
     from dali_pipeline import fused_resize
     from dali_pipeline.pipelines import FUSED_TRAIN_STAGES, TRAIN_STAGES, PipelineOptions, full_decode, train_stages
+    from lmdb_io.imagecheck import image_size
+    from lmdb_io.reading.augment import train_view
     from lmdb_io.reading.presets import TrainPreset
 
     batches = len(payloads) // batch
@@ -40,21 +44,29 @@ def build_cuts(payloads: list[np.ndarray], batch: int, threads: int, fused: bool
     if fused and not opts.uses_fused_resize:
         raise RuntimeError(f"fused resize unavailable: {fused_resize.unavailable_reason()}")
     names = FUSED_TRAIN_STAGES if fused else TRAIN_STAGES
+    views = [train_view(TrainPreset(), 0, 0, i, image_size(p.tobytes()) or (1, 1)) for i, p in enumerate(payloads)]
+    windows = [
+        [np.array(v, np.float32) for v in ((w.left, w.top), (w.width, w.height))] + [np.array(w.flip, np.int32)]
+        for w in views
+    ]  # as the source hands them: anchor, shape, mirror
 
-    def source(info: Any) -> list[np.ndarray]:
+    def source(info: Any) -> list[list[np.ndarray]]:
         i = info.iteration % batches
-        return payloads[i * batch : (i + 1) * batch]
+        window = windows[i * batch : (i + 1) * batch]
+        return [payloads[i * batch : (i + 1) * batch], *([w[k] for w in window] for k in range(3))]
 
     def cut(name: str) -> Any:
         @pipeline_def(batch_size=batch, num_threads=threads, device_id=None, prefetch_queue_depth=2, seed=1)
         def pipe() -> Any:
-            encoded = fn.external_source(source=source, batch=True, batch_info=True)
+            encoded, *window = fn.external_source(source=source, num_outputs=4, batch=True, batch_info=True)
             if name == REFERENCE:
                 return full_decode(encoded, opts)
-            return dict(train_stages(encoded, TrainPreset(), opts))[name]
+            return dict(train_stages(encoded, TrainPreset(), opts, window=tuple(window)))[name]
 
         built = pipe()
-        built.build()
+        with warnings.catch_warnings():  # a cut before the flip leaves the source's later outputs unused
+            warnings.filterwarnings("ignore", message="The external source node")
+            built.build()
         return built
 
     return {name: cut(name) for name in ((REFERENCE,) if reference else ()) + names}

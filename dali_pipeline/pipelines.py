@@ -3,8 +3,10 @@
 The graph is the same on a GPU and on the CPU: with a device id the decoder runs ``mixed`` (nvJPEG,
 hardware decoder where present) and the rest on the GPU; with ``device_id=None`` every operator is a
 CPU one. What the graphs do is ``lmdb_io.reading.presets``' definition, the one the torchvision loader follows:
-train decodes with a random-resized crop fused into decoding, resizes to the crop, flips at random and
-normalizes; validation resizes the shorter side and center crops with torchvision's integer arithmetic
+train decodes the crop window the source hands over (``lmdb_io.reading.augment``: the same window and flip
+the torch loader uses; decoders' ROI decoding), resizes it to the crop size, flips where the source says and
+normalizes (over DALI's file reader, which hands no dataset index, the decoder draws the random-resized crop
+and the flip is a coin flip); validation resizes the shorter side and center crops with torchvision's integer arithmetic
 (``val_geometry``), then normalizes.
 """
 
@@ -66,13 +68,15 @@ def uses_fused_resize_for(device_id: int | None, wanted: bool) -> bool:
     return device_id is None and wanted and fused_resize.available()
 
 
-def _read(source: Callable, opts: PipelineOptions) -> list:
-    """The source's outputs: OUTPUT_NAMES' four, then the crop size of each sample's epoch if the source
-    follows a resolution schedule (``PlanSource.num_outputs``)."""
+def _read(source: Callable, opts: PipelineOptions) -> dict[str, Any]:
+    """The source's outputs by name (``PlanSource.output_names``): the encoded image, label, index and
+    padding; where the source decides the augmentation, each sample's crop window (``anchor``, ``shape``)
+    and ``mirror``; where it follows a resolution schedule, the crop ``size`` of each sample's epoch."""
     parallel = opts.py_workers > 0
     extra: dict[str, Any] = {"prefetch_queue_depth": opts.prefetch} if parallel else {}
-    outputs = getattr(source, "num_outputs", len(OUTPUT_NAMES))
-    return fn.external_source(source=source, num_outputs=outputs, batch=False, parallel=parallel, **extra)
+    names = getattr(source, "output_names", ("encoded", *OUTPUT_NAMES[1:]))
+    outputs = fn.external_source(source=source, num_outputs=len(names), batch=False, parallel=parallel, **extra)
+    return dict(zip(names, outputs, strict=True))
 
 
 def _decoder_args(schema: str, opts: PipelineOptions, train: bool = True) -> dict[str, Any]:
@@ -116,32 +120,55 @@ def _outputs(images: Any, labels: Any, indices: Any, padding: Any, opts: Pipelin
     return images, (labels.gpu() if opts.on_gpu else labels), indices, padding
 
 
-def train_graph(encoded: Any, preset: TrainPreset, opts: PipelineOptions, size: Any = None) -> Any:
-    """Decode with a random-resized crop, resize to the crop size, random flip, normalize.
+Window = tuple[Any, Any, Any]  # per-sample (anchor, shape, mirror) DataNodes from the source
 
-    ``size``: per-sample crop sizes (a DataNode: progressive resizing, ``lmdb_io.reading.resolution``) instead of
-    the preset's fixed ``crop``; resize takes them as argument inputs, so no rebuild when they change."""
-    return train_stages(encoded, preset, opts, size)[-1][1]
+
+def train_graph(
+    encoded: Any, preset: TrainPreset, opts: PipelineOptions, size: Any = None, window: Window | None = None
+) -> Any:
+    """Decode the crop window, resize to the crop size, flip, normalize.
+
+    ``window``: the source's per-sample crop window (anchor (x, y), shape (width, height), in pixels) and
+    flip (``lmdb_io.reading.augment``); without one (DALI's file reader) the decoder draws a random-resized
+    crop and a coin flips. ``size``: per-sample crop sizes (a DataNode: progressive resizing,
+    ``lmdb_io.reading.resolution``) instead of the preset's fixed ``crop``; resize takes them as argument
+    inputs, so no rebuild when they change."""
+    return train_stages(encoded, preset, opts, size, window)[-1][1]
 
 
 TRAIN_STAGES = ("crop decode", "resize", "flip + normalize")  # with DALI's operators
 FUSED_TRAIN_STAGES = ("crop decode", "fused resize + flip + normalize")  # PipelineOptions.uses_fused_resize
 
 
-def train_stages(encoded: Any, preset: TrainPreset, opts: PipelineOptions, size: Any = None) -> list[tuple[str, Any]]:
+def train_stages(
+    encoded: Any, preset: TrainPreset, opts: PipelineOptions, size: Any = None, window: Window | None = None
+) -> list[tuple[str, Any]]:
     """The train graph's stages in order, each with its output (``TRAIN_STAGES``' names, or
     ``FUSED_TRAIN_STAGES``' with the fused CPU operator): the graph is the last one's; ``bench.stages`` cuts
     the graph after each to see where the time goes."""
     crop = preset.crop if size is None else size
-    decoded = fn.decoders.image_random_crop(
-        encoded,
-        device="mixed" if opts.on_gpu else "cpu",
-        random_area=list(preset.area),
-        random_aspect_ratio=list(preset.aspect_ratio),
-        num_attempts=preset.attempts,
-        **_decoder_args("decoders__ImageRandomCrop", opts),
-    )
-    mirror = fn.random.coin_flip(probability=preset.flip_probability)
+    device = "mixed" if opts.on_gpu else "cpu"
+    if window is not None:  # ROI decoding of the source's window: libjpeg-turbo's, nvJPEG's (hardware too)
+        anchor, shape, mirror = window
+        decoded = fn.decoders.image_slice(
+            encoded,
+            anchor,
+            shape,
+            device=device,
+            normalized_anchor=False,
+            normalized_shape=False,
+            **_decoder_args("decoders__ImageSlice", opts),
+        )
+    else:
+        decoded = fn.decoders.image_random_crop(
+            encoded,
+            device=device,
+            random_area=list(preset.area),
+            random_aspect_ratio=list(preset.aspect_ratio),
+            num_attempts=preset.attempts,
+            **_decoder_args("decoders__ImageRandomCrop", opts),
+        )
+        mirror = fn.random.coin_flip(probability=preset.flip_probability)
     if opts.uses_fused_resize:
         side = float(crop) if isinstance(crop, int) else crop  # the operator's size is a float, as resize's
         fused = fn.lmdb_dali_train.resize_flip_normalize(
@@ -168,18 +195,20 @@ def val_graph(encoded: Any, preset: ValPreset, opts: PipelineOptions) -> Any:
     return _normalize(images, preset, opts)
 
 
-def _graph(encoded: Any, preset: Preset, opts: PipelineOptions, size: Any = None) -> Any:
+def _graph(encoded: Any, preset: Preset, opts: PipelineOptions, size: Any = None, window: Window | None = None) -> Any:
     if isinstance(preset, TrainPreset):
-        return train_graph(encoded, preset, opts, size)
-    if size is not None:
-        raise ValueError("a resolution schedule is for training; validation keeps its preset's size")
+        return train_graph(encoded, preset, opts, size, window)
+    if size is not None or window is not None:
+        raise ValueError("a resolution schedule and crop windows are for training; validation has its preset's")
     return val_graph(encoded, preset, opts)
 
 
 @pipeline_def
 def _source_pipeline(source: Callable, opts: PipelineOptions, preset: Preset) -> tuple:
-    encoded, labels, indices, padding, *size = _read(source, opts)
-    return _outputs(_graph(encoded, preset, opts, *size), labels, indices, padding, opts)
+    out = _read(source, opts)
+    window = (out["anchor"], out["shape"], out["mirror"]) if "anchor" in out else None
+    images = _graph(out["encoded"], preset, opts, out.get("size"), window)
+    return _outputs(images, out["labels"], out["indices"], out["padding"], opts)
 
 
 FILE_READER_NAME = "files"

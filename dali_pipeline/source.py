@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from lmdb_io.database import ImageDatabase
+from lmdb_io.reading.augment import train_view
 from lmdb_io.reading.plan import EpochOrder, RankPlan, first_good
+from lmdb_io.reading.presets import TrainPreset
 from lmdb_io.reading.resolution import ResolutionSchedule
-from lmdb_io.trainable import BadRecordError, read_checked
+from lmdb_io.trainable import BadRecordError, read_checked, read_sized
 
 Sample = tuple[np.ndarray, ...]
 
@@ -35,24 +37,33 @@ class PlanSource:
     delivered as padding (``lmdb_io.reading.bad_records``); the loader sees the replacement in the indices.
     ``restart_at`` makes a rebuilt pipeline's first epoch start at a given epoch and position.
 
+    With ``crops`` (a train preset) each sample also carries its crop window and flip, decided by
+    ``lmdb_io.reading.augment.train_view`` from (the plan's seed, the epoch, the delivered sample's dataset
+    index) and the image's header size: ``anchor`` (x, y) and ``shape`` (width, height), float32 pixels, and
+    ``mirror`` (int32), so the graph draws nothing and a rebuilt pipeline, a resumed run or the torch loader
+    gives each sample the same crop. A record without a size in its header is then bad before decoding.
     With a ``resolution`` schedule (progressive resizing) each sample also carries its epoch's crop size
-    (float32, a fifth output): the train graph resizes to it, so the size changes with the epoch without
-    rebuilding the pipeline.
+    (float32, ``size``): the train graph resizes to it, so the size changes with the epoch without
+    rebuilding the pipeline. ``output_names`` names the outputs in order.
     """
 
-    def __init__(self, plan: RankPlan, resolution: ResolutionSchedule | None = None) -> None:
+    def __init__(
+        self, plan: RankPlan, resolution: ResolutionSchedule | None = None, crops: TrainPreset | None = None
+    ) -> None:
         if plan.num_batches(plan.first_epoch) <= 0:
             raise ValueError(
                 f"{plan.length} images over {plan.world_size} ranks give no whole batch of {plan.batch_size} "
                 f"per rank; lower the batch size"
             )
-        self.plan, self.resolution = plan, resolution
+        self.plan, self.resolution, self.crops = plan, resolution, crops
         self.bad: set[int] = set()  # records found bad (undecodable, as the loader reports, or failing the checks)
         self.start_epoch, self.start_position = plan.first_epoch, 0
 
     @property
-    def num_outputs(self) -> int:
-        return 4 if self.resolution is None else 5
+    def output_names(self) -> tuple[str, ...]:
+        names: tuple[str, ...] = ("encoded", "labels", "indices", "padding")
+        names += ("anchor", "shape", "mirror") if self.crops is not None else ()
+        return names + (("size",) if self.resolution is not None else ())
 
     def read(self, index: int) -> tuple[Any, int]:
         """(encoded bytes as a buffer, label) of dataset sample ``index``."""
@@ -62,10 +73,17 @@ class PlanSource:
         """(key, source path) naming sample ``index`` in reports."""
         return str(index), ""
 
+    def _checked(self, index: int) -> tuple[Any, int, tuple[int, int] | None]:
+        """(bytes, label, header size where crops are drawn for it) of a record passing the checks made
+        before decoding; ``BadRecordError`` for one that fails them."""
+        if self.crops is None:
+            return (*read_checked(self.read, index), None)
+        return read_sized(self.read, index)
+
     def problem(self, index: int) -> str | None:
         """Why record ``index`` is bad by the checks made before decoding, or None."""
         try:
-            read_checked(self.read, index)
+            self._checked(index)
         except BadRecordError as exc:
             return str(exc)
         return None
@@ -73,7 +91,7 @@ class PlanSource:
     def choose(self, order: EpochOrder, position: int) -> tuple[int, Any, int]:
         """(position of the sample delivered for ``position``, its bytes, its label): itself if good,
         else the next good one of ``order``."""
-        chosen, (payload, label) = first_good(order, position, lambda i: read_checked(self.read, i), self.bad)
+        chosen, (payload, label, _) = first_good(order, position, self._checked, self.bad)
         return chosen, payload, label
 
     def restart_at(self, epoch: int, position: int) -> None:
@@ -87,16 +105,25 @@ class PlanSource:
         i = sample_info.idx_in_epoch + (self.start_position if first else 0)
         if i >= len(order):
             raise StopIteration
-        chosen, payload, label = self.choose(order, i)
-        sample = (
+        chosen, (payload, label, size) = first_good(order, i, self._checked, self.bad)
+        index = int(order.indices[chosen])
+        sample: Sample = (
             np.frombuffer(payload, dtype=np.uint8),
             np.array(label, dtype=np.int64),
-            np.array(order.indices[chosen], dtype=np.int64),
+            np.array(index, dtype=np.int64),
             np.array(order.padding[i] or chosen != i, dtype=np.uint8),
         )
-        if self.resolution is None:
-            return sample
-        return (*sample, np.array(self.resolution.for_epoch(epoch), dtype=np.float32))
+        if self.crops is not None:
+            assert size is not None
+            view = train_view(self.crops, self.plan.seed, epoch, index, size)
+            sample += (
+                np.array((view.left, view.top), dtype=np.float32),
+                np.array((view.width, view.height), dtype=np.float32),
+                np.array(view.flip, dtype=np.int32),
+            )
+        if self.resolution is not None:
+            sample += (np.array(self.resolution.for_epoch(epoch), dtype=np.float32),)
+        return sample
 
 
 class LMDBSource(PlanSource):
@@ -109,11 +136,12 @@ class LMDBSource(PlanSource):
         *,
         verify: bool = True,
         resolution: ResolutionSchedule | None = None,
+        crops: TrainPreset | None = None,
     ) -> None:
         self.db = db if isinstance(db, ImageDatabase) else ImageDatabase(db, verify=verify)
         if len(self.db) != plan.length:
             raise ValueError(f"the plan is for {plan.length} samples, {self.db.path} holds {len(self.db)}")
-        super().__init__(plan, resolution)
+        super().__init__(plan, resolution, crops)
 
     def read(self, index: int) -> tuple[memoryview, int]:
         return self.db.read(index)
@@ -132,18 +160,19 @@ class MemorySource(PlanSource):
         plan: RankPlan,
         *,
         resolution: ResolutionSchedule | None = None,
+        crops: TrainPreset | None = None,
     ) -> None:
         if len(payloads) != len(labels) or len(payloads) != plan.length:
             raise ValueError(f"{len(payloads)} images, {len(labels)} labels, a plan for {plan.length} samples")
         self.payloads, self.labels = list(payloads), list(labels)
-        super().__init__(plan, resolution)
+        super().__init__(plan, resolution, crops)
 
     @classmethod
-    def from_database(cls, path: str | os.PathLike, plan: RankPlan) -> MemorySource:
+    def from_database(cls, path: str | os.PathLike, plan: RankPlan, crops: TrainPreset | None = None) -> MemorySource:
         """Every record's encoded bytes read once (checksums verified) from an lmdb_io database."""
         db = ImageDatabase(path, verify=True)
         payloads = [np.frombuffer(db.read(i)[0], dtype=np.uint8).copy() for i in range(len(db))]
-        return cls(payloads, db.targets.tolist(), plan)
+        return cls(payloads, db.targets.tolist(), plan, crops=crops)
 
     def read(self, index: int) -> tuple[np.ndarray, int]:
         return self.payloads[index], self.labels[index]

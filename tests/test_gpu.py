@@ -10,6 +10,8 @@
   GPU, and the GPU pipeline rebuilt after an (injected) GPU decode error;
 - with 2 or more GPUs: torchrun of two ranks, DALI with ``--lmdb --val`` over bad records, a checkpoint,
   ``--resume auto`` (NCCL, DDP, the gloo side group, bad-record agreement, DALI per local rank together).
+- train: the mixed decoder's ROI decoding of the source's windows (hardware decoder share as trained)
+  gives each sample the crop and flip the torch loader gives it.
 
 Every test is marked ``gpu``: without CUDA the conftest skips it with one line. The helpers take the device
 as a parameter (``torch.device("cuda", 0)`` here; ``cpu`` runs the same code on DALI's CPU operators and
@@ -454,3 +456,17 @@ def test_two_gpus_torchrun_dali_val_checkpoint_resume_and_bad_records(
     assert "resumed from" in second.stdout + second.stderr, tail(second)
     assert [e["step"] for e in events(out) if e["event"] == "train"][-1] == 8
     assert checkpoint_at(out, 8)["global_step"] == 8
+
+
+def test_train_gpu_roi_decoding_gives_each_sample_the_torch_loaders_crop(train_db: Path) -> None:
+    """Mixed ``image_slice`` of each sample's ``train_view`` window (``hw_decoder_load`` 0.65: the A100/H100
+    hardware decoder takes its share), GPU resize, flip and normalize: within decoder and resampler rounding
+    of the torch loader's crop of the same window for nearly every sample (a different crop differs by tens
+    of levels; the train decoder upsamples chroma its own way, so the bound is looser than validation's)."""
+    _dali()
+    from test_loaders import train_differences
+
+    found = sorted(train_differences(train_db, batch=BATCH, device=CUDA0, seed=5, crop=CROP).values())
+    assert len(found) >= BATCH
+    median, p95 = found[len(found) // 2], found[int(0.95 * (len(found) - 1))]
+    assert median <= MAX_MEAN_ABS_DIFF and p95 <= 2 * MAX_MEAN_ABS_DIFF, (median, p95, found[-5:])

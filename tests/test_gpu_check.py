@@ -78,6 +78,8 @@ def test_loader_rows_run_in_their_own_process_without_torch_in_dali_workers(
     assert found["rate"] > 0 and found["warmup_batches"] == 2, found
     assert list(witness.glob("source-*")), "the row's DALI source worker did not start"
     assert not list(witness.glob("torch-*")), "a DALI source worker of the row imported torch"
+    random_row = loader.loader_in_child(cpu_args("--warmup-batches", "2"), d, "random-w1-hw0.65", left=300)
+    assert random_row["rate"] > 0, random_row  # the decoder's random crop, against which ROI decoding is timed
     torch_row = loader.loader_in_child(cpu_args("--warmup-batches", "2"), d, "torch", left=300)
     assert torch_row["rate"] > 0 and torch_row["warmup_batches"] == 2 * 2 + 1, torch_row
 

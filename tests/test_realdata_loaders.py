@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 from conftest import convert
-from test_loaders import MAX_MEAN_ABS_DIFF, PARITY_BAD_IMAGES, needs_dali, parity_tree, worst_val_difference
+from test_loaders import (
+    MAX_MEAN_ABS_DIFF,
+    PARITY_BAD_IMAGES,
+    assert_train_parity,
+    needs_dali,
+    parity_tree,
+    train_differences,
+    worst_val_difference,
+)
 from test_train import _assert_sharding, _epoch_args, _key_logs, _ok, _torchrun, whole_epoch_batch
 
 from lmdb_io import open_database
@@ -36,6 +44,15 @@ def test_real_val_parity_between_dali_cpu_and_torchvision(real_parity_db: Path, 
     worst, key, count = worst_val_difference(real_parity_db)
     assert count == len(open_database(real_parity_db)) == len(_real_val_files(hymenoptera)) + len(PARITY_BAD_IMAGES)
     assert worst <= MAX_MEAN_ABS_DIFF, f"worst per-image mean abs difference {worst:.2f} / 255 (record {key})"
+
+
+@needs_dali
+def test_real_train_parity_between_dali_cpu_and_torchvision(real_train_db: Path) -> None:
+    """Camera photos at the production crop: the same crop and flip in both loaders, the images within
+    3/255 for at least 95% of the samples (``test_loaders.TRAIN_WITHIN_SHARE``)."""
+    found = train_differences(real_train_db, seed=7)
+    assert len(found) == len(open_database(real_train_db)) // 16 * 16
+    assert_train_parity(found)
 
 
 @needs_dali

@@ -33,15 +33,18 @@ def plan_indices(length: int, batch: int) -> Callable[[int], list[int]]:
     return lambda seed: plan(length, batch, seed).for_epoch(0).indices.tolist()
 
 
-def memory_source(db: Path, length: int, batch: int) -> Any:
+def memory_source(db: Path, length: int, batch: int, crop: int = 224) -> Any:
     from dali_pipeline.source import MemorySource
+    from lmdb_io.reading.presets import TrainPreset
 
-    return MemorySource.from_database(db, plan(length, batch))
+    return MemorySource.from_database(db, plan(length, batch), crops=TrainPreset(crop))
 
 
 def loader(kind: str, db: Path, batch: int, crop: int, *, memory: Any = None, **options: Any) -> Make:
     """``make(seed)``, a fresh train loader over ``db``: "dali", "torch" (the factories, ``options`` their
-    keywords) or "memory" (the DALI train graph over a ``MemorySource``'s bytes, in the same plan order)."""
+    keywords), "memory" (the DALI train graph over a ``MemorySource``'s bytes, in the same plan order) or
+    "random" (the LMDB source without crop windows: the decoder draws random-resized crops, a coin flips;
+    the graph before the crops came from the source). "memory" and "random" take ``PipelineOptions``'."""
 
     def make(seed: int) -> Iterable[Any]:
         from lmdb_io.reading.spec import ReadSpec
@@ -56,11 +59,18 @@ def loader(kind: str, db: Path, batch: int, crop: int, *, memory: Any = None, **
 
             return make_dali_loader(spec, **_dali_factory_options(options))
         from dali_pipeline.pipelines import PipelineOptions
-        from dali_pipeline.source import MemorySource
+        from dali_pipeline.source import LMDBSource, MemorySource
         from lmdb_dali_train.loaders.dali_loader import DALILoader
         from lmdb_io.reading.presets import TrainPreset
 
-        source = MemorySource(memory.payloads, memory.labels, plan(len(memory.payloads), batch, seed))
-        return DALILoader(source, PipelineOptions(batch_size=batch, seed=seed, **options), TrainPreset(crop))
+        preset = TrainPreset(crop)
+        if kind == "random":
+            from lmdb_io.database import ImageDatabase
+
+            database = ImageDatabase(db, verify=True)
+            source: Any = LMDBSource(database, plan(len(database), batch, seed))
+        else:
+            source = MemorySource(memory.payloads, memory.labels, plan(len(memory.payloads), batch, seed), crops=preset)
+        return DALILoader(source, PipelineOptions(batch_size=batch, seed=seed, **options), preset)
 
     return make

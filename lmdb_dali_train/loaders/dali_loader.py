@@ -270,5 +270,7 @@ def make_dali_loader(
     if not database:
         return DALIFolderLoader(os.fspath(spec.path), opts, spec.preset(), spec.rank, spec.world_size)
     db = ImageDatabase(spec.path, verify=spec.verify)
-    source = LMDBSource(db, spec.plan(len(db)), resolution=spec.resolution)
-    return DALILoader(source, opts, spec.preset())
+    preset = spec.preset()
+    crops = preset if isinstance(preset, TrainPreset) else None  # each sample's crop and flip from the source
+    source = LMDBSource(db, spec.plan(len(db)), resolution=spec.resolution, crops=crops)
+    return DALILoader(source, opts, preset)

@@ -1,8 +1,10 @@
 """The torchvision loader: ImageFolderLMDB (or ImageFolder) in a DataLoader, in ``RankPlan`` order.
 
 Its sampler follows the same ``RankPlan`` the DALI source follows, so both loaders deliver the same
-samples in the same order each epoch. Augmentation is seeded per sample from (seed, epoch, index): a
-sample gets the same crop whichever worker reads it, so a resumed run reproduces an uninterrupted one.
+samples in the same order each epoch, and the same augmentation: each training sample's crop box and flip
+come from ``lmdb_io.reading.augment.train_view`` (seed, epoch, dataset index, the image's header size), as
+the DALI source's do, so nothing here draws at random: a sample gets the same crop whichever worker reads
+it, and a resumed run reproduces an uninterrupted one.
 A bad record is replaced by the next good sample of the rank's order and reported (``lmdb_io.reading.bad_records``).
 
 The workers are persistent (started by the first epoch, kept until ``close``) and ship uint8 crops; the loader
@@ -15,7 +17,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -25,13 +26,14 @@ from torchvision.datasets import ImageFolder
 
 from lmdb_io import ImageFolderLMDB, is_database
 from lmdb_io.dataset import decode_rgb
+from lmdb_io.reading.augment import train_view
 from lmdb_io.reading.bad_records import BadRecord
 from lmdb_io.reading.plan import RankPlan, first_good
 from lmdb_io.reading.presets import Preset, TrainPreset
 from lmdb_io.reading.resolution import ResolutionSchedule
 from lmdb_io.reading.spec import ReadSpec
 from lmdb_io.reading.workers import ignore_stop_signals, parent_garbage_frozen, stop_signals_blocked
-from lmdb_io.trainable import BadRecordError, read_checked, reason
+from lmdb_io.trainable import BadRecordError, read_checked, read_sized, reason
 
 from .batch import Batch, RunningEpoch
 from .normalize import DeviceNormalizer
@@ -71,9 +73,11 @@ class PlanSampler(Sampler):
 Item = tuple[Any, int, int, bool, list[tuple[int, str]]]
 
 
-class _SeededItems(Dataset):
+class _PlannedItems(Dataset):
     """Wraps an image dataset: item ``(index, padding, epoch, position)`` -> (uint8 CHW image, label, index,
-    padding, bad records met), cropped by ``preset`` at the epoch's size.
+    padding, bad records met): for training, the delivered sample's ``train_view`` box resized to the epoch's
+    crop size with torchvision's ``resized_crop`` (bilinear, antialiased) and flipped where the view says; for
+    validation, the preset's torchvision transform.
 
     A record that fails its checksum, claims too many pixels in its header, or does not decode is replaced
     by the next good sample of the rank's epoch order (``lmdb_io.reading.bad_records``); the replacement is marked
@@ -92,7 +96,7 @@ class _SeededItems(Dataset):
         self.dataset, self.plan, self.seed = dataset, plan, plan.seed
         self.preset, self.resolution = preset, resolution
         self.known_bad: set[int] = set()
-        self._transforms: dict[int, Callable[[Any], Any]] = {}  # by crop size
+        self._val = None if isinstance(preset, TrainPreset) else preset.torchvision()
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -101,18 +105,29 @@ class _SeededItems(Dataset):
         """The crop size of ``epoch``: the schedule's, else the preset's."""
         return self.preset.crop if self.resolution is None else self.resolution.for_epoch(epoch)
 
-    def _transform(self, epoch: int) -> Callable[[Any], Any]:
-        size = self.crop_for(epoch)
-        if size not in self._transforms:
-            self._transforms[size] = replace(self.preset, crop=size).torchvision()
-        return self._transforms[size]
+    def _transform(self, image: Any, index: int, epoch: int, size: tuple[int, int] | None) -> Any:
+        """Validation's transform, or sample ``index``'s training view of ``epoch`` (``size``: the header's,
+        else the decoded image's, which Pillow reads from the same header)."""
+        if self._val is not None:
+            return self._val(image)
+        from torchvision.transforms.v2 import functional as F
 
-    def _load(self, index: int, transform: Callable[[Any], Any]) -> tuple[Any, int]:
+        assert isinstance(self.preset, TrainPreset)
+        view = train_view(self.preset, self.seed, epoch, index, size or image.size)
+        crop = self.crop_for(epoch)
+        image = F.resized_crop(image, view.top, view.left, view.height, view.width, [crop, crop], antialias=True)
+        return F.pil_to_tensor(F.hflip(image) if view.flip else image)
+
+    def _load(self, index: int, epoch: int) -> tuple[Any, int]:
         """The transformed sample; ``BadRecordError`` if the record is bad (the transform is not guarded)."""
         dataset = self.dataset
         decode: Callable[[], Any]
+        size = None
         if isinstance(dataset, ImageFolderLMDB):  # checksum and the header's pixel count before decoding
-            payload, label = read_checked(dataset.db.read, index)
+            if self._val is None:  # training crops for the header's size, as the DALI source does
+                payload, label, size = read_sized(dataset.db.read, index)
+            else:
+                payload, label = read_checked(dataset.db.read, index)
             decode = partial(decode_rgb, payload)
         else:
             path, label = dataset.samples[index]
@@ -121,7 +136,7 @@ class _SeededItems(Dataset):
             image = decode()
         except Exception as exc:  # Pillow raises many types for broken files
             raise BadRecordError(f"does not decode with Pillow ({reason(exc)})") from None
-        image = transform(image)
+        image = self._transform(image, index, epoch, size)
         if dataset.target_transform is not None:
             label = dataset.target_transform(label)
         return image, label
@@ -129,21 +144,14 @@ class _SeededItems(Dataset):
     def __getitem__(self, item: tuple[int, bool, int, int]) -> Item:
         index, padding, epoch, position = item
         order = self.plan.for_epoch(epoch)
-        transform = self._transform(epoch)
         bad: list[tuple[int, str]] = []
-
-        # Seeded per sample, in a forked CPU RNG, so the caller's global RNG (workers=0) is left as it was.
-        # Only the CPU generator (torchvision's transforms draw from it): torch.manual_seed also seeds every
-        # CUDA device and other backends, ~130 us per sample against ~1 us here. A replacement is seeded as
-        # the sample it replaces.
-        def load(chosen: int) -> tuple[Any, int]:
-            torch.default_generator.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
-            return self._load(chosen, transform)
-
-        with torch.random.fork_rng(devices=[]):
-            candidate, (image, label) = first_good(
-                order, position, load, self.known_bad, lambda chosen, why: bad.append((chosen, why))
-            )
+        candidate, (image, label) = first_good(
+            order,
+            position,
+            lambda chosen: self._load(chosen, epoch),
+            self.known_bad,
+            lambda i, why: bad.append((i, why)),
+        )
         return image, label, int(order.indices[candidate]), padding or candidate != position, bad
 
 
@@ -183,7 +191,7 @@ class TorchLoader:
         self.plan, self.device = plan, device
         self.normalize = DeviceNormalizer(preset.mean, preset.std, device, dtype=dtype, channels_last=channels_last)
         self.sampler = PlanSampler(plan)
-        self.items = _SeededItems(dataset, plan, preset, resolution)
+        self.items = _PlannedItems(dataset, plan, preset, resolution)
         self.bad_records: dict[int, BadRecord] = {}  # found so far, in the order they were met
         self.loader = DataLoader(
             self.items,

@@ -1,11 +1,13 @@
 """The train and validation presets both loaders follow: one definition of the augmentation.
 
 ``TrainPreset`` is torchvision's RandomResizedCrop (area 0.08-1, aspect 3/4-4/3, 10 attempts), a random
-horizontal flip and ImageNet normalisation; ``ValPreset`` resizes the shorter side and center crops.
-``.torchvision()`` gives the torchvision transform up to uint8 CHW pixels (what the DataLoader workers
-ship); the normalisation with the preset's mean and std happens on the device (``lmdb_dali_train.loaders.normalize``).
-The DALI graphs in ``dali_pipeline.pipelines`` read the same fields, so a change here changes both
-loaders. With progressive resizing the training crop is ``lmdb_io.reading.resolution``'s size of the epoch.
+horizontal flip and ImageNet normalisation; each sample's crop and flip are drawn by
+``lmdb_io.reading.augment.train_view`` from (seed, epoch, index), for both loaders. ``ValPreset`` resizes
+the shorter side and center crops; its ``.torchvision()`` gives the torchvision transform up to uint8 CHW
+pixels (what the DataLoader workers ship). The normalisation with the preset's mean and std happens on the
+device (``lmdb_dali_train.loaders.normalize``). The DALI graphs in ``dali_pipeline.pipelines`` read the same
+fields, so a change here changes both loaders. With progressive resizing the training crop is
+``lmdb_io.reading.resolution``'s size of the epoch.
 """
 
 from __future__ import annotations
@@ -26,18 +28,6 @@ class TrainPreset:
     flip_probability: float = 0.5
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-
-    def torchvision(self) -> Callable[[Any], Any]:
-        """PIL image -> uint8 CHW tensor (torchvision seeds its draws from torch's CPU RNG)."""
-        from torchvision import transforms
-
-        return transforms.Compose(
-            [
-                transforms.RandomResizedCrop(self.crop, scale=self.area, ratio=self.aspect_ratio),
-                transforms.RandomHorizontalFlip(self.flip_probability),
-                transforms.PILToTensor(),
-            ]
-        )
 
 
 @dataclass(frozen=True)

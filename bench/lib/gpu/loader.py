@@ -1,5 +1,6 @@
 """The loader-only rows: the DALI train pipeline (as train.py sets it) at every ``--hw-loads`` x
-``--py-workers``, the same graph fed from memory per load, the LMDB source's cost, and the torchvision loader;
+``--py-workers``, the same graph fed from memory per load, the LMDB source's cost, the graph before crop
+windows came from the source (the decoder's random crop) against it, and the torchvision loader;
 each in a ``child`` process, one epoch per run on a fresh loader, the warm-up batches untimed."""
 
 import argparse
@@ -46,12 +47,23 @@ def rows(args: argparse.Namespace, d: Data) -> list[Check]:
         opts = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in options)
         what = f"DALI pipeline alone, one of 8 ranks on 16 cores: {RANK8_THREADS} threads, hw_decoder_load {load:g}"
         add(f"rank8-hw{load:g}", what, f"`make_dali_loader({opts})`, {decode}", needs)
+    w, load = max(args.py_workers), args.hw_loads[0]
+    what = f"DALI pipeline alone, the decoder's random crop, py_workers {w}, hw_decoder_load {load:g}"
+    how = f"as `dali-w{w}-hw{load:g}` with no crop windows from the source: image_random_crop, a coin flip, {decode}"
+    add(f"random-w{w}-hw{load:g}", what, how, needs)
+    how = (
+        f"time per image: `dali-w{w}-hw{load:g}` (ROI decoding of the source's windows) / `random-w{w}-hw{load:g}` - 1"
+    )
+    found.append(
+        check(args, "derived", "roi", "crop windows from the source vs the decoder's random crop", how, (), dict)
+    )
     how = "time per image: best `dali-w0` row / `memory` row at its load - 1 (both sources in the pipeline thread)"
     what = "LMDB source cost vs memory, py_workers 0"
     found.append(check(args, "derived", "cost", what, how, (), dict))
     device, pinned = ("cpu", "") if args.cpu else ("cuda:0", "pinned ")
     how = f"`make_torch_loader(workers={args.torch_workers}, device={device}, channels_last=True, dtype=float16)`: "
-    how += f"PIL decode, RandomResizedCrop, flip, uint8 from the workers, {pinned}copy, normalize on the device"
+    how += f"PIL decode, resized_crop of the `train_view` box, flip, uint8 from the workers, {pinned}copy, "
+    how += "normalize on the device"
     torch_needs = ("torch", "gpu", "torchvision", "lmdb", "db")
     add("torch", f"torchvision DataLoader alone, {args.torch_workers} workers", how, torch_needs)
     return found
@@ -67,6 +79,9 @@ def contender(args: argparse.Namespace, d: Data, key: str) -> Contender:
         options = dict(workers=args.torch_workers, device=device, channels_last=True, dtype=torch.float16)
         return Contender(key, "", "", ours.loader("torch", d.db, args.batch, args.crop, **options))
     load = float(key.rsplit("-hw", 1)[1])
+    if key.startswith("random"):
+        options = dali_options(args, int(key.split("-w")[1].split("-")[0]), load)
+        return Contender(key, "", "", ours.loader("random", d.db, args.batch, args.crop, **options))
     if key.startswith("memory"):
         memory = ours.memory_source(d.db, d.length, args.batch)
         options = dali_options(args, 0, load)

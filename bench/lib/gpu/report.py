@@ -22,6 +22,15 @@ def set_ratios(checks: Sequence[Check]) -> None:
     for r in loaders:
         r.ratio = f"{(r.rate or 0.0) / best:.2f}x best loader"
     runlog.ratios_to_synthetic([c.row for c in checks if c.kind == "train"])
+    roi = next((c for c in checks if c.key == "roi"), None)
+    random = next((k for k in by_key if k.startswith("random-")), None)
+    windows = by_key.get("dali-" + random.removeprefix("random-")) if random else None
+    if roi is not None and random and windows is not None and windows.rate and by_key[random].rate:
+        share = (by_key[random].rate or 0.0) / windows.rate - 1
+        roi.row.result = f"{windows.rate:,.0f} vs {by_key[random].rate:,.0f} (`{random}`)"
+        roi.row.ratio, roi.row.target, roi.row.met = f"{share * 100:+.1f} %", "<= 3 %", yes_no(share <= 0.03)
+    elif roi is not None and not roi.row.result:
+        roi.status, roi.row.result = "not run", "not run: needs the measured `dali` row and its `random` row"
     cost = next((c for c in checks if c.key == "cost"), None)
     if cost is None:
         return
