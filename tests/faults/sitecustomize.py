@@ -50,23 +50,27 @@ def _exit_after_commits(commits: int) -> None:
     writer.Writer.put_all = counted
 
 
+def _after_step(step: int, act: Callable[[], None]) -> None:
+    """``act()`` in the training process right after its global step ``step``."""
+    from lmdb_dali_train import engine
+
+    train_step = engine.train_step
+
+    def acting(state: engine.TrainState, batch: object) -> object:
+        result = train_step(state, batch)
+        if state.global_step == step:
+            act()
+        return result
+
+    engine.train_step = acting
+
+
 def _sigterm_at_step(spec: str) -> None:
     import signal
 
-    from lmdb_dali_train import engine
-
     target_rank, _, step = spec.rpartition(":")
-    if target_rank and int(target_rank) != int(os.environ.get("RANK", "0")):
-        return
-    train_step = engine.train_step
-
-    def signalling(state: engine.TrainState, batch: object) -> object:
-        result = train_step(state, batch)
-        if state.global_step == int(step):
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
-
-    engine.train_step = signalling
+    if not target_rank or int(target_rank) == int(os.environ.get("RANK", "0")):
+        _after_step(int(step), lambda: os.kill(os.getpid(), signal.SIGTERM))
 
 
 def _send_sigterm(target: str, name: str = "TERM") -> None:
@@ -89,39 +93,17 @@ def _this_rank(rank: str) -> bool:
 
 
 def _signal_at_step(spec: str) -> None:
-    from lmdb_dali_train import engine
-
     rank, step, target, *name = spec.split(":")
-    if not _this_rank(rank):
-        return
-    train_step = engine.train_step
-
-    def signalling(state: engine.TrainState, batch: object) -> object:
-        result = train_step(state, batch)
-        if state.global_step == int(step):
-            _send_sigterm(target, *name)
-        return result
-
-    engine.train_step = signalling
+    if _this_rank(rank):
+        _after_step(int(step), lambda: _send_sigterm(target, *name))
 
 
 def _kill_at_step(spec: str) -> None:
     import signal
 
-    from lmdb_dali_train import engine
-
     rank, step = spec.split(":")
-    if not _this_rank(rank) or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-        return
-    train_step = engine.train_step
-
-    def killing(state: engine.TrainState, batch: object) -> object:
-        result = train_step(state, batch)
-        if state.global_step == int(step):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return result
-
-    engine.train_step = killing
+    if _this_rank(rank) and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        _after_step(int(step), lambda: os.kill(os.getpid(), signal.SIGKILL))
 
 
 class _Wrapped:
