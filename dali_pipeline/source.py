@@ -88,11 +88,11 @@ class PlanSource:
             return str(exc)
         return None
 
-    def choose(self, order: EpochOrder, position: int) -> tuple[int, Any, int]:
-        """(position of the sample delivered for ``position``, its bytes, its label): itself if good,
-        else the next good one of ``order``."""
-        chosen, (payload, label, _) = first_good(order, position, self._checked, self.bad)
-        return chosen, payload, label
+    def choose(self, order: EpochOrder, position: int) -> tuple[int, Any, int, tuple[int, int] | None]:
+        """(position of the sample delivered for ``position``, its bytes, its label, its header size where
+        crops are drawn for it): itself if good, else the next good one of ``order``."""
+        chosen, (payload, label, size) = first_good(order, position, self._checked, self.bad)
+        return chosen, payload, label, size
 
     def restart_at(self, epoch: int, position: int) -> None:
         """The next pipeline built on this source starts at ``position`` of ``epoch``'s order."""
@@ -105,7 +105,7 @@ class PlanSource:
         i = sample_info.idx_in_epoch + (self.start_position if first else 0)
         if i >= len(order):
             raise StopIteration
-        chosen, (payload, label, size) = first_good(order, i, self._checked, self.bad)
+        chosen, payload, label, size = self.choose(order, i)
         index = int(order.indices[chosen])
         sample: Sample = (
             np.frombuffer(payload, dtype=np.uint8),

@@ -152,10 +152,7 @@ class RunControl:
             _positive("max_steps", self.max_steps)
         if self.max_bad_records < 0:
             raise ConfigError("--max-bad-records must be 0 or more")
-        if self.resume and self.resume != "auto" and not os.path.isfile(self.resume):
-            raise ConfigError(f"--resume {self.resume}: no such checkpoint")
-        if self.resume == "auto" and self.output_dir is None:
-            raise ConfigError("--resume auto needs --output-dir: the folder of the run to continue")
+        # --resume itself is checked where it is resolved, once: resume.resume_path
 
 
 @dataclass(frozen=True)

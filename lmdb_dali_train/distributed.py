@@ -129,10 +129,11 @@ def round_store(place: Placement, timeout_s: float) -> dist.Store:
     restarted rank reads the dead rank's address and fails to connect (``Gloo connectFullMesh failed ...
     Connection refused``), and ``TORCHELASTIC_RESTART_COUNT`` cannot tell the rounds apart (each agent
     counts its own restarts). So rank 0 draws a fresh namespace, serves it from a small store of its own
-    (the beacon, on a free port of its node: the node of torchrun's store), and publishes the beacon's port
-    and the namespace under one key of torchrun's store; the other ranks take the key only once the beacon
-    it names answers with that namespace. A key left by an earlier round names a beacon that is gone (or
-    that answers with another namespace), so it is never taken for this round's."""
+    (the beacon, on a free port of its own node, which need not be the node of torchrun's store), and
+    publishes the beacon's address and the namespace under one key of torchrun's store; the other ranks take
+    the key only once the beacon it names answers with that namespace. A key left by an earlier round
+    names a beacon that is gone (or that answers with another namespace), so it is never taken for this
+    round's."""
     global _beacon
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     timeout = timedelta(seconds=timeout_s)
@@ -141,17 +142,24 @@ def round_store(place: Placement, timeout_s: float) -> dist.Store:
         namespace = uuid.uuid4().hex
         _beacon = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False, timeout=timeout)
         _beacon.set("namespace", namespace)
-        agent.set(ROUND_KEY, f"{_beacon.port} {namespace}")
+        agent.set(ROUND_KEY, f"{_own_address(host, port)} {_beacon.port} {namespace}")
     else:
-        namespace = _this_rounds_namespace(agent, host, timeout_s)
+        namespace = _this_rounds_namespace(agent, timeout_s)
     return dist.PrefixStore(f"lmdb-dali-train/{namespace}/", agent)
 
 
-def _this_rounds_namespace(agent: dist.Store, host: str, timeout_s: float) -> str:
+def _own_address(host: str, port: int) -> str:
+    """This node's address as seen on the way to ``host:port`` (torchrun's store): where the other nodes
+    reach rank 0's beacon (127.0.0.1 when the store is on this machine's loopback)."""
+    with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S) as probe:
+        return str(probe.getsockname()[0])
+
+
+def _this_rounds_namespace(agent: dist.Store, timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
     while True:
         agent.wait([ROUND_KEY])  # the first round: until rank 0 publishes
-        beacon_port, namespace = agent.get(ROUND_KEY).decode().split()
+        host, beacon_port, namespace = agent.get(ROUND_KEY).decode().split()
         if _listening(host, int(beacon_port)):  # an earlier round's beacon is gone: refused at once, quietly
             try:
                 beacon = dist.TCPStore(

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.datasets import ImageFolder
+from torchvision.transforms.v2 import functional as F
 
 from lmdb_io import ImageFolderLMDB, is_database
 from lmdb_io.dataset import decode_rgb
@@ -110,8 +111,6 @@ class _PlannedItems(Dataset):
         else the decoded image's, which Pillow reads from the same header)."""
         if self._val is not None:
             return self._val(image)
-        from torchvision.transforms.v2 import functional as F
-
         assert isinstance(self.preset, TrainPreset)
         view = train_view(self.preset, self.seed, epoch, index, size or image.size)
         crop = self.crop_for(epoch)
