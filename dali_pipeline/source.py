@@ -35,12 +35,11 @@ class PlanSource:
     A bad record (checksum, header, too many pixels by its image header, or listed in ``bad`` by the
     loader after DALI failed to decode it) is replaced by the next good sample of the epoch's order and
     delivered as padding (``lmdb_io.reading.bad_records``); the loader sees the replacement in the indices.
-    ``restart_at`` makes a rebuilt pipeline's first epoch start at a given epoch and position.
 
     With ``crops`` (a train preset) each sample also carries its crop window and flip, decided by
     ``lmdb_io.reading.augment.train_view`` from (the plan's seed, the epoch, the delivered sample's dataset
     index) and the image's header size: ``anchor`` (x, y) and ``shape`` (width, height), float32 pixels, and
-    ``mirror`` (int32), so the graph draws nothing and a rebuilt pipeline, a resumed run or the torch loader
+    ``mirror`` (int32), so the graph draws nothing and a resumed run or the torch loader
     gives each sample the same crop. A record without a size in its header is then bad before decoding.
     With a ``resolution`` schedule (progressive resizing) each sample also carries its epoch's crop size
     (float32, ``size``): the train graph resizes to it, so the size changes with the epoch without
@@ -57,7 +56,6 @@ class PlanSource:
             )
         self.plan, self.resolution, self.crops = plan, resolution, crops
         self.bad: set[int] = set()  # records found bad (undecodable, as the loader reports, or failing the checks)
-        self.start_epoch, self.start_position = plan.first_epoch, 0
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -94,15 +92,10 @@ class PlanSource:
         chosen, (payload, label, size) = first_good(order, position, self._checked, self.bad)
         return chosen, payload, label, size
 
-    def restart_at(self, epoch: int, position: int) -> None:
-        """The next pipeline built on this source starts at ``position`` of ``epoch``'s order."""
-        self.start_epoch, self.start_position = epoch, position
-
     def __call__(self, sample_info: Any) -> Sample:
-        first = sample_info.epoch_idx == 0
-        epoch = self.start_epoch + sample_info.epoch_idx
+        epoch = self.plan.first_epoch + sample_info.epoch_idx
         order = self.plan.for_epoch(epoch)
-        i = sample_info.idx_in_epoch + (self.start_position if first else 0)
+        i = sample_info.idx_in_epoch
         if i >= len(order):
             raise StopIteration
         chosen, payload, label, size = self.choose(order, i)

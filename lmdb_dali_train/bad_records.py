@@ -5,7 +5,9 @@ The loaders replace each bad record by another sample of the rank's plan and nam
 (``lmdb_io.reading.bad_records``); ``collect`` takes the new ones after each batch. ``agree`` is a host-side
 collective: every rank calls it at the same points (every ``BAD_RECORDS_SHARED_EVERY`` steps under DDP, every
 step in one process, and at each epoch end), the ranks share what they met since, and rank 0 logs and lists
-the records no rank had met before. The count is of distinct records (by key) in this run.
+the records no rank had met before. The count is of distinct records (by split and key) in this run and
+the runs it resumes: checkpoints carry the list (``saved``), a resumed run starts from it (``restore``) and
+its loaders replace those records from the start (``indices``), so a record is met, listed and counted once.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from lmdb_io.reading.bad_records import BadRecord, bad_records_of
 from .runlog import RunLog
 
 TSV_NAME = "bad-records.tsv"
-TSV_COLUMNS = ("key", "path", "reason", "epoch", "step", "rank")
+TSV_COLUMNS = ("key", "path", "reason", "epoch", "step", "rank", "split")
 
-# (record, epoch, global step, global rank) of one meeting
-Met = tuple[BadRecord, int, int, int]
+# (record, epoch, global step, global rank, split: "train" or "val") of one meeting
+Met = tuple[BadRecord, int, int, int, str]
 
 
 def _distributed() -> bool:
@@ -49,7 +51,7 @@ class BadRecordLog:
         self.path = os.path.join(output_dir, TSV_NAME)
         self.limit, self.rank, self.main, self.log = limit, rank, main, log
         self.host_group = host_group  # a gloo group for CPU tensors (``StopSignal.host_group``): no device sync
-        self.known: dict[str, BadRecord] = {}  # every rank's, by key, as agreed
+        self.known: dict[tuple[str, str], BadRecord] = {}  # every rank's, by (split, key), as agreed
         self._pending: list[Met] = []  # met on this rank since the last agree()
         self._taken: dict[int, int] = {}  # id(loader) -> how many of its bad_records were collected
 
@@ -62,12 +64,27 @@ class BadRecordLog:
         for), every ``every`` steps under DDP."""
         return not _distributed() or steps % every == 0
 
-    def collect(self, loader: Any, epoch: int, step: int) -> None:
-        """Take the bad records ``loader`` met since the last call (found while reading for ``step``)."""
+    def collect(self, loader: Any, epoch: int, step: int, split: str = "train") -> None:
+        """Take the bad records ``loader`` (reading ``split``) met since the last call (found while reading
+        for ``step``)."""
         records = list(bad_records_of(loader).values())
         taken = self._taken.get(id(loader), 0)
-        self._pending += [(record, epoch, step, self.rank) for record in records[taken:]]
+        self._pending += [(record, epoch, step, self.rank, split) for record in records[taken:]]
         self._taken[id(loader)] = len(records)
+
+    def saved(self) -> list[dict[str, Any]]:
+        """The agreed records, as a checkpoint stores them."""
+        return [{"split": split, **vars(record)} for (split, _), record in self.known.items()]
+
+    def restore(self, saved: list[dict[str, Any]]) -> None:
+        """Start from a checkpoint's records (``saved``): known, counted, not listed again."""
+        for entry in saved:
+            fields = {name: entry[name] for name in ("index", "key", "path", "reason")}
+            self.known[(entry["split"], entry["key"])] = BadRecord(**fields)
+
+    def indices(self, split: str) -> frozenset[int]:
+        """The dataset indices of ``split``'s known bad records: a loader replaces them from the start."""
+        return frozenset(record.index for (s, _), record in self.known.items() if s == split)
 
     def agree(self) -> bool:
         """Share the records every rank met since the last call; rank 0 logs and lists the new ones.
@@ -82,26 +99,25 @@ class BadRecordLog:
                 parts: list[list[Met] | None] = [None] * dist.get_world_size()
                 dist.all_gather_object(parts, pending, group=group)
                 met = [m for part in parts if part for m in part]
-        new = [m for m in met if m[0].key not in self.known]
-        for record, epoch, step, rank in new:
-            if record.key in self.known:  # met by two ranks in the same window
+        for record, epoch, step, rank, split in met:
+            if (split, record.key) in self.known:  # known before, or met by two ranks in the same window
                 continue
-            self.known[record.key] = record
+            self.known[(split, record.key)] = record
             if self.main:
-                self._report(record, epoch, step, rank)
+                self._report(record, epoch, step, rank, split)
         return self.exceeded
 
-    def _report(self, record: BadRecord, epoch: int, step: int, rank: int) -> None:
+    def _report(self, record: BadRecord, epoch: int, step: int, rank: int, split: str) -> None:
         fresh = not os.path.exists(self.path)
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as tsv:
             if fresh:
                 tsv.write("\t".join(TSV_COLUMNS) + "\n")
-            row = (record.key, record.path, record.reason, epoch, step, rank)
+            row = (record.key, record.path, record.reason, epoch, step, rank, split)
             tsv.write("\t".join(_field(v) for v in row) + "\n")
         self.log.record(
             "bad_record",
-            f"bad record {record.key} ({record.path}): {record.reason}; replaced by another sample of rank "
+            f"bad record {record.key} ({record.path}, {split}): {record.reason}; replaced by another sample of rank "
             f"{rank}'s plan (epoch {epoch}, step {step}; bad records so far: {len(self.known)})",
             key=record.key,
             path=record.path,
@@ -109,4 +125,5 @@ class BadRecordLog:
             epoch=epoch,
             step=step,
             rank=rank,
+            split=split,
         )

@@ -150,9 +150,10 @@ def make_loader(
     skip: int = 0,
     num_classes: int = 1000,
     synthetic_steps: int = 100,
+    known_bad: frozenset[int] = frozenset(),
 ) -> BatchLoader:
     """The loader the configuration asks for, for one rank; ``skip`` resumes mid-epoch (positions of the epoch's
-    global order, see ``lmdb_io.reading.plan.RankPlan``)."""
+    global order, see ``lmdb_io.reading.plan.RankPlan``); ``known_bad``: records replaced from the start."""
     data, optim = config.data, config.optim
     rank, world_size = place.rank, place.world_size
     crop = data.crop_size if train else data.val_crop
@@ -189,6 +190,7 @@ def make_loader(
         resolution=data.resolution if train else None,  # progressive resizing: training only
         first_epoch=first_epoch,
         skip=skip if train else 0,
+        known_bad=known_bad,
     )
     output: dict[str, Any] = dict(device=device, dtype=config.image_dtype, channels_last=optim.channels_last)
     if data.loader == "torch":

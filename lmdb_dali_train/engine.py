@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lmdb_dali_train.loaders.batch import Batch, BatchLoader, counted
+from lmdb_dali_train.loaders.batch import Batch, BatchLoader, counted, wants_fresh_process
 
 from .bad_records import BadRecordLog
 from .distributed import all_reduce_max, all_reduce_sum
@@ -35,7 +35,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # SIGUSR1: a sch
 
 
 class StopSignal:
-    """Records SIGTERM/SIGINT/SIGUSR1; ``agreed()`` is True on every rank once any rank got one.
+    """Records SIGTERM/SIGINT/SIGUSR1; ``agreed()`` is True on every rank once any rank got one, or once
+    any rank asked for a fresh process (``ask_fresh_process``: its DALI pipeline failed, so the run saves
+    and continues in a new process; ``fresh_agreed``).
 
     Installed when a run starts, so a signal at any time stops it. Every rank must call ``agreed()`` at
     the same points: before training, after every step, at each epoch's end and before each validation
@@ -43,7 +45,8 @@ class StopSignal:
     its own when the run's backend is another, NCCL on GPUs), so asking at every step adds no device
     synchronisation. A stop is agreed at the first such point after the signal, on every rank. The second
     number carries rank 0's wish to save a checkpoint now (``--save-every-minutes``: rank 0's clock
-    decides), so every rank learns it at the same step, at no extra cost (``save_agreed``).
+    decides), so every rank learns it at the same step, at no extra cost (``save_agreed``); the third, any
+    rank's wish for a fresh process.
     ``timeout_s``: the side group's bound on each collective (``--dist-timeout``, as the run's own group;
     None: torch's default, 30 minutes).
     """
@@ -53,6 +56,8 @@ class StopSignal:
         self.signum = 0  # the first signal this process got (0: none)
         self.agreed_signum = 0  # the signal the ranks stopped for (the highest number any rank got)
         self.save_agreed = False  # some rank asked to save at the last agreement
+        self.fresh_wanted = False  # this rank's loader can only go on slowly in this process (kept once asked)
+        self.fresh_agreed = False  # some rank wants a fresh process, as of the last agreement
         self._group: dist.ProcessGroup | None = None
         self._asked = False
         self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
@@ -60,15 +65,18 @@ class StopSignal:
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = self.signum or signum
 
+    def ask_fresh_process(self) -> None:
+        """This rank wants the run to continue in a fresh process (agreed at the next ``agreed()``)."""
+        self.fresh_wanted = True
+
     def agreed(self, save: bool = False) -> bool:
-        """Whether any rank got a stop signal; ``save``: this rank asks every rank to save (``save_agreed``)."""
-        if not (dist.is_available() and dist.is_initialized()):
-            self.agreed_signum, self.save_agreed = self.signum, save  # one process: no collective
-        else:
-            flags = torch.tensor([float(self.signum), float(save)])
+        """Whether any rank got a stop signal or wants a fresh process; ``save``: this rank asks every rank
+        to save (``save_agreed``)."""
+        flags = torch.tensor([float(self.signum), float(save), float(self.fresh_wanted)])
+        if dist.is_available() and dist.is_initialized():
             dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.host_group())
-            self.agreed_signum, self.save_agreed = int(flags[0].item()), flags[1].item() > 0
-        return self.agreed_signum > 0
+        self.agreed_signum, self.save_agreed, self.fresh_agreed = int(flags[0]), bool(flags[1]), bool(flags[2])
+        return self.agreed_signum > 0 or self.fresh_agreed
 
     def host_group(self) -> dist.ProcessGroup | None:
         """The group for host-side (CPU tensor) collectives: None, the run's own, when that is gloo, else a
@@ -273,6 +281,8 @@ def train_epoch(
         if batch is None:
             return ended("done")
         meter.waited(time.perf_counter() - before)
+        if wants_fresh_process(loader):
+            stop.ask_fresh_process()
         loss, logits = train_step(state, batch)
         note_loss(state, loss)
         with torch.no_grad():
@@ -361,16 +371,20 @@ def log_speed(log: RunLog, meter: Speedometer, reason: str) -> None:
 
 @torch.no_grad()
 def evaluate(state: TrainState, loader: BatchLoader, stop: StopSignal | None = None) -> dict[str, float] | None:
-    """Loss and top-1/top-5 over all ranks; padding is not counted. With ``stop``: None once a stop is
-    agreed (asked before each batch), and no metrics over part of the set. With ``state.val_tta`` the logits
+    """Loss and top-1/top-5 over all ranks; padding is not counted. With ``stop``: None once a stop signal
+    is agreed (asked before each batch), and no metrics over part of the set (a wish for a fresh process
+    waits for the end). With ``state.val_tta`` the logits
     are the mean of the model's on each image and on its mirror (FFCV sums them: the same top-k)."""
     state.model.eval()
     device = state.device
     sums = torch.zeros(4, device=device)
     loss_fn = nn.CrossEntropyLoss(reduction="none")
     for batch in counted(loader, "the validation loader"):
-        if stop is not None and stop.agreed():
-            return None
+        if stop is not None:
+            if wants_fresh_process(loader):
+                stop.ask_fresh_process()
+            if stop.agreed() and stop.agreed_signum:
+                return None
         real = (~batch.padding).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None):
             logits = state.model(batch.images)

@@ -21,6 +21,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # a bad flag, path or input, named in one line on stderr (argparse's own code)
     DIVERGED = 3  # lmdb-train: the loss became NaN or infinite; nothing is saved
     BAD_RECORDS = 4  # lmdb-train: more than --max-bad-records; lmdb-io verify: records failed a check
+    RESTART = 75  # lmdb-train, several processes: a DALI pipeline failed on a record; saved: start them again
     INTERRUPTED = 128 + signal.SIGINT  # 130: stopped by SIGINT (Ctrl-C), what is done kept
     WARNED = 128 + signal.SIGUSR1  # 138: lmdb-train stopped by SIGUSR1 (a time limit ahead), saved: requeue it
     TERMINATED = 128 + signal.SIGTERM  # 143: stopped by SIGTERM, what is done kept

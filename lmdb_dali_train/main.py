@@ -39,6 +39,7 @@ from .engine import (
 )
 from .errors import ConfigError
 from .exit_codes import ExitCode, for_signal
+from .fresh_process import FreshProcessWanted, continue_in_fresh_process
 from .model import build_state
 from .progname import prog_name
 from .resume import restore, resume_path, save, saved_flags
@@ -82,8 +83,9 @@ def run(config: RunConfig, place: Placement, stop: StopSignal, resume_from: str 
             f"whole batch of {batch_size}; lower --batch-size"
         )
     state = build_state(config, place, device, num_classes, max(1, steps_per_epoch))
+    bad = BadRecordLog(config.output_dir, run_control.max_bad_records, place.rank, place.is_main, log, stop.host_group)
     if resume_from:
-        restore(
+        met_before = restore(
             state,
             resume_from,
             train_info,
@@ -93,6 +95,7 @@ def run(config: RunConfig, place: Placement, stop: StopSignal, resume_from: str 
             world_size=place.world_size,
             evaluating=evaluating,
         )
+        bad.restore(met_before)  # met, listed and counted once: the loaders replace them from the start
     elif run_control.resume == "auto":
         log.info(f"--resume auto: no checkpoint in {config.output_dir}, starting fresh")
     if evaluating:
@@ -119,10 +122,10 @@ def run(config: RunConfig, place: Placement, stop: StopSignal, resume_from: str 
             skip=skip,
             num_classes=num_classes,
             synthetic_steps=steps_per_epoch - state.step_in_epoch if train else steps_per_epoch,
+            known_bad=bad.indices("train" if train else "val"),
         )
 
     val_loader = loader_for(data.val, False) if data.val else None
-    bad = BadRecordLog(config.output_dir, run_control.max_bad_records, place.rank, place.is_main, log, stop.host_group)
     if evaluating:
         assert val_loader is not None  # RunConfig requires --val with --evaluate
         return _evaluate_only(state, val_loader, log, bad, stop)
@@ -132,7 +135,7 @@ def run(config: RunConfig, place: Placement, stop: StopSignal, resume_from: str 
 def _evaluate_only(state: TrainState, val_loader: BatchLoader, log: RunLog, bad: BadRecordLog, stop: StopSignal) -> int:
     try:
         metrics = evaluate(state, val_loader, stop)
-        bad.collect(val_loader, state.epoch, state.global_step)
+        bad.collect(val_loader, state.epoch, state.global_step, "val")
         bad.agree()  # lists them; evaluation itself is complete
     finally:
         val_loader.close()
@@ -157,11 +160,13 @@ def _validate(
     and is not redone by a resumed run, which goes on with the next epoch (``--evaluate --resume CKPT``
     measures that checkpoint)."""
     if stop.agreed():
+        if not stop.agreed_signum:
+            log.info(f"validation of epoch {state.epoch - 1} skipped: the run continues in a fresh process first")
         return "stopped"
     if val_loader is None:
         return "done"
     metrics = evaluate(state, val_loader, stop)
-    bad.collect(val_loader, state.epoch - 1, state.global_step)
+    bad.collect(val_loader, state.epoch - 1, state.global_step, "val")
     if metrics is None:
         log.info(f"validation of epoch {state.epoch - 1} interrupted by the stop: no metrics")
         return "stopped"
@@ -196,7 +201,8 @@ def _fit(
     cadence = SaveCadence(run_control.save_every, run_control.save_every_minutes, place.is_main)
 
     def checkpoint_now() -> None:
-        save(state, config, train_info, place)
+        bad.agree()  # every rank: the records met so far are saved with the run, never met again
+        save(state, config, train_info, place, bad.saved())
         cadence.saved()
 
     periodic = run_control.save_every is not None or run_control.save_every_minutes is not None
@@ -240,6 +246,8 @@ def _fit(
             if outcome != "done" or state.epoch >= epochs:
                 break
             checkpoint_now()  # each completed epoch
+        if outcome == "stopped" and stop.fresh_agreed and not stop.agreed_signum:
+            outcome = "max_steps" if max_steps is not None and steps_run >= max_steps else "fresh_process"
         checkpoint_now()
         if outcome == "done":
             watch.finish(state.module, state.device)  # weights.pt
@@ -254,6 +262,8 @@ def _fit(
                 loader.close()  # its workers ignore the signals that stop the run
     why = {
         "stopped": "stopped by a signal",
+        "fresh_process": f"a DALI pipeline failed on a bad record (listed in {bad.path}); saved for a fresh "
+        "process to continue (DALI may crash a pipeline built in a process where one failed)",
         "max_steps": f"--max-steps {max_steps} reached",
         "done": "all epochs done",
         "bad_records": f"stopped: {len(bad.known)} bad records, more than --max-bad-records "
@@ -270,6 +280,10 @@ def _fit(
         global_step=state.global_step,
     )
     log.close()
+    if outcome == "fresh_process":
+        if place.world_size == 1 and not config.dist.multiprocessing_distributed:
+            raise FreshProcessWanted(config.output_dir, None if max_steps is None else max_steps - steps_run)
+        return ExitCode.RESTART
     if outcome == "stopped":
         return for_signal(stop.agreed_signum)
     return ExitCode.BAD_RECORDS if outcome == "bad_records" else ExitCode.OK
@@ -338,4 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tasks = slurm_tasks_without_step()
     if tasks:
         warn(f"SLURM_NTASKS={tasks} but this process is not in an srun step: one process (srun starts {tasks})")
-    return _guarded(config, placement_from_env(), resume_from)
+    try:
+        return _guarded(config, placement_from_env(), resume_from)
+    except FreshProcessWanted as wanted:
+        if argv is None:  # the command, not a call from Python: this process becomes the continuation
+            continue_in_fresh_process(wanted)
+        return ExitCode.RESTART

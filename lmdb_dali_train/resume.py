@@ -65,10 +65,11 @@ def restore(
     arch: str | None = None,
     world_size: int = 1,
     evaluating: bool = False,
-) -> None:
+) -> list[dict[str, Any]]:
     """Load ``path`` into ``state``; on another world size or batch size the position (samples of the epoch
     consumed) carries over, the lr is rescaled to this run's global batch and its schedule continues by
-    samples seen. ConfigError for another dataset (unless ``force``), another ``arch``, a bad checkpoint."""
+    samples seen. Returns the bad records the run had met (``BadRecordLog.saved``). ConfigError for another
+    dataset (unless ``force``), another ``arch``, a bad checkpoint."""
     # to the CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest onto the device
     saved = checkpoint.load(path, map_location="cpu")  # ConfigError on a foreign format or a bad digest
     saved_args = saved_flags(saved)
@@ -102,13 +103,15 @@ def restore(
         lr_note = f"lr scaled from {lr_before:.6g} to {lr_after:.6g} (saved on {saved_world} ranks x {saved_batch})"
     else:
         lr_note = f"lr {lr_after:.6g} (same global batch)"
+    bad_records: list[dict[str, Any]] = saved.get("bad_records", [])
     if evaluating:
         log.info(f"evaluating {path}: epoch {state.epoch}, global step {state.global_step}")
-        return
+        return bad_records
     log.info(
         f"resumed from {path}, global step {state.global_step}: at sample {state.epoch_position} of epoch "
         f"{state.epoch} on {world_size} ranks x {batch} ({schedule.samples_seen} samples seen): {lr_note}"
     )
+    return bad_records
 
 
 def _check_same_shape(saved: dict[str, Any], state: TrainState, path: str) -> None:
@@ -138,15 +141,22 @@ def _check_same_shape(saved: dict[str, Any], state: TrainState, path: str) -> No
         raise ConfigError(f"--resume {path}: the checkpoint was trained with --opt {there[2]}, not --opt {here[2]}")
 
 
-def save(state: TrainState, config: RunConfig, train_info: DatasetInfo | None, place: Placement) -> None:
-    """Rank 0 writes the checkpoint; every rank learns whether it failed (no rank left waiting at a barrier)."""
+def save(
+    state: TrainState,
+    config: RunConfig,
+    train_info: DatasetInfo | None,
+    place: Placement,
+    bad_records: list[dict[str, Any]] | None = None,
+) -> None:
+    """Rank 0 writes the checkpoint, with the run's agreed ``bad_records`` (``BadRecordLog.saved``); every
+    rank learns whether it failed (no rank left waiting at a barrier)."""
     started = time.perf_counter()
     check_finite(state)  # NaN weights are never saved (nor rotate a good checkpoint away)
     failure: ConfigError | None = None
     path = None
     if place.is_main:
         try:
-            path = _write(state, config, train_info, place)
+            path = _write(state, config, train_info, place, bad_records or [])
         except ConfigError as exc:  # disk full, or the written file did not verify
             failure = exc
     failed = all_reduce_max(torch.tensor([1.0 if failure else 0.0], device=state.device)).item() > 0
@@ -159,7 +169,13 @@ def save(state: TrainState, config: RunConfig, train_info: DatasetInfo | None, p
         print(f"{stamp()} saved {path} ({size / 1e6:.1f} MB in {time.perf_counter() - started:.2f} s)", flush=True)
 
 
-def _write(state: TrainState, config: RunConfig, train_info: DatasetInfo | None, place: Placement) -> str:
+def _write(
+    state: TrainState,
+    config: RunConfig,
+    train_info: DatasetInfo | None,
+    place: Placement,
+    bad_records: list[dict[str, Any]],
+) -> str:
     """Rank 0's part of ``save``; returns the checkpoint's path."""
     return checkpoint.save(
         config.output_dir,
@@ -177,6 +193,7 @@ def _write(state: TrainState, config: RunConfig, train_info: DatasetInfo | None,
             "config": config.as_dict(),
             "rng": checkpoint.rng_state(),
             "dataset": train_info.identity if train_info is not None else None,
+            "bad_records": bad_records,
         },
         keep=config.run.keep_checkpoints,
     )

@@ -59,6 +59,12 @@ class RunningEpoch:
         self._epoch = None
 
 
+def wants_fresh_process(loader: object) -> bool:
+    """Whether ``loader`` can only go on slowly in this process (a ``DALILoader`` whose pipeline failed:
+    its ``needs_fresh_process``); loaders that never fail that way do not."""
+    return bool(getattr(loader, "needs_fresh_process", False))
+
+
 class LoaderLengthError(RuntimeError):
     """A loader yielded a different number of batches than it announced."""
 

@@ -7,7 +7,7 @@ import gc
 import os
 import weakref
 from collections.abc import Generator, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,9 @@ from lmdb_io.reading.spec import ReadSpec
 from lmdb_io.trainable import reason
 
 from .batch import Batch, RunningEpoch
+
+if TYPE_CHECKING:
+    from .cpu_fallback import CpuFallback
 
 
 def _to_batch(out: dict[str, Any], channels_last: bool) -> Batch:
@@ -67,13 +70,19 @@ class DALILoader:
     Bad records never end an epoch. The source replaces those it can tell before decoding (checksum,
     header, pixel cap). A record DALI fails to decode invalidates the pipeline: the loader then
     decode-checks, in a child process, the samples in flight (the batches the pipeline may have been
-    working on), marks the culprits bad in the source, rebuilds the pipeline and goes on at the same
-    position, the culprits now replaced. ``bad_records`` names every bad record met (index -> BadRecord).
+    working on) and marks the culprits bad in the source. It builds no second pipeline (after a decoding
+    error DALI 2.4 may crash a later pipeline of the same process): the pipeline is shut down and the
+    loader goes on at the same position, the culprits replaced, on the CPU (``CpuFallback``: the same
+    samples and crops, much slower), and says so in ``needs_fresh_process``, for the trainer to continue
+    the run in a fresh process. ``bad_records`` names every bad record met (index -> BadRecord).
     """
 
     def __init__(self, source: PlanSource, opts: PipelineOptions, preset: Preset) -> None:
         self.source, self.opts, self.preset = source, opts, preset
+        self.device = torch.device("cpu") if opts.device_id is None else torch.device("cuda", opts.device_id)
         self.bad_records: dict[int, BadRecord] = {}
+        self.needs_fresh_process = False  # the pipeline failed: batches now come from ``_fallback``
+        self._fallback: CpuFallback | None = None
         self._build()
         self._epoch = source.plan.first_epoch
         self._running = RunningEpoch()
@@ -105,6 +114,9 @@ class DALILoader:
         _release_pipeline(self)
 
     def _run(self, epoch: int) -> Generator[Batch, None, None]:
+        if self._fallback is not None:
+            yield from self._fallback.batches(epoch, 0)
+            return
         order = self.source.plan.for_epoch(epoch)
         position = 0  # the next position of this rank's epoch order to deliver
         while True:
@@ -113,8 +125,8 @@ class DALILoader:
             except StopIteration:
                 return
             except RuntimeError as exc:  # DALI: "Critical error in pipeline", the pipeline is now invalid
-                self._recover(exc, epoch, order, position)
-                continue
+                yield from self._recover(exc, order, position).batches(epoch, position)
+                return
             batch = _to_batch(out, self.opts.channels_last)
             self._note_replacements(order, position, batch.indices.tolist())
             position += len(batch.indices)
@@ -127,18 +139,37 @@ class DALILoader:
                 why = self.source.problem(planned) or "replaced by the source"
                 self.bad_records[planned] = BadRecord(planned, *self.source.describe(planned), why)
 
-    def _recover(self, error: RuntimeError, epoch: int, order: EpochOrder, position: int) -> None:
+    def _recover(self, error: RuntimeError, order: EpochOrder, position: int) -> CpuFallback:
         """After a pipeline error: find undecodable records among the samples in flight, mark them bad,
-        rebuild the pipeline at ``position`` of ``epoch``. An error with no culprit there is raised."""
+        shut the pipeline down and return the fallback that goes on. An error with no culprit is raised."""
         in_flight = range(position, min(len(order), position + (self.opts.prefetch + 2) * self.opts.batch_size))
         found = self._undecodable(order, in_flight)
         if not found:
             raise error
         for index, why in found:
+            self._met(index, why)
+        _release_pipeline(self)  # its threads and Python workers stop; no other pipeline runs in this process
+        assert isinstance(self.source, LMDBSource)  # _undecodable finds culprits in a database only
+        from .cpu_fallback import CpuFallback
+
+        self._fallback = CpuFallback(
+            self.source.db.path,
+            self.source.plan,
+            self.preset,
+            self.source.resolution,
+            known_bad=self.source.bad,
+            on_bad=self._met,
+            device=self.device,
+            dtype=torch.float16 if self.opts.fp16_output else torch.float32,
+            channels_last=self.opts.channels_last,
+            verify=self.source.db.verify,
+        )
+        self.needs_fresh_process = True
+        return self._fallback
+
+    def _met(self, index: int, why: str) -> None:
+        if index not in self.bad_records:
             self.bad_records[index] = BadRecord(index, *self.source.describe(index), why)
-        _release_pipeline(self)  # its threads and Python workers stop before a new one is built
-        self.source.restart_at(epoch, position)
-        self._build()
 
     def _undecodable(self, order: EpochOrder, positions: range) -> list[tuple[int, str]]:
         """(index, reason) of the records DALI's decoders reject among those the source delivers at
@@ -273,4 +304,5 @@ def make_dali_loader(
     preset = spec.preset()
     crops = preset if isinstance(preset, TrainPreset) else None  # each sample's crop and flip from the source
     source = LMDBSource(db, spec.plan(len(db)), resolution=spec.resolution, crops=crops)
+    source.bad.update(spec.known_bad)
     return DALILoader(source, opts, preset)

@@ -74,7 +74,7 @@ class PlanSampler(Sampler):
 Item = tuple[Any, int, int, bool, list[tuple[int, str]]]
 
 
-class _PlannedItems(Dataset):
+class PlannedItems(Dataset):
     """Wraps an image dataset: item ``(index, padding, epoch, position)`` -> (uint8 CHW image, label, index,
     padding, bad records met): for training, the delivered sample's ``train_view`` box resized to the epoch's
     crop size with torchvision's ``resized_crop`` (bilinear, antialiased) and flipped where the view says; for
@@ -190,7 +190,7 @@ class TorchLoader:
         self.plan, self.device = plan, device
         self.normalize = DeviceNormalizer(preset.mean, preset.std, device, dtype=dtype, channels_last=channels_last)
         self.sampler = PlanSampler(plan)
-        self.items = _PlannedItems(dataset, plan, preset, resolution)
+        self.items = PlannedItems(dataset, plan, preset, resolution)
         self.bad_records: dict[int, BadRecord] = {}  # found so far, in the order they were met
         self.loader = DataLoader(
             self.items,
@@ -270,7 +270,7 @@ def make_torch_loader(
     ``multiprocessing_context`` (None: multiprocessing's default).
     """
     dataset = open_image_dataset(spec.path, lmdb=spec.is_database(), verify=spec.verify)
-    return TorchLoader(
+    loader = TorchLoader(
         dataset,
         spec.plan(len(dataset)),
         spec.preset(),
@@ -281,3 +281,5 @@ def make_torch_loader(
         resolution=spec.resolution,
         multiprocessing_context=multiprocessing_context,
     )
+    loader.items.known_bad.update(spec.known_bad)
+    return loader

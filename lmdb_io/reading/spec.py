@@ -25,7 +25,9 @@ class ReadSpec:
     ``rank`` is the global rank. ``train``: shuffled, whole batches, augmented; else in order, the last
     batch padded, resized and center cropped (``val_resize``, then ``crop``). ``resolution``: progressive
     resizing (training only); without it every epoch crops ``crop``. ``skip``: positions of
-    ``first_epoch``'s global order already trained on (see ``RankPlan``).
+    ``first_epoch``'s global order already trained on (see ``RankPlan``). ``known_bad``: dataset indices
+    of records known to be bad before reading (a resumed run's, from its checkpoint): replaced from the
+    start, never read.
     """
 
     path: str | os.PathLike
@@ -41,6 +43,7 @@ class ReadSpec:
     resolution: ResolutionSchedule | None = None
     first_epoch: int = 0
     skip: int = 0
+    known_bad: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if self.resolution is not None and not self.train:
