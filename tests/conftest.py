@@ -254,6 +254,36 @@ def bad_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_tree(VENDORED_BAD_IMAGES, tmp_path_factory.mktemp("vendored") / "bad-images")
 
 
+def undecodable_database(root: Path, count: int = 24, bad: int = 9, width: int = 40) -> Path:
+    """``root/train.lmdb``: ``count`` small JPEGs of varied sizes in two classes, record ``bad`` then
+    replaced by a JPEG whose header reads (100x100) but which neither DALI nor Pillow decodes (the vendored
+    truncated_jpeg.jpg): it passes every check made before decoding, and DALI's pipeline fails on it."""
+    import lmdb
+    import numpy as np
+    from PIL import Image
+
+    from lmdb_io import ImageFormat, open_database
+    from lmdb_io.env import close_shared_env
+    from lmdb_io.record import encode_record
+
+    for i in range(count):
+        folder = root / "tree" / ("ants" if i % 2 else "bees")
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = np.random.default_rng(i).integers(0, 256, (150 - 2 * i, width + 7 * i, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:02d}.jpg", format="JPEG", quality=90)
+    db = root / "train.lmdb"
+    convert(root / "tree", db)
+    database = open_database(db)
+    key, target = database.key(bad), int(database.targets[bad])
+    close_shared_env(str(db))
+    env = lmdb.open(str(db), map_size=0)
+    with env.begin(write=True) as txn:
+        truncated = (VENDORED_BAD_IMAGES / "truncated_jpeg.jpg").read_bytes()
+        txn.put(key, bytes(encode_record(truncated, target, ImageFormat.JPEG)))
+    env.close()
+    return db
+
+
 @pytest.fixture(scope="session")
 def train_db(train_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The generated training tree converted (its report beside it: ``train-report.json``)."""

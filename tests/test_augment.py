@@ -1,8 +1,8 @@
 """Each training sample's augmentation is a pure function of (seed, epoch, dataset index) and its image size
 (``lmdb_io.reading.augment``), followed by both loaders: the same crop and flip in the DALI and the torch
 loader, after a resume on another world size or batch size, and after a DALI pipeline failed on a record
-it could not decode (the loader goes on on the CPU with the same samples). Image parity between the loaders is in ``test_loaders.py`` (generated data) and
-``test_realdata_loaders.py`` (hymenoptera)."""
+it could not decode (the loader goes on on the CPU with the same samples). Image parity between the
+loaders is in ``test_loaders.py`` (generated data) and ``test_realdata_loaders.py`` (hymenoptera)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import convert, needs_dali, read_spec
-from test_bad_records import _jpeg
+from conftest import needs_dali, read_spec, undecodable_database
 from test_loaders import make_loader, one_torch_thread
 
 from lmdb_io import open_database
@@ -143,32 +142,9 @@ def test_a_resume_on_another_world_and_batch_size_gives_each_sample_its_crop(tra
 
 
 @pytest.fixture(scope="module")
-def undecodable_db(tmp_path_factory: pytest.TempPathFactory, bad_images: Path) -> tuple[Path, int]:
-    """24 small JPEGs of varied sizes, one record then replaced by a JPEG whose header reads (100x100) but
-    which neither DALI nor Pillow decodes (truncated): DALI's pipeline fails on it."""
-    import lmdb
-
-    from lmdb_io import ImageFormat
-    from lmdb_io.env import close_shared_env
-    from lmdb_io.record import encode_record
-
-    root = tmp_path_factory.mktemp("undecodable")
-    for i in range(24):
-        folder = root / "tree" / ("ants" if i % 2 else "bees")
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{i:02d}.jpg").write_bytes(_jpeg(40 + 9 * i, 150 - 4 * i, i))
-    db = root / "train.lmdb"
-    convert(root / "tree", db)
-    database = open_database(db)
-    bad = 9
-    key, target = database.key(bad), int(database.targets[bad])
-    close_shared_env(str(db))
-    env = lmdb.open(str(db), map_size=0)
-    with env.begin(write=True) as txn:
-        truncated = (bad_images / "truncated_jpeg.jpg").read_bytes()
-        txn.put(key, bytes(encode_record(truncated, target, ImageFormat.JPEG)))
-    env.close()
-    return db, bad
+def undecodable_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """24 small JPEGs, record 9 one that neither DALI nor Pillow decodes (``undecodable_database``)."""
+    return undecodable_database(tmp_path_factory.mktemp("undecodable"), count=24, bad=9), 9
 
 
 @needs_dali
