@@ -293,7 +293,8 @@ def test_a_record_only_the_gpu_decoder_rejects_is_found_and_replaced(
 ) -> None:
     """A loader "on GPU 0" (DALI's CPU operators stand in; its options say device 0) fails on a record the
     CPU decoder accepts: the check runs with the pipeline's device, so the culprit is found and replaced and
-    the epoch is complete; before, the check used the CPU decoder only, found nothing and ended the run."""
+    the epoch is complete (before, the check used the CPU decoder only, found nothing and ended the run),
+    on the CPU fallback, with no second pipeline built, and the loader asks for a fresh process."""
     import dataclasses
 
     from dali_pipeline import decode_check
@@ -319,10 +320,13 @@ def test_a_record_only_the_gpu_decoder_rejects_is_found_and_replaced(
     assert isinstance(loader, dali_loader.DALILoader)
     loader.opts = dataclasses.replace(loader.opts, device_id=0)  # as on GPU 0
     loader._iterator = _FailsOnce(loader._iterator, fail_at=2)
+    builds: list[object] = []
+    monkeypatch.setattr(dali_loader, "build_pipeline", lambda *a: builds.append(a))
     try:
         indices = [i for batch in loader for i in batch.indices.tolist()]
     finally:
         loader.close()
+    assert loader.needs_fresh_process and builds == []
     assert asked and set(asked) == {0}, asked
     assert indices == expected_indices(order, {culprit}) and culprit not in indices
     assert "GPU 0's nvJPEG" in loader.bad_records[culprit].reason

@@ -7,9 +7,11 @@
 - val parity of the GPU decoder against torchvision, chroma stress images included (the val decoder
   upsamples chroma as libjpeg does: ``jpeg_fancy_upsampling``);
 - a checkpoint saved "with 8 GPUs" evaluated and resumed with one visible; the decode check's child on the
-  GPU, and the GPU pipeline rebuilt after an (injected) GPU decode error;
-- with 2 or more GPUs: torchrun of two ranks, DALI with ``--lmdb --val`` over bad records, a checkpoint,
-  ``--resume auto`` (NCCL, DDP, the gloo side group, bad-record agreement, DALI per local rank together).
+  GPU; after an (injected) GPU decode error no second pipeline, the CPU fallback on the GPU; ``train.py``
+  continuing in a fresh process after a real decode error on the GPU;
+- with 2 or more GPUs: torchrun of two ranks, DALI with ``--lmdb --val`` over bad records (one DALI fails
+  on: exit 75, torchrun ``--max-restarts`` starts the ranks again), a checkpoint, ``--resume auto`` (NCCL,
+  DDP, the gloo side group, bad-record agreement, DALI per local rank together).
 - train: the mixed decoder's ROI decoding of the source's windows (hardware decoder share as trained)
   gives each sample the crop and flip the torch loader gives it.
 
@@ -38,7 +40,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import REPO, convert, copy_tree, repo_pythonpath, run_in_session
+from conftest import REPO, convert, copy_tree, repo_pythonpath, run_in_session, undecodable_database
 from datagen import chroma_stress_jpegs
 from test_bad_records import BAD, GARBAGE, _FailsOnce, bad_records_db  # noqa: F401 (a fixture)
 
@@ -175,9 +177,14 @@ def small_run(device: torch.device | str, out: Path) -> list[str]:
     ]
 
 
+def all_events(out: Path) -> list[dict[str, Any]]:
+    """The events of ``out/log.jsonl``, of every run that wrote there."""
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+
+
 def events(out: Path) -> list[dict[str, Any]]:
     """The events of ``out/log.jsonl`` written by the latest run (the log is appended to across runs)."""
-    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    lines = all_events(out)
     starts = [i for i, e in enumerate(lines) if e["event"] == "start"]
     return lines[starts[-1] :] if starts else lines
 
@@ -381,15 +388,17 @@ def test_val_parity_gpu_decoder_vs_torchvision(parity_db: Path) -> None:
     assert worst <= MAX_MEAN_ABS_DIFF, f"per-image mean abs difference over 3/255: {parity_summary(diffs)}"
 
 
-# -- a decode error on the GPU: the check in a spawned child on the same GPU, the pipeline rebuilt --------
+# -- a decode error on the GPU: the check in a spawned child on the same GPU, no second pipeline ---------
 
 
-def test_gpu_decode_check_and_rebuild_after_a_gpu_pipeline_error(
+def test_gpu_decode_check_and_cpu_fallback_after_a_gpu_pipeline_error(
     train_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The decode check's child decodes on GPU 0 (nvJPEG and the hardware decoder): good records pass and a
     record no decoder reads is named. Then a pipeline error on the GPU (injected: no JPEG is known that only
-    nvJPEG rejects) whose culprit the check names: the GPU pipeline is rebuilt and the epoch completes."""
+    nvJPEG rejects) whose culprit the check names: no second pipeline is built in the process, the epoch
+    completes from the CPU fallback (float16 channels-last images on GPU 0, as the pipeline gave) and the
+    loader asks for a fresh process."""
     _dali()
     from dali_pipeline import decode_check
     from lmdb_dali_train.loaders import dali_loader
@@ -405,14 +414,40 @@ def test_gpu_decode_check_and_rebuild_after_a_gpu_pipeline_error(
 
     monkeypatch.setattr(decode_check, "undecodable_records", gpu_rejects)
     spec = ReadSpec(path=train_db, batch_size=BATCH, train=True, seed=1, crop=CROP)
-    loader = dali_loader.make_dali_loader(spec, device=CUDA0, py_workers=0)
+    loader = dali_loader.make_dali_loader(spec, device=CUDA0, py_workers=0, dtype=torch.float16, channels_last=True)
     assert isinstance(loader, dali_loader.DALILoader) and loader.opts.device_id == 0
     loader._iterator = _FailsOnce(loader._iterator, fail_at=2)
+    builds: list[Any] = []
+    monkeypatch.setattr(dali_loader, "build_pipeline", lambda *a: builds.append(a))
     try:
-        indices = [i for batch in loader for i in batch.indices.tolist()]
+        batches = list(loader)
     finally:
         loader.close()
+    indices = [i for batch in batches for i in batch.indices.tolist()]
     assert set(asked) == {0} and culprit not in indices and len(indices) == len(order) // BATCH * BATCH
+    assert loader.needs_fresh_process and builds == []
+    for batch in batches:
+        assert batch.images.device == CUDA0 and batch.images.dtype == torch.float16
+        assert batch.images.is_contiguous(memory_format=torch.channels_last) and batch.labels.device == CUDA0
+
+
+def test_train_py_on_the_gpu_continues_in_a_fresh_process_after_a_decode_error(tmp_path: Path) -> None:
+    """``train.py --loader dali`` on GPU 0 over a record the mixed decoder fails on (a truncated JPEG): the
+    child check on the GPU names it, the step completes from the CPU fallback, the run saves and the
+    process replaces itself with its continuation, which replaces the record from the start and finishes."""
+    _dali()
+    db = undecodable_database(tmp_path / "data", count=48, bad=21)
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "train.py"), *map(str, small_run("cuda", out)[8:]), "--loader", "dali"]
+    cmd += ["--lmdb", "--train", str(db), "-a", "resnet18", "--crop-size", "32", "-b", "4", "--epochs", "2"]
+    env = {**os.environ, "PYTHONPATH": repo_pythonpath()}
+    proc = run_in_session(cmd, env, SUBPROCESS_TIMEOUT, "train.py timed out")
+    assert proc.returncode == 0, tail(proc)
+    assert "continuing in a fresh process" in proc.stdout, tail(proc)
+    ends = [e["reason"] for e in all_events(out) if e["event"] == "end"]
+    assert ends == ["fresh_process", "done"], ends
+    listed = (out / "bad-records.tsv").read_text().strip().splitlines()
+    assert len(listed) == 2 and open_database(db).key(21).decode() in listed[1], listed
 
 
 # -- two GPUs: torchrun, NCCL, DDP, the gloo side group, bad records, DALI per local rank ----------------
@@ -424,38 +459,59 @@ def test_two_gpus_torchrun_dali_val_checkpoint_resume_and_bad_records(
     bad_records_db: Path,  # noqa: F811 (the fixture imported above)
     tmp_path: Path,
 ) -> None:
-    """``torchrun --nproc-per-node 2`` with DALI on each local rank's GPU, --lmdb and --val, on a database with
-    bad records (a garbage JPEG that DALI fails on: the GPU check child names it, the ranks agree on it over
-    the gloo side group under NCCL); a checkpoint at the epoch's end and at --max-steps; then --resume auto."""
+    """``torchrun --nproc-per-node 2 --max-restarts 1`` with DALI on each local rank's GPU, --lmdb and --val,
+    on a database with bad records (a garbage JPEG that DALI's val pipeline fails on: the GPU check child
+    names it, validation completes on the CPU fallback, the ranks agree on it over the gloo side group under
+    NCCL, save at the epoch's end and exit 75; torchrun starts them again and ``--resume auto`` continues,
+    the record replaced from the start); then ``--evaluate`` of the last checkpoint on both GPUs, which
+    replaces the records the checkpoint lists without meeting them."""
     _dali()
     out = tmp_path / "run"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    launcher += ["--max-restarts", "1"]
     flags = ["--loader", "dali", "--lmdb", "--train", bad_records_db, "--val", bad_records_db, "-b", "4", "-j", "2"]
     common = [*small_run("cuda", out)[8:], "-a", "resnet18", "--crop-size", "32", "--val-resize", "36", *flags]
+    common += ["--resume", "auto"]
     env = {**os.environ, "PYTHONPATH": repo_pythonpath()}
     first = run_in_session(
-        [*launcher, str(REPO / "train.py"), *map(str, common), "--epochs", "3", "--max-steps", "6"],
+        [*launcher, str(REPO / "train.py"), *map(str, common), "--epochs", "2"],
         env,
         SUBPROCESS_TIMEOUT,
         "torchrun timed out",
     )
     assert first.returncode == 0, tail(first)
     logged = events(out)
-    assert logged[0]["world_size"] == 2 and any(e["event"] == "val" for e in logged), logged[:3]
+    assert logged[0]["world_size"] == 2, logged[:3]
+    assert [e["epoch"] for e in all_events(out) if e["event"] == "val"] == [0, 1], tail(first)
+    assert [e["reason"] for e in all_events(out) if e["event"] == "end"] == ["fresh_process", "done"], tail(first)
     listed = (out / "bad-records.tsv").read_text()
-    assert open_database(bad_records_db).key(GARBAGE).decode() in listed, listed
-    assert len(listed.strip().splitlines()) == 1 + len(BAD), listed
-    assert checkpoint_at(out, 6)["world_size"] == 2
+    rows = [row.split("\t") for row in listed.strip().splitlines()[1:]]
+    keys = {open_database(bad_records_db).key(i).decode() for i in BAD}
+    val_keys, train_keys = ([row[0] for row in rows if row[-1] == split] for split in ("val", "train"))
+    assert sorted(val_keys) == sorted(keys) and set(train_keys) <= keys, listed  # a record once per split
+    assert len(train_keys) == len(set(train_keys)), listed
+    steps = [e["step"] for e in logged if e["event"] == "train"][-1]
+    assert checkpoint_at(out, steps)["world_size"] == 2
+    last = out / f"checkpoint-step{steps:09d}.pt"
+    evaluate = ["--evaluate", "--resume", str(last), "--val", str(bad_records_db), "--output-dir", str(out)]
     second = run_in_session(
-        [*launcher, str(REPO / "train.py"), *map(str, common), "--epochs", "3", "--max-steps", "2", "--resume", "auto"],
+        [
+            *launcher[:-2],
+            str(REPO / "train.py"),
+            *common[common.index("--device") :][:2],
+            "-b",
+            "4",
+            "--lmdb",
+            *evaluate,
+        ],
         env,
         SUBPROCESS_TIMEOUT,
         "torchrun timed out",
     )
     assert second.returncode == 0, tail(second)
-    assert "resumed from" in second.stdout + second.stderr, tail(second)
-    assert [e["step"] for e in events(out) if e["event"] == "train"][-1] == 8
-    assert checkpoint_at(out, 8)["global_step"] == 8
+    (measured,) = [e for e in events(out) if e["event"] == "val"]
+    assert measured["count"] == len(open_database(bad_records_db)) - len(BAD), measured  # each good one once
+    assert (out / "bad-records.tsv").read_text() == listed  # known from the checkpoint: not met again
 
 
 def test_train_gpu_roi_decoding_gives_each_sample_the_torch_loaders_crop(train_db: Path) -> None:
