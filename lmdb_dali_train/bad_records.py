@@ -13,7 +13,7 @@ its loaders replace those records from the start (``indices``), so a record is m
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -47,10 +47,12 @@ class BadRecordLog:
         main: bool,
         log: RunLog,
         host_group: Callable[[], dist.ProcessGroup | None] = lambda: None,
+        datasets: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = os.path.join(output_dir, TSV_NAME)
         self.limit, self.rank, self.main, self.log = limit, rank, main, log
         self.host_group = host_group  # a gloo group for CPU tensors (``StopSignal.host_group``): no device sync
+        self.datasets = dict(datasets or {})  # split -> the identity of the data read (``DatasetInfo.identity``)
         self.known: dict[tuple[str, str], BadRecord] = {}  # every rank's, by (split, key), as agreed
         self._pending: list[Met] = []  # met on this rank since the last agree()
         self._taken: dict[int, int] = {}  # id(loader) -> how many of its bad_records were collected
@@ -73,12 +75,18 @@ class BadRecordLog:
         self._taken[id(loader)] = len(records)
 
     def saved(self) -> list[dict[str, Any]]:
-        """The agreed records, as a checkpoint stores them."""
-        return [{"split": split, **vars(record)} for (split, _), record in self.known.items()]
+        """The agreed records, as a checkpoint stores them: each with its split and that data's identity."""
+        return [
+            {"split": split, "dataset": self.datasets.get(split), **vars(record)}
+            for (split, _), record in self.known.items()
+        ]
 
     def restore(self, saved: list[dict[str, Any]]) -> None:
-        """Start from a checkpoint's records (``saved``): known, counted, not listed again."""
+        """Start from a checkpoint's records (``saved``): known, counted, not listed again; those of a split
+        now reading other data (a resumed run may take another --val) are left out."""
         for entry in saved:
+            if entry.get("dataset") != self.datasets.get(entry["split"]):
+                continue
             fields = {name: entry[name] for name in ("index", "key", "path", "reason")}
             self.known[(entry["split"], entry["key"])] = BadRecord(**fields)
 

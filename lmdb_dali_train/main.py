@@ -83,7 +83,10 @@ def run(config: RunConfig, place: Placement, stop: StopSignal, resume_from: str 
             f"whole batch of {batch_size}; lower --batch-size"
         )
     state = build_state(config, place, device, num_classes, max(1, steps_per_epoch))
-    bad = BadRecordLog(config.output_dir, run_control.max_bad_records, place.rank, place.is_main, log, stop.host_group)
+    datasets = {split: info.identity for split, info in (("train", train_info), ("val", val_info)) if info}
+    bad = BadRecordLog(
+        config.output_dir, run_control.max_bad_records, place.rank, place.is_main, log, stop.host_group, datasets
+    )
     if resume_from:
         met_before = restore(
             state,
