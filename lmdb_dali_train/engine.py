@@ -72,10 +72,12 @@ class StopSignal:
     def agreed(self, save: bool = False) -> bool:
         """Whether any rank got a stop signal or wants a fresh process; ``save``: this rank asks every rank
         to save (``save_agreed``)."""
-        flags = torch.tensor([float(self.signum), float(save), float(self.fresh_wanted)])
-        if dist.is_available() and dist.is_initialized():
+        wishes = (self.signum, save, self.fresh_wanted)
+        if dist.is_available() and dist.is_initialized():  # else one process: no collective
+            flags = torch.tensor([float(wish) for wish in wishes])
             dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.host_group())
-        self.agreed_signum, self.save_agreed, self.fresh_agreed = int(flags[0]), bool(flags[1]), bool(flags[2])
+            wishes = (int(flags[0]), bool(flags[1]), bool(flags[2]))
+        self.agreed_signum, self.save_agreed, self.fresh_agreed = int(wishes[0]), bool(wishes[1]), bool(wishes[2])
         return self.agreed_signum > 0 or self.fresh_agreed
 
     def host_group(self) -> dist.ProcessGroup | None:

@@ -303,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a bad record (fails its checksum, claims too many pixels in its image header, or does not "
         "decode) is replaced by another sample of the rank's plan, named in the log and in "
         "OUTPUT_DIR/bad-records.tsv, and the run goes on; more than N distinct ones in a run stop it with "
-        f"a checkpoint and exit code {int(ExitCode.BAD_RECORDS)} (default 10)",
+        f"a checkpoint and exit code {int(ExitCode.BAD_RECORDS)} (default 10). One DALI fails to decode: the "
+        "run saves and continues in a fresh process (several processes exit "
+        f"{int(ExitCode.RESTART)}: torchrun --max-restarts with --resume auto restarts them)",
     )
 
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

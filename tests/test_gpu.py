@@ -24,7 +24,8 @@ the generated data ~3 s, the three DALI epochs ~10 s (pipeline builds; the train
 workers), seven ``train.py`` processes of one or two steps each, 5-10 s apiece (interpreter, torch and CUDA
 start-up, cuDNN autotuning of one shape; the ``-j 2`` DALI run starts two source workers), ~50 s, parity
 over 49 images ~3 s; issue 19 added ~30 s (a checkpoint of 8 GPUs resumed on one, two train.py runs; the decode
-check's child on the GPU). ``python -m bench.gpu_check`` gives the whole file 210 s before it counts as a timeout.
+check's child on the GPU), item 4 ~15 s (train.py continuing in a fresh process: two processes). ``python -m
+bench.gpu_check`` gives the whole file 210 s before it counts as a timeout.
 """
 
 from __future__ import annotations
