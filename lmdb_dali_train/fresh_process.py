@@ -3,8 +3,9 @@
 After a decoding error DALI 2.4 may crash a later pipeline of the same process (``dali_pipeline.decode_check``:
 SIGSEGV in ``Pipeline.build`` and ``Pipeline.run``), so a ``DALILoader`` whose pipeline failed builds no
 other: it names the record, goes on on the CPU and asks for a fresh process. The ranks agree on it at
-their next agreement point (``engine.StopSignal``; after validation when it happens there), save a
-checkpoint that lists the record (so the next process replaces it from the start) and end:
+their next agreement point (``engine.StopSignal``; at an epoch's end after validation, which the process
+that failed runs on the CPU too), save a checkpoint that lists the record (so the next process replaces it
+from the start) and end:
 
 - one process started by hand replaces itself (``os.execv``, the same process id) with its own command
   plus ``--resume auto --output-dir DIR``: nothing is replayed, nothing retyped;

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from lmdb_dali_train.loaders.batch import BatchLoader
+from lmdb_dali_train.loaders.batch import BatchLoader, without_dali
 from lmdb_io.reading.plan import RankPlan
 
 from . import checkpoint, run_folder
@@ -158,16 +158,18 @@ def _val_line(epoch: int, m: dict[str, float]) -> str:
 def _validate(
     state: TrainState, val_loader: BatchLoader | None, stop: StopSignal, log: RunLog, bad: BadRecordLog
 ) -> str:
-    """At the end of an epoch (already counted in ``state``): "stopped" if a stop is agreed before or
-    during validation, else "done" (with the metrics logged). An interrupted validation gives no metrics
+    """At the end of an epoch (already counted in ``state``): "stopped" if a stop signal is agreed before or
+    during validation, else "done" (with the metrics logged; the wish for a fresh process waits for it, in
+    a process where a DALI pipeline failed validating on the CPU). An interrupted validation gives no metrics
     and is not redone by a resumed run, which goes on with the next epoch (``--evaluate --resume CKPT``
     measures that checkpoint)."""
-    if stop.agreed():
-        if not stop.agreed_signum:
-            log.info(f"validation of epoch {state.epoch - 1} skipped: the run continues in a fresh process first")
+    if stop.agreed() and stop.agreed_signum:
         return "stopped"
     if val_loader is None:
         return "done"
+    if stop.fresh_wanted:  # a DALI pipeline of this process failed: none is run here again
+        log.info(f"validation of epoch {state.epoch - 1} runs without DALI (slower): a DALI pipeline failed here")
+        without_dali(val_loader)
     metrics = evaluate(state, val_loader, stop)
     bad.collect(val_loader, state.epoch - 1, state.global_step, "val")
     if metrics is None:

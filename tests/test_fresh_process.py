@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, convert, needs_dali, run_main, undecodable_database
+from conftest import REPO, convert, needs_dali, read_spec, run_main, undecodable_database
 from test_train import _env, _events, _key_logs
 
 from lmdb_dali_train.engine import StopSignal
@@ -26,6 +26,7 @@ from lmdb_dali_train.exit_codes import ExitCode
 from lmdb_dali_train.flags import parse_args
 from lmdb_dali_train.fresh_process import FreshProcessWanted, continuation
 from lmdb_io import open_database
+from lmdb_io.reading.plan import RankPlan
 
 COUNT, BAD = 48, 21
 SMALL = ["-a", "resnet18", "--crop-size", "32", "--val-resize", "36", "-b", "4", "--device", "cpu", "-j", "0"]
@@ -94,6 +95,27 @@ def test_a_wish_for_a_fresh_process_is_agreed_and_is_not_a_signal() -> None:
 
 
 @needs_dali
+def test_a_dali_loader_told_to_fall_back_gives_the_torch_loaders_batches(clean_db: Path) -> None:
+    """``fall_back`` (the val loader of a process where another pipeline failed): the pipeline is shut
+    down and the next epoch comes from the CPU, batch for batch the torch loader's (the same transform,
+    the same normalisation), the last batch padded the same way."""
+    from lmdb_dali_train.loaders.dali_loader import DALILoader, make_dali_loader
+    from lmdb_dali_train.loaders.torch_loader import make_torch_loader
+
+    spec, options = read_spec(clean_db, 5, train=False, crop=32, val_resize=36)
+    loader = make_dali_loader(spec, **options)
+    assert isinstance(loader, DALILoader)
+    assert sum(len(batch.indices) for batch in loader) == 50  # 48 padded to whole batches of 5
+    loader.fall_back()
+    assert loader.needs_fresh_process and not hasattr(loader, "pipeline")
+    reference = make_torch_loader(spec, workers=0)
+    for ours, theirs in zip(loader, reference, strict=True):
+        assert torch.equal(ours.indices, theirs.indices) and torch.equal(ours.padding, theirs.padding)
+        assert torch.equal(ours.images, theirs.images) and torch.equal(ours.labels, theirs.labels)
+    loader.close()
+
+
+@needs_dali
 def test_a_run_whose_pipeline_failed_saves_and_its_continuation_never_meets_the_record(
     undecodable_db: Path, tmp_path: Path
 ) -> None:
@@ -137,6 +159,27 @@ def test_a_failed_validation_pipeline_completes_and_the_run_continues_after_it(
     evaluated = run_main(train_main, "--evaluate", "--resume", str(last), "--val", str(undecodable_db), "-j", "0")
     assert evaluated.returncode == ExitCode.OK, evaluated.stderr
     assert _events(out, "val")[-1]["count"] == COUNT - 1 and len(_events(out, "bad_record")) == 1
+
+
+@needs_dali
+def test_a_failure_on_an_epochs_last_step_validates_without_dali_then_continues(tmp_path: Path) -> None:
+    """The record is the last sample of epoch 0: the agreement comes at the epoch's end, so the process
+    first validates that epoch, its val loader falling back to the CPU (no DALI pipeline runs again where
+    one failed), then saves and continues; every epoch is validated, every image counted."""
+    from lmdb_dali_train.entry import train_main
+
+    last = int(RankPlan(COUNT, 4, seed=0).for_epoch(0).indices[-1])
+    db = undecodable_database(tmp_path / "data", count=COUNT, bad=last)
+    convert(db.parent / "tree", tmp_path / "clean.lmdb")
+    out = tmp_path / "run"
+    flags = ["--loader", "dali", "--lmdb", "--train", str(db), "--val", str(tmp_path / "clean.lmdb"), *SMALL]
+    flags += ["--epochs", "2", "--output-dir", str(out)]
+    first = run_main(train_main, *flags)
+    assert first.returncode == ExitCode.RESTART, first.stdout + first.stderr
+    assert "validation of epoch 0 runs without DALI" in first.stdout, first.stdout
+    assert [(e["reason"], e["global_step"]) for e in _events(out, "end")] == [("fresh_process", COUNT // 4)]
+    assert run_main(train_main, *flags, "--resume", "auto").returncode == ExitCode.OK
+    assert [(e["epoch"], e["count"]) for e in _events(out, "val")] == [(0, COUNT), (1, COUNT)]
 
 
 @pytest.mark.slow

@@ -65,6 +65,14 @@ def wants_fresh_process(loader: object) -> bool:
     return bool(getattr(loader, "needs_fresh_process", False))
 
 
+def without_dali(loader: object) -> None:
+    """Make ``loader`` run no DALI pipeline from now on where it can (a database's ``DALILoader``: its
+    ``fall_back``, the CPU), as in a process where another DALI pipeline failed."""
+    fall_back = getattr(loader, "fall_back", None)
+    if fall_back is not None:
+        fall_back()
+
+
 class LoaderLengthError(RuntimeError):
     """A loader yielded a different number of batches than it announced."""
 

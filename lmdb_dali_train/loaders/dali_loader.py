@@ -148,10 +148,20 @@ class DALILoader:
             raise error
         for index, why in found:
             self._met(index, why)
-        _release_pipeline(self)  # its threads and Python workers stop; no other pipeline runs in this process
-        assert isinstance(self.source, LMDBSource)  # _undecodable finds culprits in a database only
+        return self.fall_back()
+
+    def fall_back(self) -> CpuFallback:
+        """Shut the pipeline down (its threads and Python workers stop) and deliver from the CPU from the
+        next epoch on (``needs_fresh_process``): for this loader's failure, or another pipeline's of the
+        process, after which DALI is not run here again. A database's loader only; a second call does
+        nothing."""
+        if self._fallback is not None:
+            return self._fallback
+        if not isinstance(self.source, LMDBSource):
+            raise TypeError("only a database's DALI loader falls back to the CPU")
         from .cpu_fallback import CpuFallback
 
+        _release_pipeline(self)
         self._fallback = CpuFallback(
             self.source.db.path,
             self.source.plan,
