@@ -159,8 +159,8 @@ def _validate(
     state: TrainState, val_loader: BatchLoader | None, stop: StopSignal, log: RunLog, bad: BadRecordLog
 ) -> str:
     """At the end of an epoch (already counted in ``state``): "stopped" if a stop signal is agreed before or
-    during validation, else "done" (with the metrics logged; the wish for a fresh process waits for it, in
-    a process where a DALI pipeline failed validating on the CPU). An interrupted validation gives no metrics
+    during validation, else "done" (with the metrics logged: a wish for a fresh process waits until then,
+    and a process whose DALI pipeline failed validates on the CPU). An interrupted validation gives no metrics
     and is not redone by a resumed run, which goes on with the next epoch (``--evaluate --resume CKPT``
     measures that checkpoint)."""
     if stop.agreed() and stop.agreed_signum:

@@ -151,10 +151,9 @@ class DALILoader:
         return self.fall_back()
 
     def fall_back(self) -> CpuFallback:
-        """Shut the pipeline down (its threads and Python workers stop) and deliver from the CPU from the
-        next epoch on (``needs_fresh_process``): for this loader's failure, or another pipeline's of the
-        process, after which DALI is not run here again. A database's loader only; a second call does
-        nothing."""
+        """Shut the pipeline down (its threads and Python workers stop) and deliver from the CPU from now
+        on (``needs_fresh_process``): after this loader's failure, or another pipeline's of the process,
+        as DALI is not run again where one failed. A database's loader only; a second call does nothing."""
         if self._fallback is not None:
             return self._fallback
         if not isinstance(self.source, LMDBSource):
