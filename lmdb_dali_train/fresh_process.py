@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from typing import NoReturn
+
+from .exit_codes import ExitCode
 
 
 class FreshProcessWanted(Exception):
@@ -36,9 +37,14 @@ def continuation(wanted: FreshProcessWanted, command: list[str]) -> list[str]:
     return argv + (["--max-steps", str(wanted.max_steps_left)] if wanted.max_steps_left is not None else [])
 
 
-def continue_in_fresh_process(wanted: FreshProcessWanted) -> NoReturn:
-    """Replace this process with its own command continuing the saved run (``sys.orig_argv``)."""
-    argv = continuation(wanted, list(sys.orig_argv))
+def continue_in_fresh_process(wanted: FreshProcessWanted) -> ExitCode:
+    """Replace this process with its own command continuing the saved run (``sys.orig_argv``, run by this
+    interpreter). Returns only if that fails: ``ExitCode.RESTART``, the command to run named."""
+    argv = continuation(wanted, [sys.executable, *sys.orig_argv[1:]])
     print(f"continuing in a fresh process: {shlex.join(argv)}", flush=True)
     sys.stderr.flush()
-    os.execv(sys.executable, argv)
+    try:
+        os.execv(sys.executable, argv)
+    except OSError as exc:
+        print(f"{os.path.basename(argv[0])}: could not start it ({exc}): run it to continue", file=sys.stderr)
+    return ExitCode.RESTART

@@ -99,6 +99,11 @@ def run(config: RunConfig, place: Placement, stop: StopSignal, resume_from: str 
             evaluating=evaluating,
         )
         bad.restore(met_before)  # met, listed and counted once: the loaders replace them from the start
+        if bad.exceeded and not evaluating:
+            raise ConfigError(
+                f"--resume {resume_from}: the run has met {len(bad.known)} bad records (listed in {bad.path}), "
+                f"more than --max-bad-records {run_control.max_bad_records}: raise it to continue"
+            )
     elif run_control.resume == "auto":
         log.info(f"--resume auto: no checkpoint in {config.output_dir}, starting fresh")
     if evaluating:
@@ -254,6 +259,8 @@ def _fit(
         if outcome == "stopped" and stop.fresh_agreed and not stop.agreed_signum:
             outcome = "max_steps" if max_steps is not None and steps_run >= max_steps else "fresh_process"
         checkpoint_now()
+        if outcome == "fresh_process" and stop.agreed() and stop.agreed_signum:
+            outcome = "stopped"  # a signal during the save: the run stops (SLURM's warning: requeue), saved
         if outcome == "done":
             watch.finish(state.module, state.device)  # weights.pt
         finished = True
@@ -274,10 +281,11 @@ def _fit(
         "bad_records": f"stopped: {len(bad.known)} bad records, more than --max-bad-records "
         f"{run_control.max_bad_records} (listed in {bad.path})",
     }[outcome]
+    more = f" --max-bad-records {len(bad.known) + run_control.max_bad_records}" if outcome == "bad_records" else ""
     log.record(
         "end",
         f"{why} at epoch {state.epoch} step {state.step_in_epoch} (global step {state.global_step}); "
-        f"continue it with: {prog_name('train.py')} --resume auto --output-dir {config.output_dir}"
+        f"continue it with: {prog_name('train.py')} --resume auto --output-dir {config.output_dir}{more}"
         if outcome != "done"
         else why,
         reason=outcome,
@@ -361,5 +369,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _guarded(config, placement_from_env(), resume_from)
     except FreshProcessWanted as wanted:
         if argv is None:  # the command, not a call from Python: this process becomes the continuation
-            continue_in_fresh_process(wanted)
+            return continue_in_fresh_process(wanted)
         return ExitCode.RESTART

@@ -258,6 +258,28 @@ def test_more_bad_records_than_allowed_stops_with_a_checkpoint(
     assert len(_tsv(tmp_path)) >= 2
 
 
+def test_a_run_stopped_for_bad_records_resumes_only_with_a_larger_limit(bad_records_db: Path, tmp_path: Path) -> None:
+    """The checkpoint carries the records met, so they count again on resume: ``--resume auto`` alone is
+    refused in one line naming the limit (it would stop at once; the end line names a larger one); with a
+    limit above the database's bad records the run finishes and lists no record twice."""
+    from lmdb_dali_train.entry import train_main
+
+    flags = ["--loader", "torch", "--lmdb", "--train", str(bad_records_db), "--epochs", "2", "-b", "4", "-j", "0"]
+    flags += [*SMALL, "--output-dir", str(tmp_path)]
+    stopped = run_main(train_main, *flags, "--max-bad-records", "1")
+    assert stopped.returncode == EXIT_BAD_RECORDS, stopped.stdout + stopped.stderr
+    (end,) = [line for line in stopped.stdout.splitlines() if "continue it with" in line]
+    larger = end.rsplit("--max-bad-records ", 1)[1]
+    listed = len(_tsv(tmp_path))
+    assert int(larger) > listed >= 2
+    refused = run_main(train_main, *flags, "--max-bad-records", "1", "--resume", "auto")
+    assert_one_line_error(refused, f"{listed} bad records", "--max-bad-records 1")
+    resumed = run_main(train_main, *flags, "--max-bad-records", str(len(BAD)), "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    rows = _tsv(tmp_path)
+    assert len({(row["key"], row["split"]) for row in rows}) == len(rows) == len(BAD), rows
+
+
 def test_max_bad_records_flag() -> None:
     from lmdb_dali_train.main import main as train_main
 

@@ -11,6 +11,8 @@ runs the same on the mixed decoder (``test_gpu.py``).
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, convert, needs_dali, read_spec, run_main, undecodable_database
+from test_loaders import MAX_MEAN_ABS_DIFF, to_pixels
 from test_train import _env, _events, _key_logs
 
 from lmdb_dali_train.engine import StopSignal
@@ -97,8 +100,7 @@ def test_a_wish_for_a_fresh_process_is_agreed_and_is_not_a_signal() -> None:
 @needs_dali
 def test_a_dali_loader_told_to_fall_back_gives_the_torch_loaders_batches(clean_db: Path) -> None:
     """``fall_back`` (the val loader of a process where another pipeline failed): the pipeline is shut
-    down and the next epoch comes from the CPU, batch for batch the torch loader's (the same transform,
-    the same normalisation), the last batch padded the same way."""
+    down and the next epoch comes from the CPU, which reads as the torch loader does, batch for batch."""
     from lmdb_dali_train.loaders.dali_loader import DALILoader, make_dali_loader
     from lmdb_dali_train.loaders.torch_loader import make_torch_loader
 
@@ -113,6 +115,62 @@ def test_a_dali_loader_told_to_fall_back_gives_the_torch_loaders_batches(clean_d
         assert torch.equal(ours.indices, theirs.indices) and torch.equal(ours.padding, theirs.padding)
         assert torch.equal(ours.images, theirs.images) and torch.equal(ours.labels, theirs.labels)
     loader.close()
+
+
+@needs_dali
+def test_a_val_loader_failing_mid_epoch_keeps_the_batch_contract(undecodable_db: Path) -> None:
+    """The val pipeline fails mid-epoch: the batches before (DALI's) and after (the fallback's) are the
+    torch loader's batch for batch: the same indices, padding (the record replaced, as a repeat), labels
+    of the same dtype and device, images within decoder rounding (identical from the fallback)."""
+    from lmdb_dali_train.loaders.dali_loader import DALILoader, make_dali_loader
+    from lmdb_dali_train.loaders.torch_loader import make_torch_loader
+
+    spec, options = read_spec(undecodable_db, 4, train=False, crop=32, val_resize=36)
+    loader = make_dali_loader(spec, **options)
+    assert isinstance(loader, DALILoader)
+    announced = len(loader)
+    pairs = list(zip(loader, make_torch_loader(spec, workers=0), strict=True))
+    assert len(pairs) == announced and loader.needs_fresh_process and list(loader.bad_records) == [BAD]
+    exact = 0
+    for ours, theirs in pairs:
+        assert torch.equal(ours.indices, theirs.indices) and torch.equal(ours.padding, theirs.padding)
+        assert ours.labels.dtype == theirs.labels.dtype and torch.equal(ours.labels, theirs.labels)
+        assert ours.images.dtype == theirs.images.dtype and ours.images.shape == theirs.images.shape
+        mean_abs = (to_pixels(ours.images) - to_pixels(theirs.images)).abs().mean(dim=(1, 2, 3))
+        assert float(mean_abs.max()) <= MAX_MEAN_ABS_DIFF
+        exact += torch.equal(ours.images, theirs.images)
+    assert 0 < exact < len(pairs)  # DALI's batches before the failure, the fallback's after
+    delivered = [i for ours, _ in pairs for i in ours.indices.tolist()]
+    padding = [p for ours, _ in pairs for p in ours.padding.tolist()]
+    assert BAD not in delivered and sum(padding) == 1 == len(delivered) - COUNT + 1  # 48 = 12 whole batches
+    loader.close()
+
+
+@needs_dali
+def test_a_dali_loader_runs_its_pipeline_only_for_the_epoch_asked_for(
+    clean_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No epoch is read before ``iter()`` asks for it (DALI's auto_reset starts the next one as an epoch
+    ends, while validation runs its pipeline): a pipeline that failed there would fail beside another."""
+    from dali_pipeline.source import PlanSource
+    from lmdb_dali_train.loaders.dali_loader import make_dali_loader
+
+    epochs_read: list[int] = []
+    real_call = PlanSource.__call__
+
+    def recording(self: PlanSource, sample_info: object) -> object:
+        epochs_read.append(sample_info.epoch_idx)  # type: ignore[attr-defined]
+        return real_call(self, sample_info)
+
+    monkeypatch.setattr(PlanSource, "__call__", recording)
+    spec, options = read_spec(clean_db, 4, train=True, crop=32)
+    loader = make_dali_loader(spec, **options, py_workers=0)  # the source runs in this process
+    try:
+        for epoch in range(2):
+            assert sum(1 for _ in loader) == COUNT // 4
+            assert max(epochs_read) == epoch, Counter(epochs_read)
+    finally:
+        loader.close()
 
 
 @needs_dali
@@ -137,6 +195,30 @@ def test_a_run_whose_pipeline_failed_saves_and_its_continuation_never_meets_the_
     assert [e["reason"] for e in _events(out, "end")] == ["fresh_process", "done"]
     assert len(_events(out, "bad_record")) == 1 and len(_tsv_rows(out)) == 1
     _assert_each_sample_once_per_epoch(out, undecodable_db, 2)
+
+
+@needs_dali
+def test_a_signal_during_the_save_stops_the_run_instead_of_restarting_it(
+    undecodable_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGUSR1 (SLURM's warning) while the fresh process's checkpoint is written: the run is saved and
+    stops with 138 for the scheduler to requeue, instead of restarting into the time limit."""
+    import lmdb_dali_train.main as trainer
+    from lmdb_dali_train.entry import train_main
+
+    real_save = trainer.save
+
+    def warned_while_saving(*args: object, **kw: object) -> None:
+        real_save(*args, **kw)  # type: ignore[arg-type]
+        os.kill(os.getpid(), signal.SIGUSR1)  # the trainer's handler records it
+
+    monkeypatch.setattr(trainer, "save", warned_while_saving)
+    out = tmp_path / "run"
+    flags = ["--loader", "dali", "--lmdb", "--train", str(undecodable_db), "--epochs", "2", *SMALL]
+    result = run_main(train_main, *flags, "--output-dir", str(out))
+    assert result.returncode == ExitCode.WARNED, result.stdout + result.stderr
+    assert [e["reason"] for e in _events(out, "end")] == ["stopped"]
+    assert len(list(out.glob("checkpoint-*.pt"))) == 1
 
 
 @needs_dali

@@ -437,7 +437,11 @@ def test_train_py_on_the_gpu_continues_in_a_fresh_process_after_a_decode_error(t
     child check on the GPU names it, the step completes from the CPU fallback, the run saves and the
     process replaces itself with its continuation, which replaces the record from the start and finishes."""
     _dali()
+    from dali_pipeline.decode_check import undecodable_records
+
     db = undecodable_database(tmp_path / "data", count=48, bad=21)
+    rejected = undecodable_records(open_database(db), [21], device_id=0)
+    assert [i for i, _ in rejected] == [21], f"GPU 0's decoders accept the truncated JPEG: {rejected}"
     out = tmp_path / "run"
     cmd = [sys.executable, str(REPO / "train.py"), *map(str, small_run("cuda", out)[8:]), "--loader", "dali"]
     cmd += ["--lmdb", "--train", str(db), "-a", "resnet18", "--crop-size", "32", "-b", "4", "--epochs", "2"]

@@ -94,10 +94,11 @@ class DALILoader:
         self._iterator = DALIGenericIterator(
             self.pipeline,
             list(OUTPUT_NAMES),
-            auto_reset=True,
+            auto_reset=False,  # reset when the next epoch is asked for: no pipeline runs while another loader's does
             last_batch_policy=LastBatchPolicy.DROP,
             prepare_first_batch=False,
         )
+        self._epochs_run = 0
 
     def __len__(self) -> int:
         return self.source.plan.num_batches(self._epoch)
@@ -114,23 +115,24 @@ class DALILoader:
         _release_pipeline(self)
 
     def _run(self, epoch: int) -> Generator[Batch, None, None]:
-        if self._fallback is not None:
-            yield from self._fallback.batches(epoch, 0)
-            return
         order = self.source.plan.for_epoch(epoch)
         position = 0  # the next position of this rank's epoch order to deliver
-        while True:
+        if self._fallback is None and self._epochs_run:
+            self._iterator.reset()  # the pipeline starts on this epoch only now (auto_reset off)
+        self._epochs_run += 1
+        while self._fallback is None:
             try:
                 (out,) = next(self._iterator)
             except StopIteration:
                 return
             except RuntimeError as exc:  # DALI: "Critical error in pipeline", the pipeline is now invalid
-                yield from self._recover(exc, order, position).batches(epoch, position)
-                return
+                self._name_culprits(exc, order, position)
+                break  # out of the handler first: the error's traceback holds the pipeline
             batch = _to_batch(out, self.opts.channels_last)
             self._note_replacements(order, position, batch.indices.tolist())
             position += len(batch.indices)
             yield batch
+        yield from self.fall_back().batches(epoch, position)
 
     def _note_replacements(self, order: EpochOrder, position: int, delivered: list[int]) -> None:
         """Name the records the source replaced (before decoding) in the batch at ``position``."""
@@ -139,16 +141,15 @@ class DALILoader:
                 why = self.source.problem(planned) or "replaced by the source"
                 self.bad_records[planned] = BadRecord(planned, *self.source.describe(planned), why)
 
-    def _recover(self, error: RuntimeError, order: EpochOrder, position: int) -> CpuFallback:
-        """After a pipeline error: find undecodable records among the samples in flight, mark them bad,
-        shut the pipeline down and return the fallback that goes on. An error with no culprit is raised."""
+    def _name_culprits(self, error: RuntimeError, order: EpochOrder, position: int) -> None:
+        """After a pipeline error: find the undecodable records among the samples in flight and mark them
+        bad (the fallback then replaces them). An error with no culprit there is raised."""
         in_flight = range(position, min(len(order), position + (self.opts.prefetch + 2) * self.opts.batch_size))
         found = self._undecodable(order, in_flight)
         if not found:
             raise error
         for index, why in found:
             self._met(index, why)
-        return self.fall_back()
 
     def fall_back(self) -> CpuFallback:
         """Shut the pipeline down (its threads and Python workers stop) and deliver from the CPU from now
