@@ -258,6 +258,7 @@ def test_more_bad_records_than_allowed_stops_with_a_checkpoint(
     assert len(_tsv(tmp_path)) >= 2
 
 
+@pytest.mark.slow
 def test_a_run_stopped_for_bad_records_resumes_only_with_a_larger_limit(bad_records_db: Path, tmp_path: Path) -> None:
     """The checkpoint carries the records met, so they count again on resume: ``--resume auto`` alone is
     refused in one line naming the limit (it would stop at once; the end line names a larger one); with a

@@ -197,6 +197,7 @@ def test_a_run_whose_pipeline_failed_saves_and_its_continuation_never_meets_the_
     _assert_each_sample_once_per_epoch(out, undecodable_db, 2)
 
 
+@pytest.mark.slow
 @needs_dali
 def test_a_signal_during_the_save_stops_the_run_instead_of_restarting_it(
     undecodable_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -221,6 +222,7 @@ def test_a_signal_during_the_save_stops_the_run_instead_of_restarting_it(
     assert len(list(out.glob("checkpoint-*.pt"))) == 1
 
 
+@pytest.mark.slow
 @needs_dali
 def test_a_failed_validation_pipeline_completes_and_the_run_continues_after_it(
     undecodable_db: Path, clean_db: Path, tmp_path: Path
@@ -243,6 +245,7 @@ def test_a_failed_validation_pipeline_completes_and_the_run_continues_after_it(
     assert _events(out, "val")[-1]["count"] == COUNT - 1 and len(_events(out, "bad_record")) == 1
 
 
+@pytest.mark.slow
 @needs_dali
 def test_a_failure_on_an_epochs_last_step_validates_without_dali_then_continues(tmp_path: Path) -> None:
     """The record is the last sample of epoch 0: the agreement comes at the epoch's end, so the process
