@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bench.lib import BenchError, comparison, data, entry, machine, ours
-from bench.lib.comparison import rate_row, ratio_row
+from bench.lib.comparison import cost_row, rate_row, ratio_row
 from bench.lib.peers import FLOAT, PEERS, Samples
 from bench.lib.table import Row, Table, yes_no
 from bench.lib.timing import DATALOADER_PREFETCH, Contender, Rounds, run_rounds
@@ -113,19 +113,14 @@ def build_rows(found: Sequence[Contender], rounds: Rounds, source_us: dict[str, 
     rows.append(ratio_row(rounds, "DALI / torch: best DALI LMDB setting", best, "torch", 1.8))
     said = f"{vs_torch['dali_memory_w0']:.2f}x vs torch"
     rows.append(rate_row(rounds, by_key["dali_memory_w0"], said, target="(reference)"))
-    cost = rounds.median_ratio("dali_random_w0", "dali_lmdb_w0") - 1  # extra time per image from the windows
-    result = f"{rounds.median_rate('dali_lmdb_w0'):,.0f} vs {rounds.median_rate('dali_random_w0'):,.0f}"
-    how = "time per image: crops from the source (py_workers=0) / drawn by the decoder - 1, per round"
-    said, met = f"{cost * 100:+.1f} %", yes_no(cost <= 0.03)
     said_random = f"{vs_torch['dali_random_w0']:.2f}x vs torch"
     rows.append(rate_row(rounds, by_key["dali_random_w0"], said_random, target="(reference)"))
-    what = "crop and flip from the source: cost vs DALI's random crop"
-    rows.append(Row(what, how, result, ratio=said, target="<= 3 %", met=met))
-    cost = rounds.median_ratio("dali_memory_w0", "dali_lmdb_w0") - 1  # extra time per image from the LMDB
-    result = f"{rounds.median_rate('dali_lmdb_w0'):,.0f} vs {rounds.median_rate('dali_memory_w0'):,.0f}"
+    how = "time per image: crops from the source (py_workers=0) / drawn by the decoder - 1, per round"
+    rows.append(
+        cost_row(rounds, "crop and flip from the source: cost vs DALI's random crop", "dali_random_w0", how, 0.03)
+    )
     how = "time per image: LMDB (py_workers=0) / memory - 1, per round"
-    said, met = f"{cost * 100:+.1f} %", yes_no(cost <= 0.05)
-    rows.append(Row("LMDB source cost vs memory", how, result, ratio=said, target="<= 5 %", met=met))
+    rows.append(cost_row(rounds, "LMDB source cost vs memory", "dali_memory_w0", how, 0.05))
     per_image_us = 1e6 / rounds.median_rate("dali_lmdb_w0")
     share = (source_us["lmdb"] - source_us["memory"]) / per_image_us * 100
     how = (

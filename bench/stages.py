@@ -35,6 +35,7 @@ def build_cuts(payloads: list[np.ndarray], batch: int, threads: int, fused: bool
 
     from dali_pipeline import fused_resize
     from dali_pipeline.pipelines import FUSED_TRAIN_STAGES, TRAIN_STAGES, PipelineOptions, full_decode, train_stages
+    from dali_pipeline.source import window_arrays
     from lmdb_io.imagecheck import image_size
     from lmdb_io.reading.augment import train_view
     from lmdb_io.reading.presets import TrainPreset
@@ -45,10 +46,7 @@ def build_cuts(payloads: list[np.ndarray], batch: int, threads: int, fused: bool
         raise RuntimeError(f"fused resize unavailable: {fused_resize.unavailable_reason()}")
     names = FUSED_TRAIN_STAGES if fused else TRAIN_STAGES
     views = [train_view(TrainPreset(), 0, 0, i, image_size(p.tobytes()) or (1, 1)) for i, p in enumerate(payloads)]
-    windows = [
-        [np.array(v, np.float32) for v in ((w.left, w.top), (w.width, w.height))] + [np.array(w.flip, np.int32)]
-        for w in views
-    ]  # as the source hands them: anchor, shape, mirror
+    windows = [window_arrays(view) for view in views]  # as the source hands them: anchor, shape, mirror
 
     def source(info: Any) -> list[list[np.ndarray]]:
         i = info.iteration % batches

@@ -28,7 +28,7 @@ from nvidia.dali import fn, pipeline_def, types  # here, so a missing DALI is an
 
 from lmdb_io.database import ImageDatabase
 from lmdb_io.errors import LmdbIoError
-from lmdb_io.imagecheck import PIXEL_CAP, image_size, size_problem, sniff_format
+from lmdb_io.imagecheck import PIXEL_CAP, header_check
 
 from .compat import no_exif_rotation, supported
 
@@ -195,8 +195,7 @@ def undecodable_records(
                 payload = db.read(index)[0]
             except LmdbIoError:
                 continue  # a record check's finding, not the decoder's
-            size = image_size(payload)
-            problem = None if size is None else size_problem(size, sniff_format(payload))
+            size, problem = header_check(payload)
             if problem:
                 bad.append((index, f"record {db.key(index).decode()}: {problem}; not decoded"))
                 continue

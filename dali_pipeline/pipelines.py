@@ -12,9 +12,8 @@ and the flip is a coin flip); validation resizes the shorter side and center cro
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
@@ -25,6 +24,9 @@ from lmdb_io.reading.workers import stop_signals_blocked
 from . import fused_resize, workers
 from .compat import no_exif_rotation, supported
 from .val_geometry import resize_and_center_crop
+
+if TYPE_CHECKING:
+    from .source import PlanSource
 
 OUTPUT_NAMES = ("images", "labels", "indices", "padding")
 
@@ -68,13 +70,13 @@ def uses_fused_resize_for(device_id: int | None, wanted: bool) -> bool:
     return device_id is None and wanted and fused_resize.available()
 
 
-def _read(source: Callable, opts: PipelineOptions) -> dict[str, Any]:
+def _read(source: PlanSource, opts: PipelineOptions) -> dict[str, Any]:
     """The source's outputs by name (``PlanSource.output_names``): the encoded image, label, index and
     padding; where the source decides the augmentation, each sample's crop window (``anchor``, ``shape``)
     and ``mirror``; where it follows a resolution schedule, the crop ``size`` of each sample's epoch."""
     parallel = opts.py_workers > 0
     extra: dict[str, Any] = {"prefetch_queue_depth": opts.prefetch} if parallel else {}
-    names = getattr(source, "output_names", ("encoded", *OUTPUT_NAMES[1:]))
+    names = source.output_names
     outputs = fn.external_source(source=source, num_outputs=len(names), batch=False, parallel=parallel, **extra)
     return dict(zip(names, outputs, strict=True))
 
@@ -204,7 +206,7 @@ def _graph(encoded: Any, preset: Preset, opts: PipelineOptions, size: Any = None
 
 
 @pipeline_def
-def _source_pipeline(source: Callable, opts: PipelineOptions, preset: Preset) -> tuple:
+def _source_pipeline(source: PlanSource, opts: PipelineOptions, preset: Preset) -> tuple:
     out = _read(source, opts)
     window = (out["anchor"], out["shape"], out["mirror"]) if "anchor" in out else None
     images = _graph(out["encoded"], preset, opts, out.get("size"), window)
@@ -246,7 +248,7 @@ def _pipeline_args(opts: PipelineOptions) -> dict[str, Any]:
     )
 
 
-def build_pipeline(source: Callable, opts: PipelineOptions, preset: Preset) -> Pipeline:
+def build_pipeline(source: PlanSource, opts: PipelineOptions, preset: Preset) -> Pipeline:
     """A built pipeline over a per-sample source. Python workers start with spawn: DALI cannot fork
     them once CUDA is initialised, and building a GPU pipeline initialises it. They start in ``build``,
     with SIGINT/SIGTERM blocked (``lmdb_io.reading.workers``): a signal to the process group is the trainer's."""

@@ -16,13 +16,23 @@ from typing import Any
 import numpy as np
 
 from lmdb_io.database import ImageDatabase
-from lmdb_io.reading.augment import train_view
+from lmdb_io.reading.augment import TrainView, train_view
 from lmdb_io.reading.plan import EpochOrder, RankPlan, first_good
 from lmdb_io.reading.presets import TrainPreset
 from lmdb_io.reading.resolution import ResolutionSchedule
-from lmdb_io.trainable import BadRecordError, read_checked, read_sized
+from lmdb_io.trainable import BadRecordError, read_checked
 
 Sample = tuple[np.ndarray, ...]
+
+
+def window_arrays(view: TrainView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A crop window and flip as the train graph takes them: ``anchor`` (x, y) and ``shape`` (width,
+    height) in float32 pixels, and ``mirror`` (int32)."""
+    return (
+        np.array((view.left, view.top), dtype=np.float32),
+        np.array((view.width, view.height), dtype=np.float32),
+        np.array(view.flip, dtype=np.int32),
+    )
 
 
 class PlanSource:
@@ -74,9 +84,7 @@ class PlanSource:
     def _checked(self, index: int) -> tuple[Any, int, tuple[int, int] | None]:
         """(bytes, label, header size where crops are drawn for it) of a record passing the checks made
         before decoding; ``BadRecordError`` for one that fails them."""
-        if self.crops is None:
-            return (*read_checked(self.read, index), None)
-        return read_sized(self.read, index)
+        return read_checked(self.read, index, sized=self.crops is not None)
 
     def problem(self, index: int) -> str | None:
         """Why record ``index`` is bad by the checks made before decoding, or None."""
@@ -108,12 +116,7 @@ class PlanSource:
         )
         if self.crops is not None:
             assert size is not None
-            view = train_view(self.crops, self.plan.seed, epoch, index, size)
-            sample += (
-                np.array((view.left, view.top), dtype=np.float32),
-                np.array((view.width, view.height), dtype=np.float32),
-                np.array(view.flip, dtype=np.int32),
-            )
+            sample += window_arrays(train_view(self.crops, self.plan.seed, epoch, index, size))
         if self.resolution is not None:
             sample += (np.array(self.resolution.for_epoch(epoch), dtype=np.float32),)
         return sample

@@ -233,9 +233,6 @@ class RunConfig:
         }
 
 
-SECTIONS = (DataConfig, OptimConfig, RunControl, DistConfig)
-
-
 def _positive(name: str, value: float) -> None:
     if value <= 0:
         raise ConfigError(f"--{name.replace('_', '-')} must be positive")

@@ -13,15 +13,17 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from .errors import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,25 @@ def _listening(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def on_main(is_main: bool, device: torch.device, write: Callable[[], T], what: str) -> T | None:
+    """Rank 0 runs ``write`` (its result returned there, None elsewhere); every rank learns whether it
+    failed with a ``ConfigError`` (disk full, permissions) and raises one, so no rank is left waiting in a
+    later collective. ``what``: what rank 0 writes, for the other ranks' error."""
+    failure: ConfigError | None = None
+    result = None
+    if is_main:
+        try:
+            result = write()
+        except ConfigError as exc:
+            failure = exc
+    failed = all_reduce_max(torch.tensor([1.0 if failure else 0.0], device=device)).item() > 0
+    if failure is not None:
+        raise failure
+    if failed:
+        raise ConfigError(f"rank 0 could not write {what} (its error is in rank 0's output)")
+    return result
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

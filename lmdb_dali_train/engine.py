@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lmdb_dali_train.loaders.batch import Batch, BatchLoader, counted, wants_fresh_process
+from lmdb_io.reading.workers import STOP_SIGNALS  # SIGUSR1: a scheduler's warning (SLURM --signal)
 
 from .bad_records import BadRecordLog
 from .distributed import all_reduce_max, all_reduce_sum
@@ -31,9 +32,6 @@ from .speed import Speedometer
 BAD_RECORDS_SHARED_EVERY = 5  # steps between the all-gathers that share bad records under DDP
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # SIGUSR1: a scheduler's warning (SLURM --signal)
-
-
 class StopSignal:
     """Records SIGTERM/SIGINT/SIGUSR1; ``agreed()`` is True on every rank once any rank got one, or once
     any rank asked for a fresh process (``ask_fresh_process``: its DALI pipeline failed, so the run saves
@@ -41,7 +39,7 @@ class StopSignal:
 
     Installed when a run starts, so a signal at any time stops it. Every rank must call ``agreed()`` at
     the same points: before training, after every step, at each epoch's end and before each validation
-    batch. It all-reduces two numbers on the host, over gloo (a gloo group of
+    batch. It all-reduces three numbers on the host, over gloo (a gloo group of
     its own when the run's backend is another, NCCL on GPUs), so asking at every step adds no device
     synchronisation. A stop is agreed at the first such point after the signal, on every rank. The second
     number carries rank 0's wish to save a checkpoint now (``--save-every-minutes``: rank 0's clock

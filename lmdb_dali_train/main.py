@@ -215,7 +215,6 @@ def _fit(
         save(state, config, train_info, place, bad.saved())
         cadence.saved()
 
-    periodic = run_control.save_every is not None or run_control.save_every_minutes is not None
     watch = RunWatch(
         config, place, log, steps_per_epoch=steps_per_epoch, epoch=state.epoch, global_step=state.global_step
     )
@@ -237,8 +236,8 @@ def _fit(
                 key_log=key_log,
                 bad=bad,
                 meter=meter,
-                cadence=cadence if periodic else None,
-                save=checkpoint_now if periodic else None,
+                cadence=cadence,  # without --save-every*: never due
+                save=checkpoint_now,
             )
             steps_run += steps
             if outcome == "done":  # the loader ran out: the epoch is complete

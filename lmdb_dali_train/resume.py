@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from typing import Any
-
-import torch
 
 from . import checkpoint
 from .config import RunConfig
 from .data import DatasetInfo
-from .distributed import Placement, all_reduce_max
+from .distributed import Placement, on_main
 from .engine import TrainState, check_finite
 from .errors import ConfigError
 from .runlog import RunLog, stamp, warn
@@ -152,18 +151,8 @@ def save(
     rank learns whether it failed (no rank left waiting at a barrier)."""
     started = time.perf_counter()
     check_finite(state)  # NaN weights are never saved (nor rotate a good checkpoint away)
-    failure: ConfigError | None = None
-    path = None
-    if place.is_main:
-        try:
-            path = _write(state, config, train_info, place, bad_records or [])
-        except ConfigError as exc:  # disk full, or the written file did not verify
-            failure = exc
-    failed = all_reduce_max(torch.tensor([1.0 if failure else 0.0], device=state.device)).item() > 0
-    if failure is not None:
-        raise failure
-    if failed:
-        raise ConfigError("rank 0 could not save the checkpoint (its error is in rank 0's output)")
+    write = partial(_write, state, config, train_info, place, bad_records or [])
+    path = on_main(place.is_main, state.device, write, "the checkpoint")  # disk full, or it did not verify
     if path is not None:  # what the save cost the run: every rank waited for it
         size = os.path.getsize(path)
         print(f"{stamp()} saved {path} ({size / 1e6:.1f} MB in {time.perf_counter() - started:.2f} s)", flush=True)

@@ -26,7 +26,6 @@ import io
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TextIO
@@ -36,7 +35,7 @@ from torch import nn
 
 from . import checkpoint
 from .config import ConfigError, RunConfig
-from .distributed import Placement, all_reduce_max
+from .distributed import Placement, on_main
 from .runlog import RunLog, warn
 
 SUMMARY = "summary.csv"
@@ -165,7 +164,6 @@ class SummaryCsv:
     mid-write), rewriting the file atomically; so every epoch has one row, the newest."""
 
     def __init__(self, output_dir: str) -> None:
-        self.output_dir = output_dir
         self.path = os.path.join(output_dir, SUMMARY)
 
     def _read(self) -> str:
@@ -280,14 +278,8 @@ class RunWatch:
         self.last_step = fields["step"]
         self.means.setdefault(fields["epoch"], EpochMeans()).add(fields)
         if self.writer is not None:
-            for tag, name in (
-                ("loss", "loss"),
-                ("top1", "top1"),
-                ("lr", "lr"),
-                ("images_per_s", "images_per_s"),
-                ("data_wait", "data_wait"),
-            ):
-                self.writer.add_scalar(f"train/{tag}", fields[name], fields["step"])
+            for name in ("loss", "top1", "lr", "images_per_s", "data_wait"):
+                self.writer.add_scalar(f"train/{name}", fields[name], fields["step"])
         eta = self.eta.window(fields, time.monotonic())
         if eta is None:
             return ""
@@ -302,11 +294,11 @@ class RunWatch:
     def epoch_end(self, epoch: int, module: nn.Module, device: torch.device) -> None:
         """``epoch`` completed and validated (or its validation stopped): its summary row and, when its val
         top-1 beats the best so far, best.pt. Every rank calls it; one failing write fails every rank."""
-        self._on_main(device, lambda: self._epoch_done(epoch, module))
+        on_main(self.place.is_main, device, lambda: self._epoch_done(epoch, module), "the run's outputs")
 
     def finish(self, module: nn.Module, device: torch.device) -> None:
         """All epochs done: the final weights as weights.pt. Every rank calls it."""
-        self._on_main(device, lambda: self._write_weights(module))
+        on_main(self.place.is_main, device, lambda: self._write_weights(module), "the run's outputs")
 
     def _epoch_done(self, epoch: int, module: nn.Module) -> None:
         val = self.val.get(epoch, {})
@@ -346,19 +338,6 @@ class RunWatch:
             path=path,
             arch=arch,
         )
-
-    def _on_main(self, device: torch.device, write: Callable[[], None]) -> None:
-        failure: ConfigError | None = None
-        if self.place.is_main:
-            try:
-                write()
-            except ConfigError as exc:  # disk full, permissions
-                failure = exc
-        failed = all_reduce_max(torch.tensor([1.0 if failure else 0.0], device=device)).item() > 0
-        if failure is not None:
-            raise failure
-        if failed:
-            raise ConfigError("rank 0 could not write the run's outputs (its error is in rank 0's output)")
 
     def close(self) -> None:
         if self.writer is not None:

@@ -204,12 +204,18 @@ def size_problem(size: tuple[int, int], image_format: ImageFormat) -> str | None
     return None
 
 
-def too_large(data: Buffer) -> str | None:
-    """Why ``data`` is too large to decode, from its header alone (``image_size``), or None when it fits or
-    no size can be read (then decoding decides). Costs no decode: check before handing bytes to a decoder."""
+def header_check(data: Buffer) -> tuple[tuple[int, int] | None, str | None]:
+    """(width, height) by ``data``'s header (``image_size``; None: no size can be read, decoding decides),
+    and why that is too large to decode (None: it fits). Costs no decode: check before handing bytes to a
+    decoder."""
     data = memoryview(data)  # any buffer: a DALI source's numpy array too (its slices do not compare to bytes)
     size = image_size(data)
-    return None if size is None else size_problem(size, sniff_format(data))
+    return size, None if size is None else size_problem(size, sniff_format(data))
+
+
+def too_large(data: Buffer) -> str | None:
+    """Why ``data`` is too large to decode, from its header alone (``header_check``), or None."""
+    return header_check(data)[1]
 
 
 def _decode(data: Buffer) -> Image.Image:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import CorruptRecordError, LmdbIoError, NotADatabaseError
-from .imagecheck import image_size, size_problem, sniff_format, without_addresses
+from .imagecheck import header_check, without_addresses
 
 
 class BadRecordError(LmdbIoError):
@@ -28,34 +28,20 @@ def reason(error: BaseException | str) -> str:
     return without_addresses(text)[:300]
 
 
-def read_checked(read: Callable[[int], tuple[Any, int]], index: int) -> tuple[Any, int]:
-    """``read(index)``'s (encoded bytes, label), or ``BadRecordError`` if the record fails its checksum or
-    header check or its image header claims too many pixels."""
-    payload, label, _ = _read(read, index, sized=False)
-    return payload, label
-
-
-def read_sized(read: Callable[[int], tuple[Any, int]], index: int) -> tuple[Any, int, tuple[int, int]]:
-    """``read_checked``'s (encoded bytes, label) and the image's (width, height) by its header, which a
-    training crop is drawn for (``lmdb_io.reading.augment``); ``BadRecordError`` too when no header gives a
-    size (then neither Pillow nor DALI decodes it)."""
-    payload, label, size = _read(read, index, sized=True)
-    assert size is not None
-    return payload, label, size
-
-
-def _read(read: Callable[[int], tuple[Any, int]], index: int, sized: bool) -> tuple[Any, int, tuple[int, int] | None]:
+def read_checked(
+    read: Callable[[int], tuple[Any, int]], index: int, sized: bool = False
+) -> tuple[Any, int, tuple[int, int] | None]:
+    """``read(index)``'s (encoded bytes, label) and the image's (width, height) by its header (None: no
+    header gives one, decoding decides), or ``BadRecordError`` if the record fails its checksum or header
+    check or its image header claims too many pixels. ``sized``: a training crop is drawn for the size
+    (``lmdb_io.reading.augment``), so a record without one is bad too (neither Pillow nor DALI decodes it)."""
     try:
         payload, label = read(index)
     except (CorruptRecordError, NotADatabaseError) as exc:
         raise BadRecordError(reason(exc)) from None
-    data = memoryview(payload)  # any buffer: a DALI source's numpy array too
-    size = image_size(data) if len(data) else None
-    if size is None:
-        if sized:
-            raise BadRecordError("does not decode: no image size in its header")
-        return payload, label, None  # decoding decides
-    problem = size_problem(size, sniff_format(data))
+    size, problem = header_check(payload) if len(payload) else (None, None)
     if problem is not None:
         raise BadRecordError(problem)
+    if size is None and sized:
+        raise BadRecordError("does not decode: no image size in its header")
     return payload, label, size

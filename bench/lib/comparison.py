@@ -151,6 +151,16 @@ def ratio_row(rounds: Rounds, what: str, num: str, den: str, goal: float | None,
     return Row(what, how, result, ratio=f"{ratio:.2f}x", target=target, met=met)
 
 
+def cost_row(rounds: Rounds, what: str, cheaper: str, how: str, limit: float, ours: str = "dali_lmdb_w0") -> Row:
+    """What ``ours`` costs per image over contender ``cheaper`` (the per-round ratio of their rates, - 1),
+    met where at most ``limit``."""
+    cost = rounds.median_ratio(cheaper, ours) - 1
+    result = f"{rounds.median_rate(ours):,.0f} vs {rounds.median_rate(cheaper):,.0f}"
+    return Row(
+        what, how, result, ratio=f"{cost * 100:+.1f} %", target=f"<= {limit * 100:.0f} %", met=yes_no(cost <= limit)
+    )
+
+
 def rows(found: list[Contender], rounds: Rounds, ours: str, built: Built) -> list[Row]:
     """A row per peer and control (rate, vs ``ours``, the data size), then the target ratios."""
     out = []

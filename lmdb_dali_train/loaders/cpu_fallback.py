@@ -59,10 +59,8 @@ class CpuFallback:
         for first in range(start, len(order), size):
             samples = []
             for position in range(first, min(first + size, len(order))):
-                index, padding = int(order.indices[position]), bool(order.padding[position])
-                image, label, delivered, replaced, bad = self.items[(index, padding, epoch, position)]
-                for found, why in bad:
-                    self.items.known_bad.add(found)
+                image, label, delivered, replaced, bad = self.items[(epoch, position)]
+                for found, why in bad:  # already in known_bad (``first_good`` adds them)
                     self.on_bad(found, why)
                 samples.append((image, label, delivered, replaced))
             images, labels, indices, padding = default_collate(samples)

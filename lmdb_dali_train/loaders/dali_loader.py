@@ -83,14 +83,11 @@ class DALILoader:
         self.bad_records: dict[int, BadRecord] = {}
         self.needs_fresh_process = False  # the pipeline failed: batches now come from ``_fallback``
         self._fallback: CpuFallback | None = None
-        self._build()
         self._epoch = source.plan.first_epoch
         self._running = RunningEpoch()
-
-    def _build(self) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        self.pipeline = build_pipeline(self.source, self.opts, self.preset)
+        self.pipeline = build_pipeline(source, opts, preset)
         self._iterator = DALIGenericIterator(
             self.pipeline,
             list(OUTPUT_NAMES),

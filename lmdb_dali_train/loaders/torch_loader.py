@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.datasets import ImageFolder
 from torchvision.transforms.v2 import functional as F
 
-from lmdb_io import ImageFolderLMDB, is_database
+from lmdb_io import ImageFolderLMDB
 from lmdb_io.dataset import decode_rgb
 from lmdb_io.reading.augment import train_view
 from lmdb_io.reading.bad_records import BadRecord
@@ -34,25 +34,22 @@ from lmdb_io.reading.presets import Preset, TrainPreset
 from lmdb_io.reading.resolution import ResolutionSchedule
 from lmdb_io.reading.spec import ReadSpec
 from lmdb_io.reading.workers import ignore_stop_signals, parent_garbage_frozen, stop_signals_blocked
-from lmdb_io.trainable import BadRecordError, read_checked, read_sized, reason
+from lmdb_io.trainable import BadRecordError, read_checked, reason
 
 from .batch import Batch, RunningEpoch
 from .normalize import DeviceNormalizer
 
 
-def open_image_dataset(
-    path: str | os.PathLike, *, lmdb: bool | None = None, verify: bool = True, transform: Callable | None = None
-) -> ImageFolderLMDB | ImageFolder:
+def open_image_dataset(path: str | os.PathLike, *, lmdb: bool, verify: bool = True) -> ImageFolderLMDB | ImageFolder:
     """An lmdb_io database as ImageFolderLMDB (``verify``: checksums checked as records are read), or a
-    plain ImageFolder tree (``lmdb=None``: by the path)."""
-    if is_database(path) if lmdb is None else lmdb:
-        return ImageFolderLMDB(path, transform=transform, verify=verify)
-    return ImageFolder(os.fspath(path), transform=transform)
+    plain ImageFolder tree."""
+    return ImageFolderLMDB(path, verify=verify) if lmdb else ImageFolder(os.fspath(path))
 
 
 class PlanSampler(Sampler):
-    """Yields ``(index, padding, epoch, position)`` in the plan's order (``position``: in this rank's epoch
-    order, where a bad record's replacement is looked for); call ``set_epoch`` before each epoch."""
+    """Yields ``(epoch, position)`` for each position of this rank's epoch order, in order (the item names
+    its sample through the plan, and where a bad record's replacement is looked for); call ``set_epoch``
+    before each epoch."""
 
     def __init__(self, plan: RankPlan) -> None:
         self.plan = plan
@@ -64,10 +61,9 @@ class PlanSampler(Sampler):
     def __len__(self) -> int:
         return len(self.plan.for_epoch(self.epoch))
 
-    def __iter__(self) -> Iterator[tuple[int, bool, int, int]]:
-        order = self.plan.for_epoch(self.epoch)
-        n = len(order)
-        return zip(order.indices.tolist(), order.padding.tolist(), [self.epoch] * n, range(n), strict=True)
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, position) for position in range(len(self.plan.for_epoch(epoch))))
 
 
 # A sample: image, label, dataset index, padding, and the bad records (index, reason) it replaced
@@ -75,7 +71,7 @@ Item = tuple[Any, int, int, bool, list[tuple[int, str]]]
 
 
 class PlannedItems(Dataset):
-    """Wraps an image dataset: item ``(index, padding, epoch, position)`` -> (uint8 CHW image, label, index,
+    """Wraps an image dataset: item ``(epoch, position)`` -> (uint8 CHW image, label, index,
     padding, bad records met): for training, the delivered sample's ``train_view`` box resized to the epoch's
     crop size with torchvision's ``resized_crop`` (bilinear, antialiased) and flipped where the view says; for
     validation, the preset's torchvision transform.
@@ -94,7 +90,7 @@ class PlannedItems(Dataset):
         preset: Preset,
         resolution: ResolutionSchedule | None = None,
     ) -> None:
-        self.dataset, self.plan, self.seed = dataset, plan, plan.seed
+        self.dataset, self.plan = dataset, plan
         self.preset, self.resolution = preset, resolution
         self.known_bad: set[int] = set()
         self._val = None if isinstance(preset, TrainPreset) else preset.torchvision()
@@ -112,7 +108,7 @@ class PlannedItems(Dataset):
         if self._val is not None:
             return self._val(image)
         assert isinstance(self.preset, TrainPreset)
-        view = train_view(self.preset, self.seed, epoch, index, size or image.size)
+        view = train_view(self.preset, self.plan.seed, epoch, index, size or image.size)
         crop = self.crop_for(epoch)
         image = F.resized_crop(image, view.top, view.left, view.height, view.width, [crop, crop], antialias=True)
         return F.pil_to_tensor(F.hflip(image) if view.flip else image)
@@ -123,10 +119,8 @@ class PlannedItems(Dataset):
         decode: Callable[[], Any]
         size = None
         if isinstance(dataset, ImageFolderLMDB):  # checksum and the header's pixel count before decoding
-            if self._val is None:  # training crops for the header's size, as the DALI source does
-                payload, label, size = read_sized(dataset.db.read, index)
-            else:
-                payload, label = read_checked(dataset.db.read, index)
+            # training crops for the header's size, as the DALI source does
+            payload, label, size = read_checked(dataset.db.read, index, sized=self._val is None)
             decode = partial(decode_rgb, payload)
         else:
             path, label = dataset.samples[index]
@@ -140,8 +134,8 @@ class PlannedItems(Dataset):
             label = dataset.target_transform(label)
         return image, label
 
-    def __getitem__(self, item: tuple[int, bool, int, int]) -> Item:
-        index, padding, epoch, position = item
+    def __getitem__(self, item: tuple[int, int]) -> Item:
+        epoch, position = item
         order = self.plan.for_epoch(epoch)
         bad: list[tuple[int, str]] = []
         candidate, (image, label) = first_good(
@@ -151,7 +145,7 @@ class PlannedItems(Dataset):
             self.known_bad,
             lambda i, why: bad.append((i, why)),
         )
-        return image, label, int(order.indices[candidate]), padding or candidate != position, bad
+        return image, label, int(order.indices[candidate]), bool(order.padding[position]) or candidate != position, bad
 
 
 def _collate(samples: list[Item]) -> tuple[Any, ...]:

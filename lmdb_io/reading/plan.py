@@ -68,32 +68,6 @@ class RankPlan:
     skip: int = 0
     _cache: dict[int, EpochOrder] = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    @classmethod
-    def for_split(
-        cls,
-        *,
-        length: int,
-        batch_size: int,
-        train: bool,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        first_epoch: int = 0,
-        skip: int = 0,
-    ) -> RankPlan:
-        """Training (shuffled, whole batches) or evaluation (in order, last batch padded) for one rank."""
-        return cls(
-            length=length,
-            batch_size=batch_size,
-            rank=rank,
-            world_size=world_size,
-            seed=seed,
-            shuffle=train,
-            drop_last=train,
-            first_epoch=first_epoch,
-            skip=skip,
-        )
-
     def __post_init__(self) -> None:
         if self.length <= 0:
             raise ValueError(f"cannot plan an empty dataset (length {self.length})")

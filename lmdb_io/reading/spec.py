@@ -68,13 +68,14 @@ class ReadSpec:
 
     def plan(self, length: int) -> RankPlan:
         """The rank's reading order over a dataset of ``length`` samples."""
-        return RankPlan.for_split(
+        return RankPlan(
             length=length,
             batch_size=self.batch_size,
-            train=self.train,
             rank=self.rank,
             world_size=self.world_size,
             seed=self.seed,
+            shuffle=self.train,  # training: shuffled, whole batches; evaluation: in order, the last padded
+            drop_last=self.train,
             first_epoch=self.first_epoch,
             skip=self.skip,
         )
